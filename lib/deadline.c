@@ -1,0 +1,268 @@
+/* deadline.c owns deadlines: with_deadline/with_timeout (and their _cause
+ * forms), the per-loop min-heap of deadline contexts, the one libuv timer
+ * per loop that drives it, and uvctx_deadline(). */
+#include "internal.h"
+
+/* ---- the heap (all under the library lock) -------------------------------- */
+
+static int heap_less(uvctx__deadline_t* a, uvctx__deadline_t* b) {
+  return a->deadline < b->deadline;
+}
+
+static void heap_set(uvctx_loop_t* l, uint32_t i, uvctx__deadline_t* d) {
+  l->heap[i] = d;
+  d->heap_index = i;
+}
+
+static void heap_up(uvctx_loop_t* l, uint32_t i) {
+  uvctx__deadline_t* d = l->heap[i];
+  while (i > 0) {
+    uint32_t p = (i - 1) / 2;
+    if (!heap_less(d, l->heap[p]))
+      break;
+    heap_set(l, i, l->heap[p]);
+    i = p;
+  }
+  heap_set(l, i, d);
+}
+
+static void heap_down(uvctx_loop_t* l, uint32_t i) {
+  uvctx__deadline_t* d = l->heap[i];
+  for (;;) {
+    uint32_t c = 2 * i + 1;
+    if (c >= l->heap_len)
+      break;
+    if (c + 1 < l->heap_len && heap_less(l->heap[c + 1], l->heap[c]))
+      c++;
+    if (!heap_less(l->heap[c], d))
+      break;
+    heap_set(l, i, l->heap[c]);
+    i = c;
+  }
+  heap_set(l, i, d);
+}
+
+int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
+  if (l->heap_len == l->heap_cap) {
+    uint32_t cap = l->heap_cap ? l->heap_cap * 2 : 16;
+    uvctx__deadline_t** h;
+    if (cap < l->heap_cap)
+      return UV_ENOMEM;
+    h = uvctx__realloc(l->heap, cap * sizeof(*h));
+    if (h == NULL)
+      return UV_ENOMEM;
+    l->heap = h;
+    l->heap_cap = cap;
+  }
+  l->heap[l->heap_len] = d;
+  d->heap_index = l->heap_len++;
+  heap_up(l, d->heap_index);
+  if (d->heap_index == 0)
+    uvctx__timer_touch_locked(l);
+  return 0;
+}
+
+void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
+  uint32_t i = d->heap_index;
+  uvctx__deadline_t* last = l->heap[--l->heap_len];
+  d->heap_index = UVCTX__NO_HEAP;
+  if (i != l->heap_len) {
+    heap_set(l, i, last);
+    heap_up(l, i);
+    heap_down(l, last->heap_index);
+  }
+  /* A timer left armed for a removed entry would fire early and re-arm,
+   * which is harmless; but an empty heap must not keep the timer (and maybe
+   * uv_run) alive. */
+  if (l->heap_len == 0)
+    uvctx__timer_touch_locked(l);
+}
+
+/* ---- the timer ---------------------------------------------------------------- */
+
+/* [lock, loop thread] Arms the timer for the heap's top, and references it
+ * only while a watch could be fired by a deadline.
+ *
+ * libuv timers count whole milliseconds of the cached loop time, which is
+ * uv_hrtime() (same clock, CLOCK_MONOTONIC or its coarse twin) floored to a
+ * millisecond: due = uv_now() + timeout fires once the loop time reaches
+ * it. Aiming at ceil(deadline / 1 ms) therefore never fires before the
+ * deadline; the callback still re-checks uv_hrtime() and re-arms for the
+ * remainder in case a coarser clock or a stale uv_now() got in the way.
+ * The timeout is at least 1 ms: in libuv 1.44 a 0 ms timer started from a
+ * timer callback runs again in the same pass and can starve the loop. */
+void uvctx__timer_sync_locked(uvctx_loop_t* l) {
+  int want_ref;
+  l->timer_dirty = 0;
+  if (l->closing)
+    return;
+  if (l->heap_len == 0) {
+    if (l->timer_due != 0)
+      uv_timer_stop(&l->timer);
+    l->timer_due = 0;
+  } else {
+    uint64_t top = l->heap[0]->deadline;
+    uint64_t due = top / 1000000 + (top % 1000000 != 0);
+    uint64_t now = uv_now(l->uv);
+    /* An armed timer that fires sooner than needed is left alone: it will
+     * re-arm itself; restarting it for every new deadline would cost more. */
+    if (l->timer_due == 0 || due < l->timer_due) {
+      uint64_t timeout = due > now ? due - now : 1;
+      uv_timer_start(&l->timer, uvctx__timer_cb, timeout, 0);
+      l->timer_due = now + timeout;
+    }
+  }
+  want_ref = l->dl_watches > 0 && l->heap_len > 0;
+  if (want_ref != l->timer_refd) {
+    if (want_ref)
+      uv_ref((uv_handle_t*)&l->timer);
+    else
+      uv_unref((uv_handle_t*)&l->timer);
+    l->timer_refd = want_ref;
+  }
+}
+
+void uvctx__timer_cb(uv_timer_t* t) {
+  uvctx_loop_t* l = t->data;
+  uint64_t now = uv_hrtime();
+  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
+                        memory_order_relaxed);
+  uvctx__lock();
+  l->timer_due = 0;
+  while (l->heap_len > 0 && l->heap[0]->deadline <= now) {
+    uvctx__deadline_t* d = l->heap[0];
+    uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
+                         d->dl_msg);
+  }
+  uvctx__timer_sync_locked(l);
+  uvctx__unlock();
+}
+
+/* ---- contexts -------------------------------------------------------------------- */
+
+/* The deadline in force for `c`: deadline and merge contexts store theirs
+ * (already the minimum with what they inherited), the others inherit. */
+uint64_t uvctx__deadline_of(const uvctx_t* c) {
+  for (;;) {
+    switch (c->kind) {
+    case UVCTX__DEADLINE:
+      return ((const uvctx__deadline_t*)c)->deadline;
+    case UVCTX__ANY:
+      return ((const uvctx__any_t*)c)->deadline;
+    case UVCTX__CANCEL:
+    case UVCTX__VALUE:
+      c = c->parent;
+      break;
+    default:
+      return UVCTX__NO_DEADLINE;
+    }
+  }
+}
+
+int uvctx_deadline(const uvctx_t* c, uint64_t* deadline_ns) {
+  uint64_t d;
+  if (c == NULL)
+    return 0;
+  d = uvctx__deadline_of(c);
+  if (d == UVCTX__NO_DEADLINE)
+    return 0;
+  if (deadline_ns != NULL)
+    *deadline_ns = d;
+  return 1;
+}
+
+static int with_deadline(uvctx_t* parent, uint64_t deadline, int cause,
+                         const char* msg, uvctx_t** out, void* site) {
+  uvctx__deadline_t* d;
+  uint64_t inherited;
+  int rc = 0;
+
+  if (!uvctx__valid(parent) || out == NULL || cause > 0)
+    return UV_EINVAL;
+  d = (uvctx__deadline_t*)uvctx__alloc_ctx(sizeof(*d), UVCTX__DEADLINE,
+                                           parent, parent->home, site);
+  if (d == NULL)
+    return UV_ENOMEM;
+  d->dl_msg = NULL;
+  if (msg != NULL) {
+    d->dl_msg = uvctx__msg_new(msg);
+    if (d->dl_msg == NULL) {
+      uvctx__free(d);
+      return UV_ENOMEM;
+    }
+  }
+  d->dl_cause = cause != 0 ? cause : UV_ETIMEDOUT;
+  d->heap_index = UVCTX__NO_HEAP;
+  inherited = uvctx__deadline_of(parent);
+  d->deadline = deadline < inherited ? deadline : inherited;
+  uvctx_ref(parent);
+
+  uvctx__lock();
+  switch (uvctx__register_child_locked(&d->base, &d->base.link, parent)) {
+  case 1:
+    uvctx__born_done_locked(&d->base, parent);
+    break;
+  case 2:
+    uvctx__orphan_locked(&d->base, &d->base.link);
+    /* fall through */
+  default:
+    /* Read the clock after linking: a parent cancelled meanwhile has
+     * already reached the child, and an expired deadline is decided
+     * against the freshest time. */
+    if (deadline <= uv_hrtime()) {
+      uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
+                           d->dl_msg);
+    } else if (deadline < inherited) {
+      /* Only the earliest deadline in force needs a timer entry: when the
+       * parent's comes first, the parent's expiry reaches this child. */
+      rc = uvctx__heap_insert_locked(d->base.home, d);
+    }
+    break;
+  }
+  if (rc != 0) {
+    uvctx__unlink(&d->base.link);
+    uvctx__unlock();
+    uvctx__msg_unref(d->dl_msg);
+    uvctx__free(d);
+    uvctx_unref(parent);
+    return rc;
+  }
+  d->base.home->n_ctx++;
+  uvctx__unlock();
+  *out = &d->base;
+  return 0;
+}
+
+static uint64_t after_ms(uint64_t timeout_ms) {
+  uint64_t now = uv_hrtime();
+  if (timeout_ms > (UINT64_MAX - now) / 1000000)
+    return UVCTX__NO_DEADLINE - 1;
+  return now + timeout_ms * 1000000;
+}
+
+int uvctx_with_deadline(uvctx_t* parent, uint64_t deadline_ns,
+                        uvctx_t** out) {
+  return with_deadline(parent, deadline_ns, 0, NULL, out,
+                       __builtin_return_address(0));
+}
+
+int uvctx_with_timeout(uvctx_t* parent, uint64_t timeout_ms, uvctx_t** out) {
+  return with_deadline(parent, after_ms(timeout_ms), 0, NULL, out,
+                       __builtin_return_address(0));
+}
+
+int uvctx_with_deadline_cause(uvctx_t* parent, uint64_t deadline_ns,
+                              int cause, const char* msg, uvctx_t** out) {
+  if (cause >= 0)
+    return UV_EINVAL;
+  return with_deadline(parent, deadline_ns, cause, msg, out,
+                       __builtin_return_address(0));
+}
+
+int uvctx_with_timeout_cause(uvctx_t* parent, uint64_t timeout_ms, int cause,
+                             const char* msg, uvctx_t** out) {
+  if (cause >= 0)
+    return UV_EINVAL;
+  return with_deadline(parent, after_ms(timeout_ms), cause, msg, out,
+                       __builtin_return_address(0));
+}

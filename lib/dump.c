@@ -1,0 +1,140 @@
+/* dump.c owns uvctx_loop_dump(): the leak report. It lists every live
+ * context homed on a loop with its kind, parent, reference count, state and
+ * the code that created it. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <inttypes.h>
+
+#include "internal.h"
+
+static const char* kind_name(const uvctx_t* c) {
+  static const char* const names[] = {"background", "cancel", "deadline",
+                                      "any",        "value",  "without_cancel"};
+  return c->kind <= UVCTX__DETACHED ? names[c->kind] : "?";
+}
+
+/* The creation site is the constructor's return address; dladdr() names
+ * the function when the symbol is exported (link executables with
+ * -rdynamic), and the module offset always works with addr2line. */
+static void print_site(FILE* out, void* site) {
+  Dl_info info;
+  if (site != NULL && dladdr(site, &info) != 0 && info.dli_fname != NULL) {
+    if (info.dli_sname != NULL)
+      fprintf(out, "%s+0x%" PRIxPTR, info.dli_sname,
+              (uintptr_t)site - (uintptr_t)info.dli_saddr);
+    else
+      fprintf(out, "0x%" PRIxPTR,
+              (uintptr_t)site - (uintptr_t)info.dli_fbase);
+    fprintf(out, " in %s", info.dli_fname);
+  } else {
+    fprintf(out, "%p", site);
+  }
+}
+
+static void print_ctx(FILE* out, const uvctx_t* c) {
+  int e = atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed);
+  const uvctx_t* s = uvctx__state_of(c);
+  int se = atomic_load_explicit(&((uvctx_t*)s)->err, memory_order_relaxed);
+  fprintf(out, "  ctx %p kind=%s parent=%p refs=%u state=%s", (void*)c,
+          kind_name(c), (void*)c->parent,
+          atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed),
+          (e ? e : se) == UVCTX__ERR_CANCELED   ? "canceled"
+          : (e ? e : se) == UVCTX__ERR_TIMEDOUT ? "timedout"
+                                                : "live");
+  if (c->kind == UVCTX__VALUE) {
+    const uvctx__value_t* v = (const uvctx__value_t*)c;
+    fprintf(out, " key=%s", v->key->name != NULL ? v->key->name : "?");
+  }
+  if (c->kind == UVCTX__DEADLINE)
+    fprintf(out, " deadline=%" PRIu64,
+            ((const uvctx__deadline_t*)c)->deadline);
+  fprintf(out, " created at ");
+  print_site(out, c->site);
+  fputc('\n', out);
+}
+
+/* A merge is listed once per parent; print it through its first listed
+ * link only. */
+static int primary_link(const uvctx__link_t* l) {
+  const uvctx_t* c = l->owner;
+  const uvctx__any_t* a;
+  size_t i;
+  if (c->kind != UVCTX__ANY || l == &c->link)
+    return 1;
+  if (c->link.pprev != NULL)
+    return 0;
+  a = (const uvctx__any_t*)c;
+  for (i = 0; i + 1 < a->n; i++) {
+    if (&a->extra[i].link == l)
+      return 1;
+    if (a->extra[i].link.pprev != NULL)
+      return 0;
+  }
+  return 1;
+}
+
+void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
+  const uvctx__link_t** stack = NULL;
+  size_t len = 0, cap = 0;
+  uvctx_loop_t* it;
+  int oom = 0;
+
+  if (l == NULL || out == NULL)
+    return;
+  uvctx__lock();
+  fprintf(out,
+          "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
+          " pending watch(es), %" PRIu32 " armed deadline(s)\n",
+          (void*)l, l->n_ctx, l->n_watches, l->heap_len);
+  /* Every live context is either on some loop's orphan list or in the
+   * children list of a live context, so a walk from all orphan lists of all
+   * loops finds each one (trees may span loops). */
+  for (it = uvctx__registry_locked(); it != NULL && !oom; it = it->next_loop) {
+    const uvctx__link_t* o;
+    for (o = it->orphans; o != NULL && !oom; o = o->next) {
+      len = 0;
+      if (len == cap) {
+        const uvctx__link_t** s =
+            uvctx__realloc(stack, (cap ? cap * 2 : 64) * sizeof(*stack));
+        if (s == NULL) {
+          oom = 1;
+          break;
+        }
+        stack = s;
+        cap = cap ? cap * 2 : 64;
+      }
+      stack[len++] = o;
+      while (len > 0 && !oom) {
+        const uvctx__link_t* k = stack[--len];
+        const uvctx_t* c = k->owner;
+        const uvctx__link_t* ch;
+        if (!primary_link(k))
+          continue;
+        if (c->home == l)
+          print_ctx(out, c);
+        if (atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed) !=
+                UVCTX__LIVE ||
+            (c->kind != UVCTX__CANCEL && c->kind != UVCTX__DEADLINE &&
+             c->kind != UVCTX__ANY))
+          continue;
+        for (ch = c->u1.children; ch != NULL; ch = ch->next) {
+          if (len == cap) {
+            const uvctx__link_t** s =
+                uvctx__realloc(stack, (cap * 2) * sizeof(*stack));
+            if (s == NULL) {
+              oom = 1;
+              break;
+            }
+            stack = s;
+            cap *= 2;
+          }
+          stack[len++] = ch;
+        }
+      }
+    }
+  }
+  if (oom)
+    fprintf(out, "  (out of memory: the list above is incomplete)\n");
+  uvctx__unlock();
+  uvctx__free(stack);
+}

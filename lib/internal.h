@@ -1,0 +1,214 @@
+/* Internals shared by the library's modules: the context and loop layouts,
+ * the library lock, the allocator and the deadline heap. Nothing here is
+ * part of the public API. */
+#ifndef UVCTX_INTERNAL_H
+#define UVCTX_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "uvctx.h"
+
+#if defined(__GNUC__)
+#define UVCTX__LIKELY(x) __builtin_expect(!!(x), 1)
+#define UVCTX__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define UVCTX__LIKELY(x) (x)
+#define UVCTX__UNLIKELY(x) (x)
+#endif
+
+#define UVCTX__CONTAINER_OF(ptr, type, member) \
+  ((type*)((char*)(ptr)-offsetof(type, member)))
+
+/* ---- allocation (alloc.c) ----------------------------------------------- */
+
+/* Every block the library allocates goes through these; they honour
+ * uvctx_replace_allocator() and count live blocks for
+ * uvctx_live_allocations(). uvctx__free(NULL) is a no-op. */
+void* uvctx__malloc(size_t size);
+void* uvctx__calloc(size_t count, size_t size);
+void* uvctx__realloc(void* ptr, size_t size); /* counts ptr==NULL as new */
+void uvctx__free(void* ptr);
+char* uvctx__strdup(const char* s);
+
+/* ---- the library lock (ctx.c) ------------------------------------------- */
+
+/* One process-wide lock guards the shape of every context tree (children
+ * lists, orphan lists), the watch lists, the dispatch queues and the deadline
+ * heaps. Readers of err/cause/values/deadline never take it. It is a
+ * test-and-test-and-set spinlock that yields after a short spin: critical
+ * sections are a few pointer writes, except a cancel, which walks the
+ * subtree it cancels. */
+void uvctx__lock(void);
+void uvctx__unlock(void);
+
+/* ---- contexts ------------------------------------------------------------ */
+
+enum {
+  UVCTX__BACKGROUND = 0,
+  UVCTX__CANCEL,   /* with_cancel, with_cancel_on */
+  UVCTX__DEADLINE, /* with_deadline, with_timeout (and _cause) */
+  UVCTX__ANY,      /* uvctx_any */
+  UVCTX__VALUE,    /* with_value */
+  UVCTX__DETACHED  /* without_cancel */
+};
+
+/* Error codes stored in uvctx_s.err, a byte. */
+enum { UVCTX__LIVE = 0, UVCTX__ERR_CANCELED = 1, UVCTX__ERR_TIMEDOUT = 2 };
+
+/* A link in an intrusive singly-headed doubly-linked list (Linux hlist):
+ * `pprev` points at the previous link's `next` (or the list head), so a link
+ * unlinks itself without knowing which list it is on. `owner` is the context
+ * the link belongs to: a merge has one link per parent. */
+typedef struct uvctx__link_s {
+  struct uvctx__link_s* next;
+  struct uvctx__link_s** pprev;
+  uvctx_t* owner;
+} uvctx__link_t;
+
+/* A cause message shared by every context a cancel reached. */
+typedef struct uvctx__msg_s {
+  atomic_uint refs;
+  char text[];
+} uvctx__msg_t;
+
+/* The common head of every context. Cancel contexts are exactly this struct
+ * (72 bytes); the other kinds extend it. Fields marked [lock] change only
+ * under the library lock. */
+struct uvctx_s {
+  atomic_uint refs;
+  atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
+  uint8_t kind;
+  uint8_t flags;
+  uint8_t pad_;
+  uvctx_t* parent; /* parents[0] for a merge; NULL for background */
+  uvctx_loop_t* home;
+  /* [lock] Where this context is listed: in the children list of the
+   * nearest cancellable ancestor while both are live, else in its home's
+   * orphan list (done contexts, values, children of never-done contexts). */
+  uvctx__link_t link;
+  /* While live: [lock] the children list. Once done: the cause, written
+   * before `err` is published and never again. */
+  union {
+    uvctx__link_t* children;
+    intptr_t cause;
+  } u1;
+  /* While live: [lock] the watch list. Once done: the cause message. */
+  union {
+    uvctx_watch_t* watches;
+    uvctx__msg_t* msg;
+  } u2;
+  void* site; /* the caller of the constructor, for uvctx_loop_dump() */
+};
+
+/* uvctx_with_deadline() and friends. */
+typedef struct uvctx__deadline_s {
+  uvctx_t base;
+  uint64_t deadline;   /* the earliest deadline in force, own or inherited */
+  uint32_t heap_index; /* [lock] UINT32_MAX when not in the heap */
+  int32_t dl_cause;    /* cause recorded when the deadline fires */
+  uvctx__msg_t* dl_msg;
+} uvctx__deadline_t;
+
+/* uvctx_with_value(). */
+typedef struct uvctx__value_s {
+  uvctx_t base;
+  uvctx_t* anc; /* nearest ancestor that is not a value context */
+  const uvctx_key_t* key;
+  void* value;
+} uvctx__value_t;
+
+/* uvctx_any(). base.link and base.parent serve parents[0]. */
+typedef struct uvctx__any_s {
+  uvctx_t base;
+  uint64_t deadline; /* UINT64_MAX when no parent has one */
+  size_t n;
+  struct {
+    uvctx__link_t link;
+    uvctx_t* parent;
+  } extra[]; /* parents 1..n-1 */
+} uvctx__any_t;
+
+#define UVCTX__NO_DEADLINE UINT64_MAX
+#define UVCTX__NO_HEAP UINT32_MAX
+
+/* ---- the loop binding (loop.c) ----------------------------------------- */
+
+struct uvctx_loop_s {
+  uv_loop_t* uv;
+  uvctx_t background;
+  uv_async_t mailbox;  /* unreferenced except while local work is queued */
+  uv_timer_t timer;    /* the deadline timer */
+  uv_prepare_t prepare; /* records the thread running the loop */
+  atomic_uintptr_t thread; /* uv_thread_t of the loop's thread */
+  int closing;
+  int handles_open;
+  int mailbox_refd; /* loop thread only */
+  /* [lock] everything below */
+  uvctx_loop_t* next_loop; /* the registry of loops, for dumps */
+  uvctx_loop_t** pprev_loop;
+  uvctx__link_t* orphans;
+  uvctx_watch_t* queue_head; /* watches whose callbacks are due */
+  uvctx_watch_t** queue_tail;
+  uint64_t queued;
+  uvctx__deadline_t** heap;
+  uint32_t heap_len;
+  uint32_t heap_cap;
+  uint64_t timer_due; /* ms (loop time) the timer is armed for; 0 = stopped */
+  int timer_dirty;    /* the loop thread must re-sync the timer */
+  int timer_refd;
+  uint64_t n_ctx;       /* contexts homed here still referenced */
+  uint64_t n_watches;   /* watches homed here that have not fired */
+  uint64_t dl_watches;  /* of those, watching a context with a deadline */
+};
+
+/* Watch states (uvctx_watch_t.state_). */
+enum {
+  UVCTX__W_IDLE = 0,
+  UVCTX__W_ARMED,  /* on a context's watch list (or never-firing) */
+  UVCTX__W_QUEUED  /* on its home's dispatch queue */
+};
+
+/* loop.c */
+uvctx_loop_t* uvctx__registry_locked(void);
+int uvctx__on_loop_thread(const uvctx_loop_t* l);
+/* [lock] Queues a watch whose context is done and makes sure its home loop
+ * will run the callback: from the loop's own thread the mailbox is
+ * referenced so that uv_run() does not return first. */
+void uvctx__dispatch_locked(uvctx_watch_t* w, int err);
+/* [lock] The loop's timer needs re-syncing (heap top or watch count
+ * changed): done now on the loop's thread, else through the mailbox. */
+void uvctx__timer_touch_locked(uvctx_loop_t* l);
+void uvctx__timer_sync_locked(uvctx_loop_t* l);
+
+/* ctx.c */
+/* [lock] Marks `c` and its whole subtree done, iteratively. */
+void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
+                          uvctx__msg_t* msg);
+uvctx__msg_t* uvctx__msg_new(const char* text);
+void uvctx__msg_unref(uvctx__msg_t* m);
+/* The context whose done state `c` shares: itself for cancellable kinds,
+ * the nearest non-value ancestor for values. */
+uvctx_t* uvctx__state_of(const uvctx_t* c);
+int uvctx__err_code(int stored);
+int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* link,
+                                 uvctx_t* parent);
+void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* link);
+void uvctx__unlink(uvctx__link_t* link);
+uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
+                          uvctx_loop_t* home, void* site);
+void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
+int uvctx__valid(const uvctx_t* c);
+
+/* deadline.c */
+int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+uint64_t uvctx__deadline_of(const uvctx_t* c);
+void uvctx__timer_cb(uv_timer_t* t);
+
+/* watch.c */
+void uvctx__watches_fire_locked(uvctx_t* c, int err);
+void uvctx__mailbox_drain(uvctx_loop_t* l);
+
+#endif /* UVCTX_INTERNAL_H */
