@@ -97,9 +97,10 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
   if (l->closing)
     return;
   if (l->heap_len == 0) {
-    if (l->timer_due != 0)
-      uv_timer_stop(&l->timer);
-    l->timer_due = 0;
+    /* Nothing to do: a timer still armed fires once, finds the heap empty
+     * and stays stopped. Stopping it here would cost a stop and a start
+     * for every short-lived deadline; unreferenced, it keeps nothing
+     * alive. */
   } else {
     uint64_t top = l->heap[0]->deadline;
     uint64_t due = top / 1000000 + (top % 1000000 != 0);
@@ -171,8 +172,11 @@ int uvctx_deadline(const uvctx_t* c, uint64_t* deadline_ns) {
   return 1;
 }
 
-static int with_deadline(uvctx_t* parent, uint64_t deadline, int cause,
-                         const char* msg, uvctx_t** out, void* site) {
+/* `now` is the uv_hrtime() the deadline was computed from, or 0 to read the
+ * clock after linking. */
+static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
+                         int cause, const char* msg, uvctx_t** out,
+                         void* site) {
   uvctx__deadline_t* d;
   uint64_t inherited;
   int rc = 0;
@@ -206,10 +210,9 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, int cause,
     uvctx__orphan_locked(&d->base, &d->base.link);
     /* fall through */
   default:
-    /* Read the clock after linking: a parent cancelled meanwhile has
-     * already reached the child, and an expired deadline is decided
-     * against the freshest time. */
-    if (deadline <= uv_hrtime()) {
+    /* An absolute deadline is compared with the clock read after linking:
+     * an expired deadline is decided against the freshest time. */
+    if (deadline <= (now != 0 ? now : uv_hrtime())) {
       uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
                            d->dl_msg);
     } else if (deadline < inherited) {
@@ -233,21 +236,21 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, int cause,
   return 0;
 }
 
-static uint64_t after_ms(uint64_t timeout_ms) {
-  uint64_t now = uv_hrtime();
-  if (timeout_ms > (UINT64_MAX - now) / 1000000)
+static uint64_t after_ms(uint64_t now, uint64_t timeout_ms) {
+  if (timeout_ms > (UINT64_MAX - 1 - now) / 1000000)
     return UVCTX__NO_DEADLINE - 1;
   return now + timeout_ms * 1000000;
 }
 
 int uvctx_with_deadline(uvctx_t* parent, uint64_t deadline_ns,
                         uvctx_t** out) {
-  return with_deadline(parent, deadline_ns, 0, NULL, out,
+  return with_deadline(parent, deadline_ns, 0, 0, NULL, out,
                        __builtin_return_address(0));
 }
 
 int uvctx_with_timeout(uvctx_t* parent, uint64_t timeout_ms, uvctx_t** out) {
-  return with_deadline(parent, after_ms(timeout_ms), 0, NULL, out,
+  uint64_t now = uv_hrtime();
+  return with_deadline(parent, after_ms(now, timeout_ms), now, 0, NULL, out,
                        __builtin_return_address(0));
 }
 
@@ -255,14 +258,15 @@ int uvctx_with_deadline_cause(uvctx_t* parent, uint64_t deadline_ns,
                               int cause, const char* msg, uvctx_t** out) {
   if (cause >= 0)
     return UV_EINVAL;
-  return with_deadline(parent, deadline_ns, cause, msg, out,
+  return with_deadline(parent, deadline_ns, 0, cause, msg, out,
                        __builtin_return_address(0));
 }
 
 int uvctx_with_timeout_cause(uvctx_t* parent, uint64_t timeout_ms, int cause,
                              const char* msg, uvctx_t** out) {
+  uint64_t now = uv_hrtime();
   if (cause >= 0)
     return UV_EINVAL;
-  return with_deadline(parent, after_ms(timeout_ms), cause, msg, out,
-                       __builtin_return_address(0));
+  return with_deadline(parent, after_ms(now, timeout_ms), now, cause, msg,
+                       out, __builtin_return_address(0));
 }
