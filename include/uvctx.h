@@ -97,6 +97,59 @@ typedef struct uvctx_loop_counts_s {
 UVCTX_EXTERN void uvctx_loop_counts(const uvctx_loop_t* l,
                                     uvctx_loop_counts_t* out);
 
+/* A latency histogram in constant memory: 64 log-spaced buckets (two per
+ * power of two, from 128 ns up to about 4.6 minutes, then everything
+ * above). Bucket i counts values v with bound(i-1) < v <= bound(i). */
+#define UVCTX_HISTOGRAM_BUCKETS 64
+typedef struct uvctx_histogram_s {
+  uint64_t count;
+  uint64_t sum_ns;
+  uint64_t max_ns;
+  uint64_t buckets[UVCTX_HISTOGRAM_BUCKETS];
+} uvctx_histogram_t;
+
+/* The inclusive upper bound of bucket i in nanoseconds; UINT64_MAX for the
+ * last bucket and beyond. */
+UVCTX_EXTERN uint64_t uvctx_histogram_bound(unsigned i);
+
+/* Adds one value. Not thread-safe: the library records into its own
+ * histograms under its lock; use this for your own copies. */
+UVCTX_EXTERN void uvctx_histogram_record(uvctx_histogram_t* h, uint64_t ns);
+
+/* The upper bound of the bucket holding quantile q (0 < q <= 1), capped at
+ * the maximum seen; 0 for an empty histogram. */
+UVCTX_EXTERN uint64_t uvctx_histogram_quantile(const uvctx_histogram_t* h,
+                                               double q);
+
+/* Always-on counters of one loop binding. Gauges are current values;
+ * totals count since uvctx_loop_init(). */
+typedef struct uvctx_loop_stats_s {
+  /* gauges */
+  uint64_t contexts; /* contexts homed on the loop still referenced */
+  uint64_t contexts_cancel;
+  uint64_t contexts_deadline;
+  uint64_t contexts_any;
+  uint64_t contexts_value;
+  uint64_t contexts_without_cancel;
+  uint64_t watches;   /* watches homed on the loop that have not fired */
+  uint64_t deadlines; /* armed deadline entries */
+  /* totals */
+  uint64_t created;            /* contexts created homed on the loop */
+  uint64_t cancels;            /* contexts homed here that became done */
+  uint64_t remote_wakeups;     /* callbacks queued here by other threads */
+  uint64_t callbacks;          /* watch callbacks run */
+  uint64_t deadlines_fired;    /* deadline entries that expired */
+  /* From the cancel (or deadline expiry) that made a watch due to the start
+   * of its callback. */
+  uvctx_histogram_t propagation;
+  /* From a deadline to the moment the timer callback cancelled it. */
+  uvctx_histogram_t lateness;
+} uvctx_loop_stats_t;
+
+/* Copies the loop's counters into *out. Any thread. UV_EINVAL for NULL. */
+UVCTX_EXTERN int uvctx_loop_stats(const uvctx_loop_t* l,
+                                  uvctx_loop_stats_t* out);
+
 /* Number of blocks the library currently has allocated, over all loops
  * (contexts, messages, loop bindings, heaps). Zero when everything has been
  * released and every binding closed. Any thread. */
@@ -245,6 +298,8 @@ struct uvctx_watch_s {
   uvctx_loop_t* home_;
   struct uvctx_watch_s* next_;
   struct uvctx_watch_s** pprev_;
+  uint64_t queued_at_; /* uv_hrtime() when the callback became due */
+  uint64_t cause_id_;  /* the cancel that made it due, for traces */
   int state_;
   int err_;
   int flags_;

@@ -177,7 +177,7 @@ static void attach_locked(uvctx_t* c, uvctx_t* parent) {
     uvctx__orphan_locked(c, &c->link);
     break;
   }
-  c->home->n_ctx++;
+  UVCTX__COUNT_LOCKED(c, 1);
 }
 
 /* ---- cancellation --------------------------------------------------------- */
@@ -187,11 +187,17 @@ static void attach_locked(uvctx_t* c, uvctx_t* parent) {
  * a free `link.next` until it is put on its home's orphan list, so the walk
  * needs no memory and no recursion, whatever the depth. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
-                          uvctx__msg_t* msg) {
+                          uvctx__msg_t* msg, uint64_t now) {
+  static uint64_t last_op; /* [lock] */
+  uvctx__cancel_op_t op;
   uvctx_t* stack;
 
   if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
     return;
+  op.id = ++last_op;
+  op.time = now; /* read lazily, by the first watch made due */
+  if (UVCTX__TRACING())
+    uvctx__trace_cancel(c, err, cause, &op);
   unlink_all(c);
   c->link.next = NULL;
   stack = c;
@@ -218,7 +224,8 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
     }
     n->u1.children = NULL;
 
-    uvctx__watches_fire_locked(n, uvctx__err_code(err));
+    uvctx__watches_fire_locked(n, uvctx__err_code(err), &op);
+    n->home->cancels++;
     if (n->kind == UVCTX__DEADLINE) {
       uvctx__deadline_t* d = (uvctx__deadline_t*)n;
       if (d->heap_index != UVCTX__NO_HEAP)
@@ -238,7 +245,7 @@ int uvctx_cancel(uvctx_t* c) {
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
   uvctx__lock();
-  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL);
+  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   uvctx__unlock();
   return 0;
 }
@@ -256,7 +263,7 @@ int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
       rc = UV_ENOMEM; /* cancelled all the same, without the message */
   }
   uvctx__lock();
-  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, cause, m);
+  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, cause, m, 0);
   uvctx__unlock();
   uvctx__msg_unref(m);
   return rc;
@@ -305,6 +312,8 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
   uvctx__lock();
   attach_locked(c, parent);
   uvctx__unlock();
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
   *out = c;
   return 0;
 }
@@ -378,8 +387,10 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     if (!linked)
       uvctx__orphan_locked(&a->base, &a->base.link);
   }
-  a->base.home->n_ctx++;
+  UVCTX__COUNT_LOCKED(&a->base, 1);
   uvctx__unlock();
+  if (UVCTX__TRACING())
+    uvctx__trace_create(&a->base);
   *out = &a->base;
   return 0;
 }
@@ -443,7 +454,9 @@ void uvctx_unref(uvctx_t* c) {
       if (d->heap_index != UVCTX__NO_HEAP)
         uvctx__heap_remove_locked(n->home, d);
     }
-    n->home->n_ctx--;
+    UVCTX__COUNT_LOCKED(n, -1);
+    if (UVCTX__TRACING())
+      uvctx__trace_free(n);
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
 

@@ -132,8 +132,13 @@ void uvctx__timer_cb(uv_timer_t* t) {
   l->timer_due = 0;
   while (l->heap_len > 0 && l->heap[0]->deadline <= now) {
     uvctx__deadline_t* d = l->heap[0];
+    uint64_t late = now - d->deadline;
+    l->deadlines_fired++;
+    uvctx_histogram_record(&l->lateness, late);
+    if (UVCTX__TRACING())
+      uvctx__trace_deadline(&d->base, late);
     uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
-                         d->dl_msg);
+                         d->dl_msg, now);
   }
   uvctx__timer_sync_locked(l);
   uvctx__unlock();
@@ -214,7 +219,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
      * an expired deadline is decided against the freshest time. */
     if (deadline <= (now != 0 ? now : uv_hrtime())) {
       uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
-                           d->dl_msg);
+                           d->dl_msg, now);
     } else if (deadline < inherited) {
       /* Only the earliest deadline in force needs a timer entry: when the
        * parent's comes first, the parent's expiry reaches this child. */
@@ -230,8 +235,10 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
     uvctx_unref(parent);
     return rc;
   }
-  d->base.home->n_ctx++;
+  UVCTX__COUNT_LOCKED(&d->base, 1);
   uvctx__unlock();
+  if (UVCTX__TRACING())
+    uvctx__trace_create(&d->base);
   *out = &d->base;
   return 0;
 }

@@ -158,10 +158,35 @@ struct uvctx_loop_s {
   uint64_t timer_due; /* ms (loop time) the timer is armed for; 0 = stopped */
   int timer_dirty;    /* the loop thread must re-sync the timer */
   int timer_refd;
+  uint64_t n_kind[UVCTX__DETACHED + 1]; /* n_ctx by kind */
+  uint64_t created;
+  uint64_t cancels;
+  uint64_t remote_wakeups;
+  uint64_t callbacks;
+  uint64_t deadlines_fired;
+  uvctx_histogram_t propagation;
+  uvctx_histogram_t lateness;
   uint64_t n_ctx;       /* contexts homed here still referenced */
   uint64_t n_watches;   /* watches homed here that have not fired */
   uint64_t dl_watches;  /* of those, watching a context with a deadline */
 };
+
+/* One cancel operation, as seen by the watches it makes due: its id links
+ * a trace's cancel event to the callbacks it caused, its time measures the
+ * propagation delay. */
+typedef struct uvctx__cancel_op_s {
+  uint64_t id;
+  uint64_t time; /* uv_hrtime() at the cancel */
+} uvctx__cancel_op_t;
+
+/* [lock] Counts a context in or out of its home's gauges. */
+#define UVCTX__COUNT_LOCKED(c, d)                                            \
+  do {                                                                       \
+    (c)->home->n_ctx += (uint64_t)(d);                                       \
+    (c)->home->n_kind[(c)->kind] += (uint64_t)(d);                           \
+    if ((d) > 0)                                                             \
+      (c)->home->created++;                                                  \
+  } while (0)
 
 /* Watch states (uvctx_watch_t.state_). */
 enum {
@@ -176,16 +201,18 @@ int uvctx__on_loop_thread(const uvctx_loop_t* l);
 /* [lock] Queues a watch whose context is done and makes sure its home loop
  * will run the callback: from the loop's own thread the mailbox is
  * referenced so that uv_run() does not return first. */
-void uvctx__dispatch_locked(uvctx_watch_t* w, int err);
+void uvctx__dispatch_locked(uvctx_watch_t* w, int err,
+                            uvctx__cancel_op_t* op);
 /* [lock] The loop's timer needs re-syncing (heap top or watch count
  * changed): done now on the loop's thread, else through the mailbox. */
 void uvctx__timer_touch_locked(uvctx_loop_t* l);
 void uvctx__timer_sync_locked(uvctx_loop_t* l);
 
 /* ctx.c */
-/* [lock] Marks `c` and its whole subtree done, iteratively. */
+/* [lock] Marks `c` and its whole subtree done, iteratively. `now` is the
+ * current uv_hrtime() if the caller has it, else 0. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
-                          uvctx__msg_t* msg);
+                          uvctx__msg_t* msg, uint64_t now);
 uvctx__msg_t* uvctx__msg_new(const char* text);
 void uvctx__msg_unref(uvctx__msg_t* m);
 /* The context whose done state `c` shares: itself for cancellable kinds,
@@ -207,8 +234,23 @@ void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 uint64_t uvctx__deadline_of(const uvctx_t* c);
 void uvctx__timer_cb(uv_timer_t* t);
 
+/* trace.c: tracing hooks. The core calls them only while uvctx__tracing is
+ * non-zero (some loop has a trace sink), so that they cost one relaxed load
+ * when tracing is off. Those marked [lock] run under the library lock and
+ * must neither block nor call back into the library. */
+extern atomic_int uvctx__tracing;
+#define UVCTX__TRACING()                                                     \
+  UVCTX__UNLIKELY(atomic_load_explicit(&uvctx__tracing, memory_order_relaxed))
+void uvctx__trace_create(const uvctx_t* c);           /* after creation */
+void uvctx__trace_free(const uvctx_t* c);             /* [lock] */
+void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
+                         const uvctx__cancel_op_t* op); /* [lock] */
+void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns); /*[lock]*/
+void uvctx__trace_callback(const uvctx_watch_t* w, int err); /* loop thread */
+
 /* watch.c */
-void uvctx__watches_fire_locked(uvctx_t* c, int err);
+void uvctx__watches_fire_locked(uvctx_t* c, int err,
+                                uvctx__cancel_op_t* op);
 void uvctx__mailbox_drain(uvctx_loop_t* l);
 
 #endif /* UVCTX_INTERNAL_H */

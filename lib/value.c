@@ -9,8 +9,10 @@ static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   uvctx_ref(parent);
   uvctx__lock();
   uvctx__orphan_locked(c, &c->link);
-  c->home->n_ctx++;
+  UVCTX__COUNT_LOCKED(c, 1);
   uvctx__unlock();
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
   *out = c;
   return 0;
 }

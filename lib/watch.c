@@ -42,9 +42,17 @@ static void queue_remove_locked(uvctx_loop_t* l, uvctx_watch_t* w) {
   l->queued--;
 }
 
-void uvctx__dispatch_locked(uvctx_watch_t* w, int err) {
+void uvctx__dispatch_locked(uvctx_watch_t* w, int err,
+                            uvctx__cancel_op_t* op) {
   uvctx_loop_t* l = w->home_;
+  int local = uvctx__on_loop_thread(l);
   dl_uncount_locked(w);
+  if (op->time == 0)
+    op->time = uv_hrtime();
+  w->queued_at_ = op->time;
+  w->cause_id_ = op->id;
+  if (!local)
+    l->remote_wakeups++;
   w->state_ = UVCTX__W_QUEUED;
   w->err_ = err;
   w->next_ = NULL;
@@ -57,19 +65,20 @@ void uvctx__dispatch_locked(uvctx_watch_t* w, int err) {
    * deadline timer, the only live handle, fires and stops in one pass).
    * Other threads cannot touch the handle's reference count; they only
    * wake the loop. */
-  if (uvctx__on_loop_thread(l) && !l->mailbox_refd) {
+  if (local && !l->mailbox_refd) {
     uv_ref((uv_handle_t*)&l->mailbox);
     l->mailbox_refd = 1;
   }
   uv_async_send(&l->mailbox);
 }
 
-void uvctx__watches_fire_locked(uvctx_t* c, int err) {
+void uvctx__watches_fire_locked(uvctx_t* c, int err,
+                                uvctx__cancel_op_t* op) {
   uvctx_watch_t* w = c->u2.watches;
   c->u2.watches = NULL;
   while (w != NULL) {
     uvctx_watch_t* next = w->next_;
-    uvctx__dispatch_locked(w, err);
+    uvctx__dispatch_locked(w, err, op);
     w = next;
   }
 }
@@ -100,9 +109,11 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
     w->state_ = UVCTX__W_ARMED;
   } else if (atomic_load_explicit(&s->err, memory_order_relaxed) !=
              UVCTX__LIVE) {
+    uvctx__cancel_op_t op = {0, 0};
     uvctx__dispatch_locked(
-        w, uvctx__err_code(atomic_load_explicit(&s->err,
-                                                memory_order_relaxed)));
+        w,
+        uvctx__err_code(atomic_load_explicit(&s->err, memory_order_relaxed)),
+        &op);
   } else {
     w->state_ = UVCTX__W_ARMED;
     watch_list_add(&s->u2.watches, w);
@@ -157,7 +168,11 @@ void uvctx__mailbox_drain(uvctx_loop_t* l) {
     w->state_ = UVCTX__W_IDLE;
     w->ctx_ = NULL;
     l->n_watches--;
+    l->callbacks++;
+    uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);
     uvctx__unlock();
+    if (UVCTX__TRACING())
+      uvctx__trace_callback(w, err);
     /* After this call `w` may be freed or restarted: touch it no more. */
     cb(w, err);
     uvctx_unref(c);

@@ -1,0 +1,81 @@
+/* stats.c owns the always-on counters of a loop binding: the latency
+ * histograms and uvctx_loop_stats(). */
+#include <string.h>
+
+#include "internal.h"
+
+/* Two buckets per power of two, starting at 128 ns: bound(2k) = 2^(k+7),
+ * bound(2k+1) = 1.5 * 2^(k+7). */
+uint64_t uvctx_histogram_bound(unsigned i) {
+  uint64_t base;
+  if (i >= UVCTX_HISTOGRAM_BUCKETS - 1)
+    return UINT64_MAX;
+  base = (uint64_t)1 << (i / 2 + 7);
+  return (i & 1) ? base + base / 2 : base;
+}
+
+static unsigned bucket_of(uint64_t v) {
+  unsigned lo = 0, hi = UVCTX_HISTOGRAM_BUCKETS - 1;
+  while (lo < hi) { /* the first bucket whose bound is >= v */
+    unsigned mid = (lo + hi) / 2;
+    if (v <= uvctx_histogram_bound(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+void uvctx_histogram_record(uvctx_histogram_t* h, uint64_t ns) {
+  h->count++;
+  h->sum_ns += ns;
+  if (ns > h->max_ns)
+    h->max_ns = ns;
+  h->buckets[bucket_of(ns)]++;
+}
+
+uint64_t uvctx_histogram_quantile(const uvctx_histogram_t* h, double q) {
+  uint64_t rank, seen = 0;
+  unsigned i;
+  if (h == NULL || h->count == 0)
+    return 0;
+  if (q <= 0)
+    q = 0;
+  if (q > 1)
+    q = 1;
+  rank = (uint64_t)(q * (double)h->count + 0.5);
+  if (rank == 0)
+    rank = 1;
+  for (i = 0; i < UVCTX_HISTOGRAM_BUCKETS; i++) {
+    seen += h->buckets[i];
+    if (seen >= rank) {
+      uint64_t b = uvctx_histogram_bound(i);
+      return b < h->max_ns ? b : h->max_ns;
+    }
+  }
+  return h->max_ns;
+}
+
+int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
+  if (l == NULL || out == NULL)
+    return UV_EINVAL;
+  memset(out, 0, sizeof(*out));
+  uvctx__lock();
+  out->contexts = l->n_ctx;
+  out->contexts_cancel = l->n_kind[UVCTX__CANCEL];
+  out->contexts_deadline = l->n_kind[UVCTX__DEADLINE];
+  out->contexts_any = l->n_kind[UVCTX__ANY];
+  out->contexts_value = l->n_kind[UVCTX__VALUE];
+  out->contexts_without_cancel = l->n_kind[UVCTX__DETACHED];
+  out->watches = l->n_watches;
+  out->deadlines = l->heap_len;
+  out->created = l->created;
+  out->cancels = l->cancels;
+  out->remote_wakeups = l->remote_wakeups;
+  out->callbacks = l->callbacks;
+  out->deadlines_fired = l->deadlines_fired;
+  out->propagation = l->propagation;
+  out->lateness = l->lateness;
+  uvctx__unlock();
+  return 0;
+}
