@@ -164,8 +164,12 @@ UVCTX_EXTERN uint64_t uvctx_live_allocations(void);
  * usually `static const uvctx_key_t my_key = {"my.key", free};`. The key
  * must outlive every context that binds a value to it. */
 typedef struct uvctx_key_s {
-  const char* name;                /* for dumps and traces */
+  const char* name;                /* for dumps, traces and log fields */
   void (*free_value)(void* value); /* NULL: the caller owns values */
+  /* Optional. Makes the key loggable: writes `value` as text into buf
+   * (at most size bytes, NUL-terminated) and returns the length it needed,
+   * snprintf-style, or a negative number to skip the value. */
+  int (*format)(const void* value, char* buf, size_t size);
 } uvctx_key_t;
 
 /* The loop's root context: never done, no deadline, no values. It is not
