@@ -213,12 +213,14 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
     for (l = n->u1.children; l != NULL; l = next) {
       uvctx_t* k = l->owner;
       next = l->next;
-      /* A merge leaves all its parents' lists at once; it is listed once
-       * per distinct parent state, so it cannot come up twice here. */
+      /* The list being walked is dropped whole, and the `next` of the
+       * links already walked now threads the stack: detach this link by
+       * hand, never through pprev (that would write into a link already
+       * reused). A merge also leaves its other parents' lists; it is listed
+       * once per distinct parent state, so it cannot come up twice. */
+      l->pprev = NULL;
       if (k->kind == UVCTX__ANY)
         unlink_all(k);
-      else
-        l->pprev = NULL;
       k->link.next = stack != NULL ? &stack->link : NULL;
       stack = k;
     }
