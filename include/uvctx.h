@@ -72,9 +72,17 @@ UVCTX_EXTERN int uvctx_replace_allocator(uvctx_malloc_func malloc_func,
  * loop's thread. */
 UVCTX_EXTERN int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out);
 
+/* Makes the calling thread the loop's thread. Call it first thing on a
+ * thread that takes over a loop from another one (a loop set up on the main
+ * thread and run by a worker), before uv_run(): uvctx otherwise learns the
+ * new thread only from its own first callback, and until then would treat
+ * the old thread as the loop's. Loop thread only (by definition). */
+UVCTX_EXTERN int uvctx_loop_adopt(uvctx_loop_t* l);
+
 /* Detaches uvctx from its loop. Returns UV_EBUSY, closing nothing, while any
- * context homed on the loop is still referenced or any watch homed on it is
- * pending (use uvctx_loop_dump() to see which). On 0 the binding's handles
+ * context homed on the loop is still referenced, any watch homed on it is
+ * pending, or a context homed on another loop still has this loop's
+ * background as its parent (use uvctx_loop_dump() to see which). On 0 the binding's handles
  * are closing: run the loop once more (uv_run(loop, UV_RUN_DEFAULT)) before
  * uv_loop_close(); the binding is freed in the last close callback. Loop
  * thread only. */
@@ -161,7 +169,8 @@ UVCTX_EXTERN uint64_t uvctx_live_allocations(void);
 
 /* A key for request-scoped values. Keys compare by address: two keys are
  * the same key only if they are the same object, so declare each key once,
- * usually `static const uvctx_key_t my_key = {"my.key", free};`. The key
+ * usually `static const uvctx_key_t my_key = {.name = "my.key", .free_value
+ * = free};`. The key
  * must outlive every context that binds a value to it. */
 typedef struct uvctx_key_s {
   const char* name;                /* for dumps, traces and log fields */

@@ -165,6 +165,11 @@ void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from) {
   uvctx__orphan_locked(c, &c->link);
 }
 
+void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d) {
+  if (parent->kind == UVCTX__BACKGROUND && parent->home != c->home)
+    parent->home->n_foreign += (uint64_t)d;
+}
+
 /* Links a new child into the tree, born done if its parent is. */
 static void attach_locked(uvctx_t* c, uvctx_t* parent) {
   switch (uvctx__register_child_locked(c, &c->link, parent)) {
@@ -178,6 +183,7 @@ static void attach_locked(uvctx_t* c, uvctx_t* parent) {
     break;
   }
   UVCTX__COUNT_LOCKED(c, 1);
+  uvctx__foreign_locked(c, parent, 1);
 }
 
 /* ---- cancellation --------------------------------------------------------- */
@@ -390,6 +396,8 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
       uvctx__orphan_locked(&a->base, &a->base.link);
   }
   UVCTX__COUNT_LOCKED(&a->base, 1);
+  for (i = 0; i < n; i++)
+    uvctx__foreign_locked(&a->base, parents[i], 1);
   uvctx__unlock();
   if (UVCTX__TRACING())
     uvctx__trace_create(&a->base);
@@ -407,9 +415,14 @@ uvctx_t* uvctx_ref(uvctx_t* c) {
 
 /* Drops one reference to `p`; when it was the last, takes p out of the tree
  * and pushes it on the stack of contexts to free. */
-static void drop_parent_locked(uvctx_t* p, uvctx_t** stack) {
-  if (p == NULL || p->kind == UVCTX__BACKGROUND)
+static void drop_parent_locked(const uvctx_t* c, uvctx_t* p,
+                               uvctx_t** stack) {
+  if (p == NULL)
     return;
+  if (p->kind == UVCTX__BACKGROUND) {
+    uvctx__foreign_locked(c, p, -1);
+    return;
+  }
   if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
     return;
   unlink_all(p);
@@ -462,12 +475,12 @@ void uvctx_unref(uvctx_t* c) {
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
 
-    drop_parent_locked(n->parent, &stack);
+    drop_parent_locked(n, n->parent, &stack);
     if (n->kind == UVCTX__ANY) {
       uvctx__any_t* a = (uvctx__any_t*)n;
       size_t i;
       for (i = 0; i + 1 < a->n; i++)
-        drop_parent_locked(a->extra[i].parent, &stack);
+        drop_parent_locked(n, a->extra[i].parent, &stack);
     }
   }
   uvctx__unlock();

@@ -167,6 +167,10 @@ struct uvctx_loop_s {
   uvctx_histogram_t propagation;
   uvctx_histogram_t lateness;
   uint64_t n_ctx;       /* contexts homed here still referenced */
+  /* Contexts homed on other loops whose parent is this loop's background:
+   * the background is not reference counted, so they are counted here to
+   * keep the binding from closing under them. */
+  uint64_t n_foreign;
   uint64_t n_watches;   /* watches homed here that have not fired */
   uint64_t dl_watches;  /* of those, watching a context with a deadline */
 };
@@ -226,6 +230,9 @@ void uvctx__unlink(uvctx__link_t* link);
 uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
                           uvctx_loop_t* home, void* site);
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
+/* [lock] Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a
+ * parent that is another loop's background. */
+void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
 int uvctx__valid(const uvctx_t* c);
 
 /* deadline.c */

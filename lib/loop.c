@@ -20,6 +20,28 @@ static void note_thread(uvctx_loop_t* l) {
                         memory_order_relaxed);
 }
 
+int uvctx_loop_adopt(uvctx_loop_t* l) {
+  if (l == NULL)
+    return UV_EINVAL;
+  note_thread(l);
+  /* Work queued for the loop while another thread counted as its own (a
+   * deadline or callbacks sent through the mailbox) is taken up now: the
+   * timer is synced and queued callbacks keep the loop alive until they
+   * have run, from the loop, not from this call. */
+  uvctx__lock();
+  if (l->timer_dirty)
+    uvctx__timer_sync_locked(l);
+  if (l->queue_head != NULL) {
+    if (!l->mailbox_refd) {
+      uv_ref((uv_handle_t*)&l->mailbox);
+      l->mailbox_refd = 1;
+    }
+    uv_async_send(&l->mailbox);
+  }
+  uvctx__unlock();
+  return 0;
+}
+
 void uvctx__timer_touch_locked(uvctx_loop_t* l) {
   if (uvctx__on_loop_thread(l)) {
     uvctx__timer_sync_locked(l);
@@ -117,7 +139,7 @@ int uvctx_loop_close(uvctx_loop_t* l) {
   if (l == NULL || l->closing)
     return UV_EINVAL;
   uvctx__lock();
-  if (l->n_ctx != 0 || l->n_watches != 0) {
+  if (l->n_ctx != 0 || l->n_watches != 0 || l->n_foreign != 0) {
     uvctx__unlock();
     return UV_EBUSY;
   }
