@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The first command to run on a fresh Debian machine: installs the missing
+# packages, builds uvctx and its programs in build/demo (no tests, no
+# benchmarks) and runs the demos.
+#
+#   scripts/demo.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+build=build/demo
+
+./scripts/test.sh --deps-only
+
+echo "=== building uvctx in $build"
+cmake -S . -B "$build" -DUVCTX_BUILD_TESTS=OFF -DUVCTX_BUILD_BENCH=OFF \
+  -DUVCTX_BUILD_TOOLS=ON >/dev/null
+cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" >/dev/null
+
+# Runs one demo program from the build directory.
+run_demo() {
+  local prog=$1
+  shift
+  echo
+  echo "=== $prog${*:+ $*}"
+  "$build/$prog" "$@"
+}
+
+# One line per demo; the relay demo will follow this one.
+run_demo uvctx-demo

@@ -1,0 +1,26 @@
+# Programs built on the public API only (UVCTX_BUILD_TOOLS). They link the
+# shared library, whose hidden visibility keeps them honest. One block per
+# program: append new ones below.
+
+# uvctx_add_program(NAME SOURCES a.c ... [LIBS x ...])
+function(uvctx_add_program name)
+  cmake_parse_arguments(P "" "" "SOURCES;LIBS" ${ARGN})
+  add_executable(${name} ${P_SOURCES})
+  target_link_libraries(${name} PRIVATE uvctx::uvctx ${P_LIBS})
+  # -rdynamic, so that uvctx_loop_dump() can name the program's functions
+  # that created a leaked context.
+  set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON)
+  uvctx_warnings(${name})
+  uvctx_sanitize(${name})
+endfunction()
+
+# uvctx-demo: a request timeout, a cross-thread cancel and a leak report.
+# Its smoke test fails if any of the three does not behave as documented.
+uvctx_add_program(uvctx-demo SOURCES examples/timeout_demo.c)
+if(UVCTX_BUILD_TESTS)
+  add_test(NAME demo_timeout COMMAND uvctx-demo)
+  set_tests_properties(demo_timeout PROPERTIES TIMEOUT 60 LABELS tools)
+endif()
+
+# uvctx-trace (issue 6).
+include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake OPTIONAL)
