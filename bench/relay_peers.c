@@ -1,0 +1,184 @@
+/* relay_peers.c owns the peer relays of bench_relay: a bare libuv relay of
+ * the same shape as uvctx_copy (64 KiB buffers, the same high/low marks)
+ * and a blocking read/write relay. No uvctx code on purpose. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay_peers.h"
+
+double relay_thread_cpu(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef struct bare_s {
+  uv_loop_t loop;
+  uv_tcp_t in;
+  uv_tcp_t out;
+  uv_shutdown_t shut;
+  uv_timer_t timer;
+  int reading;
+  int eof;
+  int closes;
+  uint64_t t0;
+  uint64_t t1;
+} bare_t;
+
+typedef struct bare_write_s {
+  uv_write_t req;
+  bare_t* b;
+  char* base;
+} bare_write_t;
+
+static void bare_close_cb(uv_handle_t* h) {
+  bare_t* b = h->data;
+  if (--b->closes == 0)
+    b->t1 = uv_hrtime();
+}
+
+static void bare_close_all(bare_t* b) {
+  if (uv_is_closing((uv_handle_t*)&b->in))
+    return;
+  b->closes = 2;
+  uv_close((uv_handle_t*)&b->in, bare_close_cb);
+  uv_close((uv_handle_t*)&b->out, bare_close_cb);
+}
+
+static void bare_alloc(uv_handle_t* h, size_t n, uv_buf_t* buf) {
+  (void)h;
+  (void)n;
+  *buf = uv_buf_init(malloc(RELAY_BUF), RELAY_BUF);
+}
+
+static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+
+static void bare_write_cb(uv_write_t* req, int status) {
+  bare_write_t* w = (bare_write_t*)req;
+  bare_t* b = w->b;
+  free(w->base);
+  free(w);
+  if (status != 0) {
+    bare_close_all(b);
+    return;
+  }
+  if (!b->reading && !b->eof && !uv_is_closing((uv_handle_t*)&b->in) &&
+      b->out.write_queue_size <= RELAY_LOW) {
+    b->reading = 1;
+    uv_read_start((uv_stream_t*)&b->in, bare_alloc, bare_read);
+  }
+}
+
+static void bare_shutdown_cb(uv_shutdown_t* req, int status) {
+  (void)status;
+  bare_close_all(req->data);
+}
+
+static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+  bare_t* b = s->data;
+  bare_write_t* w;
+  uv_buf_t out;
+  if (n > 0) {
+    w = malloc(sizeof(*w));
+    w->b = b;
+    w->base = buf->base;
+    out = uv_buf_init(buf->base, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t*)&b->out, &out, 1, bare_write_cb)) {
+      free(w->base);
+      free(w);
+      bare_close_all(b);
+      return;
+    }
+    if (b->out.write_queue_size > RELAY_HIGH - RELAY_BUF) {
+      b->reading = 0;
+      uv_read_stop(s);
+    }
+    return;
+  }
+  free(buf->base);
+  if (n == 0)
+    return;
+  b->reading = 0;
+  if (n == UV_EOF) {
+    b->eof = 1;
+    b->shut.data = b;
+    if (uv_shutdown(&b->shut, (uv_stream_t*)&b->out, bare_shutdown_cb))
+      bare_close_all(b);
+    return;
+  }
+  bare_close_all(b);
+}
+
+static void bare_open(bare_t* b, uv_os_sock_t in, uv_os_sock_t out) {
+  uv_loop_init(&b->loop);
+  uv_tcp_init(&b->loop, &b->in);
+  uv_tcp_init(&b->loop, &b->out);
+  uv_tcp_open(&b->in, in);
+  uv_tcp_open(&b->out, out);
+  b->in.data = b;
+  b->out.data = b;
+  b->reading = 1;
+  uv_read_start((uv_stream_t*)&b->in, bare_alloc, bare_read);
+}
+
+void relay_bare(uv_os_sock_t in, uv_os_sock_t out, double* cpu) {
+  bare_t b = {0};
+  double c0 = relay_thread_cpu();
+  bare_open(&b, in, out);
+  uv_run(&b.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&b.loop);
+  *cpu = relay_thread_cpu() - c0;
+}
+
+static void bare_abort_cb(uv_timer_t* t) {
+  bare_t* b = t->data;
+  uv_close((uv_handle_t*)t, NULL);
+  b->t0 = uv_hrtime();
+  bare_close_all(b);
+}
+
+uint64_t relay_bare_abort(uv_os_sock_t in, uv_os_sock_t out,
+                          uint64_t after_ms) {
+  bare_t b = {0};
+  bare_open(&b, in, out);
+  uv_timer_init(&b.loop, &b.timer);
+  b.timer.data = &b;
+  uv_timer_start(&b.timer, bare_abort_cb, after_ms, 0);
+  uv_run(&b.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&b.loop);
+  return b.t1 - b.t0;
+}
+
+void relay_blocking(uv_os_sock_t in, uv_os_sock_t out, double* cpu) {
+  char* buf = malloc(RELAY_BUF);
+  double c0 = relay_thread_cpu();
+  ssize_t n;
+  ssize_t off;
+  ssize_t w;
+  for (;;) {
+    n = read(in, buf, RELAY_BUF);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    for (off = 0; off < n; off += w) {
+      w = write(out, buf + off, (size_t)(n - off));
+      if (w < 0 && errno == EINTR) {
+        w = 0;
+        continue;
+      }
+      if (w <= 0)
+        goto done;
+    }
+  }
+  shutdown(out, SHUT_WR);
+done:
+  close(in);
+  close(out);
+  free(buf);
+  *cpu = relay_thread_cpu() - c0;
+}

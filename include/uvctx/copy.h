@@ -1,0 +1,165 @@
+/* uvctx copy and pipe: move bytes from one stream to another until EOF, an
+ * error, or a context is done (Go's missing io.CopyContext, Node's
+ * stream.pipeline(..., {signal})), and a bidirectional pipe for proxies.
+ *
+ * Include <uvctx/copy.h>; it includes <uvctx/stream.h> and <uvctx.h>.
+ * Works on any uvctx_stream_t: libuv streams, TLS sessions, your own kinds.
+ *
+ * Threading: start a copy on the thread running the streams' loop, with a
+ * context homed on that loop (derive one with uvctx_with_cancel_on() if
+ * needed); the completion callback runs there. The context itself may be
+ * cancelled from any thread.
+ *
+ * See docs/copy.md for the guide and an example proxy. */
+#ifndef UVCTX_COPY_H
+#define UVCTX_COPY_H
+
+#include <uvctx.h>
+#include <uvctx/stream.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Defaults and limits of uvctx_copy_options_t. */
+#define UVCTX_COPY_DEFAULT_BUFFER_SIZE (64 * 1024)
+#define UVCTX_COPY_MIN_BUFFER_SIZE 1024
+#define UVCTX_COPY_MAX_BUFFER_SIZE (16 * 1024 * 1024)
+#define UVCTX_COPY_DEFAULT_BUFFERS 8
+#define UVCTX_COPY_MAX_BUFFERS 1024
+/* Default high-water mark: 4 buffers; default low-water mark: 1 buffer. */
+#define UVCTX_COPY_DEFAULT_HIGH_BUFFERS 4
+#define UVCTX_COPY_DEFAULT_LOW_BUFFERS 1
+
+/* Option flags. */
+enum {
+  /* At EOF, do not shut the destination's write half down: the copy (or
+   * that direction of a pipe) is done once its last write has completed. */
+  UVCTX_COPY_NO_SHUTDOWN = 1 << 0,
+  /* When the context is done or the idle timeout expires while no write and
+   * no shutdown is in flight, stop reading and leave both streams open
+   * instead of closing them (nothing needs recalling). */
+  UVCTX_COPY_KEEP_OPEN_IDLE = 1 << 1
+};
+
+/* Options; zero-initialize, then set what you need. A zero field takes its
+ * default.
+ * buffer_size  bytes per buffer: 64 KiB; 1 KiB .. 16 MiB.
+ * buffers      buffers in the pool, per direction: 8; 1 .. 1024. The pool is
+ *              allocated once when the copy starts and freed before its
+ *              callback: a copy never holds more than buffers*buffer_size.
+ * high_water   reading stops while the destination's write queue
+ *              (uvctx_stream_write_queue_size()) could exceed it after one
+ *              more buffer, so the queue never exceeds it: 4 buffers; at
+ *              least buffer_size.
+ * low_water    reading resumes once the queue is at or below it (or no
+ *              write is in flight): one buffer, or high_water - buffer_size
+ *              if that is less; at most high_water - buffer_size (so a
+ *              high_water of one buffer means resuming on an empty queue).
+ * idle_timeout_ms  fail with UV_ETIMEDOUT when no byte is read or written in
+ *              any direction for this long: 0 = no idle timeout.
+ * flags        UVCTX_COPY_* flags above. */
+typedef struct uvctx_copy_options_s {
+  size_t buffer_size;
+  unsigned buffers;
+  size_t high_water;
+  size_t low_water;
+  uint64_t idle_timeout_ms;
+  unsigned flags;
+} uvctx_copy_options_t;
+
+/* ------------------------------------------------------------------------ */
+/* Copy                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvctx_copy_s uvctx_copy_t;
+
+/* status: 0 after EOF (and the destination's shutdown, unless
+ * UVCTX_COPY_NO_SHUTDOWN), the context's error (UV_ECANCELED,
+ * UV_ETIMEDOUT), UV_ETIMEDOUT for the idle timeout, or the first I/O error
+ * of either stream. bytes: bytes written to the destination. */
+typedef void (*uvctx_copy_cb)(uvctx_copy_t* c, int status, uint64_t bytes);
+
+/* A copy request, caller-allocated like a libuv request: `data` is yours,
+ * the rest is private. It must stay valid until its callback runs; it may
+ * be reused or freed in the callback. */
+struct uvctx_copy_s {
+  void* data;
+  /* private */
+  uvctx_watch_t watch_;
+  uvctx_copy_cb cb_;
+  void* state_;
+  uint64_t bytes_;
+};
+
+/* Copies `src` to `dst` until EOF, an error, or `ctx` is done.
+ *
+ * While the copy runs it owns both streams: do not read, write, shut down
+ * or close them (it sets their read callbacks). src == dst is allowed (an
+ * echo). The callback runs exactly once, from the loop, never inside this
+ * call, after the last write and shutdown callbacks:
+ * - status 0 (EOF): both streams are left open (src at EOF, dst shut down
+ *   unless UVCTX_COPY_NO_SHUTDOWN); you close them.
+ * - status != 0 (the context, the idle timeout, an I/O error on either
+ *   side): the copy has closed both streams, since a libuv write cannot be
+ *   recalled, and the callback runs after their close callbacks: the
+ *   streams and the handles they wrap may be freed in it. Exception: with
+ *   UVCTX_COPY_KEEP_OPEN_IDLE and nothing in flight they are left open
+ *   (reading stopped); uvctx_stream_is_closing() tells which happened.
+ * When the context is done the status is the context's error, never an EOF
+ * or an error caused by the close.
+ *
+ * Returns 0; UV_EINVAL for NULL arguments, closing streams, invalid options
+ * or a context homed on another loop than the streams'; UV_EBUSY if a
+ * stream is already used by a copy or pipe; UV_ENOMEM (the pool is one
+ * allocation); or the error of starting to read. On error nothing was started, cb never runs,
+ * and the streams are untouched. `opts` may be NULL (all defaults) and is
+ * copied. The copy does not need `ctx` after this call beyond its watch's
+ * reference. */
+UVCTX_EXTERN int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx,
+                                  uvctx_stream_t* src, uvctx_stream_t* dst,
+                                  const uvctx_copy_options_t* opts,
+                                  uvctx_copy_cb cb);
+
+/* Bytes written to the destination so far (the final count once done). */
+UVCTX_EXTERN uint64_t uvctx_copy_bytes(const uvctx_copy_t* c);
+
+/* ------------------------------------------------------------------------ */
+/* Pipe                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvctx_pipe_s uvctx_pipe_t;
+
+/* status as for uvctx_copy_cb; a_to_b and b_to_a: bytes written each way. */
+typedef void (*uvctx_pipe_cb)(uvctx_pipe_t* p, int status, uint64_t a_to_b,
+                              uint64_t b_to_a);
+
+/* A pipe request, caller-allocated: `data` is yours, the rest private. */
+struct uvctx_pipe_s {
+  void* data;
+  /* private */
+  uvctx_watch_t watch_;
+  uvctx_pipe_cb cb_;
+  void* state_;
+  uint64_t bytes_[2];
+};
+
+/* Two copies in opposite directions, a -> b and b -> a, as one operation:
+ * one side's EOF shuts the other side's write half (unless
+ * UVCTX_COPY_NO_SHUTDOWN); done with status 0 when both directions are
+ * finished (streams left open: you close them), or at the first error in
+ * either direction, the idle timeout (progress in either direction resets
+ * it) or the context (both streams closed, callback after their close
+ * callbacks, as for uvctx_copy_start()). The options apply to each
+ * direction (so the pool is 2 * buffers). a != b. Errors as for
+ * uvctx_copy_start(). */
+UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
+                                  uvctx_stream_t* a, uvctx_stream_t* b,
+                                  const uvctx_copy_options_t* opts,
+                                  uvctx_pipe_cb cb);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVCTX_COPY_H */

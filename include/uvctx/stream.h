@@ -1,0 +1,264 @@
+/* uvctx streams: a small byte-stream interface shaped after libuv's
+ * uv_stream_t (read start/stop, write, shutdown, close, bytes queued), with
+ * an implementation over any connected libuv stream (uv_tcp_t, uv_pipe_t,
+ * uv_tty_t) and a vtable through which other kinds (the TLS session, test
+ * doubles) plug in. uvctx_copy() and uvctx_pipe() take any of them.
+ *
+ * Threading: a stream belongs to the thread running its loop; every
+ * function here must be called there, and every callback runs there.
+ *
+ * The contract every implementation keeps (the generic functions below
+ * enforce the parts they can):
+ * - Callbacks never run inside the call that started the operation. A call
+ *   that returns an error never runs its callback.
+ * - Every accepted write and shutdown completes exactly once.
+ * - After uvctx_stream_close(), no read callback runs; pending write and
+ *   shutdown callbacks run (UV_ECANCELED, or 0 for a write the transport had
+ *   already finished) before the close callback. The stream's memory, its
+ *   requests' memory and everything they borrow may be reused only in or
+ *   after the close callback (the requests: in or after their own
+ *   callbacks).
+ *
+ * See docs/copy.md for the guide. */
+#ifndef UVCTX_STREAM_H
+#define UVCTX_STREAM_H
+
+#include <uvctx.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct uvctx_stream_s uvctx_stream_t;
+typedef struct uvctx_write_s uvctx_write_t;
+typedef struct uvctx_shutdown_s uvctx_shutdown_t;
+typedef struct uvctx_stream_ops_s uvctx_stream_ops_t;
+
+/* As uv_alloc_cb: fill *buf with a buffer of about `suggested` bytes (or a
+ * zero-length buffer, which makes the read callback see UV_ENOBUFS). The
+ * buffer is the caller's; the library only fills it. */
+typedef void (*uvctx_alloc_cb)(uvctx_stream_t* s, size_t suggested,
+                               uv_buf_t* buf);
+
+/* As uv_read_cb: nread > 0 bytes of data were read into buf->base; 0 means
+ * nothing was read (not an EOF; the buffer is handed back); UV_EOF means the
+ * peer will send nothing more; another negative value is an error. After
+ * UV_EOF or an error no more read callbacks come. The buffer (which may be
+ * NULL/0 after an error) is handed back to the caller in every case. */
+typedef void (*uvctx_read_cb)(uvctx_stream_t* s, ssize_t nread,
+                              const uv_buf_t* buf);
+
+/* Status 0, or a negative error (UV_ECANCELED when the stream was closed
+ * before the write finished). */
+typedef void (*uvctx_write_cb)(uvctx_write_t* req, int status);
+typedef void (*uvctx_shutdown_cb)(uvctx_shutdown_t* req, int status);
+typedef void (*uvctx_stream_close_cb)(uvctx_stream_t* s);
+
+/* A stream. Caller-allocated (embedded in a larger struct by
+ * implementations); `data` is yours, the rest is private. */
+struct uvctx_stream_s {
+  void* data;
+  /* private */
+  const uvctx_stream_ops_t* ops_;
+  uv_loop_t* loop_;
+  uvctx_alloc_cb alloc_cb_;
+  uvctx_read_cb read_cb_;
+  uvctx_stream_close_cb close_cb_;
+  size_t writes_pending_;
+  unsigned flags_;
+  void* impl_[2]; /* for the implementation (libuv: the handle) */
+  void* owner_;   /* the library operation driving it (copy, pipe) */
+};
+
+/* A write request, caller-allocated like uv_write_t: `data` is yours, the
+ * rest is private. It must stay valid until its callback has run. */
+struct uvctx_write_s {
+  void* data;
+  /* private */
+  uvctx_stream_t* stream_;
+  uvctx_write_cb cb_;
+  size_t size_;               /* bytes in the request */
+  struct uvctx_write_s* next_; /* free for the implementation (queues) */
+  void* impl_[4];             /* free for the implementation */
+  uv_write_t uv_; /* the libuv implementation's request; others may use it */
+};
+
+/* A shutdown request, caller-allocated like uv_shutdown_t. */
+struct uvctx_shutdown_s {
+  void* data;
+  /* private */
+  uvctx_stream_t* stream_;
+  uvctx_shutdown_cb cb_;
+  void* impl_[2];  /* free for the implementation */
+  uv_shutdown_t uv_; /* the libuv implementation's request */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Using a stream                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Starts reading: alloc_cb then read_cb run from the loop as data arrives,
+ * as with uv_read_start(). Calling it while already reading replaces the
+ * callbacks. UV_EINVAL for NULL arguments or a closing stream; else the
+ * implementation's error. */
+UVCTX_EXTERN int uvctx_stream_read_start(uvctx_stream_t* s,
+                                         uvctx_alloc_cb alloc_cb,
+                                         uvctx_read_cb read_cb);
+
+/* Stops reading; no read callback runs after it returns (until the next
+ * read_start). Idempotent; 0 on a closing stream. */
+UVCTX_EXTERN int uvctx_stream_read_stop(uvctx_stream_t* s);
+
+/* Queues `nbufs` buffers for writing, in order after earlier writes. The
+ * uv_buf_t array is copied; the bytes it points to are borrowed and must
+ * stay valid and unchanged until cb(req, status) runs, which it does
+ * exactly once, from the loop, never inside this call. `cb` may be NULL.
+ * UV_EINVAL for NULL s/req, nbufs == 0 or a closing stream; UV_EPIPE after
+ * a shutdown; else the implementation's error. On error cb never runs and
+ * req may be reused at once. */
+UVCTX_EXTERN int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
+                                    const uv_buf_t bufs[], unsigned nbufs,
+                                    uvctx_write_cb cb);
+
+/* Shuts the write half down once every earlier write has been written
+ * (TLS: close_notify first). cb(req, status) runs exactly once, from the
+ * loop. UV_EINVAL for NULL s/req or a closing stream; UV_ENOTCONN if a
+ * shutdown was already requested; else the implementation's error (then
+ * cb never runs). */
+UVCTX_EXTERN int uvctx_stream_shutdown(uvctx_shutdown_t* req,
+                                       uvctx_stream_t* s,
+                                       uvctx_shutdown_cb cb);
+
+/* Closes the stream (and, for the libuv implementation, the handle it
+ * wraps): reading stops at once, pending write and shutdown callbacks run
+ * (UV_ECANCELED, or 0 for a write already written) and then cb(s), from
+ * the loop, never inside this call. `cb` may be NULL. The stream's memory
+ * (and the wrapped handle's) may be freed or reused only in or after cb.
+ * Closing a closing stream does nothing. */
+UVCTX_EXTERN void uvctx_stream_close(uvctx_stream_t* s,
+                                     uvctx_stream_close_cb cb);
+
+/* Bytes accepted by uvctx_stream_write() that the stream has not yet handed
+ * to the operating system (libuv: uv_stream_get_write_queue_size(); TLS:
+ * plaintext not yet encrypted plus ciphertext not yet written). */
+UVCTX_EXTERN size_t uvctx_stream_write_queue_size(const uvctx_stream_t* s);
+
+/* 1 once uvctx_stream_close() was called, else 0. */
+UVCTX_EXTERN int uvctx_stream_is_closing(const uvctx_stream_t* s);
+
+/* The loop the stream runs on. */
+UVCTX_EXTERN uv_loop_t* uvctx_stream_loop(const uvctx_stream_t* s);
+
+/* Write requests accepted and not yet completed. */
+UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
+
+/* ------------------------------------------------------------------------ */
+/* The libuv implementation                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Makes `s` a stream over `h`, a connected uv_tcp_t, uv_pipe_t or uv_tty_t
+ * that is not closing and not reading. The stream takes over h->data (it
+ * points at `s` from now on; keep your own pointer in s->data) and the
+ * handle's read callbacks (uv_read_start/uv_read_stop belong to the stream).
+ * Do not call uv_read_start, uv_write, uv_shutdown or uv_close on `h` while
+ * the stream owns it.
+ *
+ * The handle is given back in one of two ways:
+ * - uvctx_stream_close() closes the handle itself (uv_close); the memory of
+ *   both `h` and `s` may be freed in or after the close callback. This is
+ *   the usual end, and what uvctx_copy() does when its context is done.
+ * - uvctx_stream_uv_detach() returns the open handle to you, reading
+ *   stopped, with its original h->data restored.
+ * The caller owns the memory of `h` and `s` throughout.
+ *
+ * A UV_EOF from libuv is checked against the socket's pending error: a
+ * peer's reset that libuv 1.44 reports as EOF (POLLHUP after a partial
+ * read) reaches the read callback as UV_ECONNRESET.
+ *
+ * As with any libuv socket, ignore SIGPIPE in the process: a write to a
+ * reset peer then fails with UV_EPIPE instead of killing it.
+ *
+ * UV_EINVAL for NULL arguments, another handle type, or a closing or
+ * reading handle. On error nothing is changed. */
+UVCTX_EXTERN int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h);
+
+/* The handle a libuv stream wraps (NULL for other kinds). */
+UVCTX_EXTERN uv_stream_t* uvctx_stream_uv_handle(const uvctx_stream_t* s);
+
+/* Gives the handle back: stops reading, restores h->data, and leaves `s`
+ * unusable (re-init it to use it again). UV_EBUSY while writes or a
+ * shutdown are pending (their callbacks still reference `s`); UV_EINVAL
+ * for other kinds or a closing stream. */
+UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
+
+/* ------------------------------------------------------------------------ */
+/* Implementing a stream kind                                               */
+/* ------------------------------------------------------------------------ */
+
+/* The operations of a stream kind. The generic functions above check their
+ * arguments and the stream's state, record the callbacks and request fields,
+ * then call these; an op is never called on a closing stream (except that
+ * read_stop may be called as part of closing by the implementation itself).
+ *
+ * read_start  Begin delivering data: call uvctx_stream_emit_alloc() then
+ *             uvctx_stream_emit_read() from the loop, never inside
+ *             read_start. Called again while reading: keep going.
+ * read_stop   Stop delivering at once (no emit_read after it returns).
+ * write       Take req (req->stream_, cb_, size_ are set; bufs is copied
+ *             if kept); return 0 and later call uvctx_stream_write_done()
+ *             exactly once, or return an error and never call it. The
+ *             bytes stay borrowed until write_done.
+ * shutdown    After queued writes, shut the write half; later call
+ *             uvctx_stream_shutdown_done() exactly once (or return an
+ *             error).
+ * close       Stop reading; complete every pending write and shutdown
+ *             (UV_ECANCELED unless already done; this may happen inside
+ *             close or later); then, from the loop, call
+ *             uvctx_stream_close_done(). The generic layer holds the close
+ *             callback back until every write_done and shutdown_done has
+ *             run, so the user's close callback is always last.
+ * write_queue_size  Bytes accepted and not yet handed to the OS.
+ */
+struct uvctx_stream_ops_s {
+  const char* name; /* "uv", "tls", ...: for dumps and errors */
+  int (*read_start)(uvctx_stream_t* s);
+  int (*read_stop)(uvctx_stream_t* s);
+  int (*write)(uvctx_stream_t* s, uvctx_write_t* req, const uv_buf_t bufs[],
+               unsigned nbufs);
+  int (*shutdown)(uvctx_stream_t* s, uvctx_shutdown_t* req);
+  void (*close)(uvctx_stream_t* s);
+  size_t (*write_queue_size)(const uvctx_stream_t* s);
+};
+
+/* Initializes the generic part of a stream of kind `ops` on `loop`.
+ * Every op must be set. UV_EINVAL for NULL arguments or a missing op. */
+UVCTX_EXTERN int uvctx_stream_init(uvctx_stream_t* s,
+                                   const uvctx_stream_ops_t* ops,
+                                   uv_loop_t* loop);
+
+/* For implementations: run the user's alloc/read callbacks. emit_read
+ * after UV_EOF or an error marks the read side finished. Both do nothing
+ * when the stream is closing or not reading (emit_alloc then yields a
+ * zero-length buffer). */
+UVCTX_EXTERN void uvctx_stream_emit_alloc(uvctx_stream_t* s, size_t suggested,
+                                          uv_buf_t* buf);
+UVCTX_EXTERN void uvctx_stream_emit_read(uvctx_stream_t* s, ssize_t nread,
+                                         const uv_buf_t* buf);
+
+/* For implementations: complete a request or the close. Each runs the
+ * user's callback (close_done may defer it until pending writes are done).
+ * Never call them inside the op that started the request. */
+UVCTX_EXTERN void uvctx_stream_write_done(uvctx_write_t* req, int status);
+UVCTX_EXTERN void uvctx_stream_shutdown_done(uvctx_shutdown_t* req,
+                                             int status);
+UVCTX_EXTERN void uvctx_stream_close_done(uvctx_stream_t* s);
+
+/* For implementations: the request's stream and byte count. */
+UVCTX_EXTERN uvctx_stream_t* uvctx_write_stream(const uvctx_write_t* req);
+UVCTX_EXTERN size_t uvctx_write_size(const uvctx_write_t* req);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVCTX_STREAM_H */
