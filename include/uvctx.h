@@ -81,8 +81,9 @@ UVCTX_EXTERN int uvctx_loop_adopt(uvctx_loop_t* l);
 
 /* Detaches uvctx from its loop. Returns UV_EBUSY, closing nothing, while any
  * context homed on the loop is still referenced, any watch homed on it is
- * pending, or a context homed on another loop still has this loop's
- * background as its parent (use uvctx_loop_dump() to see which). On 0 the binding's handles
+ * pending, a context homed on another loop still has this loop's
+ * background as its parent (use uvctx_loop_dump() to see which), or a trace
+ * is still running on it (see uvctx_loop_trace_stop()). On 0 the binding's handles
  * are closing: run the loop once more (uv_run(loop, UV_RUN_DEFAULT)) before
  * uv_loop_close(); the binding is freed in the last close callback. Loop
  * thread only. */

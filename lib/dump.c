@@ -86,7 +86,7 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
           "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
           " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
           " context(s) of other loops under its background\n",
-          (void*)l, l->n_ctx, l->n_watches, l->heap_len, l->n_foreign);
+          (void*)l, uvctx__live_locked(l), l->n_watches, l->heap_len, l->n_foreign);
   /* Every live context is either on some loop's orphan list or in the
    * children list of a live context, so a walk from all orphan lists of all
    * loops finds each one (trees may span loops). */

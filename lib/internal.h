@@ -158,7 +158,7 @@ struct uvctx_loop_s {
   uint64_t timer_due; /* ms (loop time) the timer is armed for; 0 = stopped */
   int timer_dirty;    /* the loop thread must re-sync the timer */
   int timer_refd;
-  uint64_t n_kind[UVCTX__DETACHED + 1]; /* n_ctx by kind */
+  uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
   uint64_t created;
   uint64_t cancels;
   uint64_t remote_wakeups;
@@ -166,7 +166,8 @@ struct uvctx_loop_s {
   uint64_t deadlines_fired;
   uvctx_histogram_t propagation;
   uvctx_histogram_t lateness;
-  uint64_t n_ctx;       /* contexts homed here still referenced */
+  /* Contexts homed here still referenced: the sum of n_kind, see
+   * uvctx__live_locked(). */
   /* Contexts homed on other loops whose parent is this loop's background:
    * the background is not reference counted, so they are counted here to
    * keep the binding from closing under them. */
@@ -186,7 +187,6 @@ typedef struct uvctx__cancel_op_s {
 /* [lock] Counts a context in or out of its home's gauges. */
 #define UVCTX__COUNT_LOCKED(c, d)                                            \
   do {                                                                       \
-    (c)->home->n_ctx += (uint64_t)(d);                                       \
     (c)->home->n_kind[(c)->kind] += (uint64_t)(d);                           \
     if ((d) > 0)                                                             \
       (c)->home->created++;                                                  \
@@ -201,6 +201,7 @@ enum {
 
 /* loop.c */
 uvctx_loop_t* uvctx__registry_locked(void);
+uint64_t uvctx__live_locked(const uvctx_loop_t* l);
 int uvctx__on_loop_thread(const uvctx_loop_t* l);
 /* [lock] Queues a watch whose context is done and makes sure its home loop
  * will run the callback: from the loop's own thread the mailbox is
@@ -254,6 +255,7 @@ void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
                          const uvctx__cancel_op_t* op); /* [lock] */
 void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns); /*[lock]*/
 void uvctx__trace_callback(const uvctx_watch_t* w, int err); /* loop thread */
+int uvctx__trace_attached_locked(const uvctx_loop_t* l);     /* [lock] */
 
 /* watch.c */
 void uvctx__watches_fire_locked(uvctx_t* c, int err,

@@ -139,7 +139,8 @@ int uvctx_loop_close(uvctx_loop_t* l) {
   if (l == NULL || l->closing)
     return UV_EINVAL;
   uvctx__lock();
-  if (l->n_ctx != 0 || l->n_watches != 0 || l->n_foreign != 0) {
+  if (uvctx__live_locked(l) != 0 || l->n_watches != 0 || l->n_foreign != 0 ||
+      uvctx__trace_attached_locked(l)) {
     uvctx__unlock();
     return UV_EBUSY;
   }
@@ -172,10 +173,18 @@ void uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   if (l == NULL)
     return;
   uvctx__lock();
-  out->contexts = l->n_ctx;
+  out->contexts = uvctx__live_locked(l);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
   uvctx__unlock();
+}
+
+uint64_t uvctx__live_locked(const uvctx_loop_t* l) {
+  uint64_t n = 0;
+  int k;
+  for (k = UVCTX__CANCEL; k <= UVCTX__DETACHED; k++)
+    n += l->n_kind[k];
+  return n;
 }
 
 uvctx_loop_t* uvctx__registry_locked(void) {

@@ -61,7 +61,7 @@ int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
     return UV_EINVAL;
   memset(out, 0, sizeof(*out));
   uvctx__lock();
-  out->contexts = l->n_ctx;
+  out->contexts = uvctx__live_locked(l);
   out->contexts_cancel = l->n_kind[UVCTX__CANCEL];
   out->contexts_deadline = l->n_kind[UVCTX__DEADLINE];
   out->contexts_any = l->n_kind[UVCTX__ANY];

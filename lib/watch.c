@@ -166,13 +166,15 @@ void uvctx__mailbox_drain(uvctx_loop_t* l) {
     int err = w->err_;
     queue_remove_locked(l, w);
     w->state_ = UVCTX__W_IDLE;
-    w->ctx_ = NULL;
     l->n_watches--;
     l->callbacks++;
     uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);
     uvctx__unlock();
+    /* ctx_ is left set until the callback: the tracer names the context,
+     * and a stop from another thread looks only at state_. */
     if (UVCTX__TRACING())
       uvctx__trace_callback(w, err);
+    w->ctx_ = NULL;
     /* After this call `w` may be freed or restarted: touch it no more. */
     cb(w, err);
     uvctx_unref(c);
