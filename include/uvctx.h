@@ -72,6 +72,17 @@ UVCTX_EXTERN int uvctx_replace_allocator(uvctx_malloc_func malloc_func,
  * loop's thread. */
 UVCTX_EXTERN int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out);
 
+/* uvctx_loop_init() with options. UVCTX_LOOP_HIRES_DEADLINES drives the
+ * loop's deadlines from a Linux timerfd (CLOCK_MONOTONIC, nanosecond
+ * expiry) under a uv_poll_t instead of a uv_timer_t, whose whole cached
+ * milliseconds add up to a millisecond of lateness; deadlines are still
+ * never early. It costs a timerfd_settime() system call whenever the
+ * earliest deadline moves earlier. UV_ENOTSUP where there is no timerfd,
+ * UV_EINVAL for unknown flags. */
+#define UVCTX_LOOP_HIRES_DEADLINES 1u
+UVCTX_EXTERN int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags,
+                                    uvctx_loop_t** out);
+
 /* Makes the calling thread the loop's thread. Call it first thing on a
  * thread that takes over a loop from another one (a loop set up on the main
  * thread and run by a worker), before uv_run(): uvctx otherwise learns the

@@ -80,6 +80,38 @@ void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
 
 /* ---- the timer ---------------------------------------------------------------- */
 
+#if defined(__linux__)
+#include <errno.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+int uvctx__hires_open(void) {
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  return fd >= 0 ? fd : -errno; /* libuv codes are negated errno on Unix */
+}
+
+/* uv_hrtime() reads CLOCK_MONOTONIC, so a deadline is directly an absolute
+ * timerfd expiry, to the nanosecond: the kernel never fires it early, and
+ * no millisecond rounding adds lateness. */
+static void hires_arm(uvctx_loop_t* l, uint64_t deadline) {
+  struct itimerspec its = {{0, 0}, {0, 0}};
+  its.it_value.tv_sec = (time_t)(deadline / 1000000000);
+  its.it_value.tv_nsec = (long)(deadline % 1000000000);
+  if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+    its.it_value.tv_nsec = 1; /* all zero would disarm it */
+  timerfd_settime(l->hires_fd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+#else
+int uvctx__hires_open(void) {
+  return UV_ENOTSUP;
+}
+
+static void hires_arm(uvctx_loop_t* l, uint64_t deadline) {
+  (void)l;
+  (void)deadline;
+}
+#endif
+
 /* [lock, loop thread] Arms the timer for the heap's top, and references it
  * only while a watch could be fired by a deadline.
  *
@@ -101,6 +133,12 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
      * and stays stopped. Stopping it here would cost a stop and a start
      * for every short-lived deadline; unreferenced, it keeps nothing
      * alive. */
+  } else if (l->hires_fd >= 0) {
+    uint64_t top = l->heap[0]->deadline;
+    if (l->timer_due == 0 || top < l->timer_due) {
+      hires_arm(l, top);
+      l->timer_due = top;
+    }
   } else {
     uint64_t top = l->heap[0]->deadline;
     uint64_t due = top / 1000000 + (top % 1000000 != 0);
@@ -115,20 +153,19 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
   }
   want_ref = l->dl_watches > 0 && l->heap_len > 0;
   if (want_ref != l->timer_refd) {
+    uv_handle_t* h = l->hires_fd >= 0 ? (uv_handle_t*)&l->hires
+                                      : (uv_handle_t*)&l->timer;
     if (want_ref)
-      uv_ref((uv_handle_t*)&l->timer);
+      uv_ref(h);
     else
-      uv_unref((uv_handle_t*)&l->timer);
+      uv_unref(h);
     l->timer_refd = want_ref;
   }
 }
 
-void uvctx__timer_cb(uv_timer_t* t) {
-  uvctx_loop_t* l = t->data;
-  uint64_t now = uv_hrtime();
-  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
-                        memory_order_relaxed);
-  uvctx__lock();
+/* [lock, loop thread] Cancels every context whose deadline has come, then
+ * re-arms the source for the next one. */
+static void expire_locked(uvctx_loop_t* l, uint64_t now) {
   l->timer_due = 0;
   while (l->heap_len > 0 && l->heap[0]->deadline <= now) {
     uvctx__deadline_t* d = l->heap[0];
@@ -141,6 +178,33 @@ void uvctx__timer_cb(uv_timer_t* t) {
                          d->dl_msg, now);
   }
   uvctx__timer_sync_locked(l);
+}
+
+void uvctx__timer_cb(uv_timer_t* t) {
+  uvctx_loop_t* l = t->data;
+  uint64_t now = uv_hrtime();
+  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
+                        memory_order_relaxed);
+  uvctx__lock();
+  expire_locked(l, now);
+  uvctx__unlock();
+}
+
+void uvctx__hires_cb(uv_poll_t* p, int status, int events) {
+  uvctx_loop_t* l = p->data;
+  uint64_t expirations;
+  (void)status;
+  (void)events;
+  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
+                        memory_order_relaxed);
+#if defined(__linux__)
+  /* Clears readiness; EAGAIN when a re-arm raced the expiry. */
+  if (read(l->hires_fd, &expirations, sizeof(expirations)) < 0)
+    expirations = 0;
+#endif
+  (void)expirations;
+  uvctx__lock();
+  expire_locked(l, uv_hrtime());
   uvctx__unlock();
 }
 

@@ -141,6 +141,10 @@ struct uvctx_loop_s {
   uv_async_t mailbox;  /* unreferenced except while local work is queued */
   uv_timer_t timer;    /* the deadline timer */
   uv_prepare_t prepare; /* records the thread running the loop */
+  /* UVCTX_LOOP_HIRES_DEADLINES: a timerfd under a uv_poll_t replaces the
+   * uv_timer_t as the deadline source (hires_fd is -1 otherwise). */
+  int hires_fd;
+  uv_poll_t hires;
   atomic_uintptr_t thread; /* uv_thread_t of the loop's thread */
   int closing;
   int handles_open;
@@ -155,7 +159,9 @@ struct uvctx_loop_s {
   uvctx__deadline_t** heap;
   uint32_t heap_len;
   uint32_t heap_cap;
-  uint64_t timer_due; /* ms (loop time) the timer is armed for; 0 = stopped */
+  /* When the armed source fires, 0 if none is armed: loop-time ms for the
+   * uv_timer_t, uv_hrtime() ns for the timerfd. */
+  uint64_t timer_due;
   int timer_dirty;    /* the loop thread must re-sync the timer */
   int timer_refd;
   uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
@@ -241,6 +247,8 @@ int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 uint64_t uvctx__deadline_of(const uvctx_t* c);
 void uvctx__timer_cb(uv_timer_t* t);
+void uvctx__hires_cb(uv_poll_t* p, int status, int events);
+int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
 
 /* trace.c: tracing hooks. The core calls them only while uvctx__tracing is
  * non-zero (some loop has a trace sink), so that they cost one relaxed load

@@ -2,6 +2,7 @@
  * mailbox, the deadline timer, the prepare handle that learns which thread
  * runs the loop), the registry of bindings, closing and counting. */
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -53,6 +54,11 @@ void uvctx__timer_touch_locked(uvctx_loop_t* l) {
 
 static void close_cb(uv_handle_t* h) {
   uvctx_loop_t* l = h->data;
+  /* The poll handle is closed, so the descriptor can go. */
+  if (h == (uv_handle_t*)&l->hires && l->hires_fd >= 0) {
+    close(l->hires_fd);
+    l->hires_fd = -1;
+  }
   if (--l->handles_open == 0)
     uvctx__free(l);
 }
@@ -70,15 +76,29 @@ static void prepare_cb(uv_prepare_t* p) {
 }
 
 int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out) {
+  return uvctx_loop_init_ex(loop, 0, out);
+}
+
+int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   uvctx_loop_t* l;
   int rc;
+  int fd = -1;
 
-  if (loop == NULL || out == NULL)
+  if (loop == NULL || out == NULL || (flags & ~UVCTX_LOOP_HIRES_DEADLINES))
     return UV_EINVAL;
+  if (flags & UVCTX_LOOP_HIRES_DEADLINES) {
+    fd = uvctx__hires_open();
+    if (fd < 0)
+      return fd;
+  }
   l = uvctx__calloc(1, sizeof(*l));
-  if (l == NULL)
+  if (l == NULL) {
+    if (fd >= 0)
+      close(fd);
     return UV_ENOMEM;
+  }
   l->uv = loop;
+  l->hires_fd = -1;
   atomic_init(&l->background.refs, 1);
   atomic_init(&l->background.err, UVCTX__LIVE);
   l->background.kind = UVCTX__BACKGROUND;
@@ -104,6 +124,16 @@ int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out) {
   uv_unref((uv_handle_t*)&l->timer);
   uv_unref((uv_handle_t*)&l->prepare);
   l->handles_open = 3;
+  if (fd >= 0) {
+    l->hires.data = l;
+    rc = uv_poll_init(loop, &l->hires, fd);
+    if (rc != 0)
+      goto fail_hires;
+    l->hires_fd = fd;
+    uv_poll_start(&l->hires, UV_READABLE, uvctx__hires_cb);
+    uv_unref((uv_handle_t*)&l->hires);
+    l->handles_open = 4;
+  }
 
   uvctx__lock();
   l->next_loop = registry;
@@ -119,18 +149,31 @@ int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out) {
    * if they did, initialized handles must be closed and their memory kept
    * until their close callbacks: the binding is freed by the last one once
    * the caller runs the loop. */
+fail_hires:
+  close(fd);
+  l->closing = 1;
+  uv_close((uv_handle_t*)&l->prepare, close_cb);
+  uv_close((uv_handle_t*)&l->timer, close_cb);
+  uv_close((uv_handle_t*)&l->mailbox, close_cb);
+  return rc;
 fail_prepare:
+  if (fd >= 0)
+    close(fd);
   l->closing = 1;
   l->handles_open = 2;
   uv_close((uv_handle_t*)&l->timer, close_cb);
   uv_close((uv_handle_t*)&l->mailbox, close_cb);
   return rc;
 fail_timer:
+  if (fd >= 0)
+    close(fd);
   l->closing = 1;
   l->handles_open = 1;
   uv_close((uv_handle_t*)&l->mailbox, close_cb);
   return rc;
 fail_async:
+  if (fd >= 0)
+    close(fd);
   uvctx__free(l);
   return rc;
 }
@@ -155,6 +198,8 @@ int uvctx_loop_close(uvctx_loop_t* l) {
   uv_close((uv_handle_t*)&l->mailbox, close_cb);
   uv_close((uv_handle_t*)&l->timer, close_cb);
   uv_close((uv_handle_t*)&l->prepare, close_cb);
+  if (l->hires_fd >= 0)
+    uv_close((uv_handle_t*)&l->hires, close_cb);
   return 0;
 }
 

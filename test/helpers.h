@@ -109,7 +109,15 @@ static inline void uvt_setup(void) {
   memset(&uvt_fx__, 0, sizeof(uvt_fx__));
   uvt_fx__.main_thread = uv_thread_self();
   ck_assert_int_eq(uv_loop_init(&uvt_fx__.loop), 0);
-  ck_assert_int_eq(uvctx_loop_init(&uvt_fx__.loop, &uvt_fx__.l), 0);
+  /* UVCTX_TEST_LOOP_FLAGS runs a suite again with uvctx_loop_init_ex()
+   * flags, e.g. 1 for UVCTX_LOOP_HIRES_DEADLINES. */
+  ck_assert_int_eq(uvctx_loop_init_ex(&uvt_fx__.loop,
+                                      getenv("UVCTX_TEST_LOOP_FLAGS") != NULL
+                                          ? (unsigned)atoi(getenv(
+                                                "UVCTX_TEST_LOOP_FLAGS"))
+                                          : 0,
+                                      &uvt_fx__.l),
+                   0);
   ck_assert_ptr_nonnull(uvt_fx__.l);
   ck_assert_int_eq(uv_timer_init(&uvt_fx__.loop, &uvt_fx__.watchdog), 0);
   ck_assert_int_eq(uv_timer_init(&uvt_fx__.loop, &uvt_fx__.tick), 0);
