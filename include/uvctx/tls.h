@@ -1,0 +1,201 @@
+/* uvctx TLS: an OpenSSL 3 session over any uvctx stream, client or server,
+ * that is itself a uvctx stream, so uvctx_copy() and uvctx_pipe() work over
+ * TLS unchanged. Its handshake takes a context: when the context is done
+ * mid-handshake, the session stops, closes its transport and reports the
+ * context's error (UV_ECANCELED or UV_ETIMEDOUT).
+ *
+ * Two objects:
+ * - uvctx_tls_config_t wraps an SSL_CTX: role, certificates, trust,
+ *   verification, ALPN, versions. Reference counted; set it up on one
+ *   thread, then share it read-only between sessions on any loop.
+ * - uvctx_tls_t is one session, caller-allocated like a libuv handle. Its
+ *   `stream` member is the plaintext stream: use it with uvctx_stream_*.
+ *
+ * Errors are 0 or negative libuv codes. TLS failures map onto the codes
+ * below; uvctx_tls_reason() gives OpenSSL's reason string for logs.
+ *
+ * See docs/tls.md for the guide. */
+#ifndef UVCTX_TLS_H
+#define UVCTX_TLS_H
+
+#include <uvctx/stream.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How TLS failures are reported (all are libuv codes):
+ * UVCTX_TLS_EVERIFY     we rejected the peer's certificate (unknown CA,
+ *                       expired, wrong host name or address, ...).
+ * UVCTX_TLS_EPROTO      the peer broke the protocol: garbage, bad or
+ *                       oversized records, unexpected messages, a
+ *                       renegotiation attempt, no common version, cipher
+ *                       or ALPN protocol.
+ * UVCTX_TLS_EALERT      the peer aborted with a fatal alert (for instance
+ *                       it rejected our certificate).
+ * UVCTX_TLS_ETRUNCATED  the peer's end of stream came without close_notify
+ *                       (data may have been cut off; also a peer that goes
+ *                       away mid-handshake).
+ * Transport errors (UV_ECONNRESET, UV_EPIPE, ...) are passed through, and a
+ * handshake aborted by its context reports the context's error. */
+#define UVCTX_TLS_EVERIFY UV_EACCES
+#define UVCTX_TLS_EPROTO UV_EPROTO
+#define UVCTX_TLS_EALERT UV_EREMOTEIO
+#define UVCTX_TLS_ETRUNCATED UV_ECONNABORTED
+
+/* Roles and protocol versions (the TLS wire values). */
+enum { UVCTX_TLS_CLIENT = 0, UVCTX_TLS_SERVER = 1 };
+enum { UVCTX_TLS_1_2 = 0x0303, UVCTX_TLS_1_3 = 0x0304 };
+
+/* ------------------------------------------------------------------------ */
+/* Configuration                                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvctx_tls_config_s uvctx_tls_config_t; /* opaque */
+
+/* A new configuration for `role` holding one reference for the caller.
+ * Defaults: TLS 1.2 to 1.3, renegotiation refused, no session resumption
+ * (no cache, no tickets). A client trusts the system's default CA paths and
+ * verifies the server's certificate and name; a server asks for no client
+ * certificate. UV_EINVAL for a bad role or NULL out, UV_ENOMEM. */
+UVCTX_EXTERN int uvctx_tls_config_new(int role, uvctx_tls_config_t** out);
+
+/* References. Sessions hold one on their configuration, so the caller may
+ * drop its own after uvctx_tls_init(). Any thread. NULL is ignored. */
+UVCTX_EXTERN uvctx_tls_config_t* uvctx_tls_config_ref(uvctx_tls_config_t* c);
+UVCTX_EXTERN void uvctx_tls_config_unref(uvctx_tls_config_t* c);
+
+/* The setters below must be called before the configuration is used by a
+ * session, from one thread. Each returns 0 or an error; after an error
+ * uvctx_tls_config_reason() says why, and the configuration is unchanged
+ * as far as that setting goes. */
+
+/* The certificate chain (PEM: the leaf first, then intermediates) and its
+ * private key (PEM, optionally the same file). UV_ENOENT/UV_EACCES/... if a
+ * file cannot be read, UV_EINVAL if it holds no certificate or key, or if
+ * the key does not match the certificate. */
+UVCTX_EXTERN int uvctx_tls_config_cert_file(uvctx_tls_config_t* c,
+                                            const char* chain_path,
+                                            const char* key_path);
+UVCTX_EXTERN int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c,
+                                           const char* chain_pem,
+                                           size_t chain_len,
+                                           const char* key_pem,
+                                           size_t key_len);
+
+/* Trust exactly the CA certificates in a PEM file or buffer (replacing the
+ * system defaults, or an earlier call). A server that is given CAs asks
+ * for, and verifies, client certificates. Errors as above. */
+UVCTX_EXTERN int uvctx_tls_config_ca_file(uvctx_tls_config_t* c,
+                                          const char* path);
+UVCTX_EXTERN int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c,
+                                         const char* pem, size_t len);
+
+/* Peer verification on (1, the client default) or off (0). Off, a client
+ * accepts any certificate: for tests and pinned setups only. */
+UVCTX_EXTERN int uvctx_tls_config_verify(uvctx_tls_config_t* c, int on);
+
+/* ALPN protocols, most preferred first: a client offers them, a server
+ * selects the first of its own list that the client offered (and refuses
+ * the handshake with no_application_protocol if none matches; a client
+ * that offers nothing is accepted without ALPN). UV_EINVAL for an empty
+ * list or a name that is empty or longer than 255 bytes. */
+UVCTX_EXTERN int uvctx_tls_config_alpn(uvctx_tls_config_t* c,
+                                       const char* const* protos, size_t n);
+
+/* Protocol versions, UVCTX_TLS_1_2 or UVCTX_TLS_1_3 (max 0: the newest).
+ * UV_EINVAL below TLS 1.2 or for min > max. */
+UVCTX_EXTERN int uvctx_tls_config_versions(uvctx_tls_config_t* c,
+                                           int min_version, int max_version);
+
+/* OpenSSL cipher strings: `tls12` for TLS 1.2 (SSL_CTX_set_cipher_list),
+ * `tls13` for TLS 1.3 suites (SSL_CTX_set_ciphersuites); NULL keeps the
+ * default. UV_EINVAL if OpenSSL rejects one. */
+UVCTX_EXTERN int uvctx_tls_config_ciphers(uvctx_tls_config_t* c,
+                                          const char* tls12,
+                                          const char* tls13);
+
+/* Why the last setter failed (OpenSSL's reason, or the file error), or
+ * NULL. The string lives until the next setter call. */
+UVCTX_EXTERN const char* uvctx_tls_config_reason(
+    const uvctx_tls_config_t* c);
+
+/* The underlying SSL_CTX*, for settings this API does not cover. Changing
+ * it once sessions exist is not supported. */
+UVCTX_EXTERN void* uvctx_tls_config_ssl_ctx(uvctx_tls_config_t* c);
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct uvctx_tls_s uvctx_tls_t;
+typedef void (*uvctx_tls_handshake_cb)(uvctx_tls_t* tls, int status);
+
+/* A session, caller-allocated. `stream` is the plaintext stream (its `data`
+ * is yours); the rest is private. */
+struct uvctx_tls_s {
+  uvctx_stream_t stream;
+  /* private */
+  struct uvctx__tls_s* impl_;
+};
+
+/* Makes `tls` a session of `config`'s role over `transport`, a connected
+ * uvctx stream (a libuv stream, or any other kind) on the same loop that is
+ * not reading and not closing. The session takes over the transport: its
+ * `data` field, its read callbacks, writes and shutdown belong to the
+ * session from now on, and closing the session closes it. The transport's
+ * memory must stay valid until the session's close callback has run.
+ *
+ * `server_name` (clients only; NULL for servers) is sent as SNI when it is
+ * a host name and is what the certificate must match (a DNS name, or an
+ * IPv4/IPv6 address matched against IP SANs). A verifying client needs
+ * it: UV_EINVAL without. Also UV_EINVAL for NULL tls/config/transport or a
+ * server configuration without a certificate; UV_ENOMEM.
+ *
+ * Nothing is sent until uvctx_tls_handshake(), or until the first read or
+ * write, which start the handshake without a context. Plaintext writes are
+ * queued until the handshake completes. The session must be closed with
+ * uvctx_stream_close(&tls->stream, cb) whatever happens (a failed
+ * handshake closes the transport, not the session). Loop thread only. */
+UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
+                                uvctx_stream_t* transport,
+                                const char* server_name);
+
+/* Runs the handshake under `ctx` (NULL: no context) and calls cb(tls,
+ * status) exactly once, from the loop, never inside this call: 0 when the
+ * handshake completed; a UVCTX_TLS_E* code or a transport error when it
+ * failed; the context's error (UV_ECANCELED, UV_ETIMEDOUT) when `ctx` was
+ * done first; UV_ECANCELED when the session was closed first. On failure
+ * the transport is closed (the SSL object is freed in its close callback)
+ * before cb runs; then close the session.
+ *
+ * `ctx` must be homed on the session's loop; the session holds a reference
+ * to it until cb has run. Once the handshake is done the context no longer
+ * matters to the session. UV_EINVAL for NULL tls/cb or a context homed
+ * elsewhere; UV_EALREADY if a handshake was already started (by this call
+ * or implicitly by a read or write); the session's error if it failed. */
+UVCTX_EXTERN int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
+                                     uvctx_tls_handshake_cb cb);
+
+/* The negotiated ALPN protocol (NUL-terminated) or NULL. After the
+ * handshake. */
+UVCTX_EXTERN const char* uvctx_tls_alpn(const uvctx_tls_t* tls);
+
+/* The SNI name a client sent (servers) or NULL. */
+UVCTX_EXTERN const char* uvctx_tls_server_name(const uvctx_tls_t* tls);
+
+/* The negotiated version (UVCTX_TLS_1_2, UVCTX_TLS_1_3) and cipher suite
+ * name (OpenSSL's), or 0/NULL before the handshake. */
+UVCTX_EXTERN int uvctx_tls_version(const uvctx_tls_t* tls);
+UVCTX_EXTERN const char* uvctx_tls_cipher(const uvctx_tls_t* tls);
+
+/* OpenSSL's reason for the session's failure ("certificate verify failed:
+ * hostname mismatch", "wrong version number", ...), for logs, or NULL.
+ * Lives as long as the session. */
+UVCTX_EXTERN const char* uvctx_tls_reason(const uvctx_tls_t* tls);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVCTX_TLS_H */

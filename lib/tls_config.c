@@ -1,0 +1,463 @@
+/* The TLS configuration object: an SSL_CTX with uvctx's defaults (TLS 1.2
+ * minimum, renegotiation refused, no resumption state, verifying clients),
+ * certificate, trust, ALPN, version and cipher setters that fail at
+ * configuration time with a reason, and the error-queue helper both TLS
+ * files use. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "tls_internal.h"
+
+/* PEM files larger than this are refused: a certificate chain or a CA
+ * bundle is a few hundred KiB at most, and a runaway path (a device, a
+ * log file) must not be read whole into memory. */
+#define PEM_FILE_MAX (16u << 20)
+
+unsigned long uvctx__tls_drain_errors(const char* what, char* buf,
+                                      size_t len) {
+  unsigned long first = 0;
+  unsigned long e;
+  const char* r;
+
+  while ((e = ERR_get_error()) != 0)
+    if (first == 0)
+      first = e;
+  if (buf == NULL || len == 0)
+    return first;
+  r = first ? ERR_reason_error_string(first) : NULL;
+  if (r == NULL && first != 0)
+    r = "unknown OpenSSL error";
+  if (what != NULL && r != NULL)
+    snprintf(buf, len, "%s: %s", what, r);
+  else if (what != NULL)
+    snprintf(buf, len, "%s", what);
+  else
+    snprintf(buf, len, "%s", r ? r : "");
+  return first;
+}
+
+/* Records why a setter failed and returns err. */
+static int fail(uvctx_tls_config_t* c, int err, const char* what) {
+  uvctx__tls_drain_errors(what, c->reason, sizeof(c->reason));
+  return err;
+}
+
+int uvctx_tls_config_new(int role, uvctx_tls_config_t** out) {
+  uvctx_tls_config_t* c;
+  SSL_CTX* ctx;
+
+  if (out == NULL || (role != UVCTX_TLS_CLIENT && role != UVCTX_TLS_SERVER))
+    return UV_EINVAL;
+  c = uvctx__calloc(1, sizeof(*c));
+  if (c == NULL)
+    return UV_ENOMEM;
+  ERR_clear_error();
+  ctx = SSL_CTX_new(role == UVCTX_TLS_SERVER ? TLS_server_method()
+                                             : TLS_client_method());
+  if (ctx == NULL)
+    goto fail_ctx;
+  if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+    goto fail_setup;
+  /* Renegotiation is a source of CVEs and of state changes behind the
+   * application's back: refuse it in both directions. Resumption is off
+   * because the API has no session cache to offer; a server cache would
+   * only grow. */
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                               SSL_OP_NO_TICKET);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (role == UVCTX_TLS_SERVER) {
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+  } else {
+    if (!SSL_CTX_set_default_verify_paths(ctx))
+      goto fail_setup;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    c->verify = 1;
+  }
+  atomic_init(&c->refs, 1);
+  c->role = role;
+  c->ctx = ctx;
+  *out = c;
+  return 0;
+
+fail_setup:
+  SSL_CTX_free(ctx);
+fail_ctx:
+  ERR_clear_error();
+  uvctx__free(c);
+  return UV_ENOMEM;
+}
+
+uvctx_tls_config_t* uvctx_tls_config_ref(uvctx_tls_config_t* c) {
+  if (c != NULL)
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  return c;
+}
+
+void uvctx_tls_config_unref(uvctx_tls_config_t* c) {
+  if (c == NULL)
+    return;
+  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  SSL_CTX_free(c->ctx);
+  uvctx__free(c->alpn);
+  uvctx__free(c);
+}
+
+const char* uvctx_tls_config_reason(const uvctx_tls_config_t* c) {
+  if (c == NULL || c->reason[0] == '\0')
+    return NULL;
+  return c->reason;
+}
+
+void* uvctx_tls_config_ssl_ctx(uvctx_tls_config_t* c) {
+  return c != NULL ? c->ctx : NULL;
+}
+
+/* Reads a whole PEM file, so that file and memory setters share one parser
+ * and file errors come back as errno codes rather than OpenSSL's. */
+static int read_file(uvctx_tls_config_t* c, const char* path, char** out,
+                     size_t* out_len) {
+  FILE* f;
+  char* buf = NULL;
+  size_t len = 0;
+  size_t cap = 0;
+  size_t n;
+  int err;
+
+  f = fopen(path, "rb");
+  if (f == NULL) {
+    err = uv_translate_sys_error(errno);
+    snprintf(c->reason, sizeof(c->reason), "%s: %s", path, uv_strerror(err));
+    return err;
+  }
+  for (;;) {
+    if (len == cap) {
+      char* nb;
+      if (cap >= PEM_FILE_MAX) {
+        snprintf(c->reason, sizeof(c->reason), "%s: file too large", path);
+        err = UV_EFBIG;
+        goto out;
+      }
+      cap = cap ? cap * 2 : 16384;
+      nb = uvctx__realloc(buf, cap);
+      if (nb == NULL) {
+        err = UV_ENOMEM;
+        goto out;
+      }
+      buf = nb;
+    }
+    n = fread(buf + len, 1, cap - len, f);
+    len += n;
+    if (n == 0)
+      break;
+  }
+  if (ferror(f)) {
+    err = uv_translate_sys_error(errno ? errno : EIO);
+    snprintf(c->reason, sizeof(c->reason), "%s: %s", path, uv_strerror(err));
+    goto out;
+  }
+  fclose(f);
+  *out = buf;
+  *out_len = len;
+  return 0;
+
+out:
+  fclose(f);
+  uvctx__free(buf);
+  return err;
+}
+
+int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
+                              size_t chain_len, const char* key_pem,
+                              size_t key_len) {
+  BIO* bio = NULL;
+  X509* leaf = NULL;
+  X509* extra;
+  EVP_PKEY* key = NULL;
+  int err = UV_EINVAL;
+
+  if (c == NULL || chain_pem == NULL || key_pem == NULL || chain_len == 0 ||
+      key_len == 0 || chain_len > INT_MAX || key_len > INT_MAX)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  ERR_clear_error();
+
+  bio = BIO_new_mem_buf(chain_pem, (int)chain_len);
+  if (bio == NULL)
+    return fail(c, UV_ENOMEM, "certificate");
+  leaf = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+  if (leaf == NULL) {
+    err = fail(c, UV_EINVAL, "certificate chain: no PEM certificate");
+    goto out;
+  }
+  if (SSL_CTX_use_certificate(c->ctx, leaf) != 1) {
+    err = fail(c, UV_EINVAL, "certificate");
+    goto out;
+  }
+  SSL_CTX_clear_chain_certs(c->ctx);
+  while ((extra = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    if (SSL_CTX_add0_chain_cert(c->ctx, extra) != 1) {
+      X509_free(extra);
+      err = fail(c, UV_EINVAL, "certificate chain");
+      goto out;
+    }
+  }
+  /* The loop ends on "no start line", which is how PEM says end of data. */
+  ERR_clear_error();
+  BIO_free(bio);
+
+  bio = BIO_new_mem_buf(key_pem, (int)key_len);
+  if (bio == NULL) {
+    err = fail(c, UV_ENOMEM, "private key");
+    goto out;
+  }
+  key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+  if (key == NULL) {
+    err = fail(c, UV_EINVAL, "private key: no PEM private key");
+    goto out;
+  }
+  /* X509_check_private_key first: SSL_CTX_use_PrivateKey on a mismatch
+   * would also drop the certificate just installed. */
+  if (X509_check_private_key(leaf, key) != 1) {
+    err = fail(c, UV_EINVAL, "private key does not match the certificate");
+    goto out;
+  }
+  if (SSL_CTX_use_PrivateKey(c->ctx, key) != 1 ||
+      SSL_CTX_check_private_key(c->ctx) != 1) {
+    err = fail(c, UV_EINVAL, "private key");
+    goto out;
+  }
+  c->has_cert = 1;
+  err = 0;
+
+out:
+  EVP_PKEY_free(key);
+  X509_free(leaf);
+  BIO_free(bio);
+  ERR_clear_error();
+  return err;
+}
+
+int uvctx_tls_config_cert_file(uvctx_tls_config_t* c, const char* chain_path,
+                               const char* key_path) {
+  char* chain = NULL;
+  char* key = NULL;
+  size_t chain_len = 0;
+  size_t key_len = 0;
+  int err;
+
+  if (c == NULL || chain_path == NULL || key_path == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  err = read_file(c, chain_path, &chain, &chain_len);
+  if (err != 0)
+    return err;
+  err = read_file(c, key_path, &key, &key_len);
+  if (err != 0)
+    goto out;
+  if (chain_len == 0 || key_len == 0) {
+    snprintf(c->reason, sizeof(c->reason), "%s: empty file",
+             chain_len == 0 ? chain_path : key_path);
+    err = UV_EINVAL;
+    goto out;
+  }
+  err = uvctx_tls_config_cert_mem(c, chain, chain_len, key, key_len);
+
+out:
+  uvctx__free(key);
+  uvctx__free(chain);
+  return err;
+}
+
+int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
+                            size_t len) {
+  X509_STORE* store;
+  BIO* bio;
+  X509* x;
+  int n = 0;
+
+  if (c == NULL || pem == NULL || len == 0 || len > INT_MAX)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  ERR_clear_error();
+  bio = BIO_new_mem_buf(pem, (int)len);
+  if (bio == NULL)
+    return fail(c, UV_ENOMEM, "CA certificates");
+  store = X509_STORE_new();
+  if (store == NULL) {
+    BIO_free(bio);
+    return fail(c, UV_ENOMEM, "CA certificates");
+  }
+  while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    int ok = X509_STORE_add_cert(store, x);
+    X509_free(x);
+    if (!ok) {
+      BIO_free(bio);
+      X509_STORE_free(store);
+      return fail(c, UV_EINVAL, "CA certificates");
+    }
+    n++;
+  }
+  BIO_free(bio);
+  ERR_clear_error();
+  if (n == 0) {
+    X509_STORE_free(store);
+    return fail(c, UV_EINVAL, "CA certificates: no PEM certificate");
+  }
+  /* Replaces the default paths (or an earlier CA set) as a whole: a trust
+   * setting that only adds would silently keep trusting the system. */
+  SSL_CTX_set_cert_store(c->ctx, store);
+  c->has_ca = 1;
+  if (c->role == UVCTX_TLS_SERVER && c->verify)
+    SSL_CTX_set_verify(c->ctx,
+                       SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                       NULL);
+  return 0;
+}
+
+int uvctx_tls_config_ca_file(uvctx_tls_config_t* c, const char* path) {
+  char* pem = NULL;
+  size_t len = 0;
+  int err;
+
+  if (c == NULL || path == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  err = read_file(c, path, &pem, &len);
+  if (err != 0)
+    return err;
+  if (len == 0) {
+    snprintf(c->reason, sizeof(c->reason), "%s: empty file", path);
+    err = UV_EINVAL;
+  } else {
+    err = uvctx_tls_config_ca_mem(c, pem, len);
+  }
+  uvctx__free(pem);
+  return err;
+}
+
+int uvctx_tls_config_verify(uvctx_tls_config_t* c, int on) {
+  int mode = SSL_VERIFY_NONE;
+
+  if (c == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  c->verify = on != 0;
+  if (c->verify && c->role == UVCTX_TLS_CLIENT)
+    mode = SSL_VERIFY_PEER;
+  else if (c->verify && c->has_ca)
+    mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+  SSL_CTX_set_verify(c->ctx, mode, NULL);
+  return 0;
+}
+
+/* Server preference: the first of our protocols that the client offered.
+ * No overlap is a fatal no_application_protocol alert (RFC 7301 3.2); a
+ * client that offers no ALPN at all never gets here. */
+static int alpn_select(SSL* ssl, const unsigned char** out,
+                       unsigned char* outlen, const unsigned char* in,
+                       unsigned int inlen, void* arg) {
+  uvctx_tls_config_t* c = arg;
+  unsigned char* sel = NULL;
+  unsigned char sel_len = 0;
+
+  (void)ssl;
+  if (SSL_select_next_proto(&sel, &sel_len, c->alpn, (unsigned)c->alpn_len,
+                            in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  *out = sel;
+  *outlen = sel_len;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+int uvctx_tls_config_alpn(uvctx_tls_config_t* c, const char* const* protos,
+                          size_t n) {
+  unsigned char* wire;
+  size_t len = 0;
+  size_t i;
+  size_t off = 0;
+
+  if (c == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  if (protos == NULL || n == 0) {
+    snprintf(c->reason, sizeof(c->reason), "ALPN: empty protocol list");
+    return UV_EINVAL;
+  }
+  for (i = 0; i < n; i++) {
+    size_t l = protos[i] ? strlen(protos[i]) : 0;
+    if (l == 0 || l > 255) {
+      snprintf(c->reason, sizeof(c->reason),
+               "ALPN: protocol %zu is empty or longer than 255 bytes", i);
+      return UV_EINVAL;
+    }
+    len += 1 + l;
+  }
+  if (len > 65535) {
+    snprintf(c->reason, sizeof(c->reason), "ALPN: list too long");
+    return UV_EINVAL;
+  }
+  wire = uvctx__malloc(len);
+  if (wire == NULL)
+    return UV_ENOMEM;
+  for (i = 0; i < n; i++) {
+    size_t l = strlen(protos[i]);
+    wire[off++] = (unsigned char)l;
+    memcpy(wire + off, protos[i], l);
+    off += l;
+  }
+  if (c->role == UVCTX_TLS_CLIENT) {
+    ERR_clear_error();
+    /* SSL_CTX_set_alpn_protos returns 0 on success, unlike its siblings. */
+    if (SSL_CTX_set_alpn_protos(c->ctx, wire, (unsigned)len) != 0) {
+      uvctx__free(wire);
+      return fail(c, UV_ENOMEM, "ALPN");
+    }
+  } else {
+    SSL_CTX_set_alpn_select_cb(c->ctx, alpn_select, c);
+  }
+  uvctx__free(c->alpn);
+  c->alpn = wire;
+  c->alpn_len = len;
+  return 0;
+}
+
+int uvctx_tls_config_versions(uvctx_tls_config_t* c, int min_version,
+                              int max_version) {
+  if (c == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  if ((min_version != UVCTX_TLS_1_2 && min_version != UVCTX_TLS_1_3) ||
+      (max_version != 0 && max_version != UVCTX_TLS_1_2 &&
+       max_version != UVCTX_TLS_1_3) ||
+      (max_version != 0 && max_version < min_version)) {
+    snprintf(c->reason, sizeof(c->reason),
+             "versions: TLS 1.2 or 1.3 only, min <= max");
+    return UV_EINVAL;
+  }
+  ERR_clear_error();
+  if (!SSL_CTX_set_min_proto_version(c->ctx, min_version) ||
+      !SSL_CTX_set_max_proto_version(c->ctx, max_version))
+    return fail(c, UV_EINVAL, "versions");
+  return 0;
+}
+
+int uvctx_tls_config_ciphers(uvctx_tls_config_t* c, const char* tls12,
+                             const char* tls13) {
+  if (c == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  ERR_clear_error();
+  if (tls12 != NULL && SSL_CTX_set_cipher_list(c->ctx, tls12) != 1)
+    return fail(c, UV_EINVAL, "TLS 1.2 ciphers");
+  if (tls13 != NULL && SSL_CTX_set_ciphersuites(c->ctx, tls13) != 1)
+    return fail(c, UV_EINVAL, "TLS 1.3 cipher suites");
+  return 0;
+}

@@ -1,0 +1,28 @@
+# The TLS suites (issue 4). Certificates are made at build time by
+# tls/gen-certs.sh (openssl CLI) into the build tree.
+set(UVCTX_TLS_CERT_DIR ${CMAKE_CURRENT_BINARY_DIR}/tls-certs)
+add_custom_command(
+  OUTPUT ${UVCTX_TLS_CERT_DIR}/stamp
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/tls/gen-certs.sh
+          ${UVCTX_TLS_CERT_DIR}
+  DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/tls/gen-certs.sh
+  COMMENT "Generating the TLS test certificates")
+add_custom_target(uvctx_tls_certs ALL DEPENDS ${UVCTX_TLS_CERT_DIR}/stamp)
+
+# The byte-boundary test steps through every budget; under TSan (several
+# times slower) it takes every 8th, plus the last byte.
+if(UVCTX_SANITIZE STREQUAL "thread")
+  set(UVCTX_TLS_CUT_ENV "UVCTX_TLS_CUT_STRIDE=8")
+else()
+  set(UVCTX_TLS_CUT_ENV "UVCTX_TLS_CUT_STRIDE=1")
+endif()
+
+uvctx_add_test(test_tls SOURCES test_tls.c TIMEOUT 300
+               ENV "${UVCTX_TLS_CUT_ENV}")
+uvctx_add_test(test_tls_peers SOURCES test_tls_peers.c TIMEOUT 300)
+foreach(t test_tls test_tls_peers)
+  add_dependencies(${t} uvctx_tls_certs)
+  target_compile_definitions(${t} PRIVATE
+    UVCTX_TLS_CERT_DIR="${UVCTX_TLS_CERT_DIR}"
+    UVCTX_TLS_SCRIPT_DIR="${CMAKE_CURRENT_SOURCE_DIR}/tls")
+endforeach()
