@@ -52,7 +52,7 @@ struct op_s {
   size_t low;
   unsigned flags;
   uint64_t idle_ms;
-  uint64_t last_progress; /* uv_now() of the last byte read or written */
+  uint64_t last_progress; /* uv_hrtime() of the last byte in or out */
   uv_timer_t timer;
   unsigned timer_on : 1;
   unsigned watching : 1;
@@ -200,7 +200,7 @@ static void on_write(uvctx_write_t* req, int status) {
   slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
   if (status == 0) {
     d->bytes += uvctx_write_size(req);
-    op->last_progress = uv_now(op->loop);
+    op->last_progress = uv_hrtime();
   } else {
     op_fail(op, status, 0);
   }
@@ -248,7 +248,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread > 0) {
-    op->last_progress = uv_now(op->loop);
+    op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
     sl->req.data = d;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
@@ -442,22 +442,25 @@ static void on_watch(uvctx_watch_t* w, int err) {
   op_abort(op, err != 0 ? err : UV_ECANCELED, 1);
 }
 
-/* libuv timers are whole cached milliseconds: instead of restarting the
- * timer on every read and write, progress only stamps last_progress and
- * the timer, when it fires, re-arms itself for what is left. */
+/* Instead of restarting the timer on every read and write, progress only
+ * stamps last_progress (uv_hrtime()) and the timer, when it fires, re-arms
+ * itself for what is left. libuv timers count whole cached milliseconds and
+ * can fire a fraction of one early by the real clock, so the elapsed time
+ * is judged with uv_hrtime(): an idle timeout never fires early. */
 static void on_idle_timer(uv_timer_t* t) {
   op_t* op;
-  uint64_t now;
-  uint64_t idle;
+  uint64_t idle, limit;
 
   op = UVCTX__CONTAINER_OF(t, op_t, timer);
-  now = uv_now(op->loop);
-  idle = now - op->last_progress;
-  if (idle >= op->idle_ms) {
+  idle = uv_hrtime() - op->last_progress;
+  limit = op->idle_ms * 1000000;
+  if (idle >= limit) {
     op_abort(op, UV_ETIMEDOUT, 1);
     return;
   }
-  uv_timer_start(t, on_idle_timer, op->idle_ms - idle, 0);
+  /* At least 1 ms: a 0 ms timer started from a timer callback runs again
+   * in the same pass in libuv 1.44. */
+  uv_timer_start(t, on_idle_timer, (limit - idle + 999999) / 1000000, 0);
 }
 
 static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
@@ -512,7 +515,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   op->low = cf.low;
   op->flags = cf.flags;
   op->idle_ms = cf.idle_ms;
-  op->last_progress = uv_now(op->loop);
+  op->last_progress = uv_hrtime();
   for (i = 0; i < ndirs; i++) {
     d = &op->dir[i];
     d->op = op;

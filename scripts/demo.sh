@@ -26,5 +26,10 @@ run_demo() {
   "$build/$prog" "$@"
 }
 
-# One line per demo; the relay demo will follow this one.
+# The library in miniature, then the main program: uvctx-relay in front of
+# a local HTTP server, with real clients (scripts/relay-demo.sh).
 run_demo uvctx-demo
+echo
+echo "=== uvctx-relay (scripts/relay-demo.sh)"
+./scripts/relay-demo.sh --build "$build"
+

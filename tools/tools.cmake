@@ -22,5 +22,17 @@ if(UVCTX_BUILD_TESTS)
   set_tests_properties(demo_timeout PROPERTIES TIMEOUT 60 LABELS tools)
 endif()
 
+# uvctx-relay: the TCP/TLS relay (tools/relay/, docs/relay.md). It needs the
+# TLS shim, so it is built only with UVCTX_WITH_TLS.
+if(UVCTX_WITH_TLS)
+  uvctx_add_program(uvctx-relay SOURCES
+    tools/relay/main.c
+    tools/relay/config.c
+    tools/relay/log.c
+    tools/relay/server.c
+    tools/relay/conn.c)
+  install(TARGETS uvctx-relay RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+
 # uvctx-trace (issue 6).
 include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake OPTIONAL)

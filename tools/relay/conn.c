@@ -1,0 +1,624 @@
+/* conn.c owns one relayed connection, from the accepted socket to its last
+ * close callback, on the thread of the worker that accepted it.
+ *
+ * Contexts, from the worker's branch of the server root down:
+ *
+ *   w->root                  cancelled at the drain deadline ("drained")
+ *    └ ctx       with_cancel  cancelled when the client goes away
+ *       └ vctx   with_value   carries the connection's tag (id, peer)
+ *          └ run  with_timeout_cause "lifetime" (or vctx if no lifetime)
+ *             ├ step  with_timeout_cause "handshake-timeout" (client TLS)
+ *             ├ step  with_timeout_cause "connect-timeout" (connect and
+ *             │       upstream TLS)
+ *             └ the pipe, with the copy's idle timeout
+ *
+ * Every step runs under a descendant of `ctx`, so one cancel (drain, client
+ * gone, lifetime) stops whatever is in progress, and the ending reason is
+ * read back from the context's cause message.
+ *
+ * Phases: [client TLS handshake] -> upstream connect [+ upstream TLS
+ * handshake] -> flush what the client sent meanwhile -> pipe -> close.
+ * Exactly one asynchronous operation of ours is in flight at a time, and
+ * conn_end() is only ever called from its completion (or before the first
+ * one started), so no callback can see a freed connection. While the
+ * upstream is being reached the client stream is read into a small buffer,
+ * which is how a client that goes away is noticed. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "relay.h"
+
+/* What a client may send before the upstream is ready; reading stops when
+ * the buffer is full (TCP flow control takes over). */
+#define PREREAD_MAX (64 * 1024)
+
+enum {
+  F_CS = 1 << 0,   /* cs wraps ctcp */
+  F_CTLS = 1 << 1, /* ctls wraps cs */
+  F_UTCP = 1 << 2, /* utcp initialized */
+  F_US = 1 << 3,   /* us wraps utcp */
+  F_UTLS = 1 << 4  /* utls wraps us */
+};
+
+/* The connection's tag, bound to its context as a typed value: anything
+ * holding the context (a log call, a library callback) can name the
+ * connection. Freed by the key when the value context is freed. */
+typedef struct relay_tag_s {
+  uint64_t id;
+  unsigned worker;
+  char peer[64];
+} relay_tag_t;
+
+static void tag_free(void* v) {
+  free(v);
+}
+
+/* How the tag appears in uvctx dumps and traces: "7 127.0.0.1:40112". */
+static int tag_format(const void* v, char* buf, size_t size) {
+  const relay_tag_t* tag = v;
+  return snprintf(buf, size, "%llu %s", (unsigned long long)tag->id, tag->peer);
+}
+
+static const uvctx_key_t tag_key = {
+    .name = "relay.conn", .free_value = tag_free, .format = tag_format};
+
+typedef struct relay_conn_s {
+  relay_worker_t* w;
+  const relay_config_t* cfg;
+  uvctx_t* ctx;
+  uvctx_t* vctx;
+  uvctx_t* run;
+  uvctx_t* step;
+  uvctx_watch_t step_watch;
+  int step_watching;
+  unsigned flags;
+  uv_tcp_t ctcp;
+  uvctx_stream_t cs;
+  uvctx_tls_t ctls;
+  uv_tcp_t utcp;
+  uvctx_stream_t us;
+  uvctx_tls_t utls;
+  uvctx_stream_t* a; /* client plaintext */
+  uvctx_stream_t* b; /* upstream plaintext */
+  uv_connect_t connect_req;
+  uvctx_write_t flush_req;
+  char* pre;
+  size_t pre_len;
+  int prereading;
+  uvctx_pipe_t pipe;
+  uint64_t start_ns;
+  uint64_t bytes_up;   /* client -> upstream */
+  uint64_t bytes_down; /* upstream -> client */
+  const char* reason;
+  char detail[200];
+  int closing; /* close callbacks outstanding */
+  int ended;
+  int counted; /* holds a slot in srv->active */
+} relay_conn_t;
+
+static void conn_end(relay_conn_t* c, const char* reason, int status,
+                     const char* detail);
+static void start_connect(relay_conn_t* c);
+
+/* ---- logging ------------------------------------------------------------ */
+
+static void conn_log(relay_conn_t* c, const char* event) {
+  relay_log_line_t ln;
+  const relay_tag_t* tag = NULL;
+
+  /* The tag is read back through the context, as a library user would. */
+  if (c->vctx != NULL)
+    tag = uvctx_value(c->vctx, &tag_key);
+  relay_log_begin(&ln, event);
+  relay_log_u64(&ln, "conn", tag != NULL ? tag->id : 0);
+  relay_log_u64(&ln, "worker", c->w->index);
+  relay_log_str(&ln, "peer", tag != NULL ? tag->peer : "?");
+  relay_log_u64(&ln, "bytes_up", c->bytes_up);
+  relay_log_u64(&ln, "bytes_down", c->bytes_down);
+  relay_log_u64(&ln, "duration_ms", (uv_hrtime() - c->start_ns) / 1000000);
+  relay_log_str(&ln, "reason", c->reason != NULL ? c->reason : "none");
+  if (c->detail[0] != '\0')
+    relay_log_str(&ln, "detail", c->detail);
+  relay_log_end(&ln);
+}
+
+/* ---- endings ------------------------------------------------------------ */
+
+/* The reason for a failed step: a done context names itself through its
+ * cause message (drained, lifetime, client-gone, handshake-timeout,
+ * connect-timeout); otherwise the error decides. */
+static const char* reason_of(uvctx_t* ctx, int status, const char* dflt) {
+  const char* msg = NULL;
+
+  if (ctx != NULL && uvctx_err(ctx) != 0) {
+    uvctx_cause(ctx, &msg);
+    return msg != NULL ? msg : "cancelled";
+  }
+  switch (status) {
+    case 0:
+      return "eof";
+    case UV_ECONNRESET:
+    case UV_EPIPE:
+    case UV_ENOTCONN:
+      return "reset";
+    case UV_ECONNREFUSED:
+      return "upstream-refused";
+    case UVCTX_TLS_EVERIFY:
+    case UVCTX_TLS_EPROTO:
+    case UVCTX_TLS_EALERT:
+      return "tls-error";
+    case UVCTX_TLS_ETRUNCATED: /* TLS peer left without close_notify */
+      return "reset";
+    default:
+      return dflt;
+  }
+}
+
+/* The reason messages are string literals, so the pointer outlives the
+ * context it came from; copy anything else. */
+static const char* keep_reason(const char* r) {
+  static const char* const known[] = {"eof",
+                                      "idle-timeout",
+                                      "handshake-timeout",
+                                      "lifetime",
+                                      "drained",
+                                      "upstream-refused",
+                                      "reset",
+                                      "tls-error",
+                                      "client-gone",
+                                      "connect-timeout",
+                                      "upstream-error",
+                                      "error",
+                                      "cancelled"};
+  size_t i;
+  for (i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+    if (strcmp(r, known[i]) == 0)
+      return known[i];
+  return "error";
+}
+
+static void conn_free(relay_conn_t* c) {
+  relay_worker_t* w = c->w;
+
+  conn_log(c, "close");
+  if (c->step_watching)
+    uvctx_watch_stop(&c->step_watch); /* not reached today; cheap insurance */
+  /* Children first; each holds its parent. */
+  uvctx_release(c->step);
+  if (c->run != c->vctx)
+    uvctx_release(c->run);
+  uvctx_unref(c->vctx);
+  uvctx_release(c->ctx);
+  free(c->pre);
+  if (c->counted)
+    atomic_fetch_sub(&w->srv->active, 1);
+  free(c);
+  relay_worker_conn_done(w);
+}
+
+static void maybe_free(relay_conn_t* c) {
+  if (c->ended && c->closing == 0)
+    conn_free(c);
+}
+
+static void on_stream_close(uvctx_stream_t* s) {
+  relay_conn_t* c = s->data;
+  c->closing--;
+  maybe_free(c);
+}
+
+static void on_handle_close(uv_handle_t* h) {
+  relay_conn_t* c = h->data;
+  c->closing--;
+  maybe_free(c);
+}
+
+static void close_stream(relay_conn_t* c, uvctx_stream_t* s) {
+  if (!uvctx_stream_is_closing(s)) {
+    c->closing++;
+    uvctx_stream_close(s, on_stream_close);
+  }
+}
+
+static void close_handle(relay_conn_t* c, uv_handle_t* h) {
+  if (!uv_is_closing(h)) {
+    c->closing++;
+    uv_close(h, on_handle_close);
+  }
+}
+
+/* Closes whatever is still open, outermost layer first (a TLS session
+ * closes its transport, a stream its handle), then frees the connection
+ * once the last close callback has run. Also cancels `ctx`: the
+ * connection is over, for anything that still holds it. */
+static void conn_end(relay_conn_t* c, const char* reason, int status,
+                     const char* detail) {
+  if (c->ended)
+    return;
+  c->ended = 1;
+  if (c->reason == NULL)
+    c->reason = keep_reason(reason);
+  if (detail != NULL)
+    snprintf(c->detail, sizeof(c->detail), "%s", detail);
+  else if (status != 0 && c->detail[0] == '\0')
+    snprintf(c->detail, sizeof(c->detail), "%s", uv_err_name(status));
+  if (c->ctx != NULL)
+    uvctx_cancel_cause(c->ctx, UV_ECANCELED, c->reason);
+
+  if (c->flags & F_CTLS)
+    close_stream(c, &c->ctls.stream);
+  else if (c->flags & F_CS)
+    close_stream(c, &c->cs);
+  else
+    close_handle(c, (uv_handle_t*)&c->ctcp);
+
+  if (c->flags & F_UTLS)
+    close_stream(c, &c->utls.stream);
+  else if (c->flags & F_US)
+    close_stream(c, &c->us);
+  else if (c->flags & F_UTCP)
+    close_handle(c, (uv_handle_t*)&c->utcp);
+
+  maybe_free(c);
+}
+
+/* ---- the pipe ------------------------------------------------------------ */
+
+static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
+                    uint64_t b_to_a) {
+  relay_conn_t* c = p->data;
+  const char* reason;
+
+  c->bytes_up += a_to_b;
+  c->bytes_down += b_to_a;
+  if (status == UV_ENOTCONN && uvctx_err(c->run) == 0) {
+    /* Only shutdown(2) fails so, and the pipe shuts a side down only after
+     * that direction's EOF and last write: every byte was handed over, and
+     * the peer closed before our FIN reached it (an HTTPS client that has
+     * its whole body does not wait for our close_notify). An ordinary end.
+     * EPIPE stays a reset: it may come from a write of data. */
+    snprintf(c->detail, sizeof(c->detail), "peer closed first");
+    status = 0;
+  }
+  if (status == 0)
+    reason = "eof";
+  else if (uvctx_err(c->run) != 0)
+    reason = reason_of(c->run, status, "error");
+  else if (status == UV_ETIMEDOUT)
+    reason = "idle-timeout"; /* the copy's own timer, not a context */
+  else
+    reason = reason_of(NULL, status, "error");
+  /* A context or the idle timer ending is not an error worth a detail. */
+  if (uvctx_err(c->run) != 0 || status == UV_ETIMEDOUT)
+    status = 0;
+  conn_end(c, reason, status, NULL);
+}
+
+static void start_pipe(relay_conn_t* c) {
+  uvctx_copy_options_t opts;
+  int rc;
+
+  memset(&opts, 0, sizeof(opts));
+  opts.idle_timeout_ms = c->cfg->idle_timeout_ms;
+  c->pipe.data = c;
+  rc = uvctx_pipe_start(&c->pipe, c->run, c->a, c->b, &opts, on_pipe);
+  if (rc != 0)
+    conn_end(c, "error", rc, "pipe start");
+}
+
+/* ---- what the client sent while the upstream was being reached ---------- */
+
+static void on_flushed(uvctx_write_t* req, int status) {
+  relay_conn_t* c = req->data;
+
+  if (status != 0 || uvctx_err(c->run) != 0) {
+    conn_end(c, reason_of(c->run, status, "upstream-error"), status, NULL);
+    return;
+  }
+  c->bytes_up += c->pre_len;
+  free(c->pre);
+  c->pre = NULL;
+  c->pre_len = 0;
+  start_pipe(c);
+}
+
+static void upstream_ready(relay_conn_t* c) {
+  uv_buf_t buf;
+  int rc;
+
+  if (c->prereading) {
+    uvctx_stream_read_stop(c->a);
+    c->prereading = 0;
+  }
+  if (uvctx_err(c->run) != 0) {
+    conn_end(c, reason_of(c->run, 0, "cancelled"), 0, NULL);
+    return;
+  }
+  if (c->pre_len == 0) {
+    start_pipe(c);
+    return;
+  }
+  buf = uv_buf_init(c->pre, (unsigned)c->pre_len);
+  c->flush_req.data = c;
+  rc = uvctx_stream_write(&c->flush_req, c->b, &buf, 1, on_flushed);
+  if (rc != 0)
+    conn_end(c, "upstream-error", rc, NULL);
+}
+
+static void preread_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
+  relay_conn_t* c = s->data;
+  (void)suggested;
+
+  if (c->pre == NULL)
+    c->pre = malloc(PREREAD_MAX);
+  if (c->pre == NULL || c->pre_len == PREREAD_MAX)
+    *buf = uv_buf_init(NULL, 0);
+  else
+    *buf =
+        uv_buf_init(c->pre + c->pre_len, (unsigned)(PREREAD_MAX - c->pre_len));
+}
+
+/* A client that goes away (or resets) while we reach the upstream cancels
+ * the connection's context: the connect or upstream handshake in progress
+ * sees it and ends the connection. A client that half-closes before the
+ * upstream is even reached counts as gone too (documented). */
+static void preread_cb(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+  relay_conn_t* c = s->data;
+  (void)buf;
+
+  if (nread > 0) {
+    c->pre_len += (size_t)nread;
+    if (c->pre_len == PREREAD_MAX) {
+      uvctx_stream_read_stop(s);
+      c->prereading = 0;
+    }
+    return;
+  }
+  if (nread == 0)
+    return;
+  uvctx_stream_read_stop(s);
+  c->prereading = 0;
+  if (nread == UV_ENOBUFS)
+    return; /* full, or out of memory: wait for the upstream */
+  if (nread != UV_EOF)
+    snprintf(c->detail, sizeof(c->detail), "client %s",
+             uv_err_name((int)nread));
+  uvctx_cancel_cause(c->ctx, UV_ECANCELED,
+                     nread == UV_EOF ? "client-gone" : "reset");
+}
+
+static void start_preread(relay_conn_t* c) {
+  if (uvctx_stream_read_start(c->a, preread_alloc, preread_cb) == 0)
+    c->prereading = 1;
+}
+
+/* ---- the upstream -------------------------------------------------------- */
+
+static void on_upstream_handshake(uvctx_tls_t* tls, int status) {
+  relay_conn_t* c = tls->stream.data;
+  char detail[200];
+
+  if (status != 0) {
+    const char* why = uvctx_tls_reason(tls);
+    const char* r = reason_of(c->step, status, "upstream-error");
+    snprintf(detail, sizeof(detail), "upstream %s%s%s", uv_err_name(status),
+             why != NULL ? ": " : "", why != NULL ? why : "");
+    conn_end(c, r, status, uvctx_err(c->step) != 0 ? NULL : detail);
+    return;
+  }
+  uvctx_release(c->step);
+  c->step = NULL;
+  upstream_ready(c);
+}
+
+/* The connect step's context is done (timeout, client gone, drain):
+ * closing the handle is the only way to abandon a uv_tcp_connect(); its
+ * callback then runs with UV_ECANCELED. */
+static void on_connect_ctx(uvctx_watch_t* w, int err) {
+  relay_conn_t* c = w->data;
+  (void)err;
+
+  c->step_watching = 0;
+  close_handle(c, (uv_handle_t*)&c->utcp);
+}
+
+static void on_connect(uv_connect_t* req, int status) {
+  relay_conn_t* c = req->data;
+  int rc;
+
+  if (c->step_watching && uvctx_watch_stop(&c->step_watch) == 1)
+    c->step_watching = 0;
+  if (status == 0 && uvctx_err(c->step) != 0)
+    status = UV_ECANCELED;
+  if (status != 0) {
+    conn_end(c, reason_of(c->step, status, "upstream-error"), status, NULL);
+    return;
+  }
+  uv_tcp_nodelay(&c->utcp, 1);
+  rc = uvctx_stream_init_uv(&c->us, (uv_stream_t*)&c->utcp);
+  if (rc != 0) {
+    conn_end(c, "error", rc, NULL);
+    return;
+  }
+  c->flags |= F_US;
+  c->us.data = c;
+  c->b = &c->us;
+
+  if (c->cfg->client_tls != NULL) {
+    rc = uvctx_tls_init(&c->utls, c->cfg->client_tls, &c->us,
+                        c->cfg->upstream_name);
+    if (rc != 0) {
+      conn_end(c, "error", rc, "upstream TLS init");
+      return;
+    }
+    c->flags |= F_UTLS;
+    c->utls.stream.data = c;
+    c->b = &c->utls.stream;
+    /* The connect timeout covers the upstream handshake too. */
+    rc = uvctx_tls_handshake(&c->utls, c->step, on_upstream_handshake);
+    if (rc != 0)
+      conn_end(c, "tls-error", rc, "upstream handshake start");
+    return;
+  }
+  uvctx_release(c->step);
+  c->step = NULL;
+  upstream_ready(c);
+}
+
+static void start_connect(relay_conn_t* c) {
+  uv_loop_t* loop = &c->w->loop;
+  int rc;
+
+  rc = uvctx_with_timeout_cause(c->run, c->cfg->connect_timeout_ms,
+                                UV_ETIMEDOUT, "connect-timeout", &c->step);
+  if (rc != 0) {
+    conn_end(c, "error", rc, NULL);
+    return;
+  }
+  rc = uv_tcp_init(loop, &c->utcp);
+  if (rc != 0) {
+    conn_end(c, "error", rc, NULL);
+    return;
+  }
+  c->flags |= F_UTCP;
+  c->utcp.data = c;
+  c->connect_req.data = c;
+  rc = uv_tcp_connect(&c->connect_req, &c->utcp,
+                      (const struct sockaddr*)&c->cfg->connect.ss, on_connect);
+  if (rc != 0) {
+    /* Out of descriptors lands here (socket() fails synchronously). */
+    conn_end(c, reason_of(NULL, rc, "upstream-error"), rc, NULL);
+    return;
+  }
+  c->step_watch.data = c;
+  if (uvctx_watch_start(&c->step_watch, c->step, on_connect_ctx) == 0)
+    c->step_watching = 1;
+  start_preread(c);
+}
+
+/* ---- the client ---------------------------------------------------------- */
+
+static void on_client_handshake(uvctx_tls_t* tls, int status) {
+  relay_conn_t* c = tls->stream.data;
+  const char* why;
+  const char* r;
+
+  if (status != 0) {
+    why = uvctx_tls_reason(tls);
+    if (uvctx_err(c->step) != 0)
+      r = reason_of(c->step, status, "error");
+    else if (status == UVCTX_TLS_ETRUNCATED || status == UV_EOF)
+      r = "client-gone";
+    else
+      r = reason_of(NULL, status, "tls-error");
+    conn_end(c, r, uvctx_err(c->step) != 0 ? 0 : status,
+             uvctx_err(c->step) == 0 && why != NULL ? why : NULL);
+    return;
+  }
+  uvctx_release(c->step);
+  c->step = NULL;
+  start_connect(c);
+}
+
+void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
+  relay_server_t* srv = w->srv;
+  relay_conn_t* c;
+  relay_tag_t* tag;
+  int rc;
+
+  c = calloc(1, sizeof(*c));
+  tag = malloc(sizeof(*tag));
+  if (c == NULL || tag == NULL) {
+    free(c);
+    free(tag);
+    close(fd);
+    atomic_fetch_sub(&srv->active, 1);
+    relay_log_event("refused", "reason", "out-of-memory", NULL);
+    return;
+  }
+  c->w = w;
+  c->cfg = srv->cfg;
+  c->counted = 1;
+  c->start_ns = uv_hrtime();
+  w->nconns++;
+  w->accepted++;
+
+  tag->id = atomic_fetch_add(&srv->next_id, 1) + 1;
+  tag->worker = w->index;
+  relay_format_addr(peer, tag->peer, sizeof(tag->peer));
+
+  rc = uv_tcp_init(&w->loop, &c->ctcp);
+  if (rc != 0) {
+    /* No handle to close: end by hand. */
+    close(fd);
+    free(tag);
+    c->ended = 1;
+    c->reason = "error";
+    conn_free(c);
+    return;
+  }
+  c->ctcp.data = c;
+  rc = uv_tcp_open(&c->ctcp, fd);
+  if (rc != 0) {
+    close(fd);
+    free(tag);
+    conn_end(c, "error", rc, "uv_tcp_open");
+    return;
+  }
+  uv_tcp_nodelay(&c->ctcp, 1);
+
+  rc = uvctx_with_cancel(w->root, &c->ctx);
+  if (rc == 0) {
+    rc = uvctx_with_value(c->ctx, &tag_key, tag, &c->vctx);
+    if (rc != 0)
+      free(tag);
+  } else {
+    free(tag);
+  }
+  if (rc == 0) {
+    if (c->cfg->max_lifetime_ms > 0)
+      rc = uvctx_with_timeout_cause(c->vctx, c->cfg->max_lifetime_ms,
+                                    UV_ETIMEDOUT, "lifetime", &c->run);
+    else
+      c->run = c->vctx;
+  }
+  if (rc != 0) {
+    conn_end(c, "error", rc, "context");
+    return;
+  }
+  conn_log(c, "open");
+
+  rc = uvctx_stream_init_uv(&c->cs, (uv_stream_t*)&c->ctcp);
+  if (rc != 0) {
+    conn_end(c, "error", rc, NULL);
+    return;
+  }
+  c->flags |= F_CS;
+  c->cs.data = c;
+  c->a = &c->cs;
+
+  if (c->cfg->server_tls == NULL) {
+    start_connect(c);
+    return;
+  }
+  rc = uvctx_tls_init(&c->ctls, c->cfg->server_tls, &c->cs, NULL);
+  if (rc != 0) {
+    conn_end(c, "error", rc, "TLS init");
+    return;
+  }
+  c->flags |= F_CTLS;
+  c->ctls.stream.data = c;
+  c->a = &c->ctls.stream;
+  rc = uvctx_with_timeout_cause(c->run, c->cfg->handshake_timeout_ms,
+                                UV_ETIMEDOUT, "handshake-timeout", &c->step);
+  if (rc != 0) {
+    conn_end(c, "error", rc, NULL);
+    return;
+  }
+  rc = uvctx_tls_handshake(&c->ctls, c->step, on_client_handshake);
+  if (rc != 0)
+    conn_end(c, "tls-error", rc, "handshake start");
+}

@@ -1,0 +1,161 @@
+/* relay.h: the pieces of uvctx-relay and what they share. The relay is
+ * built only on the public API (<uvctx.h>, <uvctx/copy.h>, <uvctx/tls.h>).
+ *
+ *   config.c   command line, durations, addresses, TLS configurations
+ *   log.c      one line per event on stderr, logfmt or JSON
+ *   server.c   the control loop (signals, drain), workers, listeners
+ *   conn.c     one connection: handshake, upstream connect, pipe, close
+ *   main.c     main()
+ *
+ * Threads: the main thread runs the control loop; each worker runs its own
+ * loop on its own thread, with its own SO_REUSEPORT listening socket, and
+ * owns the connections it accepted from start to end. Workers and the
+ * control loop talk only through contexts (the server root and the
+ * "accepting" context are cancelled on the main thread; their per-worker
+ * branches fire on the workers) and one uv_async_t (a worker is done). */
+#ifndef UVCTX_RELAY_H
+#define UVCTX_RELAY_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <uvctx.h>
+#include <uvctx/copy.h>
+#include <uvctx/tls.h>
+
+#define RELAY_NAME "uvctx-relay"
+
+/* Exit statuses. */
+enum { RELAY_EXIT_OK = 0, RELAY_EXIT_FAILURE = 1, RELAY_EXIT_CONFIG = 2 };
+
+enum { RELAY_LOG_LOGFMT = 0, RELAY_LOG_JSON = 1 };
+
+typedef struct relay_addr_s {
+  char text[300]; /* as given on the command line */
+  char host[256]; /* host part, without brackets */
+  struct sockaddr_storage ss;
+  socklen_t len;
+} relay_addr_t;
+
+typedef struct relay_config_s {
+  relay_addr_t listen;
+  relay_addr_t connect;
+  const char* tls_cert;
+  const char* tls_key;
+  int connect_tls;
+  int verify; /* upstream certificate verification (on by default) */
+  const char* ca;
+  const char* sni;
+  const char* alpn;
+  uint64_t connect_timeout_ms;
+  uint64_t handshake_timeout_ms;
+  uint64_t idle_timeout_ms;  /* 0: none */
+  uint64_t max_lifetime_ms;  /* 0: none */
+  uint64_t drain_timeout_ms; /* 0: cancel at once */
+  unsigned max_connections;
+  unsigned workers;
+  int log_format;
+  /* Built from the above by relay_config_load_tls(); shared read-only by
+   * every worker's sessions. */
+  uvctx_tls_config_t* server_tls;
+  uvctx_tls_config_t* client_tls;
+  const char* upstream_name; /* SNI / verified name for --connect-tls */
+} relay_config_t;
+
+/* Parses argv into *cfg. Returns 0, 1 when --help or --version was printed
+ * (exit 0), or -1 after printing one line on stderr (exit 2). */
+int relay_config_parse(relay_config_t* cfg, int argc, char** argv);
+
+/* Loads certificates, keys and CAs. Returns 0 or -1 after printing one
+ * line on stderr. */
+int relay_config_load_tls(relay_config_t* cfg);
+void relay_config_free(relay_config_t* cfg);
+
+/* "500ms", "10s", "2m" -> milliseconds. 0 or -1 (invalid). */
+int relay_parse_duration(const char* s, uint64_t* out_ms);
+/* "HOST:PORT", "[V6]:PORT"; names are resolved once, here. */
+int relay_parse_addr(const char* s, int passive, relay_addr_t* out, char* err,
+                     size_t errlen);
+/* "127.0.0.1:8080" or "[::1]:8080". */
+void relay_format_addr(const struct sockaddr* sa, char* out, size_t len);
+
+/* ---- logging ----------------------------------------------------------- */
+
+void relay_log_init(int format);
+
+/* A line under construction: begin, add fields, end (one write(2), so
+ * lines from several threads never interleave). */
+typedef struct relay_log_line_s {
+  char buf[1536];
+  size_t len;
+} relay_log_line_t;
+void relay_log_begin(relay_log_line_t* ln, const char* event);
+void relay_log_str(relay_log_line_t* ln, const char* key, const char* val);
+void relay_log_u64(relay_log_line_t* ln, const char* key, uint64_t val);
+void relay_log_end(relay_log_line_t* ln);
+
+/* A server-level event, then key, value string pairs ending with NULL:
+ * relay_log_event("draining", "signal", "SIGTERM", NULL). */
+void relay_log_event(const char* event, ...);
+
+/* ---- server ------------------------------------------------------------ */
+
+typedef struct relay_server_s relay_server_t;
+typedef struct relay_worker_s relay_worker_t;
+
+struct relay_worker_s {
+  relay_server_t* srv;
+  unsigned index;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uvctx_loop_t* l;
+  uvctx_t* root;      /* branch of the server root homed here */
+  uvctx_t* accepting; /* branch of srv->accepting: done when draining */
+  uvctx_watch_t stop_watch;
+  int listen_fd;
+  uv_poll_t poll;
+  uv_timer_t pause_timer;
+  int listening;     /* poll and timer initialized and not closed */
+  int watching;      /* stop_watch started */
+  int paused;        /* accepting paused (out of descriptors) */
+  int started;       /* the thread was created */
+  unsigned nconns;   /* connections owned by this worker, open or closing */
+  uint64_t accepted; /* total, for the exit line */
+  int exit_status;
+};
+
+struct relay_server_s {
+  relay_config_t* cfg;
+  uv_loop_t loop; /* the control loop, on the main thread */
+  uvctx_loop_t* l;
+  uvctx_t* root;      /* every connection descends from it */
+  uvctx_t* accepting; /* cancelled on the first signal */
+  uvctx_t* drain;     /* the drain deadline */
+  uvctx_watch_t drain_watch;
+  int drain_watching;
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  uv_async_t worker_done;
+  unsigned signals;
+  relay_worker_t* workers;
+  unsigned nworkers;
+  atomic_uint workers_done;
+  atomic_uint active; /* open connections over all workers */
+  atomic_uint_fast64_t next_id;
+  uint64_t drain_start_ns;
+};
+
+/* Runs the relay until it has drained. Returns the exit status. */
+int relay_server_run(relay_config_t* cfg);
+
+/* ---- connections ------------------------------------------------------- */
+
+/* Takes over `fd`, a connected socket accepted by worker `w`. */
+void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer);
+
+/* Called by conn.c when a connection's last handle has closed. */
+void relay_worker_conn_done(relay_worker_t* w);
+
+#endif /* UVCTX_RELAY_H */

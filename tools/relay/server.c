@@ -1,0 +1,454 @@
+/* server.c owns the relay's process-level life: the control loop on the
+ * main thread (signals, the drain deadline, the server root context), the
+ * worker threads with their own loops, and each worker's listening socket
+ * and accept loop.
+ *
+ * Multi-worker design: one listening socket per worker, bound to the same
+ * address with SO_REUSEPORT, so the kernel spreads connections over the
+ * workers and no socket ever crosses threads. libuv 1.44 cannot set
+ * SO_REUSEPORT, so the sockets are made with socket()/setsockopt()/bind()
+ * here, and accepted from a uv_poll_t with accept4() rather than
+ * uv_listen(): that gives the relay the one thing libuv's accept loop
+ * lacks, a pause. Out of descriptors, libuv would keep a spare descriptor
+ * to accept and drop connections; the relay instead stops polling for a
+ * while (the kernel keeps queueing in the backlog) and tries again.
+ *
+ * Drain: the first SIGTERM/SIGINT cancels `accepting` (each worker's branch
+ * fires on its own thread and closes its listener: new connections are
+ * refused) and arms the drain deadline, a context on the control loop
+ * whose watch cancels the server root with the cause "drained": every
+ * connection, on every worker, ends. A second signal does that at once.
+ * A worker whose listener is closed and whose last connection is gone
+ * leaves uv_run(), closes its loop and tells the control loop; when the
+ * last one has, the control loop closes too and the process exits 0. */
+#define _GNU_SOURCE /* accept4() */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "relay.h"
+
+#define ACCEPT_BATCH 64
+#define ACCEPT_PAUSE_MS 100
+#define LISTEN_BACKLOG 4096
+
+/* ---- listening sockets --------------------------------------------------- */
+
+static int make_listener(const relay_config_t* cfg, const struct sockaddr* addr,
+                         socklen_t len, int* out) {
+  int fd;
+  int one = 1;
+  int err;
+
+  fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+    goto fail;
+  /* Only with several workers: with one, a second relay (or anything else)
+   * on the port must be a clear "address already in use". */
+  if (cfg->workers > 1 &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+    goto fail;
+  if (bind(fd, addr, len) != 0)
+    goto fail;
+  if (listen(fd, LISTEN_BACKLOG) != 0)
+    goto fail;
+  *out = fd;
+  return 0;
+
+fail:
+  err = -errno;
+  close(fd);
+  return err;
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static void on_acceptable(uv_poll_t* p, int status, int events);
+
+static void on_pause_over(uv_timer_t* t) {
+  relay_worker_t* w = t->data;
+  if (w->listening)
+    uv_poll_start(&w->poll, UV_READABLE, on_acceptable);
+}
+
+static void pause_accepting(relay_worker_t* w, int err) {
+  char idx[16];
+
+  uv_poll_stop(&w->poll);
+  uv_timer_start(&w->pause_timer, on_pause_over, ACCEPT_PAUSE_MS, 0);
+  if (!w->paused) {
+    w->paused = 1;
+    snprintf(idx, sizeof(idx), "%u", w->index);
+    relay_log_event("accept-paused", "worker", idx, "error", uv_err_name(err),
+                    NULL);
+  }
+}
+
+static void on_acceptable(uv_poll_t* p, int status, int events) {
+  relay_worker_t* w = p->data;
+  relay_server_t* srv = w->srv;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  char idx[16];
+  char peer[64];
+  int i;
+  int fd;
+  (void)events;
+
+  if (status != 0) {
+    pause_accepting(w, status);
+    return;
+  }
+  for (i = 0; i < ACCEPT_BATCH && w->listening; i++) {
+    len = sizeof(ss);
+    fd = accept4(w->listen_fd, (struct sockaddr*)&ss, &len,
+                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return;
+      /* EMFILE, ENFILE, ENOBUFS, ENOMEM: polling again at once would spin
+       * on a readable socket we cannot accept from. */
+      pause_accepting(w, -errno);
+      return;
+    }
+    if (w->paused) {
+      w->paused = 0;
+      snprintf(idx, sizeof(idx), "%u", w->index);
+      relay_log_event("accept-resumed", "worker", idx, NULL);
+    }
+    if (atomic_fetch_add(&srv->active, 1) >= srv->cfg->max_connections) {
+      atomic_fetch_sub(&srv->active, 1);
+      close(fd);
+      relay_format_addr((struct sockaddr*)&ss, peer, sizeof(peer));
+      snprintf(idx, sizeof(idx), "%u", w->index);
+      relay_log_event("refused", "worker", idx, "peer", peer, "reason",
+                      "max-connections", NULL);
+      continue;
+    }
+    relay_conn_start(w, fd, (struct sockaddr*)&ss);
+  }
+}
+
+static void on_listener_closed(uv_handle_t* h) {
+  relay_worker_t* w = h->data;
+  close(w->listen_fd);
+  w->listen_fd = -1;
+}
+
+/* The worker's branch of `accepting` is done: draining has begun. */
+static void on_stop_accepting(uvctx_watch_t* watch, int err) {
+  relay_worker_t* w = watch->data;
+  (void)err;
+
+  if (!w->listening)
+    return;
+  w->listening = 0;
+  uv_poll_stop(&w->poll);
+  uv_close((uv_handle_t*)&w->poll, on_listener_closed);
+  uv_close((uv_handle_t*)&w->pause_timer, NULL);
+}
+
+void relay_worker_conn_done(relay_worker_t* w) {
+  w->nconns--;
+}
+
+/* ---- workers ------------------------------------------------------------- */
+
+static void worker_main(void* arg) {
+  relay_worker_t* w = arg;
+  relay_server_t* srv = w->srv;
+
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  /* Here the listener is closed and every connection is gone (or setup
+   * failed before the listener was polled). */
+  if (!w->listening && w->listen_fd >= 0 && w->poll.data == NULL) {
+    close(w->listen_fd);
+    w->listen_fd = -1;
+  }
+  if (w->watching)
+    uvctx_watch_stop(&w->stop_watch);
+  uvctx_release(w->accepting);
+  uvctx_release(w->root);
+  w->accepting = NULL;
+  w->root = NULL;
+  if (uvctx_loop_close(w->l) != 0) {
+    fprintf(stderr, RELAY_NAME ": worker %u: contexts still live:\n", w->index);
+    uvctx_loop_dump(w->l, stderr);
+    w->exit_status = RELAY_EXIT_FAILURE;
+  } else {
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+      w->exit_status = RELAY_EXIT_FAILURE;
+  }
+  atomic_fetch_add(&srv->workers_done, 1);
+  uv_async_send(&srv->worker_done);
+}
+
+/* ---- the control loop ---------------------------------------------------- */
+
+static void cancel_root(relay_server_t* srv) {
+  uvctx_cancel_cause(srv->accepting, UV_ECANCELED, "draining");
+  uvctx_cancel_cause(srv->root, UV_ECANCELED, "drained");
+}
+
+static void on_drain_deadline(uvctx_watch_t* watch, int err) {
+  relay_server_t* srv = watch->data;
+  (void)err;
+
+  srv->drain_watching = 0;
+  relay_log_event("drain-deadline", NULL);
+  cancel_root(srv);
+}
+
+static void on_signal(uv_signal_t* h, int signum) {
+  relay_server_t* srv = h->data;
+  const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+  char ms[32];
+  int rc;
+
+  srv->signals++;
+  if (srv->signals > 1) {
+    relay_log_event("drain-abort", "signal", name, NULL);
+    cancel_root(srv);
+    return;
+  }
+  snprintf(ms, sizeof(ms), "%llu",
+           (unsigned long long)srv->cfg->drain_timeout_ms);
+  relay_log_event("draining", "signal", name, "drain_timeout_ms", ms, NULL);
+  uvctx_cancel_cause(srv->accepting, UV_ECANCELED, "draining");
+  if (srv->cfg->drain_timeout_ms == 0) {
+    cancel_root(srv);
+    return;
+  }
+  rc = uvctx_with_timeout(uvctx_background(srv->l), srv->cfg->drain_timeout_ms,
+                          &srv->drain);
+  if (rc == 0) {
+    srv->drain_watch.data = srv;
+    rc = uvctx_watch_start(&srv->drain_watch, srv->drain, on_drain_deadline);
+    if (rc == 0)
+      srv->drain_watching = 1;
+  }
+  if (rc != 0)
+    cancel_root(srv); /* no deadline to be had: do not wait forever */
+}
+
+static void on_worker_done(uv_async_t* a) {
+  relay_server_t* srv = a->data;
+
+  if (atomic_load(&srv->workers_done) < srv->nworkers)
+    return;
+  if (srv->drain_watching && uvctx_watch_stop(&srv->drain_watch) == 1)
+    srv->drain_watching = 0;
+  uvctx_release(srv->drain);
+  uvctx_release(srv->accepting);
+  uvctx_release(srv->root);
+  srv->drain = srv->accepting = srv->root = NULL;
+  uv_close((uv_handle_t*)&srv->sigterm, NULL);
+  uv_close((uv_handle_t*)&srv->sigint, NULL);
+  uv_close((uv_handle_t*)&srv->worker_done, NULL);
+}
+
+/* ---- setup and teardown -------------------------------------------------- */
+
+/* Undoes the loops and sockets of a setup that failed before any context
+ * or thread existed. */
+static void close_loops(relay_server_t* srv) {
+  unsigned i;
+
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_worker_t* w = &srv->workers[i];
+    if (w->listen_fd >= 0)
+      close(w->listen_fd);
+    if (w->l != NULL && uvctx_loop_close(w->l) == 0)
+      uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (w->l != NULL)
+      uv_loop_close(&w->loop);
+  }
+  if (srv->l != NULL && uvctx_loop_close(srv->l) == 0)
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&srv->loop);
+  free(srv->workers);
+}
+
+static int setup_workers(relay_server_t* srv) {
+  relay_config_t* cfg = srv->cfg;
+  struct sockaddr_storage bound = cfg->listen.ss;
+  socklen_t blen = cfg->listen.len;
+  unsigned i;
+  int rc;
+
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_worker_t* w = &srv->workers[i];
+    w->srv = srv;
+    w->index = i;
+    w->listen_fd = -1;
+    rc = uv_loop_init(&w->loop);
+    if (rc != 0) {
+      fprintf(stderr, RELAY_NAME ": uv_loop_init: %s\n", uv_strerror(rc));
+      return -1;
+    }
+    rc = uvctx_loop_init(&w->loop, &w->l);
+    if (rc != 0) {
+      uv_loop_close(&w->loop);
+      fprintf(stderr, RELAY_NAME ": uvctx_loop_init: %s\n", uv_strerror(rc));
+      return -1;
+    }
+    /* Port 0: the first bind picks the port, the others share it. */
+    rc = make_listener(cfg, (struct sockaddr*)&bound, blen, &w->listen_fd);
+    if (rc != 0) {
+      fprintf(stderr, RELAY_NAME ": cannot listen on %s: %s\n",
+              cfg->listen.text, uv_strerror(rc));
+      return -1;
+    }
+    if (i == 0) {
+      blen = sizeof(bound);
+      getsockname(w->listen_fd, (struct sockaddr*)&bound, &blen);
+    }
+  }
+  return 0;
+}
+
+/* Contexts, watches and handles; cannot fail in practice (ENOMEM aside),
+ * and is unwound by the normal drain if it does. */
+static int start_workers(relay_server_t* srv) {
+  unsigned i;
+  int rc;
+
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_worker_t* w = &srv->workers[i];
+    rc = uvctx_with_cancel_on(srv->root, w->l, &w->root);
+    if (rc == 0)
+      rc = uvctx_with_cancel_on(srv->accepting, w->l, &w->accepting);
+    if (rc == 0) {
+      w->stop_watch.data = w;
+      rc = uvctx_watch_start(&w->stop_watch, w->accepting, on_stop_accepting);
+      w->watching = rc == 0;
+    }
+    if (rc == 0)
+      rc = uv_poll_init(&w->loop, &w->poll, w->listen_fd);
+    if (rc != 0)
+      return rc;
+    w->poll.data = w;
+    uv_timer_init(&w->loop, &w->pause_timer);
+    w->pause_timer.data = w;
+    w->listening = 1;
+    rc = uv_poll_start(&w->poll, UV_READABLE, on_acceptable);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+int relay_server_run(relay_config_t* cfg) {
+  relay_server_t srv;
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof(bound);
+  char where[96];
+  char nw[16];
+  unsigned i;
+  int status = RELAY_EXIT_OK;
+  int rc;
+
+  memset(&srv, 0, sizeof(srv));
+  srv.cfg = cfg;
+  srv.nworkers = cfg->workers;
+  atomic_init(&srv.workers_done, 0);
+  atomic_init(&srv.active, 0);
+  atomic_init(&srv.next_id, 0);
+
+  rc = uv_loop_init(&srv.loop);
+  if (rc != 0) {
+    fprintf(stderr, RELAY_NAME ": uv_loop_init: %s\n", uv_strerror(rc));
+    return RELAY_EXIT_FAILURE;
+  }
+  srv.workers = calloc(srv.nworkers, sizeof(*srv.workers));
+  rc = srv.workers == NULL ? UV_ENOMEM : uvctx_loop_init(&srv.loop, &srv.l);
+  if (rc != 0) {
+    fprintf(stderr, RELAY_NAME ": %s\n", uv_strerror(rc));
+    srv.nworkers = 0;
+    close_loops(&srv);
+    return RELAY_EXIT_FAILURE;
+  }
+  for (i = 0; i < srv.nworkers; i++)
+    srv.workers[i].listen_fd = -1;
+  if (setup_workers(&srv) != 0) {
+    close_loops(&srv);
+    return RELAY_EXIT_CONFIG;
+  }
+
+  /* From here on everything is unwound by a drain. */
+  rc = uvctx_with_cancel(uvctx_background(srv.l), &srv.root);
+  if (rc == 0)
+    rc = uvctx_with_cancel(uvctx_background(srv.l), &srv.accepting);
+  if (rc != 0) {
+    fprintf(stderr, RELAY_NAME ": %s\n", uv_strerror(rc));
+    uvctx_release(srv.root);
+    close_loops(&srv);
+    return RELAY_EXIT_FAILURE;
+  }
+  uv_signal_init(&srv.loop, &srv.sigterm);
+  uv_signal_init(&srv.loop, &srv.sigint);
+  srv.sigterm.data = srv.sigint.data = &srv;
+  uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&srv.sigint, on_signal, SIGINT);
+  uv_async_init(&srv.loop, &srv.worker_done, on_worker_done);
+  srv.worker_done.data = &srv;
+
+  rc = start_workers(&srv);
+  if (rc != 0) {
+    fprintf(stderr, RELAY_NAME ": starting workers: %s\n", uv_strerror(rc));
+    status = RELAY_EXIT_FAILURE;
+    cancel_root(&srv);
+  }
+
+  getsockname(srv.workers[0].listen_fd, (struct sockaddr*)&bound, &blen);
+  relay_format_addr((struct sockaddr*)&bound, where, sizeof(where));
+  if (status == RELAY_EXIT_OK) {
+    printf("listening on %s\n", where);
+    fflush(stdout);
+  }
+  snprintf(nw, sizeof(nw), "%u", srv.nworkers);
+  relay_log_event("start", "listen", where, "connect", cfg->connect.text,
+                  "workers", nw, "tls", cfg->server_tls ? "on" : "off",
+                  "connect_tls", cfg->client_tls ? "on" : "off", NULL);
+
+  for (i = 0; i < srv.nworkers; i++) {
+    rc = uv_thread_create(&srv.workers[i].thread, worker_main, &srv.workers[i]);
+    srv.workers[i].started = rc == 0;
+    if (rc != 0) {
+      /* Stop everything, and run this worker's loop down right here: its
+       * listener closes as soon as its stop watch fires. */
+      fprintf(stderr, RELAY_NAME ": uv_thread_create: %s\n", uv_strerror(rc));
+      status = RELAY_EXIT_FAILURE;
+      cancel_root(&srv);
+      worker_main(&srv.workers[i]);
+    }
+  }
+
+  uv_run(&srv.loop, UV_RUN_DEFAULT);
+  for (i = 0; i < srv.nworkers; i++) {
+    if (srv.workers[i].started)
+      uv_thread_join(&srv.workers[i].thread);
+    if (srv.workers[i].exit_status != RELAY_EXIT_OK)
+      status = srv.workers[i].exit_status;
+  }
+  if (uvctx_loop_close(srv.l) != 0) {
+    fprintf(stderr, RELAY_NAME ": contexts still live on the control "
+                               "loop:\n");
+    uvctx_loop_dump(srv.l, stderr);
+    status = RELAY_EXIT_FAILURE;
+  } else {
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&srv.loop) != 0)
+      status = RELAY_EXIT_FAILURE;
+  }
+  relay_log_event("exit", "status", status == 0 ? "0" : "1", NULL);
+  free(srv.workers);
+  return status;
+}
