@@ -287,6 +287,14 @@ static void on_shutdown(uvctx_shutdown_t* req, int status) {
   d = req->data;
   op = d->op;
   d->shutting = 0;
+  /* In a pipe, a peer that has already closed its whole socket (an HTTPS
+   * client that hangs up without waiting for close_notify, say) makes the
+   * half-close of the way back fail with ENOTCONN or EPIPE. Every write of
+   * this direction had completed, and the peer ended the conversation
+   * itself: that direction is finished, not failed. A one-way copy still
+   * reports it, as the caller may need to know. */
+  if (op->kind == OP_PIPE && (status == UV_ENOTCONN || status == UV_EPIPE))
+    status = 0;
   if (!op->finishing && status != 0)
     op_fail(op, status, 0);
   if (op->finishing) {

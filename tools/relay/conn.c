@@ -274,15 +274,8 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
 
   c->bytes_up += a_to_b;
   c->bytes_down += b_to_a;
-  if (status == UV_ENOTCONN && uvctx_err(c->run) == 0) {
-    /* Only shutdown(2) fails so, and the pipe shuts a side down only after
-     * that direction's EOF and last write: every byte was handed over, and
-     * the peer closed before our FIN reached it (an HTTPS client that has
-     * its whole body does not wait for our close_notify). An ordinary end.
-     * EPIPE stays a reset: it may come from a write of data. */
-    snprintf(c->detail, sizeof(c->detail), "peer closed first");
-    status = 0;
-  }
+  /* The pipe itself treats a peer that closed before our half-close
+   * reached it as an ordinary end (see docs/copy.md). */
   if (status == 0)
     reason = "eof";
   else if (uvctx_err(c->run) != 0)
