@@ -112,17 +112,18 @@ static void hires_arm(uvctx_loop_t* l, uint64_t deadline) {
 }
 #endif
 
-/* [lock, loop thread] Arms the timer for the heap's top, and references it
- * only while a watch could be fired by a deadline.
+/* [lock, loop thread] Arms the deadline source for the heap's top, and
+ * references it only while a watch could be fired by a deadline.
  *
- * libuv timers count whole milliseconds of the cached loop time, which is
- * uv_hrtime() (same clock, CLOCK_MONOTONIC or its coarse twin) floored to a
- * millisecond: due = uv_now() + timeout fires once the loop time reaches
- * it. Aiming at ceil(deadline / 1 ms) therefore never fires before the
- * deadline; the callback still re-checks uv_hrtime() and re-arms for the
- * remainder in case a coarser clock or a stale uv_now() got in the way.
- * The timeout is at least 1 ms: in libuv 1.44 a 0 ms timer started from a
- * timer callback runs again in the same pass and can starve the loop. */
+ * libuv timers count whole milliseconds of the loop time, cached at the
+ * start of the iteration, while the poll sleeps from the real now: aiming a
+ * timer at the deadline's millisecond on that stale clock wakes up to two
+ * milliseconds late. The timeout is therefore the real time left, rounded
+ * up, from uv_hrtime(). When the cached clock was stale the timer may fire
+ * a little before the deadline: the callback checks uv_hrtime() and
+ * re-arms for the rest, so a deadline never fires early. The timeout is at
+ * least 1 ms: in libuv 1.44 a 0 ms timer started from a timer callback runs
+ * again in the same pass and can starve the loop. */
 void uvctx__timer_sync_locked(uvctx_loop_t* l) {
   int want_ref;
   l->timer_dirty = 0;
@@ -141,14 +142,14 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
     }
   } else {
     uint64_t top = l->heap[0]->deadline;
-    uint64_t due = top / 1000000 + (top % 1000000 != 0);
-    uint64_t now = uv_now(l->uv);
+    uint64_t now = uv_hrtime();
+    uint64_t timeout = top > now ? (top - now + 999999) / 1000000 : 1;
+    uint64_t due = uv_now(l->uv) + (timeout ? timeout : 1);
     /* An armed timer that fires sooner than needed is left alone: it will
      * re-arm itself; restarting it for every new deadline would cost more. */
     if (l->timer_due == 0 || due < l->timer_due) {
-      uint64_t timeout = due > now ? due - now : 1;
-      uv_timer_start(&l->timer, uvctx__timer_cb, timeout, 0);
-      l->timer_due = now + timeout;
+      uv_timer_start(&l->timer, uvctx__timer_cb, due - uv_now(l->uv), 0);
+      l->timer_due = due;
     }
   }
   want_ref = l->dl_watches > 0 && l->heap_len > 0;
