@@ -1,0 +1,3 @@
+module uvctx.example/bench/peers/go
+
+go 1.19
