@@ -16,7 +16,14 @@ double relay_thread_cpu(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Buffers are recycled through a small free list, as any careful libuv
+ * relay does: a malloc and free of 64 KiB per read would make the baseline
+ * pay for glibc trimming the heap, not for relaying. */
+#define BARE_POOL 16
+
 typedef struct bare_s {
+  char* pool[BARE_POOL];
+  int pooled;
   uv_loop_t loop;
   uv_tcp_t in;
   uv_tcp_t out;
@@ -50,9 +57,17 @@ static void bare_close_all(bare_t* b) {
 }
 
 static void bare_alloc(uv_handle_t* h, size_t n, uv_buf_t* buf) {
-  (void)h;
+  bare_t* b = h->data;
   (void)n;
-  *buf = uv_buf_init(malloc(RELAY_BUF), RELAY_BUF);
+  *buf = uv_buf_init(b->pooled > 0 ? b->pool[--b->pooled] : malloc(RELAY_BUF),
+                     RELAY_BUF);
+}
+
+static void bare_buf_put(bare_t* b, char* base) {
+  if (base != NULL && b->pooled < BARE_POOL)
+    b->pool[b->pooled++] = base;
+  else
+    free(base);
 }
 
 static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
@@ -60,7 +75,7 @@ static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
 static void bare_write_cb(uv_write_t* req, int status) {
   bare_write_t* w = (bare_write_t*)req;
   bare_t* b = w->b;
-  free(w->base);
+  bare_buf_put(b, w->base);
   free(w);
   if (status != 0) {
     bare_close_all(b);
@@ -88,7 +103,7 @@ static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     w->base = buf->base;
     out = uv_buf_init(buf->base, (unsigned)n);
     if (uv_write(&w->req, (uv_stream_t*)&b->out, &out, 1, bare_write_cb)) {
-      free(w->base);
+      bare_buf_put(b, w->base);
       free(w);
       bare_close_all(b);
       return;
@@ -99,7 +114,7 @@ static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     }
     return;
   }
-  free(buf->base);
+  bare_buf_put(b, buf->base);
   if (n == 0)
     return;
   b->reading = 0;
@@ -132,6 +147,8 @@ void relay_bare(uv_os_sock_t in, uv_os_sock_t out, double* cpu) {
   uv_run(&b.loop, UV_RUN_DEFAULT);
   uv_loop_close(&b.loop);
   *cpu = relay_thread_cpu() - c0;
+  while (b.pooled > 0)
+    free(b.pool[--b.pooled]);
 }
 
 static void bare_abort_cb(uv_timer_t* t) {
@@ -150,6 +167,8 @@ uint64_t relay_bare_abort(uv_os_sock_t in, uv_os_sock_t out,
   uv_timer_start(&b.timer, bare_abort_cb, after_ms, 0);
   uv_run(&b.loop, UV_RUN_DEFAULT);
   uv_loop_close(&b.loop);
+  while (b.pooled > 0)
+    free(b.pool[--b.pooled]);
   return b.t1 - b.t0;
 }
 
