@@ -120,6 +120,24 @@ elif [ "$with_go" = 1 ]; then
   log "go is not installed: no Go peer figures"
 fi
 
+# uvctx-relay (issue 5) beside socat: its own script, on the relay built in
+# this Release tree.
+if [ "$core_only" = 0 ] &&
+  cmake --build "$build" -j2 --target uvctx-relay >>"$build/build.log" 2>&1
+then
+  relay_args=()
+  [ "$quick" = 1 ] && relay_args=(--bytes 67108864 --conns 200)
+  log "running bench/relay/relay-bench.sh ${relay_args[*]:-}"
+  if ! timeout "${UVCTX_BENCH_TIMEOUT:-600}" "$root/bench/relay/relay-bench.sh" \
+      --relay "$build/uvctx-relay" ${relay_args[@]+"${relay_args[@]}"} \
+      >"$build/relay-bench.out" 2>"$build/relay-bench.err"; then
+    log "relay-bench.sh FAILED (see $build/relay-bench.err)"
+    echo "bench=relay_bench unit=run value=failed" >>"$raw"
+    failed=1
+  fi
+  grep '^bench=' "$build/relay-bench.out" >>"$raw" || true
+fi
+
 # Other peers (e.g. bench/peers/node) may provide a run.sh hook that prints
 # bench= lines; they are added as they are.
 for hook in "$root"/bench/peers/*/run.sh; do
@@ -172,6 +190,14 @@ BEGIN {
   t["deadline_1ms_late_p99"] = "value<=peer+1000"
   t["deadline_1ms_hires_early"] = "value<=0"
   t["deadline_1ms_hires_late_p99"] = "value<=peer+1000"
+  # Issues 3-5, keyed by scenario@peer where one scenario has several peers.
+  t["relay_throughput@bare_libuv"] = "ratio>=0.95"
+  t["relay_cpu_per_gb@bare_libuv"] = "ratio<=1.1"
+  t["copy_abort_latency_p99"] = "value<=1000"
+  t["tls13_handshakes"] = "ratio>=0.9"
+  t["tls13_copy_chacha20_poly1305"] = "ratio>=0.8"
+  t["tls13_copy_aes_128_gcm"] = "ratio>=0.8"
+  t["relay_throughput@socat"] = "ratio>=1"
   printf "%-28s %20s %24s %7s %18s %5s\n", "scenario", "uvctx", "peer",
     "ratio", "target", "met?"
 }
@@ -190,7 +216,9 @@ BEGIN {
   ratio = ""
   if (pv != "" && pv + 0 > 0 && unit != "count" && v != "failed")
     ratio = sprintf("%.3f", v / pv)
-  target = ("target" in kv) ? kv["target"] : ((name in t) ? t[name] : "")
+  key = name "@" peer
+  target = ("target" in kv) ? kv["target"] : \
+    ((key in t) ? t[key] : ((name in t) ? t[name] : ""))
   if (name ~ /^cancel_(fanout|chain)_/ && target == "") target = "ratio<=0.1"
   met = "-"
   if (v == "failed") met = "FAIL"
