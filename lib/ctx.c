@@ -188,15 +188,43 @@ static void attach_locked(uvctx_t* c, uvctx_t* parent) {
 
 /* ---- cancellation --------------------------------------------------------- */
 
+/* [lock] Everything a context needs once its children have been taken
+ * off it: its watches made due, its deadline entry gone, its cause and
+ * error published, and itself listed on its home's orphan list. */
+static inline void finish_locked(uvctx_t* n, const uvctx_t* root, int err,
+                                 intptr_t cause, uvctx__msg_t* msg,
+                                 uvctx__cancel_op_t* op, uint64_t* same_home) {
+  if (n->u2.watches != NULL)
+    uvctx__watches_fire_locked(n, uvctx__err_code(err), op);
+  /* Counted in a register while the subtree stays on the root's loop. */
+  if (n->home == root->home)
+    (*same_home)++;
+  else
+    n->home->cancels++;
+  if (n->kind == UVCTX__DEADLINE) {
+    uvctx__deadline_t* d = (uvctx__deadline_t*)n;
+    if (d->heap_index != UVCTX__NO_HEAP)
+      uvctx__heap_remove_locked(n->home, d);
+  }
+  n->u1.cause = cause;
+  n->u2.msg = msg;
+  msg_ref(msg);
+  atomic_store_explicit(&n->err, (unsigned char)err, memory_order_release);
+  uvctx__orphan_locked(n, &n->link);
+}
+
 /* The subtree is walked with an explicit stack threaded through the links
  * of the contexts being cancelled: a context taken off its parent's list has
  * a free `link.next` until it is put on its home's orphan list, so the walk
- * needs no memory and no recursion, whatever the depth. */
+ * needs no memory and no recursion, whatever the depth. Leaves (no children
+ * of their own, the common case of a wide fan-out) are finished as they are
+ * met, so that each is touched once. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now) {
   static uint64_t last_op; /* [lock] */
   uvctx__cancel_op_t op;
   uvctx_t* stack;
+  uint64_t same_home = 0;
 
   if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
     return;
@@ -225,26 +253,19 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
        * reused). A merge also leaves its other parents' lists; it is listed
        * once per distinct parent state, so it cannot come up twice. */
       l->pprev = NULL;
-      if (k->kind == UVCTX__ANY)
+      if (k->kind == UVCTX__ANY) {
         unlink_all(k);
+      } else if (k->u1.children == NULL) {
+        finish_locked(k, c, err, cause, msg, &op, &same_home);
+        continue;
+      }
       k->link.next = stack != NULL ? &stack->link : NULL;
       stack = k;
     }
     n->u1.children = NULL;
-
-    uvctx__watches_fire_locked(n, uvctx__err_code(err), &op);
-    n->home->cancels++;
-    if (n->kind == UVCTX__DEADLINE) {
-      uvctx__deadline_t* d = (uvctx__deadline_t*)n;
-      if (d->heap_index != UVCTX__NO_HEAP)
-        uvctx__heap_remove_locked(n->home, d);
-    }
-    n->u1.cause = cause;
-    n->u2.msg = msg;
-    msg_ref(msg);
-    atomic_store_explicit(&n->err, (unsigned char)err, memory_order_release);
-    uvctx__orphan_locked(n, &n->link);
+    finish_locked(n, c, err, cause, msg, &op, &same_home);
   }
+  c->home->cancels += same_home;
 }
 
 int uvctx_cancel(uvctx_t* c) {
