@@ -42,6 +42,23 @@ unsigned long uvctx__tls_drain_errors(const char* what, char* buf,
   return first;
 }
 
+/* The SSL_CTX's verify mode from the settings: a client verifies the
+ * server unless told not to; a server asks for client certificates as
+ * client_auth says. */
+static void apply_verify(uvctx_tls_config_t* c) {
+  int mode = SSL_VERIFY_NONE;
+
+  if (c->role == UVCTX_TLS_CLIENT && c->verify)
+    mode = SSL_VERIFY_PEER;
+  else if (c->role == UVCTX_TLS_SERVER &&
+           c->client_auth == UVCTX_TLS_CLIENT_AUTH_REQUEST)
+    mode = SSL_VERIFY_PEER;
+  else if (c->role == UVCTX_TLS_SERVER &&
+           c->client_auth == UVCTX_TLS_CLIENT_AUTH_REQUIRE)
+    mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+  SSL_CTX_set_verify(c->ctx, mode, NULL);
+}
+
 /* Records why a setter failed and returns err. */
 static int fail(uvctx_tls_config_t* c, int err, const char* what) {
   uvctx__tls_drain_errors(what, c->reason, sizeof(c->reason));
@@ -279,6 +296,7 @@ out:
 int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
                             size_t len) {
   X509_STORE* store;
+  STACK_OF(X509_NAME)* names = NULL;
   BIO* bio;
   X509* x;
   int n = 0;
@@ -291,16 +309,29 @@ int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
   if (bio == NULL)
     return fail(c, UV_ENOMEM, "CA certificates");
   store = X509_STORE_new();
-  if (store == NULL) {
+  /* A server names its CAs to clients (certificate_authorities), so that
+   * a client holding several certificates picks the right one. */
+  if (c->role == UVCTX_TLS_SERVER)
+    names = sk_X509_NAME_new_null();
+  if (store == NULL || (c->role == UVCTX_TLS_SERVER && names == NULL)) {
     BIO_free(bio);
+    X509_STORE_free(store);
+    sk_X509_NAME_free(names);
     return fail(c, UV_ENOMEM, "CA certificates");
   }
   while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
     int ok = X509_STORE_add_cert(store, x);
+    if (ok && names != NULL) {
+      X509_NAME* name = X509_NAME_dup(X509_get_subject_name(x));
+      ok = name != NULL && sk_X509_NAME_push(names, name) > 0;
+      if (!ok)
+        X509_NAME_free(name);
+    }
     X509_free(x);
     if (!ok) {
       BIO_free(bio);
       X509_STORE_free(store);
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
       return fail(c, UV_EINVAL, "CA certificates");
     }
     n++;
@@ -309,16 +340,15 @@ int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
   ERR_clear_error();
   if (n == 0) {
     X509_STORE_free(store);
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
     return fail(c, UV_EINVAL, "CA certificates: no PEM certificate");
   }
+  if (names != NULL)
+    SSL_CTX_set_client_CA_list(c->ctx, names); /* takes `names` */
   /* Replaces the default paths (or an earlier CA set) as a whole: a trust
    * setting that only adds would silently keep trusting the system. */
   SSL_CTX_set_cert_store(c->ctx, store);
   c->has_ca = 1;
-  if (c->role == UVCTX_TLS_SERVER && c->verify)
-    SSL_CTX_set_verify(c->ctx,
-                       SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-                       NULL);
   return 0;
 }
 
@@ -344,17 +374,38 @@ int uvctx_tls_config_ca_file(uvctx_tls_config_t* c, const char* path) {
 }
 
 int uvctx_tls_config_verify(uvctx_tls_config_t* c, int on) {
-  int mode = SSL_VERIFY_NONE;
-
   if (c == NULL)
     return UV_EINVAL;
   c->reason[0] = '\0';
+  if (c->role == UVCTX_TLS_SERVER)
+    return uvctx_tls_config_client_auth(
+        c, on ? UVCTX_TLS_CLIENT_AUTH_REQUIRE : UVCTX_TLS_CLIENT_AUTH_NONE);
   c->verify = on != 0;
-  if (c->verify && c->role == UVCTX_TLS_CLIENT)
-    mode = SSL_VERIFY_PEER;
-  else if (c->verify && c->has_ca)
-    mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
-  SSL_CTX_set_verify(c->ctx, mode, NULL);
+  apply_verify(c);
+  return 0;
+}
+
+int uvctx_tls_config_client_auth(uvctx_tls_config_t* c, int mode) {
+  if (c == NULL)
+    return UV_EINVAL;
+  c->reason[0] = '\0';
+  if (c->role != UVCTX_TLS_SERVER) {
+    snprintf(c->reason, sizeof(c->reason),
+             "client authentication: servers only");
+    return UV_EINVAL;
+  }
+  if (mode != UVCTX_TLS_CLIENT_AUTH_NONE &&
+      mode != UVCTX_TLS_CLIENT_AUTH_REQUEST &&
+      mode != UVCTX_TLS_CLIENT_AUTH_REQUIRE) {
+    snprintf(c->reason, sizeof(c->reason),
+             "client authentication: unknown mode %d", mode);
+    return UV_EINVAL;
+  }
+  c->client_auth = mode;
+  c->verify = mode != UVCTX_TLS_CLIENT_AUTH_NONE;
+  /* A server's store checks that a client's chain is fit for clientAuth
+   * (OpenSSL's default purpose for a server context). */
+  apply_verify(c);
   return 0;
 }
 

@@ -17,6 +17,7 @@ struct uvctx_tls_config_s {
   int verify;
   int has_cert;
   int has_ca;
+  int client_auth; /* UVCTX_TLS_CLIENT_AUTH_*, servers */
   SSL_CTX* ctx;
   unsigned char* alpn; /* wire format: length-prefixed names */
   size_t alpn_len;

@@ -276,6 +276,119 @@ START_TEST(test_verify_off) {
 }
 END_TEST
 
+/* ---- client certificates ------------------------------------------------ */
+
+enum { CA_NONE_SENT, CA_GOOD, CA_STRANGER };
+
+static const struct {
+  int mode;   /* UVCTX_TLS_CLIENT_AUTH_* */
+  int client; /* which certificate the client has */
+  int ok;
+  const char* reason; /* the server's, on failure */
+} client_auth_cases[] = {
+    {UVCTX_TLS_CLIENT_AUTH_REQUIRE, CA_GOOD, 1, NULL},
+    {UVCTX_TLS_CLIENT_AUTH_REQUIRE, CA_NONE_SENT, 0,
+     "did not return a certificate"},
+    {UVCTX_TLS_CLIENT_AUTH_REQUIRE, CA_STRANGER, 0, "verify failed"},
+    {UVCTX_TLS_CLIENT_AUTH_REQUEST, CA_NONE_SENT, 1, NULL},
+    {UVCTX_TLS_CLIENT_AUTH_REQUEST, CA_GOOD, 1, NULL},
+    {UVCTX_TLS_CLIENT_AUTH_REQUEST, CA_STRANGER, 0, "verify failed"},
+};
+
+/* A server asking for client certificates (CAs: ca.pem), against clients
+ * with a certificate from that CA, from another, or none; TLS 1.2 and
+ * 1.3. The client's data then flows (or its first read fails, for TLS
+ * 1.3, whose client handshake ends before the server has verified). */
+START_TEST(test_client_auth) {
+  int k = _i / 2;
+  int version = _i % 2 ? UVCTX_TLS_1_2 : UVCTX_TLS_1_3;
+  uvctx_tls_config_t* ccfg = tu_client_cfg(version);
+  uvctx_tls_config_t* scfg = tu_server_cfg(version);
+  pair_t pr;
+
+  ck_assert_int_eq(uvctx_tls_config_ca_file(scfg, tu_cert("ca.pem")), 0);
+  ck_assert_int_eq(uvctx_tls_config_client_auth(scfg,
+                                                client_auth_cases[k].mode),
+                   0);
+  if (client_auth_cases[k].client == CA_GOOD)
+    ck_assert_int_eq(uvctx_tls_config_cert_file(ccfg, tu_cert("server.pem"),
+                                                tu_cert("server.key")), 0);
+  else if (client_auth_cases[k].client == CA_STRANGER)
+    ck_assert_int_eq(uvctx_tls_config_cert_file(ccfg,
+                                                tu_cert("stranger.pem"),
+                                                tu_cert("stranger.key")),
+                     0);
+  pair_init(&pr, ccfg, scfg, "localhost", TU_SEND, TU_ECHO, SIZE_MAX);
+  pr.cli.send_len = 100000;
+  tu_ep_start(&pr.cli, NULL);
+  tu_ep_start(&pr.srv, NULL);
+  if (client_auth_cases[k].ok)
+    UVT_RUN_UNTIL(pr.cli.closed && pr.srv.closed);
+  else
+    UVT_RUN_UNTIL(pr.srv.hs_calls && pr.cli.hs_calls &&
+                  (pr.cli.hs_status != 0 || pr.cli.rx_end != 0));
+  if (client_auth_cases[k].ok) {
+    ck_assert_int_eq(pr.srv.hs_status, 0);
+    ck_assert_int_eq(pr.cli.hs_status, 0);
+    ck_assert_uint_eq(pr.cli.rx, 100000);
+    ck_assert_int_eq(pr.cli.rx_end, UV_EOF);
+    ck_assert_int_eq(pr.cli.rx_bad, 0);
+    /* As seen at the end of each handshake. */
+    ck_assert_str_eq(pr.srv.peer, client_auth_cases[k].client == CA_GOOD
+                                      ? "/CN=localhost"
+                                      : "");
+    ck_assert_str_eq(pr.cli.peer, ""); /* clients do not record it */
+  } else {
+    const char* r = uvctx_tls_reason(&pr.srv.tls);
+    ck_assert_int_eq(pr.srv.hs_status, UVCTX_TLS_EVERIFY);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_msg(strstr(r, client_auth_cases[k].reason) != NULL,
+                  "reason: %s", r);
+    ck_assert_ptr_null(uvctx_tls_peer_subject(&pr.srv.tls));
+    if (version == UVCTX_TLS_1_3 && pr.cli.hs_status == 0)
+      ck_assert_int_eq(pr.cli.rx_end, UVCTX_TLS_EALERT);
+    else
+      ck_assert_int_eq(pr.cli.hs_status, UVCTX_TLS_EALERT);
+    ck_assert_uint_eq(pr.cli.rx, 0);
+  }
+  pair_finish(&pr);
+  uvctx_tls_config_unref(ccfg);
+  uvctx_tls_config_unref(scfg);
+}
+END_TEST
+
+START_TEST(test_client_auth_config) {
+  uvctx_tls_config_t* ccfg = tu_client_cfg(0);
+  uvctx_tls_config_t* scfg = tu_server_cfg(0);
+  tu_mpipe_t p;
+  uvctx_tls_t tls;
+
+  /* Servers only, known modes. */
+  ck_assert_int_eq(uvctx_tls_config_client_auth(ccfg,
+                                                UVCTX_TLS_CLIENT_AUTH_REQUIRE),
+                   UV_EINVAL);
+  ck_assert_ptr_nonnull(uvctx_tls_config_reason(ccfg));
+  ck_assert_int_eq(uvctx_tls_config_client_auth(scfg, 3), UV_EINVAL);
+  ck_assert_int_eq(uvctx_tls_config_client_auth(NULL, 0), UV_EINVAL);
+  /* Asking for client certificates without CAs to verify them against
+   * is refused when a session is made. */
+  ck_assert_int_eq(uvctx_tls_config_client_auth(scfg,
+                                                UVCTX_TLS_CLIENT_AUTH_REQUEST),
+                   0);
+  tu_mp_init(&p, uvt_loop, SIZE_MAX);
+  ck_assert_int_eq(uvctx_tls_init(&tls, scfg, &p.end[1].s, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvctx_tls_config_verify(scfg, 0), 0);
+  ck_assert_int_eq(uvctx_tls_init(&tls, scfg, &p.end[1].s, NULL), 0);
+  uvctx_stream_close(&tls.stream, NULL);
+  uvctx_stream_close(&p.end[0].s, NULL);
+  UVT_RUN_UNTIL(p.end[0].close_done && p.end[1].close_done);
+  tu_mp_close_pump(&p);
+  UVT_RUN_UNTIL(p.pump_closed);
+  uvctx_tls_config_unref(ccfg);
+  uvctx_tls_config_unref(scfg);
+}
+END_TEST
+
 START_TEST(test_alpn_mismatch) {
   static const char* a[] = {"h2"};
   static const char* b[] = {"imap"};
@@ -890,6 +1003,10 @@ static Suite* tls_suite(void) {
   tcase_add_loop_test(tc, test_verify, 0,
                       2 * (int)(sizeof(verify_cases) / sizeof(verify_cases[0])));
   tcase_add_test(tc, test_verify_off);
+  tcase_add_loop_test(tc, test_client_auth, 0,
+                      2 * (int)(sizeof(client_auth_cases) /
+                                sizeof(client_auth_cases[0])));
+  tcase_add_test(tc, test_client_auth_config);
   tcase_add_test(tc, test_alpn_mismatch);
   tcase_add_test(tc, test_ctx_done_before);
   tcase_add_test(tc, test_close_mid_handshake);

@@ -77,9 +77,11 @@ static int have(const char* prog) {
     }                                                                  \
   } while (0)
 
-/* A free port on 127.0.0.1 for peers that cannot report the one they got:
- * bind port 0, read it, close. Another process could take it in between;
- * on loopback in a test run that does not happen in practice. */
+/* A free port on 127.0.0.1 for peers that cannot report the one they got
+ * (s_server prints it only without -quiet, whose output the tests need
+ * clean; gnutls-serv not at all): bind port 0, read it, close. Another
+ * process may take it before the peer binds it: server_run() then starts
+ * the peer again on another port. */
 static int free_port(void) {
   uv_tcp_t t;
   struct sockaddr_in a;
@@ -356,8 +358,25 @@ static void server_stop(void) {
 
 /* A peer client against our echo server: the peer sends 1 MiB, reads it
  * back and the two exchange close_notify. */
+static void check_client_peer_ex(const char* name, char** argv, int version,
+                                 const char* out_must_match, int lenient_end,
+                                 int stop);
+
+/* As check_client_peer() for a strict peer, leaving the server running
+ * (for more checks on S.eps[0]; call server_stop()). */
+static void check_client_peer_keep(const char* name, char** argv,
+                                   int version, const char* out) {
+  check_client_peer_ex(name, argv, version, out, 0, 0);
+}
+
 static void check_client_peer(const char* name, char** argv, int version,
                               const char* out_must_match, int lenient_end) {
+  check_client_peer_ex(name, argv, version, out_must_match, lenient_end, 1);
+}
+
+static void check_client_peer_ex(const char* name, char** argv, int version,
+                                 const char* out_must_match, int lenient_end,
+                                 int stop) {
   peer_t p;
   int64_t st;
   tu_ep_t* ep;
@@ -385,7 +404,8 @@ static void check_client_peer(const char* name, char** argv, int version,
   ck_assert_int_eq(ep->sd_status, 0);
   if (out_must_match)
     ck_assert_msg(file_is_pattern(p.out_path, PEER_LEN), "%s output", name);
-  server_stop();
+  if (stop)
+    server_stop();
 }
 
 static const char* vname(int v) {
@@ -413,6 +433,63 @@ START_TEST(test_s_client) {
   argv[n++] = _i ? "-tls1_3" : "-tls1_2";
   argv[n] = NULL;
   check_client_peer("s_client", argv, v, "out", 0);
+}
+END_TEST
+
+/* Client certificates: our server requires one issued by ca.pem.
+ * s_client presenting server.pem (clientAuth, by that CA) gets through and
+ * is named; s_client presenting none is refused with UVCTX_TLS_EVERIFY. */
+START_TEST(test_s_client_cert) {
+  int v = _i / 2 ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2;
+  int with_cert = _i % 2 == 0;
+  char port[16];
+  char* argv[20];
+  int n = 0;
+  tu_ep_t* ep;
+  SKIP_UNLESS("openssl");
+  server_start(v, SRV_ECHO);
+  ck_assert_int_eq(uvctx_tls_config_ca_file(S.cfg, tu_cert("ca.pem")), 0);
+  ck_assert_int_eq(uvctx_tls_config_client_auth(S.cfg,
+                                                UVCTX_TLS_CLIENT_AUTH_REQUIRE),
+                   0);
+  snprintf(port, sizeof(port), "127.0.0.1:%d", S.port);
+  argv[n++] = "openssl";
+  argv[n++] = "s_client";
+  argv[n++] = "-connect";
+  argv[n++] = port;
+  argv[n++] = "-servername";
+  argv[n++] = "localhost";
+  argv[n++] = "-CAfile";
+  argv[n++] = (char*)tu_cert("ca.pem");
+  argv[n++] = "-verify_return_error";
+  argv[n++] = "-quiet";
+  argv[n++] = v == UVCTX_TLS_1_3 ? "-tls1_3" : "-tls1_2";
+  if (with_cert) {
+    argv[n++] = "-cert";
+    argv[n++] = (char*)tu_cert("server.pem");
+    argv[n++] = "-key";
+    argv[n++] = (char*)tu_cert("server.key");
+  }
+  argv[n] = NULL;
+  if (with_cert) {
+    check_client_peer_keep("s_client_cert", argv, v, "out");
+    ep = S.eps[0];
+    ck_assert_str_eq(ep->peer, "/CN=localhost");
+    server_stop();
+  } else {
+    peer_t p;
+    peer_spawn(&p, "s_client_nocert", argv, in_path);
+    UVT_RUN_UNTIL_MS(S.n == 1 && S.eps[0]->hs_calls, PEER_TIMEOUT_MS);
+    ep = S.eps[0];
+    ck_assert_msg(ep->hs_status == UVCTX_TLS_EVERIFY, "handshake %s (%s)",
+                  uv_err_name(ep->hs_status), ep->reason);
+    ck_assert_ptr_nonnull(strstr(ep->reason, "did not return a certificate"));
+    ck_assert_uint_eq(ep->rx, 0);
+    /* s_client learns it from the alert and gives up (its exit status
+     * is its own business). */
+    peer_finish(&p);
+    server_stop();
+  }
 }
 END_TEST
 
@@ -577,8 +654,10 @@ static void client_conn_cb(uv_connect_t* c, int status) {
   tu_ep_start(&cl->ep, NULL);
 }
 
-/* Connects to 127.0.0.1:port, retrying while the peer is starting up. */
-static void client_run(client_t* cl, int port, int version, peer_t* p) {
+/* Connects to 127.0.0.1:port, retrying while the peer is starting up, and
+ * runs the client to its end. Returns -1 if the peer exited before a
+ * connection succeeded (it could not bind its port), else 0. */
+static int client_run(client_t* cl, int port, int version, peer_t* p) {
   struct sockaddr_in a;
   int tries;
   memset(cl, 0, sizeof(*cl));
@@ -595,17 +674,47 @@ static void client_run(client_t* cl, int port, int version, peer_t* p) {
     UVT_RUN_UNTIL(cl->connected);
     if (cl->connect_status == 0)
       break;
-    uv_close((uv_handle_t*)&cl->ep.tcp, NULL);
-    ck_assert_msg(!p->exited, "the peer server exited early");
+    uvt_close_and_wait((uv_handle_t*)&cl->ep.tcp);
+    if (p->exited) {
+      uvctx_tls_config_unref(cl->cfg);
+      return -1;
+    }
     uvt_run_for(100);
   }
   ck_assert_int_eq(cl->connect_status, 0);
   UVT_RUN_UNTIL_MS(cl->ep.closed, PEER_TIMEOUT_MS);
   uvctx_tls_config_unref(cl->cfg);
+  return 0;
 }
 
 static char* feed_buf;
 static uv_write_t feed_w;
+
+static void pipe_feed(peer_t* p);
+
+/* Starts a peer server (argv, whose port argument is the buffer `port`)
+ * on a free port and runs our client against it. A peer that exits before
+ * accepting lost its port to another process between free_port() and its
+ * bind: it is started again on another port, up to 5 times. */
+static void server_run(client_t* cl, peer_t* p, const char* name,
+                       char** argv, char* port, size_t port_len,
+                       const char* in, int feed, int version) {
+  int attempt;
+  for (attempt = 0;; attempt++) {
+    snprintf(port, port_len, "%d", free_port());
+    peer_spawn(p, name, argv, in);
+    if (feed)
+      pipe_feed(p);
+    if (client_run(cl, atoi(port), version, p) == 0)
+      return;
+    peer_finish(p);
+    if (feed)
+      free(feed_buf);
+    fprintf(stderr, "%s: exited before accepting on port %s; retrying\n",
+            name, port);
+    ck_assert_msg(attempt < 4, "%s: could not be started", name);
+  }
+}
 
 static void pipe_feed(peer_t* p) {
   uv_buf_t b;
@@ -626,7 +735,6 @@ START_TEST(test_s_server) {
   peer_t p;
   int64_t st;
   SKIP_UNLESS("openssl");
-  snprintf(port, sizeof(port), "%d", free_port());
   argv[n++] = "openssl";
   argv[n++] = "s_server";
   argv[n++] = "-accept";
@@ -643,9 +751,7 @@ START_TEST(test_s_server) {
   /* s_server sends its stdin (the same 1 MiB pattern) and writes what it
    * receives to stdout. Its stdin is a pipe that stays open: at end of
    * file s_server stops copying what it receives. */
-  peer_spawn(&p, "s_server", argv, NULL);
-  pipe_feed(&p);
-  client_run(&cl, atoi(port), v, &p);
+  server_run(&cl, &p, "s_server", argv, port, sizeof(port), NULL, 1, v);
   st = peer_finish(&p);
   ck_assert_msg(cl.ep.hs_status == 0, "handshake %s (%s)",
                 uv_strerror(cl.ep.hs_status), cl.ep.reason);
@@ -671,7 +777,6 @@ START_TEST(test_gnutls_serv) {
   SKIP_UNLESS("gnutls-serv");
   /* gnutls-serv --echo echoes text: lines of letters. */
   tu_text_pattern = 1;
-  snprintf(port, sizeof(port), "%d", free_port());
   argv[n++] = "gnutls-serv";
   argv[n++] = "--echo";
   argv[n++] = "--crlf";
@@ -684,8 +789,8 @@ START_TEST(test_gnutls_serv) {
   argv[n++] = "-p";
   argv[n++] = port;
   argv[n] = NULL;
-  peer_spawn(&p, "gnutls-serv", argv, "/dev/null");
-  client_run(&cl, atoi(port), v, &p);
+  server_run(&cl, &p, "gnutls-serv", argv, port, sizeof(port), "/dev/null",
+             0, v);
   /* gnutls-serv serves forever: stop it. */
   uv_process_kill(&p.proc, SIGTERM);
   peer_finish(&p);
@@ -741,7 +846,7 @@ START_TEST(test_renegotiation_refused) {
   ck_assert_int_ne(rep->rx_end, UV_EOF);
   ck_assert_int_ne(rep->rx_end, 0);
   /* ...and another on the same loop works. */
-  client_run(&cl, S.port, UVCTX_TLS_1_2, &p);
+  ck_assert_int_eq(client_run(&cl, S.port, UVCTX_TLS_1_2, &p), 0);
   ck_assert_int_eq(cl.ep.hs_status, 0);
   ck_assert_uint_eq(cl.ep.rx, PEER_LEN);
   ck_assert_int_eq(cl.ep.rx_end, UV_EOF);
@@ -759,6 +864,7 @@ static Suite* peers_suite(void) {
   tcase_add_checked_fixture(tc, peers_setup, peers_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_loop_test(tc, test_s_client, 0, 2);
+  tcase_add_loop_test(tc, test_s_client_cert, 0, 4);
   tcase_add_loop_test(tc, test_gnutls_cli, 0, 2);
   tcase_add_loop_test(tc, test_python, 0, 2);
   tcase_add_loop_test(tc, test_node, 0, 2);

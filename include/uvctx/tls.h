@@ -84,16 +84,40 @@ UVCTX_EXTERN int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c,
                                            size_t key_len);
 
 /* Trust exactly the CA certificates in a PEM file or buffer (replacing the
- * system defaults, or an earlier call). A server that is given CAs asks
- * for, and verifies, client certificates. Errors as above. */
+ * system defaults, or an earlier call). A client verifies servers against
+ * them; a server verifies client certificates against them (see
+ * uvctx_tls_config_client_auth(); a server also names them to clients as
+ * acceptable issuers). Errors as above. */
 UVCTX_EXTERN int uvctx_tls_config_ca_file(uvctx_tls_config_t* c,
                                           const char* path);
 UVCTX_EXTERN int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c,
                                          const char* pem, size_t len);
 
 /* Peer verification on (1, the client default) or off (0). Off, a client
- * accepts any certificate: for tests and pinned setups only. */
+ * accepts any certificate: for tests and pinned setups only. On a server
+ * it is uvctx_tls_config_client_auth() with UVCTX_TLS_CLIENT_AUTH_REQUIRE
+ * (1) or _NONE (0). */
 UVCTX_EXTERN int uvctx_tls_config_verify(uvctx_tls_config_t* c, int on);
+
+/* Client certificates, for servers (the default is NONE):
+ * NONE     do not ask for one.
+ * REQUEST  ask; a client may send none, but one it sends must verify.
+ * REQUIRE  ask, and refuse a client without a certificate that verifies.
+ * Verification is against the CAs of uvctx_tls_config_ca_file()/_mem()
+ * (required: uvctx_tls_init() fails with UV_EINVAL without them), with the
+ * chain's purpose checked (clientAuth). The server's handshake then fails
+ * with UVCTX_TLS_EVERIFY ("peer did not return a certificate", "certificate
+ * verify failed: ..."); the client sees UVCTX_TLS_EALERT, with TLS 1.3 only
+ * at its first read, since its own handshake completes first. A client
+ * sends the certificate set with uvctx_tls_config_cert_file()/_mem() when
+ * asked. UV_EINVAL for a client configuration or another mode. */
+enum {
+  UVCTX_TLS_CLIENT_AUTH_NONE = 0,
+  UVCTX_TLS_CLIENT_AUTH_REQUEST = 1,
+  UVCTX_TLS_CLIENT_AUTH_REQUIRE = 2
+};
+UVCTX_EXTERN int uvctx_tls_config_client_auth(uvctx_tls_config_t* c,
+                                              int mode);
 
 /* ALPN protocols, most preferred first: a client offers them, a server
  * selects the first of its own list that the client offered (and refuses
@@ -188,6 +212,13 @@ UVCTX_EXTERN const char* uvctx_tls_server_name(const uvctx_tls_t* tls);
  * name (OpenSSL's), or 0/NULL before the handshake. */
 UVCTX_EXTERN int uvctx_tls_version(const uvctx_tls_t* tls);
 UVCTX_EXTERN const char* uvctx_tls_cipher(const uvctx_tls_t* tls);
+
+/* The subject of the certificate the peer presented and we verified
+ * (OpenSSL's one-line form, "/CN=alice/O=..."), or NULL: for a server
+ * with client authentication, who the client is. After the handshake;
+ * lives as long as the session. Servers only (a client knows the name it
+ * verified). */
+UVCTX_EXTERN const char* uvctx_tls_peer_subject(const uvctx_tls_t* tls);
 
 /* OpenSSL's reason for the session's failure ("certificate verify failed:
  * hostname mismatch", "wrong version number", ...), for logs, or NULL.

@@ -346,6 +346,7 @@ typedef struct tu_ep_s {
   char alpn[32];
   char sni[64];
   char cipher[64];
+  char peer[256]; /* uvctx_tls_peer_subject() at the handshake's end */
   char reason[256];
   char rbuf[65536];
 } tu_ep_t;
@@ -481,6 +482,8 @@ static inline void tu_ep_hs_cb(uvctx_tls_t* tls, int status) {
            uvctx_tls_server_name(tls) ? uvctx_tls_server_name(tls) : "");
   snprintf(ep->cipher, sizeof(ep->cipher), "%s",
            uvctx_tls_cipher(tls) ? uvctx_tls_cipher(tls) : "");
+  snprintf(ep->peer, sizeof(ep->peer), "%s",
+           uvctx_tls_peer_subject(tls) ? uvctx_tls_peer_subject(tls) : "");
   if (ep->mode == TU_IDLE)
     return;
   ck_assert_int_eq(uvctx_stream_read_start(&ep->tls.stream, tu_ep_alloc,
