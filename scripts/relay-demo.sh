@@ -12,6 +12,9 @@
 #   4. a graceful drain on SIGTERM: the download in flight completes, a new
 #      connection is refused, the relay exits 0.
 #
+# Between 3 and 4 it scrapes the relay's /metrics (--metrics) for its
+# connection counters.
+#
 #   scripts/relay-demo.sh [--build DIR]   (default DIR: build/relay-demo)
 #
 # Bounded (under 30 s once built); every process it starts is killed on the
@@ -107,7 +110,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 
 mkdir "$tmp/www"
 echo "hello from the upstream, through uvctx-relay" >"$tmp/www/hello.txt"
-head -c $((3 * 1024 * 1024)) /dev/urandom >"$tmp/www/big.bin"
+head -c $((24 * 1024 * 1024)) /dev/urandom >"$tmp/www/big.bin"
 
 python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$tmp/www" \
   >"$tmp/http.out" 2>/dev/null &
@@ -118,11 +121,13 @@ up_port=$(wait_line "$tmp/http.out" 'port [0-9]+' |
 "$relay" --listen 127.0.0.1:0 --connect "127.0.0.1:$up_port" \
   --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
   --handshake-timeout 1s --idle-timeout 2s --drain-timeout 10s \
-  >"$tmp/relay.out" 2>"$tmp/relay.log" &
+  --metrics 127.0.0.1:0 >"$tmp/relay.out" 2>"$tmp/relay.log" &
 relay_pid=$!
 pids+=("$relay_pid")
 port=$(wait_line "$tmp/relay.out" '^listening on' |
   sed -E 's/.*:([0-9]+)$/\1/') || die "the relay did not start"
+metrics_port=$(wait_line "$tmp/relay.out" '^metrics on' |
+  sed -E 's/.*:([0-9]+)$/\1/') || die "the relay did not serve /metrics"
 
 echo "=== uvctx-relay: TLS on 127.0.0.1:$port in front of http.server on" \
   "127.0.0.1:$up_port"
@@ -165,8 +170,19 @@ line=$(close_of 3) || die "no close line for the idle client"
 echo "[3/4] openssl s_client, handshake done, then silence -> closed after" \
   "$(field duration_ms <<<"$line") ms (reason=$(field reason <<<"$line"))"
 
+# ---- the relay's own view ---------------------------------------------------
+scrape=$(curl -sS --max-time 5 "http://127.0.0.1:$metrics_port/metrics") ||
+  die "GET /metrics failed"
+accepted=$(sed -nE 's/^uvctx_relay_connections_accepted_total ([0-9]+)$/\1/p' \
+  <<<"$scrape")
+by_reason='s/^uvctx_relay_connections_closed_total\{reason="([^"]+)"\} '
+by_reason+='([1-9][0-9]*)$/\1=\2/p'
+closed=$(sed -nE "$by_reason" <<<"$scrape" | tr '\n' ' ')
+echo "      GET http://127.0.0.1:$metrics_port/metrics -> accepted $accepted," \
+  "closed by reason: ${closed% }"
+
 # ---- 4. a graceful drain ----------------------------------------------------
-curl -sS --max-time 20 --limit-rate 1M --cacert "$tmp/cert.pem" \
+curl -sS --max-time 20 --limit-rate 8M --cacert "$tmp/cert.pem" \
   -o "$tmp/big.got" "https://localhost:$port/big.bin" &
 curl_pid=$!
 pids+=("$curl_pid")
@@ -187,7 +203,7 @@ wait "$relay_pid" || status=$?
 took=$(since "$t0")
 cmp -s "$tmp/big.got" "$tmp/www/big.bin" || die "the download differs"
 line=$(close_of 4) || die "no close line for the download"
-echo "[4/4] SIGTERM during a 3 MiB download at 1 MiB/s ->" \
+echo "[4/4] SIGTERM during a 24 MiB download at 8 MiB/s ->" \
   "new connection refused ($(sed -E 's/^curl: \([0-9]+\) //' \
     "$tmp/refused.err" | head -n 1)),"
 echo "      download complete and byte-exact" \

@@ -30,7 +30,8 @@ if(UVCTX_WITH_TLS)
     tools/relay/config.c
     tools/relay/log.c
     tools/relay/server.c
-    tools/relay/conn.c)
+    tools/relay/conn.c
+    tools/relay/metrics.c)
   install(TARGETS uvctx-relay RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 

@@ -4,7 +4,8 @@
     relay_test.py --relay PATH --gen-certs PATH [--sanitize MODE] CASE
 
 CASE is one of the functions named case_* below (cli, plain, tls,
-upstream_tls, slow, deadlines, drain, workers, emfile). Each starts its own
+upstream_tls, slow, deadlines, drain, workers, emfile, metrics, trace).
+Each starts its own
 upstreams and relays, bounds every wait, and kills what it started on the
 way out. Timing windows are asserted only when --sanitize is empty (plain
 build); sanitizer builds check the same outcomes without the clock. The
@@ -79,7 +80,8 @@ def kill_all():
 class Relay:
     """A uvctx-relay process; its stderr (the log) goes to a file."""
 
-    def __init__(self, upstream_port, *extra, limit_fds=None, name="relay"):
+    def __init__(self, upstream_port, *extra, limit_fds=None, name="relay",
+                 metrics=False):
         self.log_path = os.path.join(TMP, name + ".log")
         self.log_file = open(self.log_path, "wb")
         argv = [ARGS.relay, "--listen", "127.0.0.1:0",
@@ -97,6 +99,13 @@ class Relay:
         check(m is not None, "relay did not print its port, got %r" % line)
         self.port = int(m.group(1))
         self.pid = self.proc.pid
+        self.metrics_port = None
+        if metrics:
+            line = read_line(self.proc.stdout, 20 if timed() else 60)
+            m = re.match(r"metrics on 127\.0\.0\.1:(\d+)$", line or "")
+            check(m is not None,
+                  "relay did not print its metrics port, got %r" % line)
+            self.metrics_port = int(m.group(1))
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
@@ -352,6 +361,15 @@ def case_cli():
         (["--listen", "127.0.0.1:0", "--frobnicate", "1"] + base,
          "unknown option"),
         (["--connect", "127.0.0.1:9"], "required"),
+        (["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1"] + base,
+         "bad --metrics address"),
+        (["--listen", "127.0.0.1:0", "--metrics",
+          "127.0.0.1:%d" % busy_port] + base, "cannot listen on --metrics"),
+        (["--listen", "127.0.0.1:0", "--trace",
+          os.path.join(TMP, "no", "such", "dir", "t.json")] + base,
+         "cannot write --trace"),
+        (["--listen", "127.0.0.1:0", "--trace", ""] + base,
+         "--trace needs a file name"),
     ]
     for argv, want in cases:
         r = subprocess.run([ARGS.relay] + argv, capture_output=True,
@@ -829,6 +847,501 @@ def case_emfile():
                                     if c["reason"] != "handshake-timeout"])
     check(rs.count("handshake-timeout") == n, "reasons %r" % rs)
     check(relay.events("accept-resumed"), "no accept-resumed line")
+
+
+# ---- metrics -----------------------------------------------------------------
+
+METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE_RE = re.compile(r"^(%s)(\{(?:%s(?:,%s)*)?,?\})? (\S+)( -?\d+)?$" %
+                       (METRIC_NAME, LABEL, LABEL))
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_exposition(text):
+    """Checks every line of a Prometheus text exposition (format 0.0.4) and
+    returns {(name, ((label, value), ...)): float}. Fails on anything that
+    does not parse, a sample before its family's TYPE, a TYPE given twice,
+    a repeated sample, or histogram buckets that are not cumulative."""
+    check(text.endswith("\n"), "exposition does not end with a newline")
+    types = {}
+    samples = {}
+    for no, line in enumerate(text.split("\n")[:-1], 1):
+        where = "line %d: %r" % (no, line)
+        check(line != "", "empty " + where)
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                check(re.match("^%s$" % METRIC_NAME, parts[2]) is not None,
+                      "bad family name, " + where)
+                if parts[1] == "TYPE":
+                    check(len(parts) == 4 and parts[3] in (
+                        "counter", "gauge", "histogram", "summary",
+                        "untyped"), "bad TYPE, " + where)
+                    check(parts[2] not in types, "TYPE repeated, " + where)
+                    types[parts[2]] = parts[3]
+            continue
+        m = SAMPLE_RE.match(line)
+        check(m is not None, "unparsable sample, " + where)
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        try:
+            v = float(value)  # accepts +Inf, -Inf, NaN
+        except ValueError:
+            raise Fail("bad value, " + where)
+        fam = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and \
+                    types.get(name[:-len(suffix)]) == "histogram":
+                fam = name[:-len(suffix)]
+        check(fam in types, "sample before its TYPE, " + where)
+        key = (name, tuple(LABEL_RE.findall(labels)))
+        check(key not in samples, "repeated sample, " + where)
+        samples[key] = v
+    # Histograms: cumulative buckets, +Inf equal to _count.
+    for fam, typ in types.items():
+        if typ != "histogram":
+            continue
+        series = {}
+        for (name, labels), v in samples.items():
+            if name == fam + "_bucket":
+                rest = tuple(x for x in labels if x[0] != "le")
+                le = [x[1] for x in labels if x[0] == "le"][0]
+                series.setdefault(rest, []).append((float(le), v))
+        for rest, buckets in series.items():
+            buckets.sort()
+            counts = [b[1] for b in buckets]
+            check(counts == sorted(counts), "%s%r not cumulative" %
+                  (fam, rest))
+            check(buckets[-1][0] == float("inf"), "%s%r has no +Inf" %
+                  (fam, rest))
+            check(samples.get((fam + "_count", rest)) == counts[-1],
+                  "%s%r: +Inf bucket is not _count" % (fam, rest))
+    return samples
+
+
+def promtool_check(text):
+    """`promtool check metrics` (parsing and lint) when it is installed."""
+    if shutil.which("promtool") is None:
+        log("promtool not installed: lint skipped")
+        return
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=60)
+    check(r.returncode == 0, "promtool check metrics: %s%s" %
+          (r.stdout.decode(), r.stderr.decode()))
+
+
+def scrape(relay):
+    """curl http://127.0.0.1:PORT/metrics; returns the parsed samples."""
+    hdr = os.path.join(TMP, "scrape.headers")
+    body = os.path.join(TMP, "scrape.body")
+    r = curl("http://127.0.0.1:%d/metrics" % relay.metrics_port, body,
+             "-D", hdr, timeout=30)
+    check(r.returncode == 0, "curl /metrics: %s" % r.stderr.decode())
+    with open(hdr, "rb") as f:
+        headers = f.read().decode("latin-1").lower()
+    check("content-type: text/plain; version=0.0.4" in headers,
+          "content type: %r" % headers)
+    with open(body, "rb") as f:
+        text = f.read().decode("utf-8")
+    return text, parse_exposition(text)
+
+
+def metric(samples, name, **labels):
+    want = tuple(sorted(labels.items()))
+    total = 0.0
+    found = False
+    for (n, ls), v in samples.items():
+        if n == name and all(x in ls for x in want):
+            total += v
+            found = True
+    check(found, "no sample %s%r" % (name, labels))
+    return total
+
+
+def http_raw(port, data, timeout=10):
+    """Sends raw bytes; returns everything read until the server closes the
+    connection. Fails if it does not within the timeout."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        try:
+            s.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server may answer and close before taking it all
+        got = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        except socket.timeout:
+            raise Fail("server kept the connection open: %r" % data[:60])
+        except ConnectionResetError:
+            pass
+        return got
+    finally:
+        s.close()
+
+
+def case_metrics():
+    """--metrics: valid exposition, counters that move, 404/405/431, idle
+    connections closed, the listener closed on drain, exit 0."""
+    import http.client
+    echo = EchoServer()
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  "--max-connections", "3", "--idle-timeout", "2s",
+                  "--log-format", "json", "--drain-timeout", "5s",
+                  metrics=True)
+    text, m0 = scrape(relay)
+    promtool_check(text)
+    for loop in ("worker-0", "worker-1", "control"):
+        metric(m0, "uvctx_contexts_created_total", loop=loop)
+        metric(m0, "uvctx_cancel_propagation_seconds_count", loop=loop)
+    for name in ("uvctx_relay_connections_accepted_total",
+                 "uvctx_relay_connections_active",
+                 "uvctx_relay_connections_refused_total",
+                 "uvctx_relay_connections_closed_total",
+                 "uvctx_relay_bytes_total"):
+        check(metric(m0, name) == 0, "%s not 0 at start" % name)
+    created0 = sum(metric(m0, "uvctx_contexts_created_total", loop=w)
+                   for w in ("worker-0", "worker-1"))
+
+    # Connections made and ended: the counters follow the log exactly.
+    n = 12
+    total = 0
+    for i in range(n):
+        payload = b"metrics %d " % i * (i + 1)
+        total += len(payload)
+        check(echo_roundtrip(relay.port, payload) == payload, "echo %d" % i)
+        wait_until(lambda: len(relay.closes()) == i + 1, 10,
+                   "close line %d" % (i + 1))
+    text, m1 = scrape(relay)
+    promtool_check(text)
+    check(metric(m1, "uvctx_relay_connections_accepted_total") == n,
+          "accepted %r" % metric(m1, "uvctx_relay_connections_accepted_total"))
+    check(metric(m1, "uvctx_relay_connections_active") == 0, "active")
+    check(metric(m1, "uvctx_relay_bytes_total", direction="up") == total,
+          "bytes up %r, sent %d" %
+          (metric(m1, "uvctx_relay_bytes_total", direction="up"), total))
+    check(metric(m1, "uvctx_relay_bytes_total", direction="down") == total,
+          "bytes down")
+    logged = {}
+    for c in relay.closes():
+        logged[c["reason"]] = logged.get(c["reason"], 0) + 1
+        # Log fields: conn and worker stay JSON numbers, the peer comes
+        # from the connection context's loggable value.
+        check(isinstance(c["conn"], int) and isinstance(c["worker"], int),
+              "conn/worker not numbers: %r" % c)
+        check(re.match(r"^127\.0\.0\.1:\d+$", c["peer"]) is not None,
+              "peer %r" % c["peer"])
+    for reason, count in logged.items():
+        got = metric(m1, "uvctx_relay_connections_closed_total",
+                     reason=reason)
+        check(got == count, "closed{reason=%s} %r, log says %d" %
+              (reason, got, count))
+    check(metric(m1, "uvctx_relay_connections_closed_total") == n,
+          "closed total")
+    created1 = sum(metric(m1, "uvctx_contexts_created_total", loop=w)
+                   for w in ("worker-0", "worker-1"))
+    check(created1 >= created0 + 3 * n, "contexts created %r -> %r" %
+          (created0, created1))
+    log("after %d connections: accepted %d, bytes %d/%d, closed %r" %
+        (n, n, total, total, logged))
+
+    # Active, refused (over --max-connections 3), then idle-timeout.
+    held = [socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+            for _ in range(3)]
+    for s in held:
+        s.sendall(b"k")
+        check(s.recv(10) == b"k", "echo")
+    text, m2 = scrape(relay)
+    check(metric(m2, "uvctx_relay_connections_active") == 3,
+          "active %r with 3 open" %
+          metric(m2, "uvctx_relay_connections_active"))
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    wait_closed(s, 10)
+    s.close()
+    wait_until(lambda: len(relay.events("refused")) == 1, 10, "refused line")
+    for s in held:
+        wait_closed(s, 20)
+        s.close()
+    wait_until(lambda: len(relay.closes()) == n + 3, 10, "idle closes")
+    text, m3 = scrape(relay)
+    promtool_check(text)
+    check(metric(m3, "uvctx_relay_connections_refused_total") == 1,
+          "refused")
+    check(metric(m3, "uvctx_relay_connections_closed_total",
+                 reason="idle-timeout") == 3, "idle-timeout not counted")
+    check(metric(m3, "uvctx_relay_connections_active") == 0, "active")
+    log("3 held: active 3, a 4th refused, then 3 idle-timeout closes")
+
+    # HTTP: 404, 405, HEAD, keep-alive, pipelining, 400, 431.
+    mp = relay.metrics_port
+    hc = http.client.HTTPConnection("127.0.0.1", mp, timeout=10)
+    hc.request("GET", "/nope")
+    r = hc.getresponse()
+    r.read()
+    check(r.status == 404, "GET /nope: %d" % r.status)
+    hc.request("GET", "/metrics")  # same connection: kept alive
+    r = hc.getresponse()
+    body = r.read().decode()
+    check(r.status == 200 and "uvctx_relay_bytes_total" in body,
+          "GET /metrics after a 404 on one connection: %d" % r.status)
+    hc.request("HEAD", "/metrics")
+    r = hc.getresponse()
+    check(r.status == 200 and r.read() == b"" and
+          int(r.getheader("Content-Length")) > 0, "HEAD /metrics")
+    hc.request("HEAD", "/nope")
+    r = hc.getresponse()
+    check(r.status == 404 and r.read() == b"", "HEAD /nope")
+    hc.request("POST", "/metrics", body=b"x=1")
+    r = hc.getresponse()
+    r.read()
+    check(r.status == 405 and "GET" in (r.getheader("Allow") or ""),
+          "POST /metrics: %d %r" % (r.status, r.getheader("Allow")))
+    hc.close()
+    r = subprocess.run(["curl", "-s", "-o", os.devnull, "-w", "%{http_code}",
+                        "-X", "DELETE", "http://127.0.0.1:%d/metrics" % mp],
+                       capture_output=True, timeout=30)
+    check(r.stdout == b"405", "curl -X DELETE: %r" % r.stdout)
+    r = subprocess.run(["curl", "-s", "-o", os.devnull, "-w", "%{http_code}",
+                        "http://127.0.0.1:%d/" % mp],
+                       capture_output=True, timeout=30)
+    check(r.stdout == b"404", "curl /: %r" % r.stdout)
+    two = (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = http_raw(mp, two)
+    check(got.count(b"HTTP/1.1 200 OK\r\n") == 2, "pipelined: %r" % got[:200])
+    got = http_raw(mp, b"BLAH\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 400 "), "garbage: %r" % got[:100])
+    got = http_raw(mp, b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 20000)
+    check(got.startswith(b"HTTP/1.1 431 "), "oversized: %r" % got[:100])
+    log("404, 405, HEAD, keep-alive, pipelining, 400 and 431 ok")
+
+    # At most 32 metrics connections: the ones above are closed at once.
+    socks = [socket.create_connection(("127.0.0.1", mp), timeout=10)
+             for _ in range(35)]
+    for s in socks[32:]:
+        wait_closed(s, 5)
+    still_open = 0
+    for s in socks[:32]:
+        s.settimeout(0.02)
+        try:
+            still_open += s.recv(1) != b""
+        except socket.timeout:
+            still_open += 1
+        except OSError:
+            pass
+    for s in socks:
+        s.close()
+    check(still_open == 32, "%d of the first 32 still open" % still_open)
+    log("35 metrics connections: 32 kept, 3 closed at once")
+
+    # An idle metrics connection is closed (5 s without a request).
+    s = socket.create_connection(("127.0.0.1", mp), timeout=10)
+    s.sendall(b"GET /metr")
+    t0 = time.monotonic()
+    t1 = wait_closed(s, 20)
+    s.close()
+    log("idle metrics connection closed after %.2fs" % (t1 - t0))
+    if timed():
+        check(4.5 <= t1 - t0 <= 8, "idle close at %.2fs" % (t1 - t0))
+
+    # Scrapes while connections come and go, on both workers.
+    stop = threading.Event()
+    errors = []
+    echoed = []
+
+    def traffic():
+        i = 0
+        while not stop.is_set() and i < 2000:
+            i += 1
+            p = b"x" * (1 + i % 4000)
+            try:
+                got = echo_roundtrip(relay.port, p)
+            except OSError:
+                continue
+            # b"": closed at once over --max-connections 3, fine here.
+            if got == p:
+                echoed.append(1)
+            elif got != b"":
+                errors.append("echo: %d of %d bytes" % (len(got), len(p)))
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(10):
+            scrape(relay)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    check(not errors, "errors during scrapes: %r" % errors[:3])
+    check(len(echoed) > 0, "no echo went through during the scrapes")
+    log("10 scrapes during traffic: %d echoes through" % len(echoed))
+
+    # Drain with one connection still open: the metrics listener closes,
+    # a scrape already connected is still answered (the idle worker has
+    # closed its loop by then: its last stats are served), and at exit the
+    # relay closes that scrape connection itself. Exit 0 (ASan: no leak).
+    held = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    hc = http.client.HTTPConnection("127.0.0.1", mp, timeout=10)
+    hc.request("GET", "/metrics")
+    r = hc.getresponse()
+    r.read()
+    check(r.status == 200, "scrape before the drain: %d" % r.status)
+    held.sendall(b"d")
+    check(held.recv(10) == b"d", "echo")
+    relay.signal(signal.SIGTERM)
+    wait_until(lambda: relay.events("draining"), 5, "draining line")
+    time.sleep(0.3)
+    refused = False
+    try:
+        socket.create_connection(("127.0.0.1", mp), timeout=5).close()
+    except ConnectionRefusedError:
+        refused = True
+    check(refused, "metrics still accepting while draining")
+    hc.request("GET", "/metrics")
+    r = hc.getresponse()
+    text = r.read().decode()
+    check(r.status == 200, "scrape while draining: %d" % r.status)
+    m4 = parse_exposition(text)
+    check(metric(m4, "uvctx_relay_draining") == 1, "draining gauge")
+    for loop in ("worker-0", "worker-1"):
+        metric(m4, "uvctx_contexts_created_total", loop=loop)
+    log("while draining: new scrapes refused, an open one answered "
+        "(active %d)" % metric(m4, "uvctx_relay_connections_active"))
+    held.close()
+    rc = relay.wait(30)
+    check(rc == 0, "exit status %d:\n%s" % (rc, relay.text()))
+    wait_closed(hc.sock, 5)
+    hc.close()
+    log("drain: exit 0, the open scrape connection closed by the relay")
+
+
+# ---- trace -------------------------------------------------------------------
+
+def load_trace(path):
+    r = subprocess.run([sys.executable, "-m", "json.tool", path],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=60)
+    check(r.returncode == 0, "json.tool %s: %s" % (path, r.stderr.decode()))
+    with open(path) as f:
+        doc = json.load(f)
+    meta = doc["metadata"]
+    check(meta["uvctx-events-emitted"] == meta["uvctx-events-written"] +
+          meta["uvctx-events-dropped"], "trace counts %r" % meta)
+    return doc["traceEvents"]
+
+
+def case_trace():
+    """--trace: a valid Chrome trace per worker, holding a connection's
+    contexts from creation to free, its cancel and the callback it caused;
+    the relay exits 0."""
+    echo = EchoServer()
+    path = os.path.join(TMP, "relay-trace.json")
+    relay = Relay(echo.port, "--trace", path, "--max-lifetime", "600ms",
+                  "--idle-timeout", "10s", name="trace")
+    check(echo_roundtrip(relay.port, b"traced\n") == b"traced\n", "echo")
+    # A busy connection cut by --max-lifetime: a deadline fires, cancels
+    # the connection's lifetime context, and the pipe's watch runs.
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    t0 = time.monotonic()
+    gone = False
+    while time.monotonic() - t0 < 10 and not gone:
+        try:
+            s.sendall(b"tick")
+            if s.recv(100) == b"":
+                gone = True
+        except OSError:
+            gone = True
+        time.sleep(0.05)
+    s.close()
+    check(gone, "lifetime did not end the connection")
+    wait_until(lambda: len(relay.closes()) == 2, 10, "2 close lines")
+    relay.stop()
+    check(sorted(reasons(relay)) == ["eof", "lifetime"] or
+          sorted(reasons(relay)) == ["lifetime", "reset"],
+          "reasons %r" % reasons(relay))
+    for c in relay.closes():
+        check(re.match(r"^127\.0\.0\.1:\d+$", c.get("peer", "")) is not None,
+              "peer from the log fields: %r" % c)
+    tr = relay.events("trace")
+    check(len(tr) == 1 and tr[0]["file"] == path and tr[0]["dropped"] == "0",
+          "trace log line %r" % tr)
+
+    events = load_trace(path)
+    created = {}
+    freed = set()
+    for e in events:
+        if e.get("cat") == "uvctx.ctx" and e["ph"] == "b":
+            created[e["id"]] = e["args"]
+        elif e.get("cat") == "uvctx.ctx" and e["ph"] == "e":
+            freed.add(e["id"])
+    cancels = [e for e in events if e["name"] == "cancel" and
+               e["ph"] == "X"]
+    callbacks = [e for e in events if e["name"] == "callback" and
+                 e["ph"] == "X"]
+    deadlines = [e for e in events if e["name"] == "deadline" and
+                 e["ph"] == "X"]
+
+    def conn_chain(ctx):
+        """ctx is a deadline under a value (the tag) under a cancel."""
+        a = created.get(ctx)
+        if a is None or a["kind"] != "deadline":
+            return False
+        v = created.get(a["parent"])
+        if v is None or v["kind"] != "value":
+            return False
+        c = created.get(v["parent"])
+        return c is not None and c["kind"] == "cancel"
+
+    lifetime = [e for e in cancels if e["args"]["err"] == "ETIMEDOUT" and
+                conn_chain(e["args"]["ctx"])]
+    check(len(lifetime) == 1, "lifetime cancels in the trace: %r" % lifetime)
+    op = lifetime[0]["args"]["op"]
+    ctx = lifetime[0]["args"]["ctx"]
+    check(any(d["args"]["ctx"] == ctx for d in deadlines),
+          "no deadline event for the lifetime context")
+    check(any(c["args"].get("op") == op for c in callbacks),
+          "no callback for the lifetime cancel (op %r)" % op)
+    v = created[ctx]["parent"]
+    conn = created[v]["parent"]
+    for x in (ctx, v, conn):
+        check(x in freed, "context %s of the connection never freed" % x)
+    check(any(e["args"]["ctx"] == conn for e in cancels),
+          "the connection's own cancel is not in the trace")
+    log("trace: %d events; connection %s -> tag %s -> lifetime %s: "
+        "created, deadline, cancel op %d, callback, freed" %
+        (len(events), conn, v, ctx, op))
+
+    tool = os.path.join(os.path.dirname(ARGS.relay), "uvctx-trace")
+    if os.access(tool, os.X_OK):
+        r = subprocess.run([tool, "summary", path], capture_output=True,
+                           timeout=60)
+        check(r.returncode == 0, "uvctx-trace summary: %s" %
+              r.stderr.decode())
+        check(b"contexts never released: 0" in r.stdout,
+              "summary:\n%s" % r.stdout.decode())
+        log("uvctx-trace summary: ok, nothing left unreleased")
+
+    # Two workers: one file each, FILE.0 and FILE.1.
+    path2 = os.path.join(TMP, "two.json")
+    relay = Relay(echo.port, "--trace", path2, "--workers", "2",
+                  name="trace-two")
+    for i in range(16):
+        check(echo_roundtrip(relay.port, b"w%d" % i) == b"w%d" % i, "echo")
+    wait_until(lambda: len(relay.closes()) == 16, 10, "16 close lines")
+    relay.stop()
+    check(not os.path.exists(path2), "FILE written with two workers")
+    opened = 0
+    for i in (0, 1):
+        evs = load_trace("%s.%d" % (path2, i))
+        opened += sum(1 for e in evs if e.get("cat") == "uvctx.ctx" and
+                      e["ph"] == "b" and e["args"]["kind"] == "value")
+    check(opened == 16, "%d connection tags over both traces" % opened)
+    log("two workers: %s.0 and %s.1, 16 connections between them" %
+        (os.path.basename(path2), os.path.basename(path2)))
 
 
 def main():

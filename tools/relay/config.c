@@ -26,6 +26,9 @@ static const char usage[] =
     "  --workers N                      event loops on N threads "
     "(default 1)\n"
     "  --log-format logfmt|json         one line per event on stderr\n"
+    "  --metrics HOST:PORT              serve Prometheus text at /metrics\n"
+    "  --trace FILE                     trace each worker loop (Chrome JSON;\n"
+    "                                   FILE.N per worker when N > 1)\n"
     "DUR is a whole number with ms, s or m: 500ms, 10s, 2m (0 turns\n"
     "--idle-timeout and --max-lifetime off). See docs/relay.md.\n";
 
@@ -178,6 +181,7 @@ static int duration_opt(const char* name, const char* v, uint64_t* out,
 int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
   const char* listen = NULL;
   const char* connect = NULL;
+  const char* metrics = NULL;
   char err[300];
   int i;
 
@@ -261,6 +265,12 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
         cfg->log_format = RELAY_LOG_JSON;
       else
         return fail("bad --log-format '%s' (logfmt or json)%s", v, "");
+    } else if (strcmp(a, "--metrics") == 0) {
+      metrics = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      if (*v == '\0')
+        return fail("--trace needs a file name%s%s", "", "");
+      cfg->trace = v;
     } else {
       return fail("unknown option '%s'%s (see --help)", a, "");
     }
@@ -273,6 +283,11 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
     return fail("bad --listen address '%s': %s", listen, err);
   if (relay_parse_addr(connect, 0, &cfg->connect, err, sizeof(err)) != 0)
     return fail("bad --connect address '%s': %s", connect, err);
+  if (metrics != NULL) {
+    if (relay_parse_addr(metrics, 1, &cfg->metrics, err, sizeof(err)) != 0)
+      return fail("bad --metrics address '%s': %s", metrics, err);
+    cfg->has_metrics = 1;
+  }
   if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
     return fail("--tls-cert and --tls-key go together%s%s", "", "");
   if (!cfg->connect_tls && (cfg->ca != NULL || cfg->sni != NULL ||

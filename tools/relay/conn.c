@@ -56,14 +56,17 @@ static void tag_free(void* v) {
   free(v);
 }
 
-/* How the tag appears in uvctx dumps and traces: "7 127.0.0.1:40112". */
+/* The key is loggable as `peer`: conn_log() writes the context's loggable
+ * values with uvctx_log_fields(), which is where `peer=` comes from. The id
+ * and the worker stay fields of the relay's own, read from the tag: they
+ * are JSON numbers in the log, and log fields are always strings. */
 static int tag_format(const void* v, char* buf, size_t size) {
   const relay_tag_t* tag = v;
-  return snprintf(buf, size, "%llu %s", (unsigned long long)tag->id, tag->peer);
+  return snprintf(buf, size, "%s", tag->peer);
 }
 
 static const uvctx_key_t tag_key = {
-    .name = "relay.conn", .free_value = tag_free, .format = tag_format};
+    .name = "peer", .free_value = tag_free, .format = tag_format};
 
 typedef struct relay_conn_s {
   relay_worker_t* w;
@@ -93,6 +96,7 @@ typedef struct relay_conn_s {
   uint64_t bytes_up;   /* client -> upstream */
   uint64_t bytes_down; /* upstream -> client */
   const char* reason;
+  int reason_idx; /* RELAY_R_* of `reason` */
   char detail[200];
   int closing; /* close callbacks outstanding */
   int ended;
@@ -115,7 +119,10 @@ static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_begin(&ln, event);
   relay_log_u64(&ln, "conn", tag != NULL ? tag->id : 0);
   relay_log_u64(&ln, "worker", c->w->index);
-  relay_log_str(&ln, "peer", tag != NULL ? tag->peer : "?");
+  if (tag != NULL)
+    relay_log_ctx(&ln, c->vctx);
+  else
+    relay_log_str(&ln, "peer", "?"); /* no context: set up failed */
   relay_log_u64(&ln, "bytes_up", c->bytes_up);
   relay_log_u64(&ln, "bytes_down", c->bytes_down);
   relay_log_u64(&ln, "duration_ms", (uv_hrtime() - c->start_ns) / 1000000);
@@ -157,33 +164,41 @@ static const char* reason_of(uvctx_t* ctx, int status, const char* dflt) {
   }
 }
 
+const char* const relay_reasons[RELAY_REASONS] = {
+    [RELAY_R_EOF] = "eof",
+    [RELAY_R_IDLE_TIMEOUT] = "idle-timeout",
+    [RELAY_R_HANDSHAKE_TIMEOUT] = "handshake-timeout",
+    [RELAY_R_LIFETIME] = "lifetime",
+    [RELAY_R_DRAINED] = "drained",
+    [RELAY_R_UPSTREAM_REFUSED] = "upstream-refused",
+    [RELAY_R_RESET] = "reset",
+    [RELAY_R_TLS_ERROR] = "tls-error",
+    [RELAY_R_CLIENT_GONE] = "client-gone",
+    [RELAY_R_CONNECT_TIMEOUT] = "connect-timeout",
+    [RELAY_R_UPSTREAM_ERROR] = "upstream-error",
+    [RELAY_R_ERROR] = "error",
+    [RELAY_R_CANCELLED] = "cancelled"};
+
 /* The reason messages are string literals, so the pointer outlives the
- * context it came from; copy anything else. */
-static const char* keep_reason(const char* r) {
-  static const char* const known[] = {"eof",
-                                      "idle-timeout",
-                                      "handshake-timeout",
-                                      "lifetime",
-                                      "drained",
-                                      "upstream-refused",
-                                      "reset",
-                                      "tls-error",
-                                      "client-gone",
-                                      "connect-timeout",
-                                      "upstream-error",
-                                      "error",
-                                      "cancelled"};
-  size_t i;
-  for (i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-    if (strcmp(r, known[i]) == 0)
-      return known[i];
-  return "error";
+ * context it came from; anything unknown is an "error". Returns the
+ * RELAY_R_* index, which is also what the metrics count. */
+static int reason_index(const char* r) {
+  int i;
+  for (i = 0; i < RELAY_REASONS; i++)
+    if (strcmp(r, relay_reasons[i]) == 0)
+      return i;
+  return RELAY_R_ERROR;
 }
 
 static void conn_free(relay_conn_t* c) {
   relay_worker_t* w = c->w;
+  relay_counters_t* n = &w->counters;
 
   conn_log(c, "close");
+  atomic_fetch_add_explicit(&n->bytes_up, c->bytes_up, memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->bytes_down, c->bytes_down,
+                            memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->closed[c->reason_idx], 1, memory_order_relaxed);
   if (c->step_watching)
     uvctx_watch_stop(&c->step_watch); /* not reached today; cheap insurance */
   /* Children first; each holds its parent. */
@@ -239,8 +254,10 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
   if (c->ended)
     return;
   c->ended = 1;
-  if (c->reason == NULL)
-    c->reason = keep_reason(reason);
+  if (c->reason == NULL) {
+    c->reason_idx = reason_index(reason);
+    c->reason = relay_reasons[c->reason_idx];
+  }
   if (detail != NULL)
     snprintf(c->detail, sizeof(c->detail), "%s", detail);
   else if (status != 0 && c->detail[0] == '\0')
@@ -529,6 +546,7 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
     free(tag);
     close(fd);
     atomic_fetch_sub(&srv->active, 1);
+    atomic_fetch_add_explicit(&w->counters.refused, 1, memory_order_relaxed);
     relay_log_event("refused", "reason", "out-of-memory", NULL);
     return;
   }
@@ -537,7 +555,7 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
   c->counted = 1;
   c->start_ns = uv_hrtime();
   w->nconns++;
-  w->accepted++;
+  atomic_fetch_add_explicit(&w->counters.accepted, 1, memory_order_relaxed);
 
   tag->id = atomic_fetch_add(&srv->next_id, 1) + 1;
   tag->worker = w->index;
@@ -549,7 +567,8 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
     close(fd);
     free(tag);
     c->ended = 1;
-    c->reason = "error";
+    c->reason_idx = RELAY_R_ERROR;
+    c->reason = relay_reasons[RELAY_R_ERROR];
     conn_free(c);
     return;
   }

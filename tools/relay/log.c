@@ -98,6 +98,30 @@ void relay_log_u64(relay_log_line_t* ln, const char* key, uint64_t val) {
   put(ln, num, (size_t)n);
 }
 
+/* uvctx_log_fields() writes the same quoting and escaping as put_key() and
+ * relay_log_str() (logfmt: quoted only when needed; JSON: "k":"v" without
+ * braces), so its text is spliced in as it comes. It is formatted straight
+ * into the line; if it does not fit in what is left, the separator is
+ * taken back and the fields are left out rather than cut mid-value. */
+void relay_log_ctx(relay_log_line_t* ln, const uvctx_t* c) {
+  size_t mark = ln->len;
+  size_t room;
+  int n;
+
+  if (c == NULL || ln->len + LOG_RESERVE + 1 >= sizeof(ln->buf))
+    return;
+  putc_(ln, log_format == RELAY_LOG_JSON ? ',' : ' ');
+  room = sizeof(ln->buf) - LOG_RESERVE - ln->len;
+  n = uvctx_log_fields(
+      c, log_format == RELAY_LOG_JSON ? UVCTX_LOG_JSON : UVCTX_LOG_LOGFMT,
+      ln->buf + ln->len, room);
+  if (n <= 0 || (size_t)n >= room) {
+    ln->len = mark; /* nothing loggable, an error, or too long */
+    return;
+  }
+  ln->len += (size_t)n;
+}
+
 void relay_log_begin(relay_log_line_t* ln, const char* event) {
   struct timespec ts;
   struct tm tm;

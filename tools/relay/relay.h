@@ -1,10 +1,13 @@
 /* relay.h: the pieces of uvctx-relay and what they share. The relay is
- * built only on the public API (<uvctx.h>, <uvctx/copy.h>, <uvctx/tls.h>).
+ * built only on the public API (<uvctx.h>, <uvctx/copy.h>, <uvctx/tls.h>,
+ * <uvctx/trace.h>).
  *
  *   config.c   command line, durations, addresses, TLS configurations
  *   log.c      one line per event on stderr, logfmt or JSON
- *   server.c   the control loop (signals, drain), workers, listeners
+ *   server.c   the control loop (signals, drain), workers, listeners,
+ *              per-worker traces
  *   conn.c     one connection: handshake, upstream connect, pipe, close
+ *   metrics.c  the /metrics HTTP endpoint on the control loop
  *   main.c     main()
  *
  * Threads: the main thread runs the control loop; each worker runs its own
@@ -12,7 +15,9 @@
  * owns the connections it accepted from start to end. Workers and the
  * control loop talk only through contexts (the server root and the
  * "accepting" context are cancelled on the main thread; their per-worker
- * branches fire on the workers) and one uv_async_t (a worker is done). */
+ * branches fire on the workers) and one uv_async_t (a worker is done).
+ * The metrics endpoint, on the control loop, only reads: each worker's
+ * uvctx_loop_stats() (thread-safe) and its relaxed atomic counters. */
 #ifndef UVCTX_RELAY_H
 #define UVCTX_RELAY_H
 
@@ -24,6 +29,7 @@
 #include <uvctx.h>
 #include <uvctx/copy.h>
 #include <uvctx/tls.h>
+#include <uvctx/trace.h>
 
 #define RELAY_NAME "uvctx-relay"
 
@@ -57,6 +63,9 @@ typedef struct relay_config_s {
   unsigned max_connections;
   unsigned workers;
   int log_format;
+  int has_metrics;
+  relay_addr_t metrics; /* --metrics HOST:PORT */
+  const char* trace;    /* --trace FILE */
   /* Built from the above by relay_config_load_tls(); shared read-only by
    * every worker's sessions. */
   uvctx_tls_config_t* server_tls;
@@ -94,11 +103,48 @@ typedef struct relay_log_line_s {
 void relay_log_begin(relay_log_line_t* ln, const char* event);
 void relay_log_str(relay_log_line_t* ln, const char* key, const char* val);
 void relay_log_u64(relay_log_line_t* ln, const char* key, uint64_t val);
+/* The loggable values of `c` (uvctx_log_fields()), in the line's format.
+ * Left out whole if they do not fit: a line is cut, never split. */
+void relay_log_ctx(relay_log_line_t* ln, const uvctx_t* c);
 void relay_log_end(relay_log_line_t* ln);
 
 /* A server-level event, then key, value string pairs ending with NULL:
  * relay_log_event("draining", "signal", "SIGTERM", NULL). */
 void relay_log_event(const char* event, ...);
+
+/* ---- counters ---------------------------------------------------------- */
+
+/* Why a connection ended, as logged in `reason=` and counted in
+ * uvctx_relay_connections_closed_total{reason=...}. */
+enum {
+  RELAY_R_EOF,
+  RELAY_R_IDLE_TIMEOUT,
+  RELAY_R_HANDSHAKE_TIMEOUT,
+  RELAY_R_LIFETIME,
+  RELAY_R_DRAINED,
+  RELAY_R_UPSTREAM_REFUSED,
+  RELAY_R_RESET,
+  RELAY_R_TLS_ERROR,
+  RELAY_R_CLIENT_GONE,
+  RELAY_R_CONNECT_TIMEOUT,
+  RELAY_R_UPSTREAM_ERROR,
+  RELAY_R_ERROR,
+  RELAY_R_CANCELLED,
+  RELAY_REASONS
+};
+extern const char* const relay_reasons[RELAY_REASONS];
+
+/* One worker's counters: written by that worker only, read by the metrics
+ * endpoint on the control loop, hence relaxed atomics (no lock, no
+ * ordering needed between them: a scrape is a snapshot of counters that
+ * only grow). */
+typedef struct relay_counters_s {
+  atomic_uint_fast64_t accepted; /* connections taken on */
+  atomic_uint_fast64_t refused;  /* closed at once (max-connections, OOM) */
+  atomic_uint_fast64_t bytes_up; /* client to upstream, at close */
+  atomic_uint_fast64_t bytes_down;
+  atomic_uint_fast64_t closed[RELAY_REASONS];
+} relay_counters_t;
 
 /* ---- server ------------------------------------------------------------ */
 
@@ -117,14 +163,21 @@ struct relay_worker_s {
   int listen_fd;
   uv_poll_t poll;
   uv_timer_t pause_timer;
-  int listening;     /* poll and timer initialized and not closed */
-  int watching;      /* stop_watch started */
-  int paused;        /* accepting paused (out of descriptors) */
-  int started;       /* the thread was created */
-  unsigned nconns;   /* connections owned by this worker, open or closing */
-  uint64_t accepted; /* total, for the exit line */
+  int listening;   /* poll and timer initialized and not closed */
+  int watching;    /* stop_watch started */
+  int paused;      /* accepting paused (out of descriptors) */
+  int started;     /* the thread was created */
+  int tracing;     /* uvctx_loop_trace_open() succeeded on this loop */
+  unsigned nconns; /* connections owned by this worker, open or closing */
+  relay_counters_t counters;
+  /* The loop's stats as it closed: the metrics endpoint reads these once
+   * `closed` is set, since `l` is freed then. Under srv->stats_lock. */
+  uvctx_loop_stats_t final_stats;
+  int closed;
   int exit_status;
 };
+
+typedef struct relay_metrics_s relay_metrics_t;
 
 struct relay_server_s {
   relay_config_t* cfg;
@@ -145,6 +198,8 @@ struct relay_server_s {
   atomic_uint active; /* open connections over all workers */
   atomic_uint_fast64_t next_id;
   uint64_t drain_start_ns;
+  uv_mutex_t stats_lock;    /* a worker closing its loop vs. a scrape */
+  relay_metrics_t* metrics; /* NULL without --metrics */
 };
 
 /* Runs the relay until it has drained. Returns the exit status. */
@@ -157,5 +212,19 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer);
 
 /* Called by conn.c when a connection's last handle has closed. */
 void relay_worker_conn_done(relay_worker_t* w);
+
+/* ---- metrics ----------------------------------------------------------- */
+
+/* Binds --metrics on the control loop and starts accepting. Returns 0, or
+ * -1 after one line on stderr (the caller exits 2 and runs the control
+ * loop to close what was opened). Control loop thread, before serving. */
+int relay_metrics_listen(relay_server_t* srv);
+/* The bound address, "127.0.0.1:9464". */
+void relay_metrics_addr(relay_server_t* srv, char* out, size_t len);
+/* Draining: close the listener; open scrapes are still answered. */
+void relay_metrics_stop_accepting(relay_server_t* srv);
+/* Exit: close the listener and every connection; freed once the control
+ * loop has run their close callbacks. */
+void relay_metrics_close(relay_server_t* srv);
 
 #endif /* UVCTX_RELAY_H */

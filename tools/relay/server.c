@@ -20,7 +20,19 @@
  * connection, on every worker, ends. A second signal does that at once.
  * A worker whose listener is closed and whose last connection is gone
  * leaves uv_run(), closes its loop and tells the control loop; when the
- * last one has, the control loop closes too and the process exits 0. */
+ * last one has, the control loop closes too and the process exits 0.
+ *
+ * --trace: one trace file per worker loop (FILE with one worker, FILE.N
+ * with several), since a tracer owns its sink and two loops must not
+ * write into one. Tracing starts on the main thread while nobody runs the
+ * worker loops yet, before the workers' contexts exist, so that every
+ * context homed on a worker has its creation in the trace; each worker
+ * stops its own tracer after its last context is released and before
+ * uvctx_loop_close(). The control loop (server root, drain deadline) is
+ * not traced: callbacks caused by the drain name its op without an arrow.
+ *
+ * --metrics: metrics.c, on the control loop; closed on the first signal
+ * (listener) and when the last worker is done (connections). */
 #define _GNU_SOURCE /* accept4() */
 #include <errno.h>
 #include <stdio.h>
@@ -124,6 +136,7 @@ static void on_acceptable(uv_poll_t* p, int status, int events) {
     }
     if (atomic_fetch_add(&srv->active, 1) >= srv->cfg->max_connections) {
       atomic_fetch_sub(&srv->active, 1);
+      atomic_fetch_add_explicit(&w->counters.refused, 1, memory_order_relaxed);
       close(fd);
       relay_format_addr((struct sockaddr*)&ss, peer, sizeof(peer));
       snprintf(idx, sizeof(idx), "%u", w->index);
@@ -158,6 +171,63 @@ void relay_worker_conn_done(relay_worker_t* w) {
   w->nconns--;
 }
 
+/* ---- traces -------------------------------------------------------------- */
+
+static void trace_path(const relay_config_t* cfg, unsigned index, char* out,
+                       size_t len) {
+  if (cfg->workers == 1)
+    snprintf(out, len, "%s", cfg->trace);
+  else
+    snprintf(out, len, "%s.%u", cfg->trace, index);
+}
+
+/* Main thread, before any worker context exists and before the workers
+ * run (a tracer is started on its loop's thread, or while nobody runs the
+ * loop). Returns 0 or -1 after one line on stderr. */
+static int open_traces(relay_server_t* srv) {
+  char path[4096];
+  unsigned i;
+  int rc;
+
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_worker_t* w = &srv->workers[i];
+    trace_path(srv->cfg, i, path, sizeof(path));
+    rc = uvctx_loop_trace_open(w->l, path, NULL);
+    if (rc != 0) {
+      fprintf(stderr, RELAY_NAME ": cannot write --trace %s: %s\n", path,
+              uv_strerror(rc));
+      return -1;
+    }
+    w->tracing = 1;
+  }
+  return 0;
+}
+
+/* Worker thread, after its last context is released (so that their frees
+ * are in the trace) and before uvctx_loop_close(). */
+static int stop_trace(relay_worker_t* w) {
+  uvctx_trace_counts_t n = {0, 0, 0};
+  char path[4096];
+  char idx[16];
+  char written[24];
+  char dropped[24];
+  int rc;
+
+  w->tracing = 0;
+  rc = uvctx_loop_trace_stop(w->l, &n);
+  trace_path(w->srv->cfg, w->index, path, sizeof(path));
+  snprintf(idx, sizeof(idx), "%u", w->index);
+  snprintf(written, sizeof(written), "%llu", (unsigned long long)n.written);
+  snprintf(dropped, sizeof(dropped), "%llu", (unsigned long long)n.dropped);
+  if (rc != 0)
+    relay_log_event("trace-error", "worker", idx, "file", path, "error",
+                    uv_err_name(rc), NULL);
+  else
+    relay_log_event("trace", "worker", idx, "file", path, "events", written,
+                    "dropped", dropped, NULL);
+  return rc;
+}
+
 /* ---- workers ------------------------------------------------------------- */
 
 static void worker_main(void* arg) {
@@ -177,6 +247,13 @@ static void worker_main(void* arg) {
   uvctx_release(w->root);
   w->accepting = NULL;
   w->root = NULL;
+  if (w->tracing && stop_trace(w) != 0)
+    w->exit_status = RELAY_EXIT_FAILURE;
+  /* From here on a scrape reads these stats instead of the binding. */
+  uv_mutex_lock(&srv->stats_lock);
+  uvctx_loop_stats(w->l, &w->final_stats);
+  w->closed = 1;
+  uv_mutex_unlock(&srv->stats_lock);
   if (uvctx_loop_close(w->l) != 0) {
     fprintf(stderr, RELAY_NAME ": worker %u: contexts still live:\n", w->index);
     uvctx_loop_dump(w->l, stderr);
@@ -222,6 +299,7 @@ static void on_signal(uv_signal_t* h, int signum) {
            (unsigned long long)srv->cfg->drain_timeout_ms);
   relay_log_event("draining", "signal", name, "drain_timeout_ms", ms, NULL);
   uvctx_cancel_cause(srv->accepting, UV_ECANCELED, "draining");
+  relay_metrics_stop_accepting(srv);
   if (srv->cfg->drain_timeout_ms == 0) {
     cancel_root(srv);
     return;
@@ -252,6 +330,7 @@ static void on_worker_done(uv_async_t* a) {
   uv_close((uv_handle_t*)&srv->sigterm, NULL);
   uv_close((uv_handle_t*)&srv->sigint, NULL);
   uv_close((uv_handle_t*)&srv->worker_done, NULL);
+  relay_metrics_close(srv);
 }
 
 /* ---- setup and teardown -------------------------------------------------- */
@@ -261,10 +340,15 @@ static void on_worker_done(uv_async_t* a) {
 static void close_loops(relay_server_t* srv) {
   unsigned i;
 
+  relay_metrics_close(srv);
   for (i = 0; i < srv->nworkers; i++) {
     relay_worker_t* w = &srv->workers[i];
     if (w->listen_fd >= 0)
       close(w->listen_fd);
+    if (w->tracing) {
+      uvctx_loop_trace_stop(w->l, NULL);
+      w->tracing = 0;
+    }
     if (w->l != NULL && uvctx_loop_close(w->l) == 0)
       uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->l != NULL)
@@ -345,110 +429,142 @@ static int start_workers(relay_server_t* srv) {
   return 0;
 }
 
-int relay_server_run(relay_config_t* cfg) {
-  relay_server_t srv;
+/* Everything after the mutex: relay_server_run() owns that one. */
+static int run(relay_server_t* srv, relay_config_t* cfg) {
   struct sockaddr_storage bound;
   socklen_t blen = sizeof(bound);
   char where[96];
+  char maddr[96];
   char nw[16];
+  relay_log_line_t ln;
   unsigned i;
   int status = RELAY_EXIT_OK;
   int rc;
 
-  memset(&srv, 0, sizeof(srv));
-  srv.cfg = cfg;
-  srv.nworkers = cfg->workers;
-  atomic_init(&srv.workers_done, 0);
-  atomic_init(&srv.active, 0);
-  atomic_init(&srv.next_id, 0);
+  srv->cfg = cfg;
+  srv->nworkers = cfg->workers;
+  atomic_init(&srv->workers_done, 0);
+  atomic_init(&srv->active, 0);
+  atomic_init(&srv->next_id, 0);
 
-  rc = uv_loop_init(&srv.loop);
+  rc = uv_loop_init(&srv->loop);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": uv_loop_init: %s\n", uv_strerror(rc));
     return RELAY_EXIT_FAILURE;
   }
-  srv.workers = calloc(srv.nworkers, sizeof(*srv.workers));
-  rc = srv.workers == NULL ? UV_ENOMEM : uvctx_loop_init(&srv.loop, &srv.l);
+  srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
+  rc = srv->workers == NULL ? UV_ENOMEM : uvctx_loop_init(&srv->loop, &srv->l);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": %s\n", uv_strerror(rc));
-    srv.nworkers = 0;
-    close_loops(&srv);
+    srv->nworkers = 0;
+    close_loops(srv);
     return RELAY_EXIT_FAILURE;
   }
-  for (i = 0; i < srv.nworkers; i++)
-    srv.workers[i].listen_fd = -1;
-  if (setup_workers(&srv) != 0) {
-    close_loops(&srv);
+  for (i = 0; i < srv->nworkers; i++)
+    srv->workers[i].listen_fd = -1;
+  /* Every configuration mistake that needs a socket or a file is found
+   * here, before anything is served: exit 2. */
+  if (setup_workers(srv) != 0 ||
+      (cfg->has_metrics && relay_metrics_listen(srv) != 0) ||
+      (cfg->trace != NULL && open_traces(srv) != 0)) {
+    close_loops(srv);
     return RELAY_EXIT_CONFIG;
   }
 
   /* From here on everything is unwound by a drain. */
-  rc = uvctx_with_cancel(uvctx_background(srv.l), &srv.root);
+  rc = uvctx_with_cancel(uvctx_background(srv->l), &srv->root);
   if (rc == 0)
-    rc = uvctx_with_cancel(uvctx_background(srv.l), &srv.accepting);
+    rc = uvctx_with_cancel(uvctx_background(srv->l), &srv->accepting);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": %s\n", uv_strerror(rc));
-    uvctx_release(srv.root);
-    close_loops(&srv);
+    uvctx_release(srv->root);
+    close_loops(srv);
     return RELAY_EXIT_FAILURE;
   }
-  uv_signal_init(&srv.loop, &srv.sigterm);
-  uv_signal_init(&srv.loop, &srv.sigint);
-  srv.sigterm.data = srv.sigint.data = &srv;
-  uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
-  uv_signal_start(&srv.sigint, on_signal, SIGINT);
-  uv_async_init(&srv.loop, &srv.worker_done, on_worker_done);
-  srv.worker_done.data = &srv;
+  uv_signal_init(&srv->loop, &srv->sigterm);
+  uv_signal_init(&srv->loop, &srv->sigint);
+  srv->sigterm.data = srv->sigint.data = srv;
+  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&srv->sigint, on_signal, SIGINT);
+  uv_async_init(&srv->loop, &srv->worker_done, on_worker_done);
+  srv->worker_done.data = srv;
 
-  rc = start_workers(&srv);
+  rc = start_workers(srv);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": starting workers: %s\n", uv_strerror(rc));
     status = RELAY_EXIT_FAILURE;
-    cancel_root(&srv);
+    cancel_root(srv);
   }
 
-  getsockname(srv.workers[0].listen_fd, (struct sockaddr*)&bound, &blen);
+  getsockname(srv->workers[0].listen_fd, (struct sockaddr*)&bound, &blen);
   relay_format_addr((struct sockaddr*)&bound, where, sizeof(where));
+  relay_metrics_addr(srv, maddr, sizeof(maddr));
   if (status == RELAY_EXIT_OK) {
+    /* Scripts read these two lines for the ports: keep their order. */
     printf("listening on %s\n", where);
+    if (srv->metrics != NULL)
+      printf("metrics on %s\n", maddr);
     fflush(stdout);
   }
-  snprintf(nw, sizeof(nw), "%u", srv.nworkers);
-  relay_log_event("start", "listen", where, "connect", cfg->connect.text,
-                  "workers", nw, "tls", cfg->server_tls ? "on" : "off",
-                  "connect_tls", cfg->client_tls ? "on" : "off", NULL);
+  snprintf(nw, sizeof(nw), "%u", srv->nworkers);
+  relay_log_begin(&ln, "start");
+  relay_log_str(&ln, "listen", where);
+  relay_log_str(&ln, "connect", cfg->connect.text);
+  relay_log_str(&ln, "workers", nw);
+  relay_log_str(&ln, "tls", cfg->server_tls ? "on" : "off");
+  relay_log_str(&ln, "connect_tls", cfg->client_tls ? "on" : "off");
+  if (srv->metrics != NULL)
+    relay_log_str(&ln, "metrics", maddr);
+  if (cfg->trace != NULL)
+    relay_log_str(&ln, "trace", cfg->trace);
+  relay_log_end(&ln);
 
-  for (i = 0; i < srv.nworkers; i++) {
-    rc = uv_thread_create(&srv.workers[i].thread, worker_main, &srv.workers[i]);
-    srv.workers[i].started = rc == 0;
+  for (i = 0; i < srv->nworkers; i++) {
+    rc = uv_thread_create(&srv->workers[i].thread, worker_main,
+                          &srv->workers[i]);
+    srv->workers[i].started = rc == 0;
     if (rc != 0) {
       /* Stop everything, and run this worker's loop down right here: its
        * listener closes as soon as its stop watch fires. */
       fprintf(stderr, RELAY_NAME ": uv_thread_create: %s\n", uv_strerror(rc));
       status = RELAY_EXIT_FAILURE;
-      cancel_root(&srv);
-      worker_main(&srv.workers[i]);
+      cancel_root(srv);
+      worker_main(&srv->workers[i]);
     }
   }
 
-  uv_run(&srv.loop, UV_RUN_DEFAULT);
-  for (i = 0; i < srv.nworkers; i++) {
-    if (srv.workers[i].started)
-      uv_thread_join(&srv.workers[i].thread);
-    if (srv.workers[i].exit_status != RELAY_EXIT_OK)
-      status = srv.workers[i].exit_status;
+  uv_run(&srv->loop, UV_RUN_DEFAULT);
+  for (i = 0; i < srv->nworkers; i++) {
+    if (srv->workers[i].started)
+      uv_thread_join(&srv->workers[i].thread);
+    if (srv->workers[i].exit_status != RELAY_EXIT_OK)
+      status = srv->workers[i].exit_status;
   }
-  if (uvctx_loop_close(srv.l) != 0) {
+  if (uvctx_loop_close(srv->l) != 0) {
     fprintf(stderr, RELAY_NAME ": contexts still live on the control "
                                "loop:\n");
-    uvctx_loop_dump(srv.l, stderr);
+    uvctx_loop_dump(srv->l, stderr);
     status = RELAY_EXIT_FAILURE;
   } else {
-    uv_run(&srv.loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&srv.loop) != 0)
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&srv->loop) != 0)
       status = RELAY_EXIT_FAILURE;
   }
   relay_log_event("exit", "status", status == 0 ? "0" : "1", NULL);
-  free(srv.workers);
+  free(srv->workers);
+  return status;
+}
+
+int relay_server_run(relay_config_t* cfg) {
+  relay_server_t srv;
+  int status;
+
+  memset(&srv, 0, sizeof(srv));
+  if (uv_mutex_init(&srv.stats_lock) != 0) {
+    fprintf(stderr, RELAY_NAME ": uv_mutex_init failed\n");
+    return RELAY_EXIT_FAILURE;
+  }
+  status = run(&srv, cfg);
+  uv_mutex_destroy(&srv.stats_lock);
   return status;
 }
