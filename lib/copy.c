@@ -616,3 +616,16 @@ int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx, uvctx_stream_t* a,
     p->state_ = op;
   return rc;
 }
+
+void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
+                      uint64_t* b_to_a) {
+  const op_t* op;
+
+  if (p == NULL)
+    return;
+  op = p->state_;
+  if (a_to_b != NULL)
+    *a_to_b = op != NULL ? op->dir[0].bytes : p->bytes_[0];
+  if (b_to_a != NULL)
+    *b_to_a = op != NULL ? op->dir[1].bytes : p->bytes_[1];
+}

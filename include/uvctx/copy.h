@@ -158,6 +158,12 @@ UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
                                   const uvctx_copy_options_t* opts,
                                   uvctx_pipe_cb cb);
 
+/* Bytes written each way so far (the final counts once done), for progress
+ * reports and metrics while a long transfer runs. Loop thread. Either
+ * pointer may be NULL. */
+UVCTX_EXTERN void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
+                                   uint64_t* b_to_a);
+
 #ifdef __cplusplus
 }
 #endif
