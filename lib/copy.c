@@ -240,11 +240,14 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     sl = &d->slots[(size_t)(buf->base - d->mem) / op->bufsize];
   /* The context's state is set the moment it is cancelled, its watch
    * callback comes a loop turn later: checking here (one atomic load)
-   * stops the copy without moving another buffer in that turn. */
+   * stops the copy without moving another buffer in that turn. Bytes just
+   * read are dropped, so the streams cannot be left open as if idle
+   * (KEEP_OPEN_IDLE): not soft then, which closes them; the context's
+   * error is still the status. */
   if (op->watching && uvctx_err(op->ctx) != 0) {
     if (sl != NULL)
       slot_put(d, sl);
-    op_abort(op, uvctx_err(op->ctx), 1);
+    op_abort(op, uvctx_err(op->ctx), nread <= 0);
     return;
   }
   if (nread > 0) {

@@ -1065,7 +1065,13 @@ static int op_read_start(uvctx_stream_t* s) {
   if (t->err != 0)
     return t->err;
   t->reading = 1;
-  t->read_done = 0;
+  /* A healthy session that delivered its end read a clean close_notify:
+   * reading again reports UV_EOF again, as a libuv stream does, not a
+   * truncation. */
+  if (t->read_done) {
+    t->read_done = 0;
+    t->eof_pending = 1;
+  }
   start_handshake(t);
   schedule(t);
   return 0;

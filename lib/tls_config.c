@@ -195,6 +195,7 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
                               size_t chain_len, const char* key_pem,
                               size_t key_len) {
   BIO* bio = NULL;
+  BIO* kbio = NULL;
   X509* leaf = NULL;
   X509* extra;
   EVP_PKEY* key = NULL;
@@ -214,6 +215,25 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
     err = fail(c, UV_EINVAL, "certificate chain: no PEM certificate");
     goto out;
   }
+  /* The key is read and checked before the SSL_CTX is touched: installing
+   * a certificate makes OpenSSL drop a key that does not match it, so a
+   * failure after that would leave the old certificate's key gone. */
+  kbio = BIO_new_mem_buf(key_pem, (int)key_len);
+  if (kbio == NULL) {
+    err = fail(c, UV_ENOMEM, "private key");
+    goto out;
+  }
+  key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL);
+  if (key == NULL) {
+    err = fail(c, UV_EINVAL, "private key: no PEM private key");
+    goto out;
+  }
+  /* X509_check_private_key first: SSL_CTX_use_PrivateKey on a mismatch
+   * would also drop the certificate just installed. */
+  if (X509_check_private_key(leaf, key) != 1) {
+    err = fail(c, UV_EINVAL, "private key does not match the certificate");
+    goto out;
+  }
   if (SSL_CTX_use_certificate(c->ctx, leaf) != 1) {
     err = fail(c, UV_EINVAL, "certificate");
     goto out;
@@ -228,24 +248,6 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
   }
   /* The loop ends on "no start line", which is how PEM says end of data. */
   ERR_clear_error();
-  BIO_free(bio);
-
-  bio = BIO_new_mem_buf(key_pem, (int)key_len);
-  if (bio == NULL) {
-    err = fail(c, UV_ENOMEM, "private key");
-    goto out;
-  }
-  key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
-  if (key == NULL) {
-    err = fail(c, UV_EINVAL, "private key: no PEM private key");
-    goto out;
-  }
-  /* X509_check_private_key first: SSL_CTX_use_PrivateKey on a mismatch
-   * would also drop the certificate just installed. */
-  if (X509_check_private_key(leaf, key) != 1) {
-    err = fail(c, UV_EINVAL, "private key does not match the certificate");
-    goto out;
-  }
   if (SSL_CTX_use_PrivateKey(c->ctx, key) != 1 ||
       SSL_CTX_check_private_key(c->ctx) != 1) {
     err = fail(c, UV_EINVAL, "private key");
@@ -257,6 +259,7 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
 out:
   EVP_PKEY_free(key);
   X509_free(leaf);
+  BIO_free(kbio);
   BIO_free(bio);
   ERR_clear_error();
   return err;

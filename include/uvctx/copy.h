@@ -38,7 +38,8 @@ enum {
   UVCTX_COPY_NO_SHUTDOWN = 1 << 0,
   /* When the context is done or the idle timeout expires while no write and
    * no shutdown is in flight, stop reading and leave both streams open
-   * instead of closing them (nothing needs recalling). */
+   * instead of closing them (nothing needs recalling; bytes already read
+   * when the context is noticed count as in flight). */
   UVCTX_COPY_KEEP_OPEN_IDLE = 1 << 1
 };
 
