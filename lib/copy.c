@@ -491,6 +491,10 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     return UV_EINVAL;
   if (kind == OP_PIPE && a == b)
     return UV_EINVAL;
+  /* A detached or closing stream would take the copy's writes or close
+   * and never call back: refuse it here. */
+  if (uvctx__stream_unusable(a) || uvctx__stream_unusable(b))
+    return UV_EINVAL;
   if (uvctx_stream_loop(a) == NULL || uvctx_stream_is_closing(a) ||
       uvctx_stream_is_closing(b) ||
       uvctx_stream_loop(a) != uvctx_stream_loop(b) ||

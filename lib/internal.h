@@ -265,6 +265,12 @@ void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns); /*[lock]*/
 void uvctx__trace_callback(const uvctx_watch_t* w, int err); /* loop thread */
 int uvctx__trace_attached_locked(const uvctx_loop_t* l);     /* [lock] */
 
+/* stream.c */
+struct uvctx_stream_s;
+/* 1 if the stream cannot take new operations: closing, detached from its
+ * handle, or never initialized. */
+int uvctx__stream_unusable(const struct uvctx_stream_s* s);
+
 /* watch.c */
 void uvctx__watches_fire_locked(uvctx_t* c, int err,
                                 uvctx__cancel_op_t* op);

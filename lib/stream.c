@@ -45,6 +45,10 @@ static int unusable(const uvctx_stream_t* s) {
   return s->ops_ == NULL || (s->flags_ & (S_CLOSING | S_DETACHED)) != 0;
 }
 
+int uvctx__stream_unusable(const uvctx_stream_t* s) {
+  return unusable(s);
+}
+
 int uvctx_stream_read_start(uvctx_stream_t* s, uvctx_alloc_cb alloc_cb,
                             uvctx_read_cb read_cb) {
   int rc;

@@ -269,11 +269,47 @@ END_TEST
 
 #endif /* UVCTX_WITH_TLS */
 
+/* ---- copy: a detached stream is refused ----------------------------------- */
+
+static void never_cb(uvctx_copy_t* c, int status, uint64_t bytes) {
+  (void)c;
+  (void)status;
+  (void)bytes;
+  ck_abort_msg("the callback of a refused copy ran");
+}
+
+/* A stream detached from its handle takes no operation and never calls
+ * back; a copy started on it used to return 0 and then hang forever with its
+ * memory held. Now the start is refused and nothing is allocated. */
+START_TEST(test_copy_refuses_detached_stream) {
+  cp_handle_t a, b;
+  uvctx_stream_t src, dst;
+  uvctx_copy_t c;
+  uint64_t before;
+
+  cp_unix_pair(&a, &b);
+  ck_assert_int_eq(uvctx_stream_init_uv(&src, &a.s), 0);
+  ck_assert_int_eq(uvctx_stream_init_uv(&dst, &b.s), 0);
+  ck_assert_int_eq(uvctx_stream_uv_detach(&dst), 0);
+  before = uvctx_live_allocations();
+  ck_assert_int_eq(uvctx_copy_start(&c, uvt_bg, &src, &dst, NULL, never_cb),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_copy_start(&c, uvt_bg, &dst, &src, NULL, never_cb),
+                   UV_EINVAL);
+  ck_assert_uint_eq(uvctx_live_allocations(), before);
+  uvt_run_for(5);
+  uvctx_stream_close(&src, NULL);
+  cp_close(&b); /* detached: the handle is ours again */
+  cp_wait_closed();
+}
+END_TEST
+
 static Suite* review_suite(void) {
   Suite* s = suite_create("review");
   TCase* tc = tcase_create("copy");
   tcase_add_checked_fixture(tc, uvt_setup, uvt_teardown);
   tcase_add_test(tc, test_keep_open_idle_cancel_loses_no_bytes);
+  tcase_add_test(tc, test_copy_refuses_detached_stream);
   suite_add_tcase(s, tc);
 #if UVCTX_WITH_TLS
   tc = tcase_create("tls");
