@@ -188,6 +188,12 @@ static void attach_locked(uvctx_t* c, uvctx_t* parent) {
 
 /* ---- cancellation --------------------------------------------------------- */
 
+void uvctx__cancel_op_id(uvctx__cancel_op_t* op) {
+  static uint64_t last_op; /* [lock] */
+  if (op->id == 0)
+    op->id = ++last_op;
+}
+
 /* [lock] Everything a context needs once its children have been taken
  * off it: its watches made due, its deadline entry gone, its cause and
  * error published, and itself listed on its home's orphan list. */
@@ -221,17 +227,20 @@ static inline void finish_locked(uvctx_t* n, const uvctx_t* root, int err,
  * met, so that each is touched once. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now) {
-  static uint64_t last_op; /* [lock] */
   uvctx__cancel_op_t op;
   uvctx_t* stack;
   uint64_t same_home = 0;
 
   if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
     return;
-  op.id = ++last_op;
-  op.time = now; /* read lazily, by the first watch made due */
-  if (UVCTX__TRACING())
+  /* The id and the time are taken lazily, by the tracer or the first watch
+   * made due: a cancel nobody watches pays for neither. */
+  op.id = 0;
+  op.time = now;
+  if (UVCTX__TRACING()) {
+    uvctx__cancel_op_id(&op);
     uvctx__trace_cancel(c, err, cause, &op);
+  }
   unlink_all(c);
   c->link.next = NULL;
   stack = c;

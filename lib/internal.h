@@ -224,6 +224,8 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l);
  * current uv_hrtime() if the caller has it, else 0. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now);
+/* [lock] Gives a cancel operation its id, once. */
+void uvctx__cancel_op_id(uvctx__cancel_op_t* op);
 uvctx__msg_t* uvctx__msg_new(const char* text);
 void uvctx__msg_unref(uvctx__msg_t* m);
 /* The context whose done state `c` shares: itself for cancellable kinds,

@@ -49,6 +49,7 @@ void uvctx__dispatch_locked(uvctx_watch_t* w, int err,
   dl_uncount_locked(w);
   if (op->time == 0)
     op->time = uv_hrtime();
+  uvctx__cancel_op_id(op);
   w->queued_at_ = op->time;
   w->cause_id_ = op->id;
   if (!local)
@@ -109,11 +110,13 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
     w->state_ = UVCTX__W_ARMED;
   } else if (atomic_load_explicit(&s->err, memory_order_relaxed) !=
              UVCTX__LIVE) {
-    uvctx__cancel_op_t op = {0, 0};
+    /* No cancel caused this one: an id that is never drawn, then 0. */
+    uvctx__cancel_op_t op = {UINT64_MAX, 0};
     uvctx__dispatch_locked(
         w,
         uvctx__err_code(atomic_load_explicit(&s->err, memory_order_relaxed)),
         &op);
+    w->cause_id_ = 0;
   } else {
     w->state_ = UVCTX__W_ARMED;
     watch_list_add(&s->u2.watches, w);
