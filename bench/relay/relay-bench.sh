@@ -1,41 +1,64 @@
 #!/usr/bin/env bash
-# Benchmarks of uvctx-relay beside socat, in the same run, on loopback:
+# Benchmarks of uvctx-relay beside its peers, in the same run, on loopback:
 #
 #   throughput   BYTES (default 2 GiB) through one plain TCP connection:
-#                MB/s and relay CPU-seconds per GB, beside `socat -b 65536`
+#                MB/s and relay CPU-seconds per GB, beside the bare libuv
+#                relay (bench/bare_relay_main.c, a listening process) and
+#                `socat -b 65536`
+#   tls          TLS_BYTES (default BYTES/2: 1 GiB) from a TLS 1.3 client
+#                through a TLS-terminating server to a plain sink: MB/s and
+#                server CPU-seconds per GB, uvctx-relay --tls-cert/--tls-key
+#                beside stunnel4 in server mode, same throwaway certificate
+#                (installs Debian's stunnel4 when missing, as root or with
+#                sudo, unless --no-install; otherwise skipped with a reason)
 #   connrate     CONNS tiny requests (connect, 5 bytes each way, close),
 #                relay with 2 workers, beside socat in fork mode
 #
-#   bench/relay/relay-bench.sh [--relay PATH] [--bytes N] [--conns N]
-#                              [throughput] [connrate]
+#   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--bytes N]
+#       [--tls-bytes N] [--conns N] [--runs N] [--no-install]
+#       [throughput] [tls] [connrate]
 #
-# PATH defaults to build/bench/uvctx-relay, then build/relay-demo/... .
-# Prints one parseable line per figure:
-#   bench=NAME unit=UNIT value=V peer=socat peer_value=P ratio=V/P
-# (for cpu_per_gb lower is better; the ratio is still ours/theirs). Not a
-# test: nothing is asserted. Needs socat and python3.
+# PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
+# the bare relay to bench/bare_relay in the relay's build tree. --runs N
+# (default 1) repeats each transfer N times, the peers in a rotating order,
+# and reports medians. Prints one parseable line per figure:
+#   bench=NAME unit=UNIT value=V peer=P peer_value=PV ratio=V/PV [cipher=C]
+# (for cpu_per_gb lower is better; the ratio is still ours/theirs), and
+# every single run on stderr. Not a test: nothing is asserted, but a
+# transfer that does not deliver every byte fails the run. Needs socat,
+# python3, openssl and ss. Bounded: every socket of the load has a 120 s
+# timeout, and every process started here is killed by its PID on exit.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/bench/relay"
 relay=""
+bare=""
 bytes=$((2 * 1024 * 1024 * 1024))
+tls_bytes=""
 conns=5000
+runs=1
+install=1
 what=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --relay) relay=$2; shift ;;
+    --bare) bare=$2; shift ;;
     --bytes) bytes=$2; shift ;;
+    --tls-bytes) tls_bytes=$2; shift ;;
     --conns) conns=$2; shift ;;
-    throughput | connrate) what+=("$1") ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --runs) runs=$2; shift ;;
+    --no-install) install=0 ;;
+    throughput | tls | connrate) what+=("$1") ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "relay-bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#what[@]} -eq 0 ] && what=(throughput connrate)
+[ ${#what[@]} -eq 0 ] && what=(throughput tls connrate)
+[ -n "$tls_bytes" ] || tls_bytes=$((bytes / 2))
 if [ -z "$relay" ]; then
-  for cand in "$root/build/bench/uvctx-relay" \
+  for cand in "$root/build/uvctx-relay" "$root/build/bench/uvctx-relay" \
     "$root/build/relay-demo/uvctx-relay" "$root/build/demo/uvctx-relay"; do
     [ -x "$cand" ] && relay=$cand && break
   done
@@ -44,7 +67,13 @@ if [ ! -x "$relay" ]; then
   echo "relay-bench: no relay binary (--relay)" >&2
   exit 2
 fi
-for tool in socat python3; do
+if [ -z "$bare" ]; then
+  for cand in "$(dirname "$relay")/bench/bare_relay" \
+    "$root/build/bench/bare_relay"; do
+    [ -x "$cand" ] && bare=$cand && break
+  done
+fi
+for tool in socat python3 openssl ss; do
   if ! command -v "$tool" >/dev/null; then
     echo "relay-bench: needs $tool" >&2
     exit 2
@@ -55,130 +84,335 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() {
   local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
+  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits for a process we started (in the background, so that a signal to
+# this script is acted on at once), forgets its PID, so that the trap never
+# signals a PID the system may have given to someone else since, and returns
+# its status.
+reap() {
+  local p rc=0 rest=()
+  wait "$1" 2>/dev/null || rc=$?
+  for p in ${pids[@]+"${pids[@]}"}; do
+    [ "$p" = "$1" ] || rest+=("$p")
+  done
+  pids=(${rest[@]+"${rest[@]}"})
+  return "$rc"
+}
+stop() { kill -TERM "$1" 2>/dev/null || true; reap "$1" || true; }
+die() { echo "relay-bench: $*" >&2; exit 1; }
+note() { echo "relay-bench: $*" >&2; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket()
 s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-# CPU seconds (user+system) of a live process.
+# CPU seconds (user+system, every thread) of a live process.
 cpu_of() {
   awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " ");
     printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"
 }
-now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
-line() { # name unit value peer_value
+# The median of a space-separated list of numbers.
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END {
+  if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n",
+    (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+line() { # name unit value peer peer_value [extra fields]
   local ratio="nan"
-  if awk "BEGIN { exit !($4 > 0) }"; then ratio=$(calc "$3 / $4"); fi
-  echo "bench=$1 unit=$2 value=$3 peer=socat peer_value=$4 ratio=$ratio"
+  if awk "BEGIN { exit !($5 > 0) }"; then ratio=$(calc "$3 / $5"); fi
+  echo "bench=$1 unit=$2 value=$3 peer=$4 peer_value=$5 ratio=$ratio${6:+ $6}"
 }
 
-# Starts a relay (args...) and sets relay_port / relay_pid.
-start_relay() {
-  "$relay" --listen 127.0.0.1:0 "$@" >"$tmp/relay.out" 2>"$tmp/relay.log" &
-  relay_pid=$!
-  pids+=("$relay_pid")
+# Starts a program that prints "listening on ADDR:PORT" first (uvctx-relay,
+# bare_relay) with args...; sets lport / lpid.
+start_listener() {
+  local name=$1
+  shift
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
+  lpid=$!
+  pids+=("$lpid")
   local i
-  for i in $(seq 200); do
-    relay_port=$(sed -nE 's/^listening on .*:([0-9]+)$/\1/p' "$tmp/relay.out")
-    [ -n "$relay_port" ] && return 0
+  for i in $(seq 250); do
+    lport=$(sed -nE 's/^listening on .*:([0-9]+)$/\1/p' "$tmp/$name.out")
+    [ -n "$lport" ] && return 0
+    kill -0 "$lpid" 2>/dev/null || break
     sleep 0.02
   done
-  echo "relay-bench: relay did not start" >&2
-  exit 1
+  cat "$tmp/$name.log" >&2
+  die "$name did not start"
 }
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-# One transfer of $bytes to the sink through the proxy on port $1; prints
-# the seconds it took, until the sink has everything.
-transfer() {
-  local t0 t1
-  t0=$(now)
-  head -c "$bytes" /dev/zero |
-    socat -u -b 65536 STDIN "TCP:127.0.0.1:$1"
-  wait "$sink_pid" 2>/dev/null || true
-  t1=$(now)
-  calc "$t1 - $t0"
-}
-# Runs a command and writes its CPU seconds (user+system) to file $1: for
-# a peer that exits by itself, whose /proc entry is gone when we look.
-cpu_wrap() {
-  python3 -c 'import resource, subprocess, sys
-subprocess.run(sys.argv[2:])
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write("%.3f" % (r.ru_utime + r.ru_stime))' "$@"
-}
-start_sink() {
-  sink_port=$(free_port)
-  socat -u -b 65536 "TCP-LISTEN:$sink_port,reuseaddr,bind=127.0.0.1" \
-    OPEN:/dev/null &
-  sink_pid=$!
-  pids+=("$sink_pid")
-  wait_port_quiet "$sink_port"
-}
-# The sink accepts one connection: probe it with ss, not a connection.
+# A peer that cannot print its port (socat, stunnel) gets a free one, and we
+# probe it with ss, not with a connection that it would take as the one.
 wait_port_quiet() {
   local i
-  for i in $(seq 200); do
+  for i in $(seq 250); do
     if ss -ltn 2>/dev/null | grep -q "127.0.0.1:$1 "; then return 0; fi
     sleep 0.02
   done
+  die "nothing listens on port $1"
+}
+# Runs a command and writes its CPU seconds (user+system) to file $1: for
+# a peer that exits by itself, whose /proc entry is gone when we look. A
+# TERM (from cleanup) is passed on to the command.
+cpu_wrap() {
+  python3 -c 'import resource, signal, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *a: (p.terminate(), sys.exit(1)))
+p.wait()
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%.3f" % (r.ru_utime + r.ru_stime))' "$@"
 }
 
-bench_throughput() {
-  local s mb r_sec r_cpu c0 s_sec s_cpu
-  mb=$(calc "$bytes / 1000000")
-  # uvctx-relay
+# The sink: one connection read to EOF; it times first byte to EOF itself.
+start_sink() {
+  python3 -u "$here/load.py" sink >"$tmp/sink.out" &
+  sink_pid=$!
+  pids+=("$sink_pid")
+  local i
+  for i in $(seq 250); do
+    sink_port=$(sed -nE 's/^port ([0-9]+)$/\1/p' "$tmp/sink.out")
+    [ -n "$sink_port" ] && return 0
+    sleep 0.02
+  done
+  die "the sink did not start"
+}
+# Sends $2 bytes to port $1 (TLS with $3 = CA file), waits for the sink and
+# sets secs (the sink's first byte to EOF) and cipher; fails the run unless
+# every byte arrived.
+transfer() {
+  local got sp
+  python3 "$here/load.py" send "$1" "$2" ${3:+--tls "$3"} >"$tmp/send.out" &
+  sp=$!
+  pids+=("$sp")
+  reap "$sp" || die "the sender failed"
+  reap "$sink_pid" || true
+  got=$(sed -nE 's/^bytes=([0-9]+) .*/\1/p' "$tmp/sink.out")
+  [ "$got" = "$2" ] || die "the sink got ${got:-nothing} of $2 bytes"
+  secs=$(sed -nE 's/^bytes=[0-9]+ seconds=([0-9.]+).*/\1/p' "$tmp/sink.out")
+  cipher=$(sed -nE 's/.* cipher=([^ ]+).*/\1/p' "$tmp/send.out")
+}
+
+# One run of one peer: sets mbps and cpugb.
+tput_uvctx() {
+  local c0
   start_sink
-  start_relay --connect "127.0.0.1:$sink_port" --idle-timeout 0
-  c0=$(cpu_of "$relay_pid")
-  r_sec=$(transfer "$relay_port")
-  r_cpu=$(calc "$(cpu_of "$relay_pid") - $c0")
-  stop "$relay_pid"
-  # socat, one connection (it exits when the connection ends)
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$sink_port" --idle-timeout 0
+  c0=$(cpu_of "$lpid")
+  transfer "$lport" "$bytes"
+  cpu=$(calc "$(cpu_of "$lpid") - $c0")
+  stop "$lpid"
+}
+tput_bare() {
+  local c0
+  start_sink
+  start_listener bare "$bare" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$sink_port"
+  c0=$(cpu_of "$lpid")
+  transfer "$lport" "$bytes"
+  cpu=$(calc "$(cpu_of "$lpid") - $c0")
+  stop "$lpid"
+}
+tput_socat() { # one connection: it exits when the connection ends
+  local s p
   start_sink
   s=$(free_port)
   cpu_wrap "$tmp/socat.cpu" socat -b 65536 \
     "TCP-LISTEN:$s,reuseaddr,bind=127.0.0.1" "TCP:127.0.0.1:$sink_port" &
-  local socat_pid=$!
-  pids+=("$socat_pid")
+  p=$!
+  pids+=("$p")
   wait_port_quiet "$s"
-  s_sec=$(transfer "$s")
-  wait "$socat_pid" 2>/dev/null || true
-  s_cpu=$(cat "$tmp/socat.cpu")
-  line relay_throughput MB/s "$(calc "$mb / $r_sec")" "$(calc "$mb / $s_sec")"
-  line relay_cpu_per_gb cpu-s/GB "$(calc "$r_cpu * 1000 / $mb")" \
-    "$(calc "$s_cpu * 1000 / $mb")"
+  transfer "$s" "$bytes"
+  reap "$p" || true
+  cpu=$(cat "$tmp/socat.cpu")
+}
+
+bench_throughput() {
+  local mb peers=(uvctx bare socat) i k p
+  local -A rate=() cpugb=()
+  mb=$(calc "$bytes / 1000000")
+  if [ -z "$bare" ]; then
+    note "no bare_relay binary (--bare; built as bench/bare_relay):" \
+      "no peer=bare_libuv_relay lines"
+    peers=(uvctx socat)
+  fi
+  for ((i = 0; i < runs; i++)); do
+    for ((k = 0; k < ${#peers[@]}; k++)); do
+      p=${peers[(i + k) % ${#peers[@]}]}
+      "tput_$p"
+      rate[$p]+=" $(calc "$mb / $secs")"
+      cpugb[$p]+=" $(calc "$cpu * 1000 / $mb")"
+      note "throughput run $((i + 1)) $p: $(calc "$mb / $secs") MB/s," \
+        "cpu $cpu s"
+    done
+  done
+  if [ -n "$bare" ]; then
+    line relay_throughput MB/s "$(median "${rate[uvctx]}")" bare_libuv_relay \
+      "$(median "${rate[bare]}")"
+  fi
+  line relay_throughput MB/s "$(median "${rate[uvctx]}")" socat \
+    "$(median "${rate[socat]}")"
+  if [ -n "$bare" ]; then
+    line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" \
+      bare_libuv_relay "$(median "${cpugb[bare]}")"
+  fi
+  line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" socat \
+    "$(median "${cpugb[socat]}")"
+}
+
+# Debian's stunnel4, installed only when missing and only as root or with
+# a password-less sudo; sets stunnel_bin, or skip_reason.
+ensure_stunnel() {
+  local sudo=()
+  stunnel_bin=$(command -v stunnel4 || command -v stunnel || true)
+  [ -n "$stunnel_bin" ] && return 0
+  if [ "$install" = 0 ]; then
+    skip_reason="stunnel4 is not installed (--no-install)"
+    return 1
+  fi
+  if ! command -v apt-get >/dev/null; then
+    skip_reason="stunnel4 is not installed, and there is no apt-get"
+    return 1
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      skip_reason="stunnel4 is not installed; installing it needs root or sudo"
+      return 1
+    fi
+  fi
+  note "installing stunnel4 with apt-get"
+  if ! timeout 300 ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends stunnel4 \
+      >"$tmp/apt.log" 2>&1; then
+    # Stale package lists are the usual reason: refresh them once.
+    timeout 300 ${sudo[@]+"${sudo[@]}"} apt-get update -q \
+      >>"$tmp/apt.log" 2>&1 || true
+    timeout 300 ${sudo[@]+"${sudo[@]}"} \
+      env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends stunnel4 >>"$tmp/apt.log" 2>&1 || true
+  fi
+  stunnel_bin=$(command -v stunnel4 || command -v stunnel || true)
+  if [ -z "$stunnel_bin" ]; then
+    tail -5 "$tmp/apt.log" >&2
+    skip_reason="apt-get install stunnel4 failed"
+    return 1
+  fi
+}
+
+tls_uvctx() {
+  local c0
+  start_sink
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$sink_port" --idle-timeout 0 \
+    --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem"
+  c0=$(cpu_of "$lpid")
+  transfer "$lport" "$tls_bytes" "$tmp/cert.pem"
+  cpu=$(calc "$(cpu_of "$lpid") - $c0")
+  stop "$lpid"
+}
+tls_stunnel() {
+  local s c0 p
+  start_sink
+  s=$(free_port)
+  # Nothing but what a terminating setup needs; TLS settings are stunnel's
+  # defaults (the client asks for TLS 1.3, and the cipher is reported).
+  cat >"$tmp/stunnel.conf" <<EOF
+foreground = yes
+pid =
+output = $tmp/stunnel.log
+[bench]
+accept = 127.0.0.1:$s
+connect = 127.0.0.1:$sink_port
+cert = $tmp/cert.pem
+key = $tmp/key.pem
+EOF
+  "$stunnel_bin" "$tmp/stunnel.conf" >>"$tmp/stunnel.log" 2>&1 &
+  p=$!
+  pids+=("$p")
+  wait_port_quiet "$s"
+  c0=$(cpu_of "$p")
+  transfer "$s" "$tls_bytes" "$tmp/cert.pem"
+  cpu=$(calc "$(cpu_of "$p") - $c0")
+  stop "$p"
+}
+
+bench_tls() {
+  local mb i k p extra peers=(uvctx stunnel)
+  local -A rate=() cpugb=() ciph=()
+  mb=$(calc "$tls_bytes / 1000000")
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$tmp/key.pem" -out "$tmp/cert.pem" >"$tmp/openssl.log" 2>&1 ||
+    { cat "$tmp/openssl.log" >&2; die "openssl could not make a certificate"; }
+  if ! ensure_stunnel; then
+    note "TLS beside stunnel4 skipped: $skip_reason"
+    peers=(uvctx)
+  fi
+  for ((i = 0; i < runs; i++)); do
+    for ((k = 0; k < ${#peers[@]}; k++)); do
+      p=${peers[(i + k) % ${#peers[@]}]}
+      "tls_$p"
+      rate[$p]+=" $(calc "$mb / $secs")"
+      cpugb[$p]+=" $(calc "$cpu * 1000 / $mb")"
+      ciph[$p]=$cipher
+      note "tls run $((i + 1)) $p: $(calc "$mb / $secs") MB/s, cpu $cpu s," \
+        "$cipher"
+    done
+  done
+  extra="cipher=${ciph[uvctx]}"
+  if [ ${#peers[@]} -eq 1 ]; then
+    echo "bench=relay_tls_throughput unit=MB/s" \
+      "value=$(median "${rate[uvctx]}") $extra"
+    echo "bench=relay_tls_cpu_per_gb unit=cpu-s/GB" \
+      "value=$(median "${cpugb[uvctx]}") $extra"
+    return 0
+  fi
+  if [ "${ciph[uvctx]}" != "${ciph[stunnel]}" ]; then
+    note "the two servers negotiated different ciphers:" \
+      "${ciph[uvctx]} and ${ciph[stunnel]}"
+    extra="$extra peer_cipher=${ciph[stunnel]}"
+  fi
+  line relay_tls_throughput MB/s "$(median "${rate[uvctx]}")" stunnel4 \
+    "$(median "${rate[stunnel]}")" "$extra"
+  line relay_tls_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" stunnel4 \
+    "$(median "${cpugb[stunnel]}")" "$extra"
 }
 
 bench_connrate() {
-  local echo_port s out r_rate s_rate
+  local echo_port echo_pid s out r_rate s_rate socat_pid
   python3 -u "$here/connrate.py" echo >"$tmp/echo.out" &
-  pids+=($!)
-  for _ in $(seq 200); do
+  echo_pid=$!
+  pids+=("$echo_pid")
+  for _ in $(seq 250); do
     echo_port=$(sed -nE 's/^port ([0-9]+)$/\1/p' "$tmp/echo.out")
     [ -n "$echo_port" ] && break
     sleep 0.02
   done
-  start_relay --connect "127.0.0.1:$echo_port" --workers 2
-  out=$(python3 "$here/connrate.py" client "$relay_port" "$conns" 32)
+  [ -n "$echo_port" ] || die "the echo server did not start"
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$echo_port" --workers 2
+  out=$(python3 "$here/connrate.py" client "$lport" "$conns" 32)
   r_rate=$(sed -nE 's/.*rate=([0-9.]+).*/\1/p' <<<"$out")
-  stop "$relay_pid"
+  stop "$lpid"
   s=$(free_port)
   socat "TCP-LISTEN:$s,fork,reuseaddr,backlog=4096,bind=127.0.0.1" \
     "TCP:127.0.0.1:$echo_port" 2>/dev/null &
-  local socat_pid=$!
+  socat_pid=$!
   pids+=("$socat_pid")
   wait_port_quiet "$s"
   out=$(python3 "$here/connrate.py" client "$s" "$conns" 32)
   s_rate=$(sed -nE 's/.*rate=([0-9.]+).*/\1/p' <<<"$out")
   stop "$socat_pid"
-  line relay_connrate conn/s "$r_rate" "$s_rate"
+  stop "$echo_pid"
+  line relay_connrate conn/s "$r_rate" socat "$s_rate"
 }
 
 for w in "${what[@]}"; do
