@@ -21,9 +21,16 @@ double relay_thread_cpu(void) {
  * pay for glibc trimming the heap, not for relaying. */
 #define BARE_POOL 16
 
+/* Like uvctx_copy's fixed pool of 8, reading also pauses while that many
+ * buffers wait for their write callbacks: libuv reads up to 32 times per
+ * readiness event and calls write callbacks a loop turn later, so without
+ * this cap the bare relay would hold dozens of 64 KiB buffers at once. */
+#define BARE_INFLIGHT 8
+
 typedef struct bare_s {
   char* pool[BARE_POOL];
   int pooled;
+  int inflight;
   uv_loop_t loop;
   uv_tcp_t in;
   uv_tcp_t out;
@@ -77,12 +84,13 @@ static void bare_write_cb(uv_write_t* req, int status) {
   bare_t* b = w->b;
   bare_buf_put(b, w->base);
   free(w);
+  b->inflight--;
   if (status != 0) {
     bare_close_all(b);
     return;
   }
   if (!b->reading && !b->eof && !uv_is_closing((uv_handle_t*)&b->in) &&
-      b->out.write_queue_size <= RELAY_LOW) {
+      b->out.write_queue_size <= RELAY_LOW && b->inflight < BARE_INFLIGHT) {
     b->reading = 1;
     uv_read_start((uv_stream_t*)&b->in, bare_alloc, bare_read);
   }
@@ -108,7 +116,9 @@ static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
       bare_close_all(b);
       return;
     }
-    if (b->out.write_queue_size > RELAY_HIGH - RELAY_BUF) {
+    b->inflight++;
+    if (b->out.write_queue_size > RELAY_HIGH - RELAY_BUF ||
+        b->inflight >= BARE_INFLIGHT) {
       b->reading = 0;
       uv_read_stop(s);
     }
