@@ -200,7 +200,8 @@ static void on_write(uvctx_write_t* req, int status) {
   slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
   if (status == 0) {
     d->bytes += uvctx_write_size(req);
-    op->last_progress = uv_hrtime();
+    if (op->idle_ms != 0) /* progress only matters to an idle timeout */
+      op->last_progress = uv_hrtime();
   } else {
     op_fail(op, status, 0);
   }
@@ -251,7 +252,8 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread > 0) {
-    op->last_progress = uv_hrtime();
+    if (op->idle_ms != 0)
+      op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
     sl->req.data = d;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
