@@ -170,6 +170,12 @@ static inline void uvt_teardown(void) {
   uvt_fx__.ready = 0;
 }
 
+/* The directory for a test's scratch files: $TMPDIR, else the system's. */
+static inline const char* uvt_tmpdir(void) {
+  const char* d = getenv("TMPDIR");
+  return d != NULL && d[0] != '\0' ? d : P_tmpdir;
+}
+
 /* ---- bounded waits ------------------------------------------------------- */
 
 static inline void uvt_tick_cb__(uv_timer_t* t) {

@@ -352,9 +352,11 @@ static int have_promtool(void) {
 }
 
 static void promtool_check(const char* text) {
-  char path[] = "/tmp/uvctx-metrics-XXXXXX";
-  char cmd[256];
-  int fd = mkstemp(path);
+  char path[256];
+  char cmd[512];
+  int fd;
+  snprintf(path, sizeof(path), "%s/uvctx-metrics-XXXXXX", uvt_tmpdir());
+  fd = mkstemp(path);
   FILE* f;
   int rc;
   ck_assert_int_ge(fd, 0);

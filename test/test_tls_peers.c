@@ -31,7 +31,7 @@ static void peers_setup(void) {
   char* buf;
   FILE* f;
   uvt_setup();
-  snprintf(workdir, sizeof(workdir), "/tmp/uvctx-tls-XXXXXX");
+  snprintf(workdir, sizeof(workdir), "%s/uvctx-tls-XXXXXX", uvt_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(workdir));
   snprintf(in_path, sizeof(in_path), "%s/in.bin", workdir);
   buf = malloc(PEER_LEN);

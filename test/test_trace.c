@@ -14,12 +14,13 @@
 /* ---- helpers ----------------------------------------------------------------
  */
 
-static char tmp_path[64];
+static char tmp_path[256];
 
 static FILE* tmp_trace(void) {
   int fd;
   FILE* f;
-  snprintf(tmp_path, sizeof(tmp_path), "/tmp/uvctx-trace-XXXXXX");
+  snprintf(tmp_path, sizeof(tmp_path), "%s/uvctx-trace-XXXXXX",
+           uvt_tmpdir());
   fd = mkstemp(tmp_path);
   ck_assert_int_ge(fd, 0);
   f = fdopen(fd, "w");
@@ -112,7 +113,7 @@ static int have_python3(void) {
 /* `uvctx-trace summary` of `path`, into buf. 0 if the tool is not built. */
 static int summary(const char* path, char* buf, size_t size) {
   const char* tool = getenv("UVCTX_TRACE_TOOL");
-  char cmd[512];
+  char cmd[1024];
   FILE* p;
   size_t n;
   if (tool == NULL || *tool == '\0')
@@ -294,7 +295,7 @@ START_TEST(known_tree) {
   json_free(doc);
 
   if (have_python3()) {
-    char cmd[256];
+    char cmd[512];
     snprintf(cmd, sizeof(cmd), "python3 -m json.tool '%s' >/dev/null",
              tmp_path);
     ck_assert_int_eq(run(cmd), 0);
@@ -368,7 +369,7 @@ START_TEST(deadline_and_leak) {
 
   if (summary(tmp_path, text, sizeof(text))) {
     const char* tool = getenv("UVCTX_TRACE_TOOL");
-    char cmd[512], svg[80];
+    char cmd[1024], svg[300];
     expect_line(text, "contexts created: 2");
     expect_line(text, "contexts freed: 1");
     expect_line(text, "contexts never released: 1");
