@@ -14,6 +14,14 @@
 
 #include "tls_internal.h"
 
+/* After a loop of PEM reads: 1 if it stopped because the data ended (PEM's
+ * "no start line", or nothing queued), 0 if an entry could not be read. */
+static int pem_at_end(void) {
+  unsigned long e = ERR_peek_last_error();
+  return e == 0 || (ERR_GET_LIB(e) == ERR_LIB_PEM &&
+                    ERR_GET_REASON(e) == PEM_R_NO_START_LINE);
+}
+
 /* PEM files larger than this are refused: a certificate chain or a CA
  * bundle is a few hundred KiB at most, and a runaway path (a device, a
  * log file) must not be read whole into memory. */
@@ -246,7 +254,12 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
       goto out;
     }
   }
-  /* The loop ends on "no start line", which is how PEM says end of data. */
+  /* The loop ends on "no start line", which is how PEM says end of data;
+   * any other error is a corrupt certificate, not the end of the chain. */
+  if (!pem_at_end()) {
+    err = fail(c, UV_EINVAL, "certificate chain: unreadable certificate");
+    goto out;
+  }
   ERR_clear_error();
   if (SSL_CTX_use_PrivateKey(c->ctx, key) != 1 ||
       SSL_CTX_check_private_key(c->ctx) != 1) {
@@ -340,6 +353,11 @@ int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
     n++;
   }
   BIO_free(bio);
+  if (!pem_at_end()) {
+    X509_STORE_free(store);
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    return fail(c, UV_EINVAL, "CA certificates: unreadable certificate");
+  }
   ERR_clear_error();
   if (n == 0) {
     X509_STORE_free(store);
@@ -505,13 +523,28 @@ int uvctx_tls_config_versions(uvctx_tls_config_t* c, int min_version,
 
 int uvctx_tls_config_ciphers(uvctx_tls_config_t* c, const char* tls12,
                              const char* tls13) {
+  SSL_CTX* probe;
+  int ok12, ok13;
+
   if (c == NULL)
     return UV_EINVAL;
   c->reason[0] = '\0';
   ERR_clear_error();
-  if (tls12 != NULL && SSL_CTX_set_cipher_list(c->ctx, tls12) != 1)
+  /* Both lists are tried on a scratch SSL_CTX first, so that a bad TLS 1.3
+   * string cannot leave a new TLS 1.2 list applied: after an error the
+   * configuration is unchanged. */
+  probe = SSL_CTX_new(TLS_method());
+  if (probe == NULL)
+    return fail(c, UV_ENOMEM, "ciphers");
+  ok12 = tls12 == NULL || SSL_CTX_set_cipher_list(probe, tls12) == 1;
+  ok13 = tls13 == NULL || SSL_CTX_set_ciphersuites(probe, tls13) == 1;
+  SSL_CTX_free(probe);
+  if (!ok12)
     return fail(c, UV_EINVAL, "TLS 1.2 ciphers");
-  if (tls13 != NULL && SSL_CTX_set_ciphersuites(c->ctx, tls13) != 1)
+  if (!ok13)
     return fail(c, UV_EINVAL, "TLS 1.3 cipher suites");
+  if ((tls12 != NULL && SSL_CTX_set_cipher_list(c->ctx, tls12) != 1) ||
+      (tls13 != NULL && SSL_CTX_set_ciphersuites(c->ctx, tls13) != 1))
+    return fail(c, UV_ENOMEM, "ciphers");
   return 0;
 }

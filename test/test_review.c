@@ -168,6 +168,85 @@ START_TEST(test_cert_failure_keeps_previous) {
 }
 END_TEST
 
+/* ---- TLS: a rejected cipher call changes nothing ------------------------- */
+
+/* The TLS 1.2 list was applied before the TLS 1.3 string was checked, so a
+ * call that returned UV_EINVAL still narrowed the server to one suite. The
+ * server's TLS 1.2 list is left at its default here only if nothing was
+ * applied: a client offering a different suite must still get through. */
+START_TEST(test_ciphers_failure_keeps_previous) {
+  uvctx_tls_config_t* scfg = tu_server_cfg(UVCTX_TLS_1_2);
+  uvctx_tls_config_t* ccfg = tu_client_cfg(UVCTX_TLS_1_2);
+  int cli = 1;
+  int srv;
+
+  ck_assert_int_eq(uvctx_tls_config_ciphers(ccfg, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                                            NULL),
+                   0);
+  ck_assert_int_eq(uvctx_tls_config_ciphers(scfg, "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                            "NO_SUCH_SUITE"),
+                   UV_EINVAL);
+  ck_assert_ptr_nonnull(strstr(uvctx_tls_config_reason(scfg), "1.3"));
+  srv = handshake_status(ccfg, scfg, &cli);
+  ck_assert_int_eq(srv, 0);
+  ck_assert_int_eq(cli, 0);
+  uvctx_tls_config_unref(scfg);
+  uvctx_tls_config_unref(ccfg);
+}
+END_TEST
+
+/* ---- TLS: a corrupt PEM entry is an error, not the end of the list ------- */
+
+static char* slurp(const char* path, size_t* len) {
+  FILE* f = fopen(path, "rb");
+  char* buf;
+  long n;
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
+  n = ftell(f);
+  ck_assert_int_ge(n, 0);
+  rewind(f);
+  buf = malloc((size_t)n + 1);
+  ck_assert_ptr_nonnull(buf);
+  ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  buf[n] = '\0';
+  *len = (size_t)n;
+  return buf;
+}
+
+START_TEST(test_corrupt_pem_entry_rejected) {
+  static const char bad[] = "-----BEGIN CERTIFICATE-----\n"
+                            "bm90IGEgY2VydGlmaWNhdGUsIGp1c3QgdGV4dA==\n"
+                            "-----END CERTIFICATE-----\n";
+  uvctx_tls_config_t* c = NULL;
+  size_t clen, klen, n;
+  char* cert = slurp(tu_cert("server.pem"), &clen);
+  char* key = slurp(tu_cert("server.key"), &klen);
+  char* chain = malloc(clen + sizeof(bad));
+  ck_assert_ptr_nonnull(chain);
+  memcpy(chain, cert, clen);
+  memcpy(chain + clen, bad, sizeof(bad));
+  n = clen + sizeof(bad) - 1;
+
+  /* The good entry alone loads: the test's inputs are sound. */
+  ck_assert_int_eq(uvctx_tls_config_new(UVCTX_TLS_SERVER, &c), 0);
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(c, cert, clen, key, klen), 0);
+  /* A corrupt certificate after it, in a chain or a CA bundle. */
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(c, chain, n, key, klen),
+                   UV_EINVAL);
+  uvctx_tls_config_unref(c);
+  c = NULL;
+  ck_assert_int_eq(uvctx_tls_config_new(UVCTX_TLS_CLIENT, &c), 0);
+  ck_assert_int_eq(uvctx_tls_config_ca_mem(c, cert, clen), 0);
+  ck_assert_int_eq(uvctx_tls_config_ca_mem(c, chain, n), UV_EINVAL);
+  uvctx_tls_config_unref(c);
+  free(chain);
+  free(cert);
+  free(key);
+}
+END_TEST
+
 /* ---- TLS: reading again after a clean end -------------------------------- */
 
 typedef struct {
@@ -316,6 +395,8 @@ static Suite* review_suite(void) {
   tcase_add_checked_fixture(tc, uvt_setup, tls_teardown);
   tcase_add_test(tc, test_cert_failure_keeps_previous);
   tcase_add_test(tc, test_tls_read_again_after_eof);
+  tcase_add_test(tc, test_ciphers_failure_keeps_previous);
+  tcase_add_test(tc, test_corrupt_pem_entry_rejected);
   suite_add_tcase(s, tc);
 #endif
   return s;

@@ -134,7 +134,7 @@ UVCTX_EXTERN int uvctx_tls_config_versions(uvctx_tls_config_t* c,
 
 /* OpenSSL cipher strings: `tls12` for TLS 1.2 (SSL_CTX_set_cipher_list),
  * `tls13` for TLS 1.3 suites (SSL_CTX_set_ciphersuites); NULL keeps the
- * default. UV_EINVAL if OpenSSL rejects one. */
+ * default. UV_EINVAL if OpenSSL rejects one; then neither is applied. */
 UVCTX_EXTERN int uvctx_tls_config_ciphers(uvctx_tls_config_t* c,
                                           const char* tls12,
                                           const char* tls13);
