@@ -497,8 +497,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
    * and never call back: refuse it here. */
   if (uvctx__stream_unusable(a) || uvctx__stream_unusable(b))
     return UV_EINVAL;
-  if (uvctx_stream_loop(a) == NULL || uvctx_stream_is_closing(a) ||
-      uvctx_stream_is_closing(b) ||
+  if (uvctx_stream_loop(a) == NULL ||
       uvctx_stream_loop(a) != uvctx_stream_loop(b) ||
       uvctx_loop_uv(uvctx_home(ctx)) != uvctx_stream_loop(a))
     return UV_EINVAL;

@@ -279,17 +279,26 @@ static inline void cp_sink_alloc__(uv_handle_t* h, size_t sugg, uv_buf_t* b) {
   *b = uv_buf_init(k->buf, (unsigned)n);
 }
 
+/* Checks `n` received bytes at stream offset `at` against cp_pattern();
+ * records the first mismatch (1-based offset) in *bad, once. Shared by
+ * every sink that verifies a patterned transfer. */
+static inline void cp_verify(uint64_t* bad, uint64_t at, const char* p,
+                             size_t n) {
+  size_t i;
+  if (*bad != 0)
+    return;
+  for (i = 0; i < n; i++)
+    if ((uint8_t)p[i] != cp_pattern(at + (uint64_t)i)) {
+      *bad = at + (uint64_t)i + 1;
+      return;
+    }
+}
+
 static inline void cp_sink_read__(uv_stream_t* s, ssize_t n,
                                   const uv_buf_t* b) {
   cp_sink_t* k = s->data;
-  ssize_t i;
   if (n > 0) {
-    if (k->bad == 0)
-      for (i = 0; i < n; i++)
-        if ((uint8_t)b->base[i] != cp_pattern(k->received + (uint64_t)i)) {
-          k->bad = k->received + (uint64_t)i + 1;
-          break;
-        }
+    cp_verify(&k->bad, k->received, b->base, (size_t)n);
     k->received += (uint64_t)n;
     if (k->limited) {
       k->budget -= n;

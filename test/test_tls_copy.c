@@ -197,14 +197,8 @@ static void ts_sink_alloc(uvctx_stream_t* s, size_t sug, uv_buf_t* b) {
 
 static void ts_sink_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
   ts_sink_t* k = ((tend_t*)s->data)->owner;
-  ssize_t i;
   if (n > 0) {
-    if (k->bad == 0)
-      for (i = 0; i < n; i++)
-        if ((uint8_t)b->base[i] != cp_pattern(k->received + (uint64_t)i)) {
-          k->bad = k->received + (uint64_t)i + 1;
-          break;
-        }
+    cp_verify(&k->bad, k->received, b->base, (size_t)n);
     k->received += (uint64_t)n;
     if (k->limited) {
       k->budget -= n;

@@ -254,6 +254,22 @@ static int grow(parser_t* ps, json_t* v, size_t* cap, int with_keys) {
   return 0;
 }
 
+/* After a member of an array or object: 1 on ',' (another follows), 0 on
+ * the closing bracket, -1 (with the error recorded) otherwise. */
+static int after_member(parser_t* ps, char close) {
+  skip_ws(ps);
+  if (ps->p < ps->end && *ps->p == ',') {
+    ps->p++;
+    return 1;
+  }
+  if (ps->p < ps->end && *ps->p == close) {
+    ps->p++;
+    return 0;
+  }
+  fail(ps, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+  return -1;
+}
+
 static int parse_array(parser_t* ps, json_t* v, int depth) {
   size_t cap = 0;
   v->type = JSON_ARRAY;
@@ -270,17 +286,14 @@ static int parse_array(parser_t* ps, json_t* v, int depth) {
     v->n++;
     if (parse_value(ps, &v->items[v->n - 1], depth + 1) != 0)
       return -1;
-    skip_ws(ps);
-    if (ps->p < ps->end && *ps->p == ',') {
-      ps->p++;
+    switch (after_member(ps, ']')) {
+    case 1:
       continue;
-    }
-    if (ps->p < ps->end && *ps->p == ']') {
-      ps->p++;
+    case 0:
       return 0;
+    default:
+      return -1;
     }
-    fail(ps, "expected ',' or ']'");
-    return -1;
   }
 }
 
@@ -318,17 +331,14 @@ static int parse_object(parser_t* ps, json_t* v, int depth) {
     ps->p++;
     if (parse_value(ps, &v->items[v->n - 1], depth + 1) != 0)
       return -1;
-    skip_ws(ps);
-    if (ps->p < ps->end && *ps->p == ',') {
-      ps->p++;
+    switch (after_member(ps, '}')) {
+    case 1:
       continue;
-    }
-    if (ps->p < ps->end && *ps->p == '}') {
-      ps->p++;
+    case 0:
       return 0;
+    default:
+      return -1;
     }
-    fail(ps, "expected ',' or '}'");
-    return -1;
   }
 }
 
