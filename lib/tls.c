@@ -28,11 +28,12 @@
 
 /* Transport reads land in `rx`, where SSL reads them. The transport is not
  * read while it is full: memory stays bounded when the user stops reading
- * while the peer keeps sending. Small during the handshake, grown when
- * application data flows, so that handshakes allocate little (a large
- * buffer per handshake made glibc map and unmap memory each time). */
+ * while the peer keeps sending. Small (one handshake flight) until a read
+ * after the handshake fills it, then grown: a connection that sees only a
+ * handshake and a session ticket allocates little (a large buffer per
+ * handshake made glibc map and unmap, or trim and regrow, its heap). */
 #define RX_SIZE (128 * 1024)
-#define RX_HS_SIZE (16 * 1024)
+#define RX_HS_SIZE (8 * 1024)
 /* Ciphertext goes out in chunks of this size: a 64 KiB plaintext write
  * (four full records, 65,624 bytes with TLS 1.3 overhead) fits in one, so
  * a copy's buffer becomes one transport write. */
@@ -96,6 +97,7 @@ struct uvctx__tls_s {
   size_t rx_off;
   size_t rx_len;
   size_t rx_cap;
+  int rx_grow; /* application data filled rx: grow it to RX_SIZE */
   /* Ciphertext not yet handed to the transport: `out` being filled, then
    * `ready` (sealed, in order); `out_pending` bytes in all of them.
    * `spare` caches chunks for reuse. */
@@ -608,10 +610,21 @@ static void maybe_shutdown_transport(tls_t* t) {
  * partial record, usually) moves to the front first when the tail is short,
  * so reads stay large. A full rx yields a zero-length buffer (UV_ENOBUFS);
  * set_transport_reading() normally stops reading before that. */
+static size_t rx_avail(const tls_t* t) {
+  return t->rx_len - t->rx_off;
+}
+
 static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   tls_t* t = s->data;
 
-  size_t want = t->hs_state == HS_DONE ? RX_SIZE : RX_HS_SIZE;
+  /* Grown once application data fills the small buffer: a connection
+   * that only sees the handshake and a session ticket or two never
+   * allocates the large one. */
+  size_t want = t->hs_state == HS_DONE &&
+                        (t->rx_grow ||
+                         (t->rx_cap > 0 && rx_avail(t) == t->rx_cap))
+                    ? RX_SIZE
+                    : RX_HS_SIZE;
 
   (void)suggested;
   if (t->rx_cap < want) {
@@ -630,10 +643,6 @@ static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
     t->rx_off = 0;
   }
   *buf = uv_buf_init(t->rx + t->rx_len, (unsigned)(t->rx_cap - t->rx_len));
-}
-
-static size_t rx_avail(const tls_t* t) {
-  return t->rx_len - t->rx_off;
 }
 
 static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -906,8 +915,11 @@ static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   }
   if (dead(t))
     return;
-  /* tr_alloc() lent the tail of rx. */
+  /* tr_alloc() lent the tail of rx. A read that filled it says data
+   * flows faster than a small buffer takes. */
   t->rx_len += (size_t)nread;
+  if (t->rx_len == t->rx_cap && t->hs_state == HS_DONE)
+    t->rx_grow = 1;
   (void)buf;
   cycle(t);
 }
