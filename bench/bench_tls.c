@@ -1,11 +1,14 @@
 /* TLS benchmarks, each beside its bare OpenSSL peer in the same run:
  * - full TLS 1.3 handshakes per second through the shim (client and server
- *   sessions on one loop, over a socketpair each), against a loop of bare
- *   memory-BIO handshakes with the very same SSL_CTXs;
+ *   sessions on one loop), against a loop of bare memory-BIO handshakes
+ *   with the very same SSL_CTXs;
  * - bulk throughput through uvctx_copy (a generator stream copied into a
  *   TLS client session, decrypted by a TLS server session on the same
  *   loop) for ChaCha20-Poly1305 and AES-128-GCM, against a bare memory-BIO
  *   encrypt-copy-decrypt pipe.
+ * Each figure is taken over an in-process pipe (the plain names: the shim
+ * and the loop without the kernel, as the peer runs without it) and over a
+ * socketpair (names ending in _socketpair: the kernel's costs included).
  * Prints `bench=... unit=... value=... peer=... peer_value=... ratio=...`.
  * Each figure runs in ROUNDS alternating rounds of ours and the peer's
  * (so that load from other processes hits both alike) and reports the

@@ -199,7 +199,7 @@ BEGIN {
   t["tls13_copy_aes_128_gcm"] = "ratio>=0.8"
   t["relay_throughput@socat"] = "ratio>=1"
   t["relay_throughput@bare_libuv_relay"] = "ratio>=0.95"
-  printf "%-28s %20s %24s %7s %18s %5s\n", "scenario", "uvctx", "peer",
+  printf "%-39s %20s %24s %7s %18s %5s\n", "scenario", "uvctx", "peer",
     "ratio", "target", "met?"
 }
 {
@@ -241,7 +241,7 @@ BEGIN {
   if (ratio != "") line = line " ratio=" ratio
   if (target != "") line = line " target=" target " met=" met
   print line > results
-  printf "%-28s %20s %24s %7s %18s %5s\n", name, fmt(v) " " unit,
+  printf "%-39s %20s %24s %7s %18s %5s\n", name, fmt(v) " " unit,
     (peer == "" ? "-" : fmt(pv) " (" peer ")"), (ratio == "" ? "-" : ratio),
     (target == "" ? "-" : target), met
 }' "$raw"
