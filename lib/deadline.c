@@ -140,17 +140,20 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
       hires_arm(l, top);
       l->timer_due = top;
     }
-  } else {
+  } else if (l->timer_due == 0 || l->heap[0]->deadline < l->timer_top) {
+    /* An armed timer that fires sooner than needed is left alone: it will
+     * re-arm itself; restarting it for every new deadline would cost more.
+     * Comparing deadlines first spares the clock read when the timer was
+     * armed for an earlier deadline (or the same one) than the new top. */
     uint64_t top = l->heap[0]->deadline;
     uint64_t now = uv_hrtime();
     uint64_t timeout = top > now ? (top - now + 999999) / 1000000 : 1;
     uint64_t due = uv_now(l->uv) + (timeout ? timeout : 1);
-    /* An armed timer that fires sooner than needed is left alone: it will
-     * re-arm itself; restarting it for every new deadline would cost more. */
     if (l->timer_due == 0 || due < l->timer_due) {
       uv_timer_start(&l->timer, uvctx__timer_cb, due - uv_now(l->uv), 0);
       l->timer_due = due;
     }
+    l->timer_top = top;
   }
   want_ref = l->dl_watches > 0 && l->heap_len > 0;
   if (want_ref != l->timer_refd) {

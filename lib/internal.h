@@ -162,6 +162,9 @@ struct uvctx_loop_s {
   /* When the armed source fires, 0 if none is armed: loop-time ms for the
    * uv_timer_t, uv_hrtime() ns for the timerfd. */
   uint64_t timer_due;
+  /* uv_timer_t source: the deadline the armed timer was last checked
+   * against; it fires no later than (about) that deadline. */
+  uint64_t timer_top;
   int timer_dirty;    /* the loop thread must re-sync the timer */
   int timer_refd;
   uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
