@@ -621,7 +621,7 @@ def case_slow():
 
 
 def case_deadlines():
-    """Idle and lifetime deadlines, and a refused upstream."""
+    """Idle, lifetime and connect deadlines, and a refused upstream."""
     echo = EchoServer()
     # Idle: one exchange, then silence.
     relay = Relay(echo.port, "--idle-timeout", "500ms", name="idle")
@@ -675,6 +675,63 @@ def case_deadlines():
     wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
     relay.stop()
     check(reasons(relay) == ["upstream-refused"], "reasons %r" %
+          reasons(relay))
+
+    # An upstream whose accept queue is full: Linux drops the SYN, so the
+    # connect hangs until --connect-timeout ends it.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    filler = socket.create_connection(hole.getsockname(), timeout=10)
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        probe.connect(hole.getsockname())
+        hangs = False
+    except socket.timeout:
+        hangs = True
+    probe.close()
+    if hangs:
+        relay = Relay(hole.getsockname()[1], "--connect-timeout", "600ms",
+                      name="connect-timeout")
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+        t0 = time.monotonic()
+        t1 = wait_closed(s, 10)
+        s.close()
+        log("hanging connect ended after %.3fs" % (t1 - t0))
+        if timed():
+            check(0.5 <= t1 - t0 <= 1.6, "connect cut at %.3fs" % (t1 - t0))
+        wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+        relay.stop()
+        check(reasons(relay) == ["connect-timeout"], "reasons %r" %
+              reasons(relay))
+    else:
+        log("SKIP hanging connect: a full accept queue did not hold a SYN")
+    filler.close()
+    hole.close()
+
+    # An upstream that accepts and never answers the TLS ClientHello: the
+    # upstream handshake is part of the connect step.
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    relay = Relay(mute.getsockname()[1], "--connect-tls", "--no-verify",
+                  "--connect-timeout", "600ms", name="connect-tls-timeout")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    t0 = time.monotonic()
+    up, _ = mute.accept()
+    t1 = wait_closed(s, 10)
+    s.close()
+    log("mute TLS upstream cut after %.3fs" % (t1 - t0))
+    if timed():
+        check(0.5 <= t1 - t0 <= 1.6, "handshake cut at %.3fs" % (t1 - t0))
+    check(len(up.recv(4096)) > 0, "no ClientHello reached the upstream")
+    wait_closed(up, 10)  # and the relay closed its upstream side too
+    up.close()
+    mute.close()
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    relay.stop()
+    check(reasons(relay) == ["connect-timeout"], "reasons %r" %
           reasons(relay))
 
     # --max-connections 2: a third connection is closed at once.
