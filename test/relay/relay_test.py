@@ -1046,7 +1046,7 @@ def case_metrics():
     import http.client
     echo = EchoServer()
     relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
-                  "--max-connections", "3", "--idle-timeout", "2s",
+                  "--max-connections", "3", "--idle-timeout", "4s",
                   "--log-format", "json", "--drain-timeout", "5s",
                   metrics=True)
     text, m0 = scrape(relay)
@@ -1098,6 +1098,37 @@ def case_metrics():
               (reason, got, count))
     check(metric(m1, "uvctx_relay_connections_closed_total") == n,
           "closed total")
+
+    # An open connection's bytes are counted while it runs (sampled every
+    # second), and not twice when it ends.
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    live = b"l" * 300000
+    s.sendall(live)
+    got = 0
+    while got < len(live):
+        d = s.recv(65536)
+        check(d, "echo of the open connection")
+        got += len(d)
+
+    def counted():
+        _, m = scrape(relay)
+        return (metric(m, "uvctx_relay_bytes_total", direction="up") ==
+                total + len(live) and
+                metric(m, "uvctx_relay_bytes_total", direction="down") ==
+                total + len(live) and
+                metric(m, "uvctx_relay_connections_active") == 1)
+    # Within a sampling period or two, well before --idle-timeout ends it.
+    wait_until(counted, 3.5, "open connection's bytes in the counters")
+    s.close()
+    total += len(live)
+    n += 1
+    wait_until(lambda: len(relay.closes()) == n, 10, "close line %d" % n)
+    _, m1 = scrape(relay)
+    check(metric(m1, "uvctx_relay_bytes_total", direction="up") == total,
+          "bytes up after the close %r, sent %d" %
+          (metric(m1, "uvctx_relay_bytes_total", direction="up"), total))
+    check(metric(m1, "uvctx_relay_bytes_total", direction="down") == total,
+          "bytes down after the close")
     created1 = sum(metric(m1, "uvctx_contexts_created_total", loop=w)
                    for w in ("worker-0", "worker-1"))
     check(created1 >= created0 + 3 * n, "contexts created %r -> %r" %

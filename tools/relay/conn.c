@@ -92,9 +92,15 @@ typedef struct relay_conn_s {
   size_t pre_len;
   int prereading;
   uvctx_pipe_t pipe;
+  /* On w->piping while the pipe runs (--metrics only). */
+  struct relay_conn_s* piping_next;
+  struct relay_conn_s** piping_pprev;
   uint64_t start_ns;
   uint64_t bytes_up;   /* client -> upstream */
   uint64_t bytes_down; /* upstream -> client */
+  /* Of those (and of a running pipe's), what the counters have had. */
+  uint64_t counted_up;
+  uint64_t counted_down;
   const char* reason;
   int reason_idx; /* RELAY_R_* of `reason` */
   char detail[200];
@@ -190,14 +196,47 @@ static int reason_index(const char* r) {
   return RELAY_R_ERROR;
 }
 
+/* Brings the worker's byte counters up to `up` and `down`, this
+ * connection's totals so far (which only grow). */
+static void count_bytes(relay_conn_t* c, uint64_t up, uint64_t down) {
+  relay_counters_t* n = &c->w->counters;
+
+  atomic_fetch_add_explicit(&n->bytes_up, up - c->counted_up,
+                            memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->bytes_down, down - c->counted_down,
+                            memory_order_relaxed);
+  c->counted_up = up;
+  c->counted_down = down;
+}
+
+static void piping_remove(relay_conn_t* c) {
+  if (c->piping_pprev == NULL)
+    return;
+  *c->piping_pprev = c->piping_next;
+  if (c->piping_next != NULL)
+    c->piping_next->piping_pprev = c->piping_pprev;
+  c->piping_pprev = NULL;
+  c->piping_next = NULL;
+}
+
+void relay_conn_sample(relay_worker_t* w) {
+  relay_conn_t* c;
+
+  for (c = w->piping; c != NULL; c = c->piping_next) {
+    uint64_t up = 0;
+    uint64_t down = 0;
+    uvctx_pipe_bytes(&c->pipe, &up, &down);
+    count_bytes(c, c->bytes_up + up, c->bytes_down + down);
+  }
+}
+
 static void conn_free(relay_conn_t* c) {
   relay_worker_t* w = c->w;
   relay_counters_t* n = &w->counters;
 
   conn_log(c, "close");
-  atomic_fetch_add_explicit(&n->bytes_up, c->bytes_up, memory_order_relaxed);
-  atomic_fetch_add_explicit(&n->bytes_down, c->bytes_down,
-                            memory_order_relaxed);
+  piping_remove(c);
+  count_bytes(c, c->bytes_up, c->bytes_down);
   atomic_fetch_add_explicit(&n->closed[c->reason_idx], 1, memory_order_relaxed);
   if (c->step_watching)
     uvctx_watch_stop(&c->step_watch); /* not reached today; cheap insurance */
@@ -289,6 +328,7 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
   relay_conn_t* c = p->data;
   const char* reason;
 
+  piping_remove(c);
   c->bytes_up += a_to_b;
   c->bytes_down += b_to_a;
   /* The pipe itself treats a peer that closed before our half-close
@@ -315,8 +355,17 @@ static void start_pipe(relay_conn_t* c) {
   opts.idle_timeout_ms = c->cfg->idle_timeout_ms;
   c->pipe.data = c;
   rc = uvctx_pipe_start(&c->pipe, c->run, c->a, c->b, &opts, on_pipe);
-  if (rc != 0)
+  if (rc != 0) {
     conn_end(c, "error", rc, "pipe start");
+    return;
+  }
+  if (c->w->sampling) {
+    c->piping_next = c->w->piping;
+    if (c->piping_next != NULL)
+      c->piping_next->piping_pprev = &c->piping_next;
+    c->w->piping = c;
+    c->piping_pprev = &c->w->piping;
+  }
 }
 
 /* ---- what the client sent while the upstream was being reached ---------- */

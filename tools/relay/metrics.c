@@ -162,8 +162,8 @@ static void relay_families(relay_server_t* srv, text_t* t) {
     text_add(t, "uvctx_relay_connections_closed_total{reason=\"%s\"} %llu\n",
              relay_reasons[r], (unsigned long long)closed[r]);
   family(t, "uvctx_relay_bytes_total", "counter",
-         "Bytes relayed by connections that have ended; up is client to "
-         "upstream.");
+         "Bytes relayed; up is client to upstream. Open connections' "
+         "bytes are added each second.");
   text_add(t, "uvctx_relay_bytes_total{direction=\"up\"} %llu\n",
            (unsigned long long)up);
   text_add(t, "uvctx_relay_bytes_total{direction=\"down\"} %llu\n",

@@ -141,7 +141,10 @@ extern const char* const relay_reasons[RELAY_REASONS];
 typedef struct relay_counters_s {
   atomic_uint_fast64_t accepted; /* connections taken on */
   atomic_uint_fast64_t refused;  /* closed at once (max-connections, OOM) */
-  atomic_uint_fast64_t bytes_up; /* client to upstream, at close */
+  /* Client to upstream and back: every connection's bytes, added as its
+   * pipe runs (sampled each RELAY_SAMPLE_MS with --metrics) and the rest
+   * when it ends. */
+  atomic_uint_fast64_t bytes_up;
   atomic_uint_fast64_t bytes_down;
   atomic_uint_fast64_t closed[RELAY_REASONS];
 } relay_counters_t;
@@ -169,6 +172,11 @@ struct relay_worker_s {
   int started;     /* the thread was created */
   int tracing;     /* uvctx_loop_trace_open() succeeded on this loop */
   unsigned nconns; /* connections owned by this worker, open or closing */
+  /* With --metrics: connections whose pipe runs, and the timer that adds
+   * their progress to the byte counters (see relay_conn_sample()). */
+  struct relay_conn_s* piping;
+  uv_timer_t sample_timer;
+  int sampling; /* sample_timer initialized and not closed */
   relay_counters_t counters;
   /* The loop's stats as it closed: the metrics endpoint reads these once
    * `closed` is set, since `l` is freed then. Under srv->stats_lock. */
@@ -212,6 +220,12 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer);
 
 /* Called by conn.c when a connection's last handle has closed. */
 void relay_worker_conn_done(relay_worker_t* w);
+
+/* Worker thread: adds what each running pipe of `w` moved since the last
+ * call to the worker's byte counters, so that a scrape sees long
+ * transfers progress instead of a jump when they end. */
+#define RELAY_SAMPLE_MS 1000
+void relay_conn_sample(relay_worker_t* w);
 
 /* ---- metrics ----------------------------------------------------------- */
 

@@ -171,6 +171,10 @@ void relay_worker_conn_done(relay_worker_t* w) {
   w->nconns--;
 }
 
+static void on_sample(uv_timer_t* t) {
+  relay_conn_sample(t->data);
+}
+
 /* ---- traces -------------------------------------------------------------- */
 
 static void trace_path(const relay_config_t* cfg, unsigned index, char* out,
@@ -236,7 +240,12 @@ static void worker_main(void* arg) {
 
   uv_run(&w->loop, UV_RUN_DEFAULT);
   /* Here the listener is closed and every connection is gone (or setup
-   * failed before the listener was polled). */
+   * failed before the listener was polled); the unreferenced sampling
+   * timer is all that may be left. */
+  if (w->sampling) {
+    w->sampling = 0;
+    uv_close((uv_handle_t*)&w->sample_timer, NULL);
+  }
   if (!w->listening && w->listen_fd >= 0 && w->poll.data == NULL) {
     close(w->listen_fd);
     w->listen_fd = -1;
@@ -422,6 +431,14 @@ static int start_workers(relay_server_t* srv) {
     uv_timer_init(&w->loop, &w->pause_timer);
     w->pause_timer.data = w;
     w->listening = 1;
+    if (srv->cfg->has_metrics) {
+      uv_timer_init(&w->loop, &w->sample_timer);
+      w->sample_timer.data = w;
+      w->sampling = 1;
+      uv_timer_start(&w->sample_timer, on_sample, RELAY_SAMPLE_MS,
+                     RELAY_SAMPLE_MS);
+      uv_unref((uv_handle_t*)&w->sample_timer);
+    }
     rc = uv_poll_start(&w->poll, UV_READABLE, on_acceptable);
     if (rc != 0)
       return rc;
