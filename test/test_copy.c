@@ -497,13 +497,13 @@ START_TEST(test_idle_stalled_sink) {
 }
 END_TEST
 
-/* A slow but steady reader (1 MiB/s, 3 MiB, scaled from the issue's 20 MiB
- * so that it runs in every build) is never cut off by a 1 s idle timeout:
- * each write completion counts as progress. */
+/* A slow but steady reader (1 MiB/s for 20 MiB; 3 MiB under sanitizers,
+ * to keep those runs short) is never cut off by a 1 s idle timeout: each
+ * write completion counts as progress. */
 START_TEST(test_idle_slow_steady_reader) {
   uvctx_copy_options_t o;
-  const uint64_t total = 3u << 20;
-  uvt_watchdog_set(60000);
+  const uint64_t total = UVT_SCALE(20u << 20, 3u << 20);
+  uvt_watchdog_set(90000);
   memset(&o, 0, sizeof(o));
   o.idle_timeout_ms = 1000;
   world_begin(0);
@@ -514,7 +514,7 @@ START_TEST(test_idle_slow_steady_reader) {
   cp_sink_init(&W.sink, &W.sink_h.s, 16 * 1024, 0, 1);
   cp_sink_limit(&W.sink, 1u << 20);
   cp_sender_start(&W.snd, &W.snd_h.s, total, 64 * 1024, 9, 1);
-  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 30000);
+  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 50000);
   ck_assert_int_eq(W.res.status, 0);
   ck_assert_uint_eq(W.sink.received, total);
   ck_assert_uint_eq(W.sink.bad, 0);
