@@ -26,6 +26,7 @@ typedef union cp_handle_u {
   uv_stream_t s;
   uv_tcp_t tcp;
   uv_pipe_t pipe;
+  uv_tty_t tty;
 } cp_handle_t;
 
 /* ---- the pattern ---------------------------------------------------------- */

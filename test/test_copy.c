@@ -1,9 +1,12 @@
 /* test_copy.c owns the Check suite of uvctx_copy_start(): byte-exact
- * transfers over TCP and uv_pipe_t, cancellation at random points,
- * deadlines, the idle timeout, flow control against a slow reader, peer
- * resets, options and argument errors. Every test runs a real sender, a
+ * transfers over TCP and uv_pipe_t, into and out of a pty (uv_tty_t),
+ * cancellation at random points, deadlines, the idle timeout, flow control
+ * against a slow reader, peer resets, options and argument errors. Every test runs a real sender, a
  * relay (the copy) and a real sink on loopback in the fixture's loop. */
+#define _GNU_SOURCE /* posix_openpt() and friends, for the tty tests */
+#include <fcntl.h>
 #include <signal.h>
+#include <termios.h>
 
 #include "copy_peers.h"
 
@@ -88,7 +91,38 @@ static void on_copy(uvctx_copy_t* c, int status, uint64_t bytes) {
   }
 }
 
-static void world_begin(int unix_pipes) {
+/* A pseudo-terminal: the slave as a uv_tty_t (what is under test), the
+ * master as a uv_pipe_t (libuv makes writes to a tty it cannot reopen
+ * blocking, which would stall the test's peer). What is written to one end
+ * is read from the other. The slave is in raw mode, so that bytes pass
+ * unchanged (no echo, no line editing, no CR/LF translation, no
+ * flow-control characters). */
+static inline void cp_tty_pair(cp_handle_t* master, cp_handle_t* slave) {
+  struct termios tio;
+  int m = posix_openpt(O_RDWR | O_NOCTTY);
+  int s;
+  ck_assert_int_ge(m, 0);
+  ck_assert_int_eq(grantpt(m), 0);
+  ck_assert_int_eq(unlockpt(m), 0);
+  s = open(ptsname(m), O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(s, 0);
+  ck_assert_int_eq(tcgetattr(s, &tio), 0);
+  cfmakeraw(&tio);
+  ck_assert_int_eq(tcsetattr(s, TCSANOW, &tio), 0);
+  ck_assert_int_eq(uv_pipe_init(uvt_loop, &master->pipe, 0), 0);
+  ck_assert_int_eq(uv_pipe_open(&master->pipe, m), 0);
+  ck_assert_int_eq(uv_tty_init(uvt_loop, &slave->tty, s, 0), 0);
+}
+
+/* Where the world's streams come from. */
+enum {
+  WORLD_TCP = 0,
+  WORLD_UNIX = 1,
+  WORLD_TTY_IN,  /* sender -> pty master; the copy reads the slave */
+  WORLD_TTY_OUT, /* the copy writes the slave; the sink reads the master */
+};
+
+static void world_begin(int kind) {
   relay_t* r;
   memset(&W.res, 0, sizeof(W.res));
   memset(&W.snd_h, 0, sizeof(W.snd_h));
@@ -100,7 +134,13 @@ static void world_begin(int unix_pipes) {
   ck_assert_ptr_nonnull(r);
   r->res = &W.res;
   W.r = r;
-  if (unix_pipes) {
+  if (kind == WORLD_TTY_IN) {
+    cp_tty_pair(&W.snd_h, &r->in_h);
+    cp_unix_pair(&r->out_h, &W.sink_h);
+  } else if (kind == WORLD_TTY_OUT) {
+    cp_unix_pair(&W.snd_h, &r->in_h);
+    cp_tty_pair(&W.sink_h, &r->out_h);
+  } else if (kind == WORLD_UNIX) {
     cp_unix_pair(&W.snd_h, &r->in_h);
     cp_unix_pair(&r->out_h, &W.sink_h);
   } else {
@@ -522,6 +562,57 @@ START_TEST(test_idle_slow_steady_reader) {
 }
 END_TEST
 
+/* ---- a terminal at either end ------------------------------------------------ */
+
+/* Into a tty: the copy writes a pty's slave, the sink reads its master.
+ * A tty has no write half to shut down, hence UVCTX_COPY_NO_SHUTDOWN. */
+START_TEST(test_tty_destination) {
+  uvctx_copy_options_t o;
+  const uint64_t total = 256 * 1024 + 7;
+  uint64_t seed = uvt_seed("test_tty_destination");
+  memset(&o, 0, sizeof(o));
+  o.flags = UVCTX_COPY_NO_SHUTDOWN;
+  world_begin(WORLD_TTY_OUT);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, &o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, seed | 1, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 32 * 1024, seed, 1);
+  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.received == total, 60000);
+  ck_assert_int_eq(W.res.status, 0);
+  ck_assert_uint_eq(W.res.bytes, total);
+  ck_assert_uint_eq(W.sink.bad, 0);
+  ck_assert_int_eq(W.sink.err, 0);
+  world_end();
+}
+END_TEST
+
+/* Out of a tty: the sender writes a pty's master, the copy reads its
+ * slave. A tty never reports EOF (its master closing is EIO at the
+ * slave), so the context ends the copy once every byte has arrived: the
+ * copy closes both streams and completes with UV_ECANCELED. */
+static void tty_cancel_when_all_in(cp_sink_t* k) {
+  if (k->received == W.snd.total && W.ctx != NULL)
+    ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+}
+
+START_TEST(test_tty_source) {
+  const uint64_t total = 256 * 1024 + 7;
+  uint64_t seed = uvt_seed("test_tty_source");
+  world_begin(WORLD_TTY_IN);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, NULL);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, seed | 1, 1);
+  W.sink.on_data = tty_cancel_when_all_in;
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 32 * 1024, seed, 0);
+  UVT_RUN_UNTIL_MS(W.res.calls == 1, 60000);
+  ck_assert_int_eq(W.res.status, UV_ECANCELED);
+  ck_assert_uint_eq(W.res.bytes, total);
+  ck_assert_uint_eq(W.sink.received, total);
+  ck_assert_uint_eq(W.sink.bad, 0);
+  world_end();
+}
+END_TEST
+
 /* ---- flow control ----------------------------------------------------------- */
 
 static size_t max_queue;
@@ -845,6 +936,13 @@ static Suite* copy_suite(void) {
   tcase_add_test(tc, test_idle_stalled_sender);
   tcase_add_test(tc, test_idle_stalled_sink);
   tcase_add_test(tc, test_idle_slow_steady_reader);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("tty");
+  tcase_add_checked_fixture(tc, world_setup, world_teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_tty_destination);
+  tcase_add_test(tc, test_tty_source);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("flow");
