@@ -519,19 +519,19 @@ START_TEST(test_gnutls_cli) {
 }
 END_TEST
 
-START_TEST(test_python) {
-  int v = _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2;
+/* A client script of ours (test/tls/peer_client.*) run by `interp`:
+ * port, CA, version, length and the input file as arguments. */
+static void script_client(const char* interp, const char* file, int v) {
   char port[16];
   char len[16];
   char script[512];
   char* argv[16];
   int n = 0;
-  SKIP_UNLESS("python3");
   server_start(v, SRV_ECHO);
   snprintf(port, sizeof(port), "%d", S.port);
   snprintf(len, sizeof(len), "%d", PEER_LEN);
-  snprintf(script, sizeof(script), "%s/peer_client.py", UVCTX_TLS_SCRIPT_DIR);
-  argv[n++] = "python3";
+  snprintf(script, sizeof(script), "%s/%s", UVCTX_TLS_SCRIPT_DIR, file);
+  argv[n++] = (char*)interp;
   argv[n++] = script;
   argv[n++] = port;
   argv[n++] = (char*)tu_cert("ca.pem");
@@ -539,31 +539,19 @@ START_TEST(test_python) {
   argv[n++] = len;
   argv[n++] = in_path;
   argv[n] = NULL;
-  check_client_peer("python", argv, v, NULL, 0);
+  check_client_peer(interp, argv, v, NULL, 0);
+}
+
+START_TEST(test_python) {
+  SKIP_UNLESS("python3");
+  script_client("python3", "peer_client.py",
+                _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2);
 }
 END_TEST
 
 START_TEST(test_node) {
-  int v = _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2;
-  char port[16];
-  char len[16];
-  char script[512];
-  char* argv[16];
-  int n = 0;
   SKIP_UNLESS("node");
-  server_start(v, SRV_ECHO);
-  snprintf(port, sizeof(port), "%d", S.port);
-  snprintf(len, sizeof(len), "%d", PEER_LEN);
-  snprintf(script, sizeof(script), "%s/peer_client.js", UVCTX_TLS_SCRIPT_DIR);
-  argv[n++] = "node";
-  argv[n++] = script;
-  argv[n++] = port;
-  argv[n++] = (char*)tu_cert("ca.pem");
-  argv[n++] = (char*)vname(v);
-  argv[n++] = len;
-  argv[n++] = in_path;
-  argv[n] = NULL;
-  check_client_peer("node", argv, v, NULL, 0);
+  script_client("node", "peer_client.js", _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2);
 }
 END_TEST
 
