@@ -733,19 +733,9 @@ static void server_start(uint64_t hs_timeout_ms, int mode) {
   S.port = tu_listen(uvt_loop, &S.srv, srv_on_conn);
 }
 
-static int server_all_closed(void) {
-  int i;
-  for (i = 0; i < S.n; i++)
-    if (!S.eps[i]->closed)
-      return 0;
-  return 1;
-}
-
 static void server_stop(void) {
   int i;
-  for (i = 0; i < S.n; i++)
-    tu_ep_close(S.eps[i]);
-  UVT_RUN_UNTIL(server_all_closed());
+  tu_eps_close_all(S.eps, S.n);
   for (i = 0; i < S.n; i++) {
     ck_assert_int_eq(S.eps[i]->closed, 1);
     ck_assert_int_eq(S.eps[i]->hs_calls, 1);

@@ -337,19 +337,9 @@ static void server_start(int version, int mode) {
   S.port = tu_listen(uvt_loop, &S.tcp, srv_on_conn);
 }
 
-static int server_closed(void) {
-  int i;
-  for (i = 0; i < S.n; i++)
-    if (!S.eps[i]->closed)
-      return 0;
-  return 1;
-}
-
 static void server_stop(void) {
   int i;
-  for (i = 0; i < S.n; i++)
-    tu_ep_close(S.eps[i]);
-  UVT_RUN_UNTIL(server_closed());
+  tu_eps_close_all(S.eps, S.n);
   for (i = 0; i < S.n; i++)
     free(S.eps[i]);
   uvctx_tls_config_unref(S.cfg);
@@ -412,14 +402,11 @@ static const char* vname(int v) {
   return v == UVCTX_TLS_1_3 ? "1.3" : "1.2";
 }
 
-START_TEST(test_s_client) {
-  int v = _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2;
-  char port[16];
-  char* argv[16];
+/* `openssl s_client` to our server, verifying it against ca.pem as
+ * localhost: fills argv[0..n) and returns n; `port` holds the address. */
+static int s_client_argv(char** argv, char* port, size_t port_len) {
   int n = 0;
-  SKIP_UNLESS("openssl");
-  server_start(v, SRV_ECHO);
-  snprintf(port, sizeof(port), "127.0.0.1:%d", S.port);
+  snprintf(port, port_len, "127.0.0.1:%d", S.port);
   argv[n++] = "openssl";
   argv[n++] = "s_client";
   argv[n++] = "-connect";
@@ -428,6 +415,17 @@ START_TEST(test_s_client) {
   argv[n++] = "localhost";
   argv[n++] = "-CAfile";
   argv[n++] = (char*)tu_cert("ca.pem");
+  return n;
+}
+
+START_TEST(test_s_client) {
+  int v = _i ? UVCTX_TLS_1_3 : UVCTX_TLS_1_2;
+  char port[16];
+  char* argv[16];
+  int n = 0;
+  SKIP_UNLESS("openssl");
+  server_start(v, SRV_ECHO);
+  n = s_client_argv(argv, port, sizeof(port));
   argv[n++] = "-verify_return_error";
   argv[n++] = "-quiet";
   argv[n++] = _i ? "-tls1_3" : "-tls1_2";
@@ -452,15 +450,7 @@ START_TEST(test_s_client_cert) {
   ck_assert_int_eq(uvctx_tls_config_client_auth(S.cfg,
                                                 UVCTX_TLS_CLIENT_AUTH_REQUIRE),
                    0);
-  snprintf(port, sizeof(port), "127.0.0.1:%d", S.port);
-  argv[n++] = "openssl";
-  argv[n++] = "s_client";
-  argv[n++] = "-connect";
-  argv[n++] = port;
-  argv[n++] = "-servername";
-  argv[n++] = "localhost";
-  argv[n++] = "-CAfile";
-  argv[n++] = (char*)tu_cert("ca.pem");
+  n = s_client_argv(argv, port, sizeof(port));
   argv[n++] = "-verify_return_error";
   argv[n++] = "-quiet";
   argv[n++] = v == UVCTX_TLS_1_3 ? "-tls1_3" : "-tls1_2";
@@ -810,15 +800,7 @@ START_TEST(test_renegotiation_refused) {
   tu_ep_t* rep;
   SKIP_UNLESS("openssl");
   server_start(UVCTX_TLS_1_2, SRV_ECHO);
-  snprintf(port, sizeof(port), "127.0.0.1:%d", S.port);
-  argv[n++] = "openssl";
-  argv[n++] = "s_client";
-  argv[n++] = "-connect";
-  argv[n++] = port;
-  argv[n++] = "-servername";
-  argv[n++] = "localhost";
-  argv[n++] = "-CAfile";
-  argv[n++] = (char*)tu_cert("ca.pem");
+  n = s_client_argv(argv, port, sizeof(port));
   argv[n++] = "-tls1_2";
   argv[n] = NULL;
   peer_spawn(&p, "s_client_R", argv, NULL);

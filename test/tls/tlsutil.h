@@ -512,6 +512,22 @@ static inline void tu_ep_close(tu_ep_t* ep) {
     uvctx_stream_close(&ep->tls.stream, tu_ep_close_cb);
 }
 
+static inline int tu_eps_closed__(tu_ep_t* const* eps, int n) {
+  int i;
+  for (i = 0; i < n; i++)
+    if (!eps[i]->closed)
+      return 0;
+  return 1;
+}
+
+/* Closes every endpoint of `eps` and runs the loop until all have. */
+static inline void tu_eps_close_all(tu_ep_t* const* eps, int n) {
+  int i;
+  for (i = 0; i < n; i++)
+    tu_ep_close(eps[i]);
+  UVT_RUN_UNTIL(tu_eps_closed__(eps, n));
+}
+
 /* ---- TCP --------------------------------------------------------------- */
 
 /* Binds `srv` to 127.0.0.1 port 0, listens, and returns the port. */
