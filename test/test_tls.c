@@ -206,6 +206,84 @@ START_TEST(test_echo_mem) {
 }
 END_TEST
 
+/* ---- bounded buffering ---------------------------------------------------- */
+
+/* A session whose user does not read stops reading its transport once its
+ * receive buffer is full: a peer that keeps sending is held back by the
+ * kernel instead of filling our memory. Everything arrives, in order, once
+ * the user reads. Over a socketpair with small kernel buffers, so that
+ * the bound shows in what the sender could hand to the kernel. */
+static uint64_t unread_rx;
+static int unread_bad;
+
+static void unread_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  (void)s;
+  if (n <= 0)
+    return;
+  if (!tu_check(b->base, unread_rx, (size_t)n))
+    unread_bad = 1;
+  unread_rx += (uint64_t)n;
+}
+
+START_TEST(test_unread_data_is_bounded) {
+  const uint64_t total = 16 * MiB;
+  tu_ep_t* ep = calloc(2, sizeof(*ep)); /* [0] sends, [1] does not read */
+  tu_ep_t* eps[2] = {&ep[0], &ep[1]};
+  uv_pipe_t* pipes = calloc(2, sizeof(*pipes));
+  uvctx_stream_t tr[2];
+  uv_os_sock_t fds[2];
+  uvctx_tls_config_t* ccfg = tu_client_cfg(UVCTX_TLS_1_3);
+  uvctx_tls_config_t* scfg = tu_server_cfg(0);
+  uint64_t handed;
+  int i;
+  ck_assert_ptr_nonnull(ep);
+  ck_assert_ptr_nonnull(pipes);
+  ck_assert_int_eq(uv_socketpair(SOCK_STREAM, 0, fds, 0, 0), 0);
+  for (i = 0; i < 2; i++) {
+    int size = 64 * 1024;
+    ck_assert_int_eq(uv_pipe_init(uvt_loop, &pipes[i], 0), 0);
+    ck_assert_int_eq(uv_pipe_open(&pipes[i], fds[i]), 0);
+    uv_send_buffer_size((uv_handle_t*)&pipes[i], &size);
+    size = 64 * 1024;
+    uv_recv_buffer_size((uv_handle_t*)&pipes[i], &size);
+    ck_assert_int_eq(uvctx_stream_init_uv(&tr[i], (uv_stream_t*)&pipes[i]),
+                     0);
+  }
+  tu_ep_init(&ep[0], ccfg, &tr[0], "localhost", TU_SEND);
+  tu_ep_init(&ep[1], scfg, &tr[1], NULL, TU_IDLE);
+  uvctx_tls_config_unref(ccfg);
+  uvctx_tls_config_unref(scfg);
+  ep[0].send_len = total;
+  tu_ep_start(&ep[0], NULL);
+  tu_ep_start(&ep[1], NULL);
+  UVT_RUN_UNTIL(ep[0].hs_calls == 1 && ep[1].hs_calls == 1);
+  ck_assert_int_eq(ep[0].hs_status, 0);
+  ck_assert_int_eq(ep[1].hs_status, 0);
+  ck_assert_uint_eq(ep[0].tx, total); /* all of it queued at once */
+  /* Nobody reads at [1]: what [0] could hand over stops growing. */
+  uvt_run_for(300);
+  handed = total - uvctx_stream_write_queue_size(&ep[0].tls.stream);
+  fprintf(stderr, "unread: %" PRIu64 " KiB of %" PRIu64
+          " KiB left the sender\n", handed >> 10, total >> 10);
+  /* The receive buffer (128 KiB), SSL's record buffer, two kernel buffers
+   * and the sender's ciphertext chunks in flight: far below 16 MiB. */
+  ck_assert_uint_gt(handed, 0);
+  ck_assert_uint_le(handed, 1 * MiB);
+  /* The user reads: everything arrives, in order. */
+  unread_rx = 0;
+  unread_bad = 0;
+  ck_assert_int_eq(uvctx_stream_read_start(&ep[1].tls.stream, tu_ep_alloc,
+                                           unread_read), 0);
+  UVT_RUN_UNTIL_MS(unread_rx == total && ep[0].writes == 0, 60000);
+  ck_assert_int_eq(unread_bad, 0);
+  ck_assert_int_eq(ep[0].write_err, 0);
+  ck_assert_uint_eq(uvctx_stream_write_queue_size(&ep[0].tls.stream), 0);
+  tu_eps_close_all(eps, 2);
+  free(ep);
+  free(pipes);
+}
+END_TEST
+
 /* ---- verification -------------------------------------------------------- */
 
 static const struct {
@@ -1001,6 +1079,7 @@ static Suite* tls_suite(void) {
   tcase_add_test(tc, test_ctx_done_before);
   tcase_add_test(tc, test_close_mid_handshake);
   tcase_add_test(tc, test_truncation);
+  tcase_add_test(tc, test_unread_data_is_bounded);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("cut");
