@@ -73,14 +73,26 @@ static int primary_link(const uvctx__link_t* l) {
   return 1;
 }
 
+/* The report is written into memory under the library lock and copied
+ * to `out` after it, so that a slow stream (a pipe, a terminal) never
+ * holds up cancels on other threads. Without memory for that, it is
+ * written to `out` directly, under the lock. */
 void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
   const uvctx__link_t** stack = NULL;
   size_t len = 0, cap = 0;
   uvctx_loop_t* it;
   int oom = 0;
+  FILE* dest;
+  FILE* mem;
+  char* text = NULL;
+  size_t text_len = 0;
 
   if (l == NULL || out == NULL)
     return;
+  dest = out;
+  mem = open_memstream(&text, &text_len);
+  if (mem != NULL)
+    out = mem;
   uvctx__lock();
   fprintf(out,
           "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
@@ -138,4 +150,12 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
     fprintf(out, "  (out of memory: the list above is incomplete)\n");
   uvctx__unlock();
   uvctx__free(stack);
+  if (mem != NULL) {
+    if (fclose(mem) == 0 && text != NULL)
+      fwrite(text, 1, text_len, dest);
+    else
+      fprintf(dest, "uvctx loop %p: out of memory for the report\n",
+              (const void*)l);
+    free(text);
+  }
 }

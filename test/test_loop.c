@@ -2,6 +2,8 @@
  * the background context, uvctx_loop_close() refusing (and closing
  * nothing) while contexts or watches live, the leak report naming each
  * context, and a loop set up on one thread and run on another. */
+#include <fcntl.h>
+
 #include "helpers.h"
 
 static const uvctx_key_t key_req = {.name = "request.id"};
@@ -44,6 +46,95 @@ static int count_lines_with(const char* text, const char* needle) {
   }
   return n;
 }
+
+/* A report written to a stream that blocks (a full pipe, unbuffered) does
+ * not hold the library lock while it waits: another thread can still
+ * create and cancel contexts. */
+static int set_blocking(int fd, int blocking) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0)
+    return -1;
+  fl = blocking ? fl & ~O_NONBLOCK : fl | O_NONBLOCK;
+  return fcntl(fd, F_SETFL, fl) < 0 ? -1 : 0;
+}
+
+typedef struct {
+  uvctx_loop_t* l;
+  FILE* f;
+  atomic_int started;
+  atomic_int returned;
+} dumper_t;
+
+static void dumper_main(void* arg) {
+  dumper_t* d = arg;
+  atomic_store(&d->started, 1);
+  uvctx_loop_dump(d->l, d->f);
+  atomic_store(&d->returned, 1);
+}
+
+typedef struct {
+  uvctx_loop_t* l;
+  atomic_int done;
+} canceller_t;
+
+static void canceller_main(void* arg) {
+  canceller_t* c = arg;
+  uvctx_t* ctx;
+  ck_assert_int_eq(uvctx_with_cancel(uvctx_background(c->l), &ctx), 0);
+  ck_assert_int_eq(uvctx_cancel(ctx), 0);
+  uvctx_unref(ctx);
+  atomic_store(&c->done, 1);
+}
+
+START_TEST(dump_to_a_blocked_stream_holds_no_lock) {
+  int fds[2];
+  char junk[4096];
+  dumper_t d;
+  canceller_t c;
+  uv_thread_t td, tc;
+  uvctx_t* live;
+  int i;
+  ck_assert_int_eq(pipe(fds), 0);
+  /* Fill the pipe, so that the report's first write blocks. */
+  ck_assert_int_eq(set_blocking(fds[1], 0), 0);
+  memset(junk, 'j', sizeof(junk));
+  while (write(fds[1], junk, sizeof(junk)) > 0)
+    ;
+  ck_assert_int_eq(set_blocking(fds[1], 1), 0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &live), 0);
+  memset(&d, 0, sizeof(d));
+  d.l = uvt_l;
+  d.f = fdopen(fds[1], "w");
+  ck_assert_ptr_nonnull(d.f);
+  setvbuf(d.f, NULL, _IONBF, 0);
+  ck_assert_int_eq(uv_thread_create(&td, dumper_main, &d), 0);
+  while (!atomic_load(&d.started))
+    uv_sleep(1);
+  uv_sleep(100); /* into the blocked write */
+  memset(&c, 0, sizeof(c));
+  c.l = uvt_l;
+  ck_assert_int_eq(uv_thread_create(&tc, canceller_main, &c), 0);
+  for (i = 0; i < 2000 && !atomic_load(&c.done); i++)
+    uv_sleep(1);
+  /* Whatever happened, unblock the report before asserting. */
+  {
+    int canceled_while_blocked = atomic_load(&c.done) &&
+                                 !atomic_load(&d.returned);
+    ck_assert_int_eq(set_blocking(fds[0], 0), 0);
+    while (!atomic_load(&d.returned)) {
+      if (read(fds[0], junk, sizeof(junk)) <= 0)
+        uv_sleep(1);
+    }
+    ck_assert_int_eq(uv_thread_join(&td), 0);
+    ck_assert_int_eq(uv_thread_join(&tc), 0);
+    ck_assert_msg(canceled_while_blocked,
+                  "a cancel waited for a report to a blocked stream");
+  }
+  fclose(d.f);
+  close(fds[0]);
+  uvctx_release(live);
+}
+END_TEST
 
 START_TEST(init_bad_input) {
   uv_loop_t loop;
@@ -281,6 +372,7 @@ static Suite* loop_suite(void) {
   tcase_add_test(tc, close_refuses_while_watch_pending);
   tcase_add_test(tc, two_bindings_one_thread);
   tcase_add_test(tc, set_up_here_run_there);
+  tcase_add_test(tc, dump_to_a_blocked_stream_holds_no_lock);
   suite_add_tcase(s, tc);
   return s;
 }
