@@ -606,14 +606,14 @@ static void maybe_shutdown_transport(tls_t* t) {
 
 /* ---- the engine ---------------------------------------------------------- */
 
-/* The transport reads into the free tail of rx. What SSL left unread (a
- * partial record, usually) moves to the front first when the tail is short,
- * so reads stay large. A full rx yields a zero-length buffer (UV_ENOBUFS);
- * set_transport_reading() normally stops reading before that. */
 static size_t rx_avail(const tls_t* t) {
   return t->rx_len - t->rx_off;
 }
 
+/* The transport reads into the free tail of rx. What SSL left unread (a
+ * partial record, usually) moves to the front first when the tail is short,
+ * so reads stay large. A full rx yields a zero-length buffer (UV_ENOBUFS);
+ * set_transport_reading() normally stops reading before that. */
 static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   tls_t* t = s->data;
 
