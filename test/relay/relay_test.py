@@ -308,6 +308,26 @@ def wait_closed(s, timeout):
     return time.monotonic()
 
 
+def busy_until_cut(port, limit=10):
+    """Keeps a connection to `port` busy (an echoed tick every 50 ms) until
+    the relay ends it or `limit` seconds pass. Returns (ended, start, end)
+    in time.monotonic() seconds."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t0 = time.monotonic()
+    gone = False
+    while time.monotonic() - t0 < limit and not gone:
+        try:
+            s.sendall(b"tick")
+            if s.recv(100) == b"":
+                gone = True
+        except OSError:
+            gone = True
+        time.sleep(0.05)
+    t1 = time.monotonic()
+    s.close()
+    return gone, t0, t1
+
+
 def reasons(relay):
     return [c.get("reason") for c in relay.closes()]
 
@@ -641,19 +661,7 @@ def case_deadlines():
     # Lifetime: a busy connection is cut at --max-lifetime.
     relay = Relay(echo.port, "--idle-timeout", "10s", "--max-lifetime",
                   "700ms", name="lifetime")
-    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-    t0 = time.monotonic()
-    gone = False
-    while time.monotonic() - t0 < 10 and not gone:
-        try:
-            s.sendall(b"tick")
-            if s.recv(100) == b"":
-                gone = True
-        except OSError:
-            gone = True
-        time.sleep(0.05)
-    t1 = time.monotonic()
-    s.close()
+    gone, t0, t1 = busy_until_cut(relay.port)
     check(gone, "lifetime did not end the connection")
     log("busy connection cut after %.3fs" % (t1 - t0))
     if timed():
@@ -1333,18 +1341,7 @@ def case_trace():
     check(echo_roundtrip(relay.port, b"traced\n") == b"traced\n", "echo")
     # A busy connection cut by --max-lifetime: a deadline fires, cancels
     # the connection's lifetime context, and the pipe's watch runs.
-    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-    t0 = time.monotonic()
-    gone = False
-    while time.monotonic() - t0 < 10 and not gone:
-        try:
-            s.sendall(b"tick")
-            if s.recv(100) == b"":
-                gone = True
-        except OSError:
-            gone = True
-        time.sleep(0.05)
-    s.close()
+    gone, _, _ = busy_until_cut(relay.port)
     check(gone, "lifetime did not end the connection")
     wait_until(lambda: len(relay.closes()) == 2, 10, "2 close lines")
     relay.stop()
