@@ -196,8 +196,8 @@ struct relay_server_s {
   uvctx_t* drain;     /* the drain deadline */
   uvctx_watch_t drain_watch;
   int drain_watching;
-  uv_signal_t sigterm;
-  uv_signal_t sigint;
+  uv_poll_t sigpoll; /* a signalfd for SIGTERM and SIGINT */
+  int sigfd;
   uv_async_t worker_done;
   unsigned signals;
   relay_worker_t* workers;

@@ -18,6 +18,10 @@
  * refused) and arms the drain deadline, a context on the control loop
  * whose watch cancels the server root with the cause "drained": every
  * connection, on every worker, ends. A second signal does that at once.
+ * The two signals are blocked in every thread before any thread starts
+ * and read from a signalfd on the control loop: nothing runs in signal
+ * context, no thread's state decides whether a signal is seen, and one
+ * that arrives early waits in the kernel until the loop reads it.
  * A worker whose listener is closed and whose last connection is gone
  * leaves uv_run(), closes its loop and tells the control loop; when the
  * last one has, the control loop closes too and the process exits 0.
@@ -35,9 +39,11 @@
  * (listener) and when the last worker is done (connections). */
 #define _GNU_SOURCE /* accept4() */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "relay.h"
@@ -292,8 +298,7 @@ static void on_drain_deadline(uvctx_watch_t* watch, int err) {
   cancel_root(srv);
 }
 
-static void on_signal(uv_signal_t* h, int signum) {
-  relay_server_t* srv = h->data;
+static void on_signal(relay_server_t* srv, int signum) {
   const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
   char ms[32];
   int rc;
@@ -325,6 +330,59 @@ static void on_signal(uv_signal_t* h, int signum) {
     cancel_root(srv); /* no deadline to be had: do not wait forever */
 }
 
+static void on_signalfd(uv_poll_t* h, int status, int events) {
+  relay_server_t* srv = h->data;
+  struct signalfd_siginfo si;
+  ssize_t n;
+  (void)events;
+
+  if (status != 0)
+    return;
+  for (;;) {
+    n = read(srv->sigfd, &si, sizeof(si));
+    if (n != (ssize_t)sizeof(si))
+      break; /* EAGAIN: all read; nothing else can happen to a signalfd */
+    on_signal(srv, (int)si.ssi_signo);
+  }
+}
+
+static void on_signalfd_closed(uv_handle_t* h) {
+  relay_server_t* srv = h->data;
+
+  close(srv->sigfd);
+  srv->sigfd = -1;
+}
+
+/* Blocks SIGTERM and SIGINT in this thread, so in every thread started
+ * after it, and makes the signalfd that receives them. They stay blocked
+ * after the relay is done: one that arrives during the final teardown
+ * must not kill a process that is about to exit 0. */
+static int signals_open(relay_server_t* srv) {
+  sigset_t set;
+  int rc;
+
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
+  if (rc != 0)
+    return -rc;
+  srv->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (srv->sigfd < 0)
+    return -errno;
+  rc = uv_poll_init(&srv->loop, &srv->sigpoll, srv->sigfd);
+  if (rc != 0) {
+    close(srv->sigfd);
+    srv->sigfd = -1;
+    return rc;
+  }
+  srv->sigpoll.data = srv;
+  rc = uv_poll_start(&srv->sigpoll, UV_READABLE, on_signalfd);
+  if (rc != 0)
+    uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
+  return rc;
+}
+
 static void on_worker_done(uv_async_t* a) {
   relay_server_t* srv = a->data;
 
@@ -336,8 +394,7 @@ static void on_worker_done(uv_async_t* a) {
   uvctx_release(srv->accepting);
   uvctx_release(srv->root);
   srv->drain = srv->accepting = srv->root = NULL;
-  uv_close((uv_handle_t*)&srv->sigterm, NULL);
-  uv_close((uv_handle_t*)&srv->sigint, NULL);
+  uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
   uv_close((uv_handle_t*)&srv->worker_done, NULL);
   relay_metrics_close(srv);
 }
@@ -492,17 +549,15 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
   rc = uvctx_with_cancel(uvctx_background(srv->l), &srv->root);
   if (rc == 0)
     rc = uvctx_with_cancel(uvctx_background(srv->l), &srv->accepting);
+  if (rc == 0)
+    rc = signals_open(srv);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": %s\n", uv_strerror(rc));
+    uvctx_release(srv->accepting);
     uvctx_release(srv->root);
     close_loops(srv);
     return RELAY_EXIT_FAILURE;
   }
-  uv_signal_init(&srv->loop, &srv->sigterm);
-  uv_signal_init(&srv->loop, &srv->sigint);
-  srv->sigterm.data = srv->sigint.data = srv;
-  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
-  uv_signal_start(&srv->sigint, on_signal, SIGINT);
   uv_async_init(&srv->loop, &srv->worker_done, on_worker_done);
   srv->worker_done.data = srv;
 
