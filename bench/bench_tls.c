@@ -28,6 +28,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "uvctx.h"
 #include "uvctx/copy.h"
@@ -46,6 +47,7 @@ static void make_cert(void) {
   EVP_PKEY* k = EVP_EC_gen("P-256");
   X509* x = X509_new();
   X509_NAME* n;
+  X509_EXTENSION* san;
   BIO* b;
   if (k == NULL || x == NULL)
     abort();
@@ -58,6 +60,12 @@ static void make_cert(void) {
   X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
                              (const unsigned char*)"localhost", -1, -1, 0);
   X509_set_issuer_name(x, n);
+  /* Clients match names against DNS SANs only, never the CN. */
+  san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name,
+                            "DNS:localhost");
+  if (san == NULL || !X509_add_ext(x, san, -1))
+    abort();
+  X509_EXTENSION_free(san);
   if (!X509_sign(x, k, EVP_sha256()))
     abort();
   b = BIO_new(BIO_s_mem());

@@ -1,4 +1,4 @@
-/* The TLS session: OpenSSL over two memory BIOs on top of a uvctx stream
+/* The TLS session: OpenSSL over a BIO of our own on top of a uvctx stream
  * (the transport), exposed as a uvctx stream itself. It owns the engine
  * (one step function run after every input and at the end of every call),
  * the handshake and its context, the mapping of OpenSSL failures to libuv
@@ -30,8 +30,8 @@
  * read while it is full: memory stays bounded when the user stops reading
  * while the peer keeps sending. Small (one handshake flight) until a read
  * after the handshake fills it, then grown: a connection that sees only a
- * handshake and a session ticket allocates little (a large buffer per
- * handshake made glibc map and unmap, or trim and regrow, its heap). */
+ * handshake allocates little (a large buffer per handshake made glibc map
+ * and unmap, or trim and regrow, its heap). */
 #define RX_SIZE (128 * 1024)
 #define RX_HS_SIZE (8 * 1024)
 /* Ciphertext goes out in chunks of this size: a 64 KiB plaintext write
@@ -122,6 +122,7 @@ struct uvctx__tls_s {
   uvctx_tls_handshake_cb hs_cb;
   int hs_state;
   int hs_cb_pending; /* hs_cb has yet to run */
+  uvctx_t* hs_ctx;   /* the handshake's context, held until hs_cb has run */
   int hs_deferred;   /* ... from the idle handle, with status 0 */
 
   int err;      /* first fatal error; 0 while healthy */
@@ -618,8 +619,8 @@ static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   tls_t* t = s->data;
 
   /* Grown once application data fills the small buffer: a connection
-   * that only sees the handshake and a session ticket or two never
-   * allocates the large one. */
+   * that only sees the handshake (and the session tickets some peers send
+   * after it) never allocates the large one. */
   size_t want = t->hs_state == HS_DONE &&
                         (t->rx_grow ||
                          (t->rx_cap > 0 && rx_avail(t) == t->rx_cap))
@@ -677,6 +678,20 @@ static void watch_stop(tls_t* t) {
   }
 }
 
+/* Runs the handshake callback, once. The context stays referenced until
+ * the callback has returned, so the callback may still look at it (its
+ * cause, its values) after its owner let go. Nothing of `t` is touched
+ * after the call: the callback may close the session. */
+static void run_hs_cb(tls_t* t, int status) {
+  uvctx_t* ctx = t->hs_ctx;
+
+  t->hs_ctx = NULL;
+  t->hs_cb_pending = 0;
+  t->hs_deferred = 0;
+  t->hs_cb(t->tls, status);
+  uvctx_unref(ctx);
+}
+
 static void handshake_done(tls_t* t) {
   const unsigned char* p = NULL;
   unsigned int len = 0;
@@ -707,8 +722,7 @@ static void handshake_done(tls_t* t) {
     schedule(t);
     return;
   }
-  t->hs_cb_pending = 0;
-  t->hs_cb(t->tls, 0);
+  run_hs_cb(t, 0);
 }
 
 /* Hands decrypted data to the user until SSL wants more input. Each
@@ -870,11 +884,8 @@ static void idle_cb(uv_idle_t* h) {
   tls_t* t = h->data;
 
   uv_idle_stop(h);
-  if (t->hs_deferred && t->hs_cb_pending) {
-    t->hs_deferred = 0;
-    t->hs_cb_pending = 0;
-    t->hs_cb(t->tls, 0);
-  }
+  if (t->hs_deferred && t->hs_cb_pending)
+    run_hs_cb(t, 0);
   complete_writes(t);
   cycle(t);
 }
@@ -943,12 +954,8 @@ static void finish_pending(tls_t* t) {
   int err = t->err ? t->err : UV_ECANCELED;
   uvctx_write_t* w;
 
-  if (t->hs_cb_pending) {
-    int status = t->hs_deferred ? 0 : err;
-    t->hs_cb_pending = 0;
-    t->hs_deferred = 0;
-    t->hs_cb(t->tls, status);
-  }
+  if (t->hs_cb_pending)
+    run_hs_cb(t, t->hs_deferred ? 0 : err);
   while ((w = t->wf_head) != NULL) {
     t->wf_head = w->next_;
     if (t->wf_head == NULL)
@@ -1248,7 +1255,11 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
     } else if (server_name != NULL) {
       if (!SSL_set_tlsext_host_name(t->ssl, server_name))
         goto fail_name;
-      SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      /* Names are matched against DNS SANs only: a certificate without
+       * any is not matched on its subject CN (RFC 6125 6.4.4; browsers
+       * and Go do the same). */
+      SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+                                    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
       if (config->verify && !SSL_set1_host(t->ssl, server_name))
         goto fail_name;
     }
@@ -1304,6 +1315,7 @@ int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
     if (rc != 0)
       return rc;
     t->watching = 1;
+    t->hs_ctx = uvctx_ref(ctx);
   }
   t->hs_cb = cb;
   t->hs_cb_pending = 1;

@@ -73,6 +73,13 @@ static int fail(uvctx_tls_config_t* c, int err, const char* what) {
   return err;
 }
 
+/* Records a failure that is ours, not OpenSSL's (a missing argument, no
+ * memory): the reason is `what` alone, never a stale queued error. */
+static int refuse(uvctx_tls_config_t* c, int err, const char* what) {
+  ERR_clear_error();
+  return fail(c, err, what);
+}
+
 int uvctx_tls_config_new(int role, uvctx_tls_config_t** out) {
   uvctx_tls_config_t* c;
   SSL_CTX* ctx;
@@ -206,51 +213,37 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
   BIO* kbio = NULL;
   X509* leaf = NULL;
   X509* extra;
+  STACK_OF(X509)* chain = NULL;
   EVP_PKEY* key = NULL;
   int err = UV_EINVAL;
 
-  if (c == NULL || chain_pem == NULL || key_pem == NULL || chain_len == 0 ||
-      key_len == 0 || chain_len > INT_MAX || key_len > INT_MAX)
+  if (c == NULL)
     return UV_EINVAL;
+  if (chain_pem == NULL || key_pem == NULL || chain_len == 0 ||
+      key_len == 0 || chain_len > INT_MAX || key_len > INT_MAX)
+    return refuse(c, UV_EINVAL, "certificate: empty or missing PEM data");
   c->reason[0] = '\0';
   ERR_clear_error();
 
+  /* Everything is read and checked before the SSL_CTX is touched, and then
+   * installed in one call: a rejected certificate leaves the previous
+   * certificate, key and chain in place and working. */
   bio = BIO_new_mem_buf(chain_pem, (int)chain_len);
-  if (bio == NULL)
-    return fail(c, UV_ENOMEM, "certificate");
+  kbio = BIO_new_mem_buf(key_pem, (int)key_len);
+  chain = sk_X509_new_null();
+  if (bio == NULL || kbio == NULL || chain == NULL) {
+    err = fail(c, UV_ENOMEM, "certificate");
+    goto out;
+  }
   leaf = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
   if (leaf == NULL) {
     err = fail(c, UV_EINVAL, "certificate chain: no PEM certificate");
     goto out;
   }
-  /* The key is read and checked before the SSL_CTX is touched: installing
-   * a certificate makes OpenSSL drop a key that does not match it, so a
-   * failure after that would leave the old certificate's key gone. */
-  kbio = BIO_new_mem_buf(key_pem, (int)key_len);
-  if (kbio == NULL) {
-    err = fail(c, UV_ENOMEM, "private key");
-    goto out;
-  }
-  key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL);
-  if (key == NULL) {
-    err = fail(c, UV_EINVAL, "private key: no PEM private key");
-    goto out;
-  }
-  /* X509_check_private_key first: SSL_CTX_use_PrivateKey on a mismatch
-   * would also drop the certificate just installed. */
-  if (X509_check_private_key(leaf, key) != 1) {
-    err = fail(c, UV_EINVAL, "private key does not match the certificate");
-    goto out;
-  }
-  if (SSL_CTX_use_certificate(c->ctx, leaf) != 1) {
-    err = fail(c, UV_EINVAL, "certificate");
-    goto out;
-  }
-  SSL_CTX_clear_chain_certs(c->ctx);
   while ((extra = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-    if (SSL_CTX_add0_chain_cert(c->ctx, extra) != 1) {
+    if (sk_X509_push(chain, extra) <= 0) {
       X509_free(extra);
-      err = fail(c, UV_EINVAL, "certificate chain");
+      err = fail(c, UV_ENOMEM, "certificate chain");
       goto out;
     }
   }
@@ -261,15 +254,27 @@ int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c, const char* chain_pem,
     goto out;
   }
   ERR_clear_error();
-  if (SSL_CTX_use_PrivateKey(c->ctx, key) != 1 ||
-      SSL_CTX_check_private_key(c->ctx) != 1) {
-    err = fail(c, UV_EINVAL, "private key");
+  key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL);
+  if (key == NULL) {
+    err = fail(c, UV_EINVAL, "private key: no PEM private key");
+    goto out;
+  }
+  if (X509_check_private_key(leaf, key) != 1) {
+    err = fail(c, UV_EINVAL, "private key does not match the certificate");
+    goto out;
+  }
+  /* Takes its own references; installs nothing unless all of it is
+   * accepted (a key of the wrong type, a certificate too weak for the
+   * security level). */
+  if (SSL_CTX_use_cert_and_key(c->ctx, leaf, key, chain, 1) != 1) {
+    err = fail(c, UV_EINVAL, "certificate");
     goto out;
   }
   c->has_cert = 1;
   err = 0;
 
 out:
+  sk_X509_pop_free(chain, X509_free);
   EVP_PKEY_free(key);
   X509_free(leaf);
   BIO_free(kbio);
@@ -286,8 +291,10 @@ int uvctx_tls_config_cert_file(uvctx_tls_config_t* c, const char* chain_path,
   size_t key_len = 0;
   int err;
 
-  if (c == NULL || chain_path == NULL || key_path == NULL)
+  if (c == NULL)
     return UV_EINVAL;
+  if (chain_path == NULL || key_path == NULL)
+    return refuse(c, UV_EINVAL, "certificate: missing file name");
   c->reason[0] = '\0';
   err = read_file(c, chain_path, &chain, &chain_len);
   if (err != 0)
@@ -317,8 +324,10 @@ int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
   X509* x;
   int n = 0;
 
-  if (c == NULL || pem == NULL || len == 0 || len > INT_MAX)
+  if (c == NULL)
     return UV_EINVAL;
+  if (pem == NULL || len == 0 || len > INT_MAX)
+    return refuse(c, UV_EINVAL, "CA certificates: empty or missing PEM data");
   c->reason[0] = '\0';
   ERR_clear_error();
   bio = BIO_new_mem_buf(pem, (int)len);
@@ -378,8 +387,10 @@ int uvctx_tls_config_ca_file(uvctx_tls_config_t* c, const char* path) {
   size_t len = 0;
   int err;
 
-  if (c == NULL || path == NULL)
+  if (c == NULL)
     return UV_EINVAL;
+  if (path == NULL)
+    return refuse(c, UV_EINVAL, "CA certificates: missing file name");
   c->reason[0] = '\0';
   err = read_file(c, path, &pem, &len);
   if (err != 0)
@@ -478,7 +489,7 @@ int uvctx_tls_config_alpn(uvctx_tls_config_t* c, const char* const* protos,
   }
   wire = uvctx__malloc(len);
   if (wire == NULL)
-    return UV_ENOMEM;
+    return refuse(c, UV_ENOMEM, "ALPN: out of memory");
   for (i = 0; i < n; i++) {
     size_t l = strlen(protos[i]);
     wire[off++] = (unsigned char)l;

@@ -299,6 +299,8 @@ static const struct {
     {"server.pem", "server.key", "::1", NULL},
     {"server.pem", "server.key", "10.1.2.3", "IP address mismatch"},
     {"chain.pem", "server.key", "localhost", NULL},
+    /* The subject CN is never used as a name. */
+    {"cn-only.pem", "cn-only.key", "localhost", "hostname mismatch"},
 };
 
 START_TEST(test_verify) {
@@ -330,6 +332,99 @@ START_TEST(test_verify) {
   pair_finish(&pr);
   ck_assert_int_eq(pr.cli.hs_calls, 1);
   ck_assert_int_eq(pr.srv.hs_calls, 1);
+  uvctx_tls_config_unref(ccfg);
+  uvctx_tls_config_unref(scfg);
+}
+END_TEST
+
+/* A rejected certificate leaves the configuration as it was: the previous
+ * certificate, key and chain keep serving. Each bad reload carries a leaf
+ * that would itself be usable (expired.pem with its own key), so that a
+ * setter which installed part of it before failing shows up in the next
+ * handshake. A good reload of that same leaf takes effect, which the
+ * client then rejects as expired. */
+static char* slurp(const char* path, size_t* len) {
+  FILE* f = fopen(path, "rb");
+  char* buf = malloc(65536);
+  ck_assert_ptr_nonnull(f);
+  ck_assert_ptr_nonnull(buf);
+  *len = fread(buf, 1, 65535, f);
+  buf[*len] = '\0';
+  fclose(f);
+  return buf;
+}
+
+static void handshake_status(uvctx_tls_config_t* ccfg,
+                             uvctx_tls_config_t* scfg, int* cli, int* srv) {
+  pair_t pr;
+
+  pair_init(&pr, ccfg, scfg, "localhost", TU_IDLE, TU_IDLE, SIZE_MAX);
+  tu_ep_start(&pr.cli, NULL);
+  tu_ep_start(&pr.srv, NULL);
+  UVT_RUN_UNTIL(pr.cli.hs_calls && pr.srv.hs_calls);
+  *cli = pr.cli.hs_status;
+  *srv = pr.srv.hs_status;
+  pair_finish(&pr);
+}
+
+START_TEST(test_failed_reload_keeps_cert) {
+  static const char corrupt[] = "-----BEGIN CERTIFICATE-----\n"
+                                "MIIB!!not*base64!!\n"
+                                "-----END CERTIFICATE-----\n";
+  uvctx_tls_config_t* ccfg = tu_client_cfg(0);
+  uvctx_tls_config_t* scfg = tu_server_cfg_with("chain.pem", "server.key", 0);
+  size_t leaf_len, key_len, bad_len;
+  char* leaf = slurp(tu_cert("expired.pem"), &leaf_len);
+  char* key = slurp(tu_cert("expired.key"), &key_len);
+  char* other_key;
+  size_t other_len;
+  char* bad = malloc(leaf_len + sizeof(corrupt));
+  const char* r;
+  int cs, ss;
+
+  other_key = slurp(tu_cert("mismatch.key"), &other_len);
+  ck_assert_ptr_nonnull(bad);
+  memcpy(bad, leaf, leaf_len);
+  memcpy(bad + leaf_len, corrupt, sizeof(corrupt));
+  bad_len = leaf_len + sizeof(corrupt) - 1;
+
+  /* The leaf and its key are fine; the intermediate after them is not. */
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(scfg, bad, bad_len, key,
+                                             key_len),
+                   UV_EINVAL);
+  r = uvctx_tls_config_reason(scfg);
+  ck_assert_msg(r != NULL && strstr(r, "unreadable") != NULL, "reason: %s",
+                r ? r : "(null)");
+  handshake_status(ccfg, scfg, &cs, &ss);
+  ck_assert_msg(cs == 0 && ss == 0, "after a bad chain: client %s, server %s",
+                uv_strerror(cs), uv_strerror(ss));
+
+  /* A key that belongs to another certificate. */
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(scfg, leaf, leaf_len, other_key,
+                                             other_len),
+                   UV_EINVAL);
+  handshake_status(ccfg, scfg, &cs, &ss);
+  ck_assert_msg(cs == 0 && ss == 0, "after a wrong key: client %s, server %s",
+                uv_strerror(cs), uv_strerror(ss));
+
+  /* No key at all: refused with a reason, not a stale one or none. */
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(scfg, leaf, leaf_len, NULL, 0),
+                   UV_EINVAL);
+  r = uvctx_tls_config_reason(scfg);
+  ck_assert_msg(r != NULL && strstr(r, "missing") != NULL, "reason: %s",
+                r ? r : "(null)");
+
+  /* The same leaf, reloaded properly, is what the server then presents. */
+  ck_assert_int_eq(uvctx_tls_config_cert_mem(scfg, leaf, leaf_len, key,
+                                             key_len),
+                   0);
+  handshake_status(ccfg, scfg, &cs, &ss);
+  ck_assert_int_eq(cs, UVCTX_TLS_EVERIFY);
+
+  free(bad);
+  free(other_key);
+  free(key);
+  free(leaf);
   uvctx_tls_config_unref(ccfg);
   uvctx_tls_config_unref(scfg);
 }
@@ -535,6 +630,50 @@ START_TEST(test_ctx_done_before) {
   }
   pair_finish(&pr);
   uvctx_release(ctx);
+  uvctx_tls_config_unref(ccfg);
+  uvctx_tls_config_unref(scfg);
+}
+END_TEST
+
+/* The session holds the handshake's context until the callback has run:
+ * its owner may let go right after starting, and the callback can still
+ * ask the context why it ended (under ASan, a use after free otherwise). */
+static uvctx_t* held_ctx;
+static int held_err;
+static const char* held_msg;
+
+static void held_hs_cb(uvctx_tls_t* tls, int status) {
+  tu_ep_t* ep = tls->stream.data;
+  ep->hs_calls++;
+  ep->hs_status = status;
+  held_err = uvctx_cause(held_ctx, &held_msg);
+}
+
+START_TEST(test_ctx_held_until_cb) {
+  uvctx_tls_config_t* ccfg = tu_client_cfg(0);
+  uvctx_tls_config_t* scfg = tu_server_cfg(0);
+  uvctx_t* parent;
+  pair_t pr;
+
+  /* The server never starts: the handshake waits for the deadline. */
+  pair_init(&pr, ccfg, scfg, "localhost", TU_IDLE, TU_IDLE, SIZE_MAX);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &parent), 0);
+  ck_assert_int_eq(uvctx_with_timeout(parent, 20, &held_ctx), 0);
+  ck_assert_int_eq(uvctx_tls_handshake(&pr.cli.tls, held_ctx, held_hs_cb), 0);
+  uvctx_unref(held_ctx);
+  UVT_RUN_UNTIL(pr.cli.hs_calls);
+  ck_assert_int_eq(pr.cli.hs_calls, 1);
+  ck_assert_int_eq(pr.cli.hs_status, UV_ETIMEDOUT);
+  ck_assert_int_eq(held_err, UV_ETIMEDOUT);
+  /* The context is gone once the callback has returned. */
+  {
+    uvctx_loop_stats_t st;
+    ck_assert_int_eq(uvctx_loop_stats(uvt_l, &st), 0);
+    ck_assert_uint_eq(st.contexts, 1); /* the parent alone */
+  }
+  held_ctx = NULL;
+  pair_finish(&pr);
+  uvctx_release(parent);
   uvctx_tls_config_unref(ccfg);
   uvctx_tls_config_unref(scfg);
 }
@@ -1071,12 +1210,14 @@ static Suite* tls_suite(void) {
   tcase_add_loop_test(tc, test_verify, 0,
                       2 * (int)(sizeof(verify_cases) / sizeof(verify_cases[0])));
   tcase_add_test(tc, test_verify_off);
+  tcase_add_test(tc, test_failed_reload_keeps_cert);
   tcase_add_loop_test(tc, test_client_auth, 0,
                       2 * (int)(sizeof(client_auth_cases) /
                                 sizeof(client_auth_cases[0])));
   tcase_add_test(tc, test_client_auth_config);
   tcase_add_test(tc, test_alpn_mismatch);
   tcase_add_test(tc, test_ctx_done_before);
+  tcase_add_test(tc, test_ctx_held_until_cb);
   tcase_add_test(tc, test_close_mid_handshake);
   tcase_add_test(tc, test_truncation);
   tcase_add_test(tc, test_unread_data_is_bounded);

@@ -27,15 +27,18 @@ extern "C" {
 /* How TLS failures are reported (all are libuv codes):
  * UVCTX_TLS_EVERIFY     we rejected the peer's certificate (unknown CA,
  *                       expired, wrong host name or address, ...).
- * UVCTX_TLS_EPROTO      the peer broke the protocol: garbage, bad or
- *                       oversized records, unexpected messages, a
- *                       renegotiation attempt, no common version, cipher
- *                       or ALPN protocol.
+ * UVCTX_TLS_EPROTO      the peer broke the protocol (garbage, bad or
+ *                       oversized records, unexpected messages), or we
+ *                       found no common version, cipher or ALPN protocol
+ *                       (the side that finds it; the other side then gets
+ *                       our alert: UVCTX_TLS_EALERT).
  * UVCTX_TLS_EALERT      the peer aborted with a fatal alert (for instance
- *                       it rejected our certificate).
+ *                       it rejected our certificate, or it asked for a
+ *                       renegotiation, got our no_renegotiation warning
+ *                       and gave up, as OpenSSL peers do).
  * UVCTX_TLS_ETRUNCATED  the peer's end of stream came without close_notify
  *                       (data may have been cut off; also a peer that goes
- *                       away mid-handshake).
+ *                       away mid-handshake, with or without one).
  * Transport errors (UV_ECONNRESET, UV_EPIPE, ...) are passed through, and a
  * handshake aborted by its context reports the context's error. */
 #define UVCTX_TLS_EVERIFY UV_EACCES
@@ -72,8 +75,11 @@ UVCTX_EXTERN void uvctx_tls_config_unref(uvctx_tls_config_t* c);
 
 /* The certificate chain (PEM: the leaf first, then intermediates) and its
  * private key (PEM, optionally the same file). UV_ENOENT/UV_EACCES/... if a
- * file cannot be read, UV_EINVAL if it holds no certificate or key, or if
- * the key does not match the certificate. */
+ * file cannot be read, UV_EFBIG for a file over 16 MiB, UV_EINVAL if it is
+ * empty, holds no certificate or key, has an unreadable certificate in the
+ * chain, or if the key does not match the certificate. Everything is
+ * checked before anything is installed: after an error the previous
+ * certificate, key and chain are still the ones served. */
 UVCTX_EXTERN int uvctx_tls_config_cert_file(uvctx_tls_config_t* c,
                                             const char* chain_path,
                                             const char* key_path);
@@ -139,13 +145,16 @@ UVCTX_EXTERN int uvctx_tls_config_ciphers(uvctx_tls_config_t* c,
                                           const char* tls12,
                                           const char* tls13);
 
-/* Why the last setter failed (OpenSSL's reason, or the file error), or
- * NULL. The string lives until the next setter call. */
+/* Why the last setter failed (OpenSSL's reason, the file error, or what
+ * argument was missing), or NULL after a success. The string lives until
+ * the next setter call. UV_EINVAL for a NULL configuration leaves no
+ * reason (there is nowhere to put one). */
 UVCTX_EXTERN const char* uvctx_tls_config_reason(
     const uvctx_tls_config_t* c);
 
-/* The underlying SSL_CTX*, for settings this API does not cover. Changing
- * it once sessions exist is not supported. */
+/* The underlying SSL_CTX* (as void*, so that this header needs no OpenSSL
+ * header: cast it), for settings this API does not cover. Changing it once
+ * sessions exist is not supported. */
 UVCTX_EXTERN void* uvctx_tls_config_ssl_ctx(uvctx_tls_config_t* c);
 
 /* ------------------------------------------------------------------------ */
@@ -205,7 +214,9 @@ UVCTX_EXTERN int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
  * handshake. */
 UVCTX_EXTERN const char* uvctx_tls_alpn(const uvctx_tls_t* tls);
 
-/* The SNI name a client sent (servers) or NULL. */
+/* The SNI host name: on a server the one the client sent, on a client the
+ * one it sent (its server_name); NULL when none was sent (an IP literal, a
+ * client without SNI). */
 UVCTX_EXTERN const char* uvctx_tls_server_name(const uvctx_tls_t* tls);
 
 /* The negotiated version (UVCTX_TLS_1_2, UVCTX_TLS_1_3) and cipher suite

@@ -10,6 +10,7 @@
 #   other-ca.pem             an unrelated CA nobody trusts
 #   stranger.pem stranger.key  leaf for localhost signed by other-ca
 #   mismatch.key             a key that matches none of the certificates
+#   cn-only.pem cn-only.key  leaf by ca with CN=localhost and no SAN at all
 set -eu
 out=$1
 mkdir -p "$out"
@@ -48,6 +49,12 @@ ca other-ca "uvctx stranger CA"
 leaf server ca
 leaf stranger other-ca
 cat server.pem ca.pem > chain.pem
+key cn-only.key
+ossl req -new -key cn-only.key -subj "/CN=localhost" -out "$tmp/cn-only.csr"
+grep -v subjectAltName "$tmp/leaf.ext" > "$tmp/cn-only.ext"
+ossl x509 -req -in "$tmp/cn-only.csr" -CA ca.pem -CAkey ca.key \
+  -CAcreateserial -CAserial "$tmp/ca.srl" -days 825 \
+  -extfile "$tmp/cn-only.ext" -out cn-only.pem
 key mismatch.key
 
 # An expired leaf: `openssl x509` in OpenSSL 3.0 cannot back-date, `openssl
