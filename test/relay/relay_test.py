@@ -390,6 +390,13 @@ def case_cli():
          "cannot write --trace"),
         (["--listen", "127.0.0.1:0", "--trace", ""] + base,
          "--trace needs a file name"),
+        (["--listen", "127.0.0.1:0", "--connect-tls", "--alpn",
+          ",".join("p%d" % i for i in range(33))] + base,
+         "at most 32 protocols"),
+        (["--listen", "127.0.0.1:0", "--sni", "example.com"] + base,
+         "need --connect-tls"),
+        (["--listen", "127.0.0.1:0", "--connect-timeout", "0"] + base,
+         "greater than zero"),
     ]
     for argv, want in cases:
         r = subprocess.run([ARGS.relay] + argv, capture_output=True,
@@ -870,6 +877,13 @@ def case_workers():
           reasons(relay))
     check(len(set(c["conn"] for c in closes)) == len(closes),
           "connection ids are not unique")
+    # In JSON every count is a number, on server events too.
+    start, = relay.events("start")
+    draining, = relay.events("draining")
+    exit_, = relay.events("exit")
+    check(start["workers"] == 2, "start: %r" % start)
+    check(draining["drain_timeout_ms"] == 2000, "draining: %r" % draining)
+    check(exit_["status"] == 0, "exit: %r" % exit_)
 
 
 def case_emfile():

@@ -17,7 +17,8 @@ static const char usage[] =
     "connections\n"
     "  --connect-tls [--ca FILE] [--sni NAME] [--alpn LIST] [--no-verify]\n"
     "                                   originate TLS to the upstream\n"
-    "  --connect-timeout DUR            upstream connect (default 5s)\n"
+    "  --connect-timeout DUR            upstream connect and upstream TLS\n"
+    "                                   handshake (default 5s)\n"
     "  --handshake-timeout DUR          client TLS handshake (default 10s)\n"
     "  --idle-timeout DUR               no bytes either way (default 60s)\n"
     "  --max-lifetime DUR               whole connection (default none)\n"
@@ -29,8 +30,9 @@ static const char usage[] =
     "  --metrics HOST:PORT              serve Prometheus text at /metrics\n"
     "  --trace FILE                     trace each worker loop (Chrome JSON;\n"
     "                                   FILE.N per worker when N > 1)\n"
-    "DUR is a whole number with ms, s or m: 500ms, 10s, 2m (0 turns\n"
-    "--idle-timeout and --max-lifetime off). See docs/relay.md.\n";
+    "DUR is a whole number with ms, s or m: 500ms, 10s, 2m. 0 turns\n"
+    "--idle-timeout and --max-lifetime off and makes --drain-timeout cancel\n"
+    "at once. See docs/relay.md.\n";
 
 static int fail(const char* fmt, const char* a, const char* b) {
   fprintf(stderr, RELAY_NAME ": ");
@@ -318,9 +320,14 @@ static int set_alpn(uvctx_tls_config_t* c, const char* list) {
     return -1;
   }
   snprintf(buf, sizeof(buf), "%s", list);
-  for (tok = strtok_r(buf, ",", &save); tok != NULL && n < 32;
-       tok = strtok_r(NULL, ",", &save))
+  for (tok = strtok_r(buf, ",", &save); tok != NULL;
+       tok = strtok_r(NULL, ",", &save)) {
+    if (n == sizeof(protos) / sizeof(protos[0])) {
+      fprintf(stderr, RELAY_NAME ": --alpn: at most %zu protocols\n", n);
+      return -1;
+    }
     protos[n++] = tok;
+  }
   if (n == 0) {
     fprintf(stderr, RELAY_NAME ": --alpn list is empty\n");
     return -1;

@@ -582,6 +582,19 @@ static void on_client_handshake(uvctx_tls_t* tls, int status) {
   start_connect(c);
 }
 
+void relay_log_refused(const relay_worker_t* w, const struct sockaddr* peer,
+                       const char* reason) {
+  relay_log_line_t ln;
+  char addr[64];
+
+  relay_format_addr(peer, addr, sizeof(addr));
+  relay_log_begin(&ln, "refused");
+  relay_log_u64(&ln, "worker", w->index);
+  relay_log_str(&ln, "peer", addr);
+  relay_log_str(&ln, "reason", reason);
+  relay_log_end(&ln);
+}
+
 void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
   relay_server_t* srv = w->srv;
   relay_conn_t* c;
@@ -596,7 +609,7 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
     close(fd);
     atomic_fetch_sub(&srv->active, 1);
     atomic_fetch_add_explicit(&w->counters.refused, 1, memory_order_relaxed);
-    relay_log_event("refused", "reason", "out-of-memory", NULL);
+    relay_log_refused(w, peer, "out-of-memory");
     return;
   }
   c->w = w;

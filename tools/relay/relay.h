@@ -217,6 +217,9 @@ int relay_server_run(relay_config_t* cfg);
 
 /* Takes over `fd`, a connected socket accepted by worker `w`. */
 void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer);
+/* Logs `refused` for a connection from `peer` that `w` turned away. */
+void relay_log_refused(const relay_worker_t* w, const struct sockaddr* peer,
+                       const char* reason);
 
 /* Called by conn.c when a connection's last handle has closed. */
 void relay_worker_conn_done(relay_worker_t* w);

@@ -93,16 +93,24 @@ static void on_pause_over(uv_timer_t* t) {
     uv_poll_start(&w->poll, UV_READABLE, on_acceptable);
 }
 
+/* Starts a log line about worker `w`: its index is a number (in JSON
+ * too), like every count the relay logs. */
+static void worker_line(relay_log_line_t* ln, const char* event,
+                        const relay_worker_t* w) {
+  relay_log_begin(ln, event);
+  relay_log_u64(ln, "worker", w->index);
+}
+
 static void pause_accepting(relay_worker_t* w, int err) {
-  char idx[16];
+  relay_log_line_t ln;
 
   uv_poll_stop(&w->poll);
   uv_timer_start(&w->pause_timer, on_pause_over, ACCEPT_PAUSE_MS, 0);
   if (!w->paused) {
     w->paused = 1;
-    snprintf(idx, sizeof(idx), "%u", w->index);
-    relay_log_event("accept-paused", "worker", idx, "error", uv_err_name(err),
-                    NULL);
+    worker_line(&ln, "accept-paused", w);
+    relay_log_str(&ln, "error", uv_err_name(err));
+    relay_log_end(&ln);
   }
 }
 
@@ -111,8 +119,7 @@ static void on_acceptable(uv_poll_t* p, int status, int events) {
   relay_server_t* srv = w->srv;
   struct sockaddr_storage ss;
   socklen_t len;
-  char idx[16];
-  char peer[64];
+  relay_log_line_t ln;
   int i;
   int fd;
   (void)events;
@@ -137,17 +144,14 @@ static void on_acceptable(uv_poll_t* p, int status, int events) {
     }
     if (w->paused) {
       w->paused = 0;
-      snprintf(idx, sizeof(idx), "%u", w->index);
-      relay_log_event("accept-resumed", "worker", idx, NULL);
+      worker_line(&ln, "accept-resumed", w);
+      relay_log_end(&ln);
     }
     if (atomic_fetch_add(&srv->active, 1) >= srv->cfg->max_connections) {
       atomic_fetch_sub(&srv->active, 1);
       atomic_fetch_add_explicit(&w->counters.refused, 1, memory_order_relaxed);
       close(fd);
-      relay_format_addr((struct sockaddr*)&ss, peer, sizeof(peer));
-      snprintf(idx, sizeof(idx), "%u", w->index);
-      relay_log_event("refused", "worker", idx, "peer", peer, "reason",
-                      "max-connections", NULL);
+      relay_log_refused(w, (struct sockaddr*)&ss, "max-connections");
       continue;
     }
     relay_conn_start(w, fd, (struct sockaddr*)&ss);
@@ -218,23 +222,21 @@ static int open_traces(relay_server_t* srv) {
 static int stop_trace(relay_worker_t* w) {
   uvctx_trace_counts_t n = {0, 0, 0};
   char path[4096];
-  char idx[16];
-  char written[24];
-  char dropped[24];
+  relay_log_line_t ln;
   int rc;
 
   w->tracing = 0;
   rc = uvctx_loop_trace_stop(w->l, &n);
   trace_path(w->srv->cfg, w->index, path, sizeof(path));
-  snprintf(idx, sizeof(idx), "%u", w->index);
-  snprintf(written, sizeof(written), "%llu", (unsigned long long)n.written);
-  snprintf(dropped, sizeof(dropped), "%llu", (unsigned long long)n.dropped);
-  if (rc != 0)
-    relay_log_event("trace-error", "worker", idx, "file", path, "error",
-                    uv_err_name(rc), NULL);
-  else
-    relay_log_event("trace", "worker", idx, "file", path, "events", written,
-                    "dropped", dropped, NULL);
+  worker_line(&ln, rc != 0 ? "trace-error" : "trace", w);
+  relay_log_str(&ln, "file", path);
+  if (rc != 0) {
+    relay_log_str(&ln, "error", uv_err_name(rc));
+  } else {
+    relay_log_u64(&ln, "events", n.written);
+    relay_log_u64(&ln, "dropped", n.dropped);
+  }
+  relay_log_end(&ln);
   return rc;
 }
 
@@ -300,7 +302,7 @@ static void on_drain_deadline(uvctx_watch_t* watch, int err) {
 
 static void on_signal(relay_server_t* srv, int signum) {
   const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
-  char ms[32];
+  relay_log_line_t ln;
   int rc;
 
   srv->signals++;
@@ -309,9 +311,10 @@ static void on_signal(relay_server_t* srv, int signum) {
     cancel_root(srv);
     return;
   }
-  snprintf(ms, sizeof(ms), "%llu",
-           (unsigned long long)srv->cfg->drain_timeout_ms);
-  relay_log_event("draining", "signal", name, "drain_timeout_ms", ms, NULL);
+  relay_log_begin(&ln, "draining");
+  relay_log_str(&ln, "signal", name);
+  relay_log_u64(&ln, "drain_timeout_ms", srv->cfg->drain_timeout_ms);
+  relay_log_end(&ln);
   uvctx_cancel_cause(srv->accepting, UV_ECANCELED, "draining");
   relay_metrics_stop_accepting(srv);
   if (srv->cfg->drain_timeout_ms == 0) {
@@ -509,7 +512,6 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
   socklen_t blen = sizeof(bound);
   char where[96];
   char maddr[96];
-  char nw[16];
   relay_log_line_t ln;
   unsigned i;
   int status = RELAY_EXIT_OK;
@@ -578,11 +580,10 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
       printf("metrics on %s\n", maddr);
     fflush(stdout);
   }
-  snprintf(nw, sizeof(nw), "%u", srv->nworkers);
   relay_log_begin(&ln, "start");
   relay_log_str(&ln, "listen", where);
   relay_log_str(&ln, "connect", cfg->connect.text);
-  relay_log_str(&ln, "workers", nw);
+  relay_log_u64(&ln, "workers", srv->nworkers);
   relay_log_str(&ln, "tls", cfg->server_tls ? "on" : "off");
   relay_log_str(&ln, "connect_tls", cfg->client_tls ? "on" : "off");
   if (srv->metrics != NULL)
@@ -622,7 +623,9 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
     if (uv_loop_close(&srv->loop) != 0)
       status = RELAY_EXIT_FAILURE;
   }
-  relay_log_event("exit", "status", status == 0 ? "0" : "1", NULL);
+  relay_log_begin(&ln, "exit");
+  relay_log_u64(&ln, "status", (uint64_t)status);
+  relay_log_end(&ln);
   free(srv->workers);
   return status;
 }
