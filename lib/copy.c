@@ -468,7 +468,12 @@ static void on_idle_timer(uv_timer_t* t) {
   idle = uv_hrtime() - op->last_progress;
   limit = op->idle_ms * 1000000;
   if (idle >= limit) {
-    op_abort(op, UV_ETIMEDOUT, 1);
+    /* A context done before its watch callback had its turn wins here
+     * too, as in op_fail(): the cancel came first. */
+    op_abort(op,
+             op->watching && uvctx_err(op->ctx) != 0 ? uvctx_err(op->ctx)
+                                                     : UV_ETIMEDOUT,
+             1);
     return;
   }
   /* At least 1 ms: a 0 ms timer started from a timer callback runs again
@@ -603,6 +608,8 @@ int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx, uvctx_stream_t* src,
 uint64_t uvctx_copy_bytes(const uvctx_copy_t* c) {
   const op_t* op;
 
+  if (c == NULL)
+    return 0;
   op = c->state_;
   return op != NULL ? op->dir[0].bytes : c->bytes_;
 }

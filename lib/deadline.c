@@ -87,7 +87,12 @@ void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
 
 int uvctx__hires_open(void) {
   int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  return fd >= 0 ? fd : -errno; /* libuv codes are negated errno on Unix */
+  if (fd >= 0)
+    return fd;
+  /* A kernel without timerfd: what the header promises for a platform
+   * without one. Other errors (EMFILE, ENOMEM) as they are: libuv codes
+   * are negated errno on Unix. */
+  return errno == ENOSYS ? UV_ENOTSUP : -errno;
 }
 
 /* uv_hrtime() reads CLOCK_MONOTONIC, so a deadline is directly an absolute

@@ -247,6 +247,11 @@ void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
 void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
 int uvctx__valid(const uvctx_t* c);
 
+/* The length of the valid UTF-8 sequence at s (n > 0 bytes left), or 0:
+ * overlong forms, surrogates and code points above U+10FFFF are invalid.
+ * The log-field and trace writers keep valid text and replace the rest. */
+size_t uvctx__utf8_len(const unsigned char* s, size_t n);
+
 /* deadline.c */
 int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);

@@ -33,8 +33,7 @@ static void fx_ch(fixed_t* o, char ch) {
   fx_put(o, &ch, 1);
 }
 
-/* The length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char* s, size_t n) {
+size_t uvctx__utf8_len(const unsigned char* s, size_t n) {
   unsigned char c = s[0];
   unsigned char lo = 0x80, hi = 0xbf;
   size_t len, i;
@@ -109,7 +108,7 @@ static void put_escaped(fixed_t* o, const char* s, size_t n) {
       i++;
       continue;
     }
-    len = utf8_len(p + i, n - i);
+    len = uvctx__utf8_len(p + i, n - i);
     if (len == 0) {
       fx_put(o, replacement, 3);
       i++;
@@ -165,7 +164,7 @@ static void put_logfmt_name(fixed_t* o, const char* name) {
       i++;
       continue;
     }
-    len = utf8_len(p + i, n - i);
+    len = uvctx__utf8_len(p + i, n - i);
     if (len == 0) {
       fx_put(o, replacement, 3);
       i++;
@@ -346,7 +345,7 @@ static void tx_label(text_t* t, const char* s) {
       i++;
       continue;
     }
-    len = utf8_len(p + i, n - i);
+    len = uvctx__utf8_len(p + i, n - i);
     if (len == 0) {
       tx_put(t, replacement, 3);
       i++;

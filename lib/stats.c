@@ -39,7 +39,7 @@ uint64_t uvctx_histogram_quantile(const uvctx_histogram_t* h, double q) {
   unsigned i;
   if (h == NULL || h->count == 0)
     return 0;
-  if (q <= 0)
+  if (!(q > 0)) /* NaN as 0: the conversion below would be undefined */
     q = 0;
   if (q > 1)
     q = 1;

@@ -51,16 +51,26 @@ int uvctx__stream_unusable(const uvctx_stream_t* s) {
 
 int uvctx_stream_read_start(uvctx_stream_t* s, uvctx_alloc_cb alloc_cb,
                             uvctx_read_cb read_cb) {
+  uvctx_alloc_cb old_alloc;
+  uvctx_read_cb old_read;
+  unsigned was_reading;
   int rc;
 
   if (s == NULL || alloc_cb == NULL || read_cb == NULL || unusable(s))
     return UV_EINVAL;
+  old_alloc = s->alloc_cb_;
+  old_read = s->read_cb_;
+  was_reading = s->flags_ & S_READING;
   s->alloc_cb_ = alloc_cb;
   s->read_cb_ = read_cb;
   s->flags_ |= S_READING;
   rc = s->ops_->read_start(s);
-  if (rc != 0)
-    s->flags_ &= ~S_READING;
+  if (rc != 0) {
+    /* As it was: a failed call changes nothing. */
+    s->alloc_cb_ = old_alloc;
+    s->read_cb_ = old_read;
+    s->flags_ = (s->flags_ & ~S_READING) | was_reading;
+  }
   return rc;
 }
 
@@ -249,7 +259,10 @@ static void uvs_read(uv_stream_t* h, ssize_t nread, const uv_buf_t* buf) {
 }
 
 static int uvs_read_start(uvctx_stream_t* s) {
-  return uv_read_start(UVS_HANDLE(s), uvs_alloc, uvs_read);
+  int rc = uv_read_start(UVS_HANDLE(s), uvs_alloc, uvs_read);
+  /* libuv 1.44 refuses a second start; ours only swaps the callbacks,
+   * which the generic layer has done (libuv's stay ours). */
+  return rc == UV_EALREADY ? 0 : rc;
 }
 
 static int uvs_read_stop(uvctx_stream_t* s) {

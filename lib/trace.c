@@ -242,16 +242,31 @@ static void out_us(tracer_t* t, const char* key, uint64_t ns) {
   out(t, ",\"%s\":%" PRIu64 ".%03u", key, ns / 1000, (unsigned)(ns % 1000));
 }
 
+/* Paths may hold anything: valid UTF-8 is kept, control characters are
+ * escaped, and every byte that is not part of valid UTF-8 becomes U+FFFD,
+ * as in log fields. */
 static void out_str(tracer_t* t, const char* s) {
+  const unsigned char* p = (const unsigned char*)s;
+  size_t n = strlen(s);
+  size_t i = 0;
+  size_t len;
+
   out(t, "\"");
-  for (; *s != '\0'; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\')
+  while (i < n) {
+    unsigned char ch = p[i];
+    if (ch == '"' || ch == '\\') {
       out(t, "\\%c", ch);
-    else if (ch < 0x20 || ch >= 0x7f) /* paths may hold anything */
+      i++;
+    } else if (ch < 0x20 || ch == 0x7f) {
       out(t, "\\u%04x", ch);
-    else
-      out(t, "%c", ch);
+      i++;
+    } else if ((len = uvctx__utf8_len(p + i, n - i)) == 0) {
+      out(t, "\\ufffd");
+      i++;
+    } else {
+      out(t, "%.*s", (int)len, s + i);
+      i += len;
+    }
   }
   out(t, "\"");
 }
@@ -476,27 +491,31 @@ static void close_cb(uv_handle_t* h) {
 /* ---- the public API --------------------------------------------------------
  */
 
+/* The ring's capacity for `opts`, or 0 if they are out of range. */
+static uint64_t ring_cap(const uvctx_trace_options_t* opts) {
+  uint64_t cap = 1;
+
+  if (opts == NULL || opts->ring_events == 0)
+    return UVCTX_TRACE_DEFAULT_RING;
+  if (opts->ring_events < UVCTX_TRACE_MIN_RING ||
+      opts->ring_events > UVCTX_TRACE_MAX_RING)
+    return 0;
+  while (cap < opts->ring_events)
+    cap <<= 1;
+  return cap;
+}
+
 int uvctx_loop_trace_start(uvctx_loop_t* l, FILE* sink,
                            const uvctx_trace_options_t* opts) {
   tracer_t* t;
-  uint64_t cap = UVCTX_TRACE_DEFAULT_RING;
+  uint64_t cap = ring_cap(opts);
   unsigned flush_ms = UVCTX_TRACE_DEFAULT_FLUSH_MS;
   int busy, rc;
 
-  if (l == NULL || sink == NULL || l->closing)
+  if (l == NULL || sink == NULL || l->closing || cap == 0)
     return UV_EINVAL;
-  if (opts != NULL) {
-    if (opts->ring_events != 0) {
-      if (opts->ring_events < UVCTX_TRACE_MIN_RING ||
-          opts->ring_events > UVCTX_TRACE_MAX_RING)
-        return UV_EINVAL;
-      cap = 1;
-      while (cap < opts->ring_events)
-        cap <<= 1;
-    }
-    if (opts->flush_ms != 0)
-      flush_ms = opts->flush_ms;
-  }
+  if (opts != NULL && opts->flush_ms != 0)
+    flush_ms = opts->flush_ms;
   uvctx__lock();
   busy = find_locked(l) != NULL;
   uvctx__unlock();
@@ -577,13 +596,15 @@ int uvctx_loop_trace_open(uvctx_loop_t* l, const char* path,
   FILE* f;
   int rc;
   tracer_t* t;
-  if (l == NULL || path == NULL)
+  /* Every check that can be made before the file is created or truncated
+   * is made first: a refused call leaves an existing file alone. */
+  if (l == NULL || path == NULL || l->closing || ring_cap(opts) == 0)
     return UV_EINVAL;
   uvctx__lock();
   t = find_locked(l);
   uvctx__unlock();
   if (t != NULL)
-    return UV_EBUSY; /* before truncating a file */
+    return UV_EBUSY;
   f = fopen(path, "w");
   if (f == NULL)
     return errno != 0 ? uv_translate_sys_error(errno) : UV_EIO;

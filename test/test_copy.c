@@ -518,6 +518,36 @@ START_TEST(test_idle_stalled_sender) {
 }
 END_TEST
 
+/* A cancel and the idle timeout in the same loop turn, the cancel first:
+ * the idle timer runs before the copy's watch callback has had its turn,
+ * and the context's error still wins. Both timers are due when the loop
+ * first runs (it starts 80 ms late), and libuv runs equal timeouts in the
+ * order they were started. */
+static void cancel_now(uv_timer_t* t) {
+  (void)t;
+  ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+}
+
+START_TEST(test_idle_and_cancel_same_turn) {
+  uvctx_copy_options_t o;
+  uv_timer_t t;
+  memset(&o, 0, sizeof(o));
+  o.idle_timeout_ms = 50;
+  world_begin(0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  uv_update_time(uvt_loop);
+  ck_assert_int_eq(uv_timer_init(uvt_loop, &t), 0);
+  ck_assert_int_eq(uv_timer_start(&t, cancel_now, 50, 0), 0);
+  world_start_copy(W.ctx, &o);
+  uv_sleep(80);
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  ck_assert_int_eq(W.res.status, UV_ECANCELED);
+  cp_close_h((uv_handle_t*)&t);
+  world_end();
+}
+END_TEST
+
 /* The sink stalls with the destination's queue full: no progress either
  * way, so the idle timeout fires. */
 START_TEST(test_idle_stalled_sink) {
@@ -804,6 +834,9 @@ START_TEST(test_invalid_arguments) {
   r = W.r;
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
   bad_calls = 0;
+  /* The progress readers take NULL, as the other accessors do. */
+  ck_assert_uint_eq(uvctx_copy_bytes(NULL), 0);
+  uvctx_pipe_bytes(NULL, NULL, NULL);
   ck_assert_int_eq(uvctx_copy_start(NULL, W.ctx, &r->in, &r->out, NULL,
                                     bad_cb), UV_EINVAL);
   ck_assert_int_eq(uvctx_copy_start(&c2, NULL, &r->in, &r->out, NULL,
@@ -934,6 +967,7 @@ static Suite* copy_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_deadline_mid_transfer);
   tcase_add_test(tc, test_idle_stalled_sender);
+  tcase_add_test(tc, test_idle_and_cancel_same_turn);
   tcase_add_test(tc, test_idle_stalled_sink);
   tcase_add_test(tc, test_idle_slow_steady_reader);
   suite_add_tcase(s, tc);

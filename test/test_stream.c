@@ -326,6 +326,42 @@ START_TEST(test_reset_is_an_error) {
 }
 END_TEST
 
+/* A second read_start while reading swaps the callbacks and keeps reading
+ * (libuv itself refuses a second uv_read_start with UV_EALREADY). */
+static int first_reads;
+static void first_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  (void)s;
+  (void)n;
+  (void)b;
+  first_reads++;
+}
+
+START_TEST(test_read_start_twice) {
+  cp_handle_t a;
+  cp_handle_t peer;
+  uvctx_stream_t s;
+  cp_sender_t snd;
+
+  memset(&R, 0, sizeof(R));
+  memset(&a, 0, sizeof(a));
+  memset(&peer, 0, sizeof(peer));
+  first_reads = 0;
+  tcp_pair(&a, &peer);
+  ck_assert_int_eq(uvctx_stream_init_uv(&s, &a.s), 0);
+  ck_assert_int_eq(uvctx_stream_read_start(&s, s_alloc, first_read), 0);
+  ck_assert_int_eq(uvctx_stream_read_start(&s, s_alloc, s_read), 0);
+  cp_sender_start(&snd, &peer.s, 100000, 4096, 7, 1);
+  UVT_RUN_UNTIL(R.eof || R.err);
+  ck_assert_int_eq(R.err, 0);
+  ck_assert_uint_eq(R.got, 100000);
+  ck_assert_int_eq(first_reads, 0);
+  cp_closes_pending__++;
+  uvctx_stream_close(&s, stream_closed);
+  cp_close(&peer);
+  cp_wait_closed();
+}
+END_TEST
+
 /* ---- the generic layer, with an in-test stream kind --------------------- */
 
 /* A loopback kind: writes land in its own read side, completed from an idle
@@ -466,6 +502,7 @@ static Suite* stream_suite(void) {
   tcase_add_test(tc, test_close_with_pending);
   tcase_add_test(tc, test_detach);
   tcase_add_test(tc, test_reset_is_an_error);
+  tcase_add_test(tc, test_read_start_twice);
   suite_add_tcase(s, tc);
   tc = tcase_create("generic");
   tcase_add_checked_fixture(tc, st_setup, st_teardown);

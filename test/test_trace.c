@@ -430,6 +430,17 @@ START_TEST(start_stop_contract) {
     json_free(doc);
   }
 
+  /* Refused options leave an existing file as it was. */
+  {
+    struct stat st0, st1;
+    ck_assert_int_eq(stat(tmp_path, &st0), 0);
+    ck_assert_int_gt(st0.st_size, 0);
+    o.ring_events = UVCTX_TRACE_MAX_RING + 1;
+    ck_assert_int_eq(uvctx_loop_trace_open(uvt_l, tmp_path, &o), UV_EINVAL);
+    ck_assert_int_eq(stat(tmp_path, &st1), 0);
+    ck_assert_int_eq(st1.st_size, st0.st_size);
+  }
+
   /* uvctx_loop_trace_open() owns its file; a second trace may follow. */
   ck_assert_int_eq(uvctx_loop_trace_open(uvt_l, tmp_path, NULL), 0);
   {

@@ -122,7 +122,8 @@ UVCTX_EXTERN int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx,
                                   const uvctx_copy_options_t* opts,
                                   uvctx_copy_cb cb);
 
-/* Bytes written to the destination so far (the final count once done). */
+/* Bytes written to the destination so far (the final count once done).
+ * Loop thread. 0 for NULL. */
 UVCTX_EXTERN uint64_t uvctx_copy_bytes(const uvctx_copy_t* c);
 
 /* ------------------------------------------------------------------------ */
