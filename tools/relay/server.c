@@ -370,6 +370,12 @@ static int signals_open(relay_server_t* srv) {
   rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
   if (rc != 0)
     return -rc;
+  /* A shell starts background jobs with SIGINT ignored, and POSIX leaves
+   * it unspecified whether a blocked signal that is ignored stays pending
+   * (Linux keeps it). Take both back to the default action, which the
+   * mask keeps from running, as installing a handler would. */
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
   srv->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   if (srv->sigfd < 0)
     return -errno;
