@@ -135,7 +135,7 @@ void uvctx_stream_close(uvctx_stream_t* s, uvctx_stream_close_cb cb) {
 }
 
 size_t uvctx_stream_write_queue_size(const uvctx_stream_t* s) {
-  if (s == NULL || s->ops_ == NULL || (s->flags_ & S_CLOSED))
+  if (s == NULL || s->ops_ == NULL || (s->flags_ & (S_CLOSED | S_DETACHED)))
     return 0;
   return s->ops_->write_queue_size(s);
 }

@@ -71,6 +71,7 @@ START_TEST(test_init_uv_checks) {
   ck_assert_ptr_eq(uvctx_stream_loop(&s), uvt_loop);
   ck_assert_int_eq(uvctx_stream_uv_detach(&s), 0);
   ck_assert_ptr_eq(a.h.data, &marker);
+  ck_assert_uint_eq(uvctx_stream_write_queue_size(&s), 0);
   ck_assert_int_eq(uvctx_stream_uv_detach(&s), UV_EINVAL);
   /* A closing handle. */
   cp_close(&b);
