@@ -77,8 +77,10 @@ UVCTX_EXTERN int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out);
  * expiry) under a uv_poll_t instead of a uv_timer_t, whose whole cached
  * milliseconds add up to a millisecond of lateness; deadlines are still
  * never early. It costs a timerfd_settime() system call whenever the
- * earliest deadline moves earlier. UV_ENOTSUP where there is no timerfd,
- * UV_EINVAL for unknown flags. */
+ * earliest deadline moves earlier. UV_ENOTSUP where there is no timerfd
+ * (not Linux, or a kernel without it), UV_EINVAL for unknown flags. Other
+ * timerfd_create() errors are returned as libuv codes (UV_EMFILE,
+ * UV_ENOMEM, ...); otherwise as uvctx_loop_init(). */
 #define UVCTX_LOOP_HIRES_DEADLINES 1u
 UVCTX_EXTERN int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags,
                                     uvctx_loop_t** out);
@@ -94,10 +96,13 @@ UVCTX_EXTERN int uvctx_loop_adopt(uvctx_loop_t* l);
  * context homed on the loop is still referenced, any watch homed on it is
  * pending, a context homed on another loop still has this loop's
  * background as its parent (use uvctx_loop_dump() to see which), or a trace
- * is still running on it (see uvctx_loop_trace_stop()). On 0 the binding's handles
- * are closing: run the loop once more (uv_run(loop, UV_RUN_DEFAULT)) before
- * uv_loop_close(); the binding is freed in the last close callback. Loop
- * thread only. */
+ * is still running on it (see uvctx_loop_trace_stop()); UV_EINVAL for NULL
+ * or a binding already closing. On 0 the binding's handles are closing: run
+ * the loop once more (uv_run(loop, UV_RUN_DEFAULT)) before uv_loop_close();
+ * the binding is freed in the last close callback. The binding's life ends
+ * when this returns 0: making contexts or watches on its background, or any
+ * other use of it, is then undefined, as with a libuv handle after
+ * uv_close(). Nothing checks this. Loop thread only. */
 UVCTX_EXTERN int uvctx_loop_close(uvctx_loop_t* l);
 
 /* Writes one line per live context homed on `l` (kind, parent, reference
@@ -198,7 +203,9 @@ typedef struct uvctx_key_s {
 
 /* The loop's root context: never done, no deadline, no values. It is not
  * reference counted: uvctx_ref(), uvctx_unref() and uvctx_release() are
- * no-ops on it, and it lives as long as the binding. Any thread. */
+ * no-ops on it, and it lives as long as the binding: until
+ * uvctx_loop_close() returns 0. Making a context or a watch on it after that
+ * is undefined. Any thread. */
 UVCTX_EXTERN uvctx_t* uvctx_background(uvctx_loop_t* l);
 
 /* The constructors below are callable from any thread. Each stores in *out
@@ -221,10 +228,12 @@ UVCTX_EXTERN int uvctx_with_cancel_on(uvctx_t* parent, uvctx_loop_t* home,
 /* A child that is cancelled with UV_ETIMEDOUT once uv_hrtime() reaches
  * `deadline_ns` (never earlier). A deadline at or before the current
  * uv_hrtime() cancels the child before the call returns. If the parent's
- * deadline is sooner, the child takes no timer entry of its own. Called on
- * the home loop's thread (or while nobody runs the loop) the deadline is
- * armed before the call returns; from another thread, through the loop's
- * mailbox. */
+ * deadline is sooner or equal, the child takes no timer entry of its own.
+ * Called on the thread uvctx has recorded as the home loop's (see
+ * uvctx_loop_init() and uvctx_loop_adopt()), the deadline is armed before
+ * the call returns. From any other thread, even while nobody runs the loop,
+ * it is armed by the loop's thread when the loop handles its mailbox (or by
+ * uvctx_loop_adopt()). */
 UVCTX_EXTERN int uvctx_with_deadline(uvctx_t* parent, uint64_t deadline_ns,
                                      uvctx_t** out);
 
@@ -235,7 +244,9 @@ UVCTX_EXTERN int uvctx_with_timeout(uvctx_t* parent, uint64_t timeout_ms,
 
 /* As above, but when the deadline fires the context's cause is `cause` (a
  * negative code) with a copy of `msg` (may be NULL). Cancelling it by hand
- * still records UV_ECANCELED. UV_EINVAL if cause >= 0. */
+ * still records UV_ECANCELED. If the parent's deadline is earlier or equal,
+ * the child has no timer entry of its own and is cancelled with the
+ * parent's cause when that deadline fires. UV_EINVAL if cause >= 0. */
 UVCTX_EXTERN int uvctx_with_deadline_cause(uvctx_t* parent,
                                            uint64_t deadline_ns, int cause,
                                            const char* msg, uvctx_t** out);
@@ -244,9 +255,10 @@ UVCTX_EXTERN int uvctx_with_timeout_cause(uvctx_t* parent,
                                           const char* msg, uvctx_t** out);
 
 /* A child carrying `value` under `key` (a NULL value shadows an outer
- * binding). When the context is freed, key->free_value(value) runs if set,
- * on the thread that drops the last reference. The context is done when its
- * parent is; it cannot be cancelled by itself. UV_EINVAL for a NULL key. */
+ * binding). When the context is freed, key->free_value(value) runs if
+ * free_value is set and value is not NULL, on the thread that drops the last
+ * reference. The context is done when its parent is; it cannot be cancelled
+ * by itself. UV_EINVAL for a NULL key. */
 UVCTX_EXTERN int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key,
                                   void* value, uvctx_t** out);
 

@@ -1,6 +1,7 @@
-/* loop.c owns the binding of uvctx to a uv_loop_t: its three handles (the
+/* loop.c owns the binding of uvctx to a uv_loop_t: its handles (the
  * mailbox, the deadline timer, the prepare handle that learns which thread
- * runs the loop), the registry of bindings, closing and counting. */
+ * runs the loop, and with hires deadlines the timerfd's poll handle), the
+ * registry of bindings, closing and counting. */
 #include <string.h>
 #include <unistd.h>
 

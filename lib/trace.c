@@ -196,8 +196,9 @@ void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns) {
   push_locked(t, &e);
 }
 
-/* The core may already have detached the context from the watch when this
- * runs (ctx_ is NULL then): the event then names the watch only. */
+/* The core calls this before it clears the watch's context (lib/watch.c),
+ * so the event names the watched context and its depth. A NULL ctx_ is
+ * still handled: the event then names the watch only. */
 void uvctx__trace_callback(const uvctx_watch_t* w, int err) {
   tracer_t* t;
   ev_t e;

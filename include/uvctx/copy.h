@@ -51,8 +51,12 @@ enum {
  *              callback: a copy never holds more than buffers*buffer_size.
  * high_water   reading stops while the destination's write queue
  *              (uvctx_stream_write_queue_size()) could exceed it after one
- *              more buffer, so the queue never exceeds it: 4 buffers; at
- *              least buffer_size.
+ *              more buffer: 4 buffers; at least buffer_size. The queue then
+ *              never exceeds it if it holds only the copy's writes and is
+ *              empty once they have completed (libuv streams, uvctx TLS
+ *              sessions). Bytes someone else queued can take it past the
+ *              mark: the copy does not check the queue when it starts, and
+ *              resumes whenever none of its own writes is in flight.
  * low_water    reading resumes once the queue is at or below it (or no
  *              write is in flight): one buffer, or high_water - buffer_size
  *              if that is less; at most high_water - buffer_size (so a
@@ -108,7 +112,10 @@ struct uvctx_copy_s {
  *   UVCTX_COPY_KEEP_OPEN_IDLE and nothing in flight they are left open
  *   (reading stopped); uvctx_stream_is_closing() tells which happened.
  * When the context is done the status is the context's error, never an EOF
- * or an error caused by the close.
+ * or an error caused by the close; it also wins over an I/O error or the
+ * idle timeout that comes before the copy's watch has run. Only a copy
+ * whose EOF was read before the cancel and whose last write (or shutdown)
+ * completes before that watch runs still ends with 0.
  *
  * Returns 0; UV_EINVAL for NULL arguments, closing streams, invalid options
  * or a context homed on another loop than the streams'; UV_EBUSY if a

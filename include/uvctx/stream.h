@@ -98,9 +98,12 @@ struct uvctx_shutdown_s {
 /* ------------------------------------------------------------------------ */
 
 /* Starts reading: alloc_cb then read_cb run from the loop as data arrives,
- * as with uv_read_start(). Calling it while already reading replaces the
- * callbacks. UV_EINVAL for NULL arguments or a closing stream; else the
- * implementation's error. */
+ * as with uv_read_start(). Calling it while already reading swaps in the new
+ * callbacks and reading goes on (for a libuv stream too, where a second
+ * uv_read_start() would fail with UV_EALREADY). UV_EINVAL for NULL
+ * arguments or a closing or detached stream; else the implementation's
+ * error. A failed call leaves the previous callbacks and the reading state
+ * as they were. */
 UVCTX_EXTERN int uvctx_stream_read_start(uvctx_stream_t* s,
                                          uvctx_alloc_cb alloc_cb,
                                          uvctx_read_cb read_cb);
@@ -140,16 +143,18 @@ UVCTX_EXTERN void uvctx_stream_close(uvctx_stream_t* s,
 
 /* Bytes accepted by uvctx_stream_write() that the stream has not yet handed
  * to the operating system (libuv: uv_stream_get_write_queue_size(); TLS:
- * plaintext not yet encrypted plus ciphertext not yet written). */
+ * plaintext not yet encrypted plus ciphertext not yet written). Still asked
+ * of the implementation while the stream is closing; 0 for NULL and once the
+ * implementation has reported the close done. */
 UVCTX_EXTERN size_t uvctx_stream_write_queue_size(const uvctx_stream_t* s);
 
 /* 1 once uvctx_stream_close() was called, else 0. */
 UVCTX_EXTERN int uvctx_stream_is_closing(const uvctx_stream_t* s);
 
-/* The loop the stream runs on. */
+/* The loop the stream runs on; NULL for NULL. */
 UVCTX_EXTERN uv_loop_t* uvctx_stream_loop(const uvctx_stream_t* s);
 
-/* Write requests accepted and not yet completed. */
+/* Write requests accepted and not yet completed; 0 for NULL. */
 UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
 
 /* ------------------------------------------------------------------------ */
@@ -167,8 +172,10 @@ UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
  * - uvctx_stream_close() closes the handle itself (uv_close); the memory of
  *   both `h` and `s` may be freed in or after the close callback. This is
  *   the usual end, and what uvctx_copy() does when its context is done.
- * - uvctx_stream_uv_detach() returns the open handle to you, reading
- *   stopped, with its original h->data restored.
+ * - uvctx_stream_uv_detach() gives the handle back open, reading stopped,
+ *   with its original h->data restored. It returns 0 or an error, not the
+ *   handle, and clears the stored handle: fetch it with
+ *   uvctx_stream_uv_handle() first.
  * The caller owns the memory of `h` and `s` throughout.
  *
  * A UV_EOF from libuv is checked against the socket's pending error: a
@@ -182,13 +189,16 @@ UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
  * reading handle. On error nothing is changed. */
 UVCTX_EXTERN int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h);
 
-/* The handle a libuv stream wraps (NULL for other kinds). */
+/* The handle a libuv stream wraps; NULL for NULL, for other kinds, and
+ * after uvctx_stream_uv_detach(). */
 UVCTX_EXTERN uv_stream_t* uvctx_stream_uv_handle(const uvctx_stream_t* s);
 
-/* Gives the handle back: stops reading, restores h->data, and leaves `s`
- * unusable (re-init it to use it again). UV_EBUSY while writes or a
- * shutdown are pending (their callbacks still reference `s`); UV_EINVAL
- * for other kinds or a closing stream. */
+/* Gives the handle back: stops reading, restores h->data, clears the
+ * handle stored in `s` (uvctx_stream_uv_handle() returns NULL from then on:
+ * fetch the handle before this call) and leaves `s` unusable (re-init it to
+ * use it again). Returns 0; UV_EBUSY while writes or a shutdown are pending
+ * (their callbacks still reference `s`); UV_EINVAL for NULL, other kinds, or
+ * a closing or already detached stream. On error nothing is changed. */
 UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
 
 /* ------------------------------------------------------------------------ */
@@ -197,12 +207,18 @@ UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
 
 /* The operations of a stream kind. The generic functions above check their
  * arguments and the stream's state, record the callbacks and request fields,
- * then call these; an op is never called on a closing stream (except that
- * read_stop may be called as part of closing by the implementation itself).
+ * then call these. Once the stream is closing, only write_queue_size is
+ * still called (until the implementation calls uvctx_stream_close_done()),
+ * so every kind must answer it while closing; no other op is called on a
+ * closing stream (the implementation may call its own read_stop as part of
+ * closing).
  *
  * read_start  Begin delivering data: call uvctx_stream_emit_alloc() then
  *             uvctx_stream_emit_read() from the loop, never inside
- *             read_start. Called again while reading: keep going.
+ *             read_start. Called again while reading: the generic layer
+ *             has already swapped in the new callbacks; keep reading and
+ *             return 0. On an error, start nothing: the generic layer puts
+ *             the previous callbacks and reading state back.
  * read_stop   Stop delivering at once (no emit_read after it returns).
  * write       Take req (req->stream_, cb_, size_ are set; bufs is copied
  *             if kept); return 0 and later call uvctx_stream_write_done()
@@ -217,7 +233,8 @@ UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
  *             uvctx_stream_close_done(). The generic layer holds the close
  *             callback back until every write_done and shutdown_done has
  *             run, so the user's close callback is always last.
- * write_queue_size  Bytes accepted and not yet handed to the OS.
+ * write_queue_size  Bytes accepted and not yet handed to the OS. Also
+ *             called while the stream is closing, until close_done.
  */
 struct uvctx_stream_ops_s {
   const char* name; /* "uv", "tls", ...: for dumps and errors */
@@ -253,7 +270,8 @@ UVCTX_EXTERN void uvctx_stream_shutdown_done(uvctx_shutdown_t* req,
                                              int status);
 UVCTX_EXTERN void uvctx_stream_close_done(uvctx_stream_t* s);
 
-/* For implementations: the request's stream and byte count. */
+/* For implementations: the request's stream and byte count (the sum of
+ * its buffers' lengths). `req` must not be NULL. */
 UVCTX_EXTERN uvctx_stream_t* uvctx_write_stream(const uvctx_write_t* req);
 UVCTX_EXTERN size_t uvctx_write_size(const uvctx_write_t* req);
 

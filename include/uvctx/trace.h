@@ -60,8 +60,9 @@ typedef struct uvctx_trace_counts_s {
  * allocated here, and two unreferenced handles (a uv_check_t and a
  * uv_timer_t) are added to the loop; they never keep uv_run() alive.
  *
- * Loop thread only. Returns 0, UV_EINVAL (NULL argument, bad option),
- * UV_EBUSY if `l` is already traced, UV_ENOMEM, or a libuv error. Write
+ * Loop thread only. Returns 0, UV_EINVAL (NULL argument, bad option, or a
+ * loop being closed: uvctx_loop_close() has succeeded on it), UV_EBUSY if
+ * `l` is already traced, UV_ENOMEM, or a libuv error. Write
  * errors on the sink are not reported here: they make
  * uvctx_loop_trace_stop() return UV_EIO. */
 UVCTX_EXTERN int uvctx_loop_trace_start(uvctx_loop_t* l, FILE* sink,
@@ -69,7 +70,10 @@ UVCTX_EXTERN int uvctx_loop_trace_start(uvctx_loop_t* l, FILE* sink,
 
 /* uvctx_loop_trace_start() into a file created (or truncated) at `path`,
  * closed by uvctx_loop_trace_stop(). UV_EINVAL, UV_EBUSY, UV_ENOMEM, or the
- * error of fopen() as a libuv code. */
+ * error of fopen() as a libuv code. The checks behind UV_EINVAL and UV_EBUSY
+ * (arguments, options, a closing loop, a loop already traced) are all made
+ * before the file is created or truncated: a call refused with either
+ * leaves an existing file alone. */
 UVCTX_EXTERN int uvctx_loop_trace_open(uvctx_loop_t* l, const char* path,
                                        const uvctx_trace_options_t* opts);
 
