@@ -121,13 +121,18 @@ static int c_with_timeout_cause(void* arg, uvctx_t** out) {
   return uvctx_with_timeout_cause(parent_of(arg), 60000, -7, "cause text", out);
 }
 
-/* A deadline already passed: born done, the cause message copied. */
+/* A deadline already passed: born done, the cause message copied. Only a
+ * failed allocation (the copy's) excuses a missing message. */
 static int c_past_deadline_cause(void* arg, uvctx_t** out) {
   int rc = uvctx_with_deadline_cause(parent_of(arg), 1, -9, "past", out);
+  int failed = uvt_alloc_failed();
   const char* msg;
   if (rc == 0) {
     ck_assert_int_eq(uvctx_err(*out), UV_ETIMEDOUT);
     ck_assert_int_eq(uvctx_cause(*out, &msg), -9);
+    if (!failed)
+      ck_assert_msg(msg != NULL, "past_deadline_cause: no message, and no "
+                                 "allocation failed");
     if (msg != NULL)
       ck_assert_str_eq(msg, "past");
   }
@@ -347,8 +352,10 @@ START_TEST(cancel_cause_message) {
 }
 END_TEST
 
-/* Watches allocate nothing on the loop's thread; whatever they may need,
- * a failure is UV_ENOMEM and the callback never runs. */
+/* Watches allocate nothing on the loop's thread (uvctx_watch_start() has
+ * no UV_ENOMEM to return): with the first allocation set to fail, a start
+ * on each kind of context attempts none, returns 0, and the callback runs
+ * once when the context is done. */
 typedef struct probe_s {
   uvctx_watch_t w;
   int calls;
@@ -360,20 +367,44 @@ static void probe_cb(uvctx_watch_t* w, int err) {
 }
 
 START_TEST(watch_start) {
-  long n;
-  for (n = 1; n <= 8; n++) {
-    uvctx_t* c;
+  static const char* const kinds[] = {"cancel", "deadline", "done",
+                                      "never done"};
+  int k;
+  for (k = 0; k < 4; k++) {
+    uvctx_t* c = NULL;
     probe_t p;
-    int rc;
+    long calls;
+    int rc, failed;
     memset(&p, 0, sizeof(p));
-    ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
-    uvt_alloc_fail_nth(n);
+    switch (k) {
+      case 0:
+        ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+        break;
+      case 1: /* the first deadline watch touches the loop's timer */
+        ck_assert_int_eq(uvctx_with_timeout(uvt_bg, 60000, &c), 0);
+        break;
+      case 2: /* done already: the callback is queued */
+        ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+        ck_assert_int_eq(uvctx_cancel(c), 0);
+        break;
+      default:
+        ck_assert_int_eq(uvctx_with_value(uvt_bg, &key_a, &p, &c), 0);
+        break;
+    }
+    uvt_alloc_fail_nth(1);
     rc = uvctx_watch_start(&p.w, c, probe_cb);
+    calls = uvt_alloc_calls();
+    failed = uvt_alloc_failed();
     uvt_alloc_disarm();
-    ck_assert(rc == 0 || rc == UV_ENOMEM);
+    ck_assert_msg(rc == 0, "%s: rc %d", kinds[k], rc);
+    ck_assert_msg(calls == 0, "%s: %ld allocation(s) attempted", kinds[k],
+                  calls);
+    ck_assert(!failed);
+    if (k == 3)
+      ck_assert_int_eq(uvctx_watch_stop(&p.w), 1); /* would never fire */
     uvctx_release(c);
     ck_assert_int_eq(uv_run(uvt_loop, UV_RUN_DEFAULT), 0);
-    ck_assert_int_eq(p.calls, rc == 0 ? 1 : 0);
+    ck_assert_int_eq(p.calls, k == 3 ? 0 : 1);
   }
 }
 END_TEST

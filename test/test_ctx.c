@@ -93,19 +93,68 @@ static uvctx_t* make(int kind, uvctx_t* parent, uvctx_t* other) {
   return c;
 }
 
+/* A deterministic tree of every cancellable-through kind: node i hangs
+ * under node (i-1)/2 (a binary tree, 7 levels deep for N = 200), and an
+ * any() node also under node i-1, an earlier node of another branch.
+ * Cancelling one inner node first reaches exactly its descendants (derived
+ * from the same edges), then cancelling the root reaches the rest. */
+enum { TREE_N = 200, TREE_SUB = 5 };
+
+static int tree_parent(int i) {
+  return (i - 1) / 2;
+}
+
+static int tree_other(int i) {
+  return i - 1 != tree_parent(i) ? i - 1 : -1;
+}
+
 START_TEST(cancel_propagates_synchronously) {
-  enum { N = 200 };
+  enum { N = TREE_N };
   uvctx_t* node[N];
+  int depth[N];
+  int sub_done[N]; /* expected done after cancelling node TREE_SUB */
   uvctx_t* root;
   const char* msg;
   char text[32];
-  int i;
+  int i, n_sub = 0, deepest_sub = 0;
 
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &root), 0);
   node[0] = root;
-  /* A deterministic tree of every cancellable-through kind. */
-  for (i = 1; i < N; i++)
-    node[i] = make(i % K_NKINDS, node[(i * 7) % i], node[(i * 3) % i]);
+  depth[0] = 0;
+  for (i = 1; i < N; i++) {
+    int o = tree_other(i);
+    node[i] = make(i % K_NKINDS, node[tree_parent(i)], o >= 0 ? node[o] : NULL);
+    depth[i] = depth[tree_parent(i)] + 1;
+  }
+  /* What cancelling node TREE_SUB must reach: itself, and every node with
+   * a parent that is reached (an any() node has two). */
+  for (i = 0; i < N; i++) {
+    int o = tree_other(i);
+    sub_done[i] = i == TREE_SUB ||
+                  (i > 0 && (sub_done[tree_parent(i)] ||
+                             (i % K_NKINDS == K_ANY && o >= 0 && sub_done[o])));
+    if (sub_done[i]) {
+      n_sub++;
+      if (depth[i] - depth[TREE_SUB] > deepest_sub)
+        deepest_sub = depth[i] - depth[TREE_SUB];
+    }
+  }
+  /* The tree is no star: the subtree is deep, and not the whole tree. */
+  ck_assert_int_eq(depth[N - 1], 7);
+  ck_assert_int_eq(deepest_sub, 5); /* depth 2 down to 7 (191..199) */
+  ck_assert_int_gt(n_sub, 1);
+  ck_assert_int_lt(n_sub, N - 1);
+
+  ck_assert_int_eq(uvctx_cancel_cause(node[TREE_SUB], -55, "subtree"), 0);
+  for (i = 0; i < N; i++) {
+    ck_assert_msg(uvctx_err(node[i]) == (sub_done[i] ? UV_ECANCELED : 0),
+                  "node %d (depth %d, kind %d) err %d after the subtree", i,
+                  depth[i], i % K_NKINDS, uvctx_err(node[i]));
+    ck_assert_int_eq(uvctx_cause(node[i], &msg), sub_done[i] ? -55 : 0);
+    if (sub_done[i])
+      ck_assert_str_eq(msg, "subtree");
+  }
+
   snprintf(text, sizeof(text), "%s", "root cause");
   ck_assert_int_eq(uvctx_cancel_cause(root, -1234, text), 0);
   /* The message was copied. */
@@ -113,9 +162,10 @@ START_TEST(cancel_propagates_synchronously) {
   for (i = 0; i < N; i++) {
     ck_assert_msg(uvctx_err(node[i]) == UV_ECANCELED, "node %d err %d", i,
                   uvctx_err(node[i]));
-    ck_assert_int_eq(uvctx_cause(node[i], &msg), -1234);
-    ck_assert_str_eq(msg, "root cause");
-    ck_assert_int_eq(uvctx_cause(node[i], NULL), -1234);
+    /* The first cancel that reached a node stays its cause. */
+    ck_assert_int_eq(uvctx_cause(node[i], &msg), sub_done[i] ? -55 : -1234);
+    ck_assert_str_eq(msg, sub_done[i] ? "subtree" : "root cause");
+    ck_assert_int_eq(uvctx_cause(node[i], NULL), sub_done[i] ? -55 : -1234);
   }
   for (i = N - 1; i >= 0; i--)
     uvctx_unref(node[i]);

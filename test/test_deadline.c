@@ -363,7 +363,7 @@ START_TEST(random_deadlines_never_early) {
   uvctx_t* c;
   uvctx_t* parent;
   uint64_t t_run;
-  int i, fired = 0;
+  int i;
   ck_assert_ptr_nonnull(p);
   ck_assert_int_eq(uvctx_with_timeout(uvt_bg, 150, &parent), 0);
   for (i = 0; i < N; i++) {
@@ -393,6 +393,8 @@ START_TEST(random_deadlines_never_early) {
   uvctx_unref(parent);
   t_run = uv_hrtime();
   ck_assert_int_eq(uv_run(uvt_loop, UV_RUN_DEFAULT), 0);
+  /* Every probe's callback ran exactly once (checked one by one: a count
+   * of the passes would prove nothing). */
   for (i = 0; i < N; i++) {
     ck_assert_msg(p[i].calls == 1, "deadline %d: %d calls", i, p[i].calls);
     ck_assert_int_eq(p[i].err, UV_ETIMEDOUT);
@@ -407,9 +409,7 @@ START_TEST(random_deadlines_never_early) {
                     "deadline %d late by %" PRIu64 " ns", i,
                     p[i].fired_at - from);
     }
-    fired++;
   }
-  ck_assert_int_eq(fired, N);
   ck_assert_uint_eq(counts().contexts, 0);
   ck_assert_uint_eq(counts().deadlines, 0);
   free(p);

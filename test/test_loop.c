@@ -3,6 +3,8 @@
  * nothing) while contexts or watches live, the leak report naming each
  * context, and a loop set up on one thread and run on another. */
 #include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 #include "helpers.h"
 
@@ -61,12 +63,14 @@ static int set_blocking(int fd, int blocking) {
 typedef struct {
   uvctx_loop_t* l;
   FILE* f;
+  atomic_long tid; /* the kernel's id of the dumper thread */
   atomic_int started;
   atomic_int returned;
 } dumper_t;
 
 static void dumper_main(void* arg) {
   dumper_t* d = arg;
+  atomic_store(&d->tid, (long)syscall(SYS_gettid));
   atomic_store(&d->started, 1);
   uvctx_loop_dump(d->l, d->f);
   atomic_store(&d->returned, 1);
@@ -86,6 +90,50 @@ static void canceller_main(void* arg) {
   atomic_store(&c->done, 1);
 }
 
+/* Bytes waiting in the pipe whose read end is `fd`, or -1. */
+static long pipe_unread(int fd) {
+  int n = 0;
+  return ioctl(fd, FIONREAD, &n) == 0 ? (long)n : -1;
+}
+
+/* Is thread `tid` blocked writing to `fd`? From /proc/self/task/<tid>:
+ * `syscall` names the call the thread is blocked in (1: write(fd, ...));
+ * where that file cannot be read, the thread sleeping (state S) is taken
+ * as blocked, the caller having checked that the pipe is still full.
+ * Returns 1 or 0. */
+static int blocked_in_write(long tid, int fd) {
+  char path[96];
+  char state = '?';
+  FILE* f;
+  snprintf(path, sizeof(path), "/proc/self/task/%ld/syscall", tid);
+  f = fopen(path, "r");
+  if (f != NULL) {
+    long nr = -1;
+    unsigned long arg0 = 0;
+    int n = fscanf(f, "%ld %lx", &nr, &arg0);
+    fclose(f);
+    /* "running" (n == 0) is not blocked; EOF: unreadable, fall back. */
+    if (n != EOF)
+      return n == 2 && nr == SYS_write && arg0 == (unsigned long)fd;
+  }
+  snprintf(path, sizeof(path), "/proc/self/task/%ld/stat", tid);
+  f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  /* pid (comm) state ...: comm may hold spaces and parentheses. */
+  {
+    char buf[512];
+    size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+    char* paren;
+    buf[len] = '\0';
+    paren = strrchr(buf, ')');
+    if (paren != NULL && paren[1] == ' ')
+      state = paren[2];
+  }
+  fclose(f);
+  return state == 'S';
+}
+
 START_TEST(dump_to_a_blocked_stream_holds_no_lock) {
   int fds[2];
   char junk[4096];
@@ -93,14 +141,19 @@ START_TEST(dump_to_a_blocked_stream_holds_no_lock) {
   canceller_t c;
   uv_thread_t td, tc;
   uvctx_t* live;
-  int i;
+  long filled = 0;
+  uint64_t until;
+  ssize_t w;
+  int i, blocked = 0;
   ck_assert_int_eq(pipe(fds), 0);
   /* Fill the pipe, so that the report's first write blocks. */
   ck_assert_int_eq(set_blocking(fds[1], 0), 0);
   memset(junk, 'j', sizeof(junk));
-  while (write(fds[1], junk, sizeof(junk)) > 0)
-    ;
+  while ((w = write(fds[1], junk, sizeof(junk))) > 0)
+    filled += (long)w;
   ck_assert_int_eq(set_blocking(fds[1], 1), 0);
+  ck_assert_int_gt(filled, 0);
+  ck_assert_int_eq(pipe_unread(fds[0]), filled);
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &live), 0);
   memset(&d, 0, sizeof(d));
   d.l = uvt_l;
@@ -110,7 +163,29 @@ START_TEST(dump_to_a_blocked_stream_holds_no_lock) {
   ck_assert_int_eq(uv_thread_create(&td, dumper_main, &d), 0);
   while (!atomic_load(&d.started))
     uv_sleep(1);
-  uv_sleep(100); /* into the blocked write */
+  /* Wait (bounded: the loop does not run, so neither does the watchdog)
+   * until the dumper is known to be blocked in its write to the full pipe,
+   * the pipe still as full as we left it. */
+  until = uv_hrtime() + UVT_SCALE(10000, 30000) * (uint64_t)1000000;
+  while (!atomic_load(&d.returned) && uv_hrtime() < until) {
+    if (pipe_unread(fds[0]) == filled &&
+        blocked_in_write(atomic_load(&d.tid), fds[1])) {
+      blocked = 1;
+      break;
+    }
+    uv_sleep(1);
+  }
+  if (!blocked) {
+    int returned = atomic_load(&d.returned);
+    /* Unblock the report before failing, so that the thread can end. */
+    ck_assert_int_eq(set_blocking(fds[0], 0), 0);
+    while (!atomic_load(&d.returned))
+      if (read(fds[0], junk, sizeof(junk)) <= 0)
+        uv_sleep(1);
+    ck_assert_int_eq(uv_thread_join(&td), 0);
+    ck_abort_msg("the dumper never blocked on the full pipe (%s)",
+                 returned ? "it returned" : "timed out");
+  }
   memset(&c, 0, sizeof(c));
   c.l = uvt_l;
   ck_assert_int_eq(uv_thread_create(&tc, canceller_main, &c), 0);

@@ -160,32 +160,53 @@ static void echo_on_q(void) {
 
 static const uint64_t echo_sizes[] = {0, 1, 65537, 3u << 20};
 
+/* Running totals while the transfer is under way, read on every read of
+ * the client's sink until the pipe completes (X is freed once the pipe has
+ * completed and its streams closed). They count writes whose callbacks
+ * have run, which comes a loop turn after the bytes left: what the client
+ * has received is at most the count plus one pool of buffers in flight (8
+ * of 64 KiB by default). */
+static uint64_t echo_total;
+static uint64_t echo_partial; /* samples with 0 < down < total */
+static uint64_t echo_up, echo_down;
+
+static void echo_sample(cp_sink_t* k) {
+  uint64_t up, down;
+  if (calls != 0)
+    return;
+  uvctx_pipe_bytes(&X->pipe, &up, &down);
+  ck_assert_uint_le(k->received, down + 8 * 65536);
+  ck_assert_uint_le(up, echo_total);
+  ck_assert_uint_le(down, echo_total);
+  ck_assert_uint_ge(up, echo_up);
+  ck_assert_uint_ge(down, echo_down);
+  echo_up = up;
+  echo_down = down;
+  if (down > 0 && down < echo_total)
+    echo_partial++;
+}
+
 static void echo_proxy(int unix_pipes, uint64_t total, const char* name) {
   uint64_t seed = uvt_seed(name);
   cp_sender_t snd;
   cp_sink_t sink;
+  echo_total = total;
+  echo_partial = 0;
+  echo_up = 0;
+  echo_down = 0;
   proxy_begin(unix_pipes);
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
   proxy_start(ctx, NULL);
   echo_on_q();
   cp_sink_init(&sink, &p_h.s, 64 * 1024, seed | 1, 1);
+  sink.on_data = echo_sample;
   cp_sender_start(&snd, &p_h.s, total, 100000, seed, 1);
-  if (total >= 65537) {
-    uint64_t up, down;
-    /* Running totals while the transfer is under way. They count writes
-     * whose callbacks have run, which comes a loop turn after the bytes
-     * left: what the client has received is at most the count plus one
-     * pool of buffers in flight (8 of 64 KiB by default). (X is freed once
-     * the pipe has completed and its streams closed.) */
-    UVT_RUN_UNTIL(sink.received >= total / 2);
-    if (calls == 0) {
-      uvctx_pipe_bytes(&X->pipe, &up, &down);
-      ck_assert_uint_le(sink.received, down + 8 * 65536);
-      ck_assert_uint_le(up, total);
-      ck_assert_uint_le(down, total);
-    }
-  }
   UVT_RUN_UNTIL(calls == 1 && sink.eof && echo_done);
+  /* A small transfer can be echoed whole before the client's first read;
+   * 3 MiB cannot: the pipe moves at most one pool a loop turn each way, so
+   * the client reads while the way back is part done. */
+  if (total >= (1u << 20))
+    ck_assert_uint_gt(echo_partial, 0);
   ck_assert_int_eq(status, 0);
   ck_assert_int_eq(echo_status, 0);
   ck_assert_uint_eq(a_to_b, total);
@@ -308,7 +329,15 @@ START_TEST(test_peer_reset) {
 END_TEST
 
 /* Traffic in one direction only keeps the pipe alive past several idle
- * periods; once it stops, the idle timeout fires. */
+ * periods; once it stops, the idle timeout fires. A byte every DRIP_MS
+ * against an idle timeout of three times that: a stall of the loop longer
+ * than the difference ends the pipe early, so sanitized builds, where
+ * stalls of 100 ms and more happen on a loaded machine, use longer
+ * periods. */
+#define DRIP_MS UVT_SCALE(50, 200)
+#define DRIP_IDLE_MS (3 * DRIP_MS)
+#define DRIP_BYTES 11
+
 static uv_timer_t drip;
 static int drips;
 static uint64_t last_drip; /* uv_hrtime() of the last byte written */
@@ -317,7 +346,7 @@ static void drip_cb(uv_timer_t* t) {
   static char one = 0;
   uv_buf_t b = uv_buf_init(&one, 1);
   one = (char)cp_pattern((uint64_t)drips);
-  if (++drips == 12) {
+  if (++drips == DRIP_BYTES + 1) {
     uv_timer_stop(t);
     return;
   }
@@ -330,26 +359,29 @@ START_TEST(test_idle_either_direction) {
   uint64_t t0;
   uint64_t ms;
   memset(&o, 0, sizeof(o));
-  o.idle_timeout_ms = 150;
+  o.idle_timeout_ms = DRIP_IDLE_MS;
   drips = 0;
   proxy_begin(0);
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
   proxy_start(ctx, &o);
   cp_sink_init(&p_sink, &p_h.s, 8192, 0, 1);
   ck_assert_int_eq(uv_timer_init(uvt_loop, &drip), 0);
-  ck_assert_int_eq(uv_timer_start(&drip, drip_cb, 50, 50), 0);
+  ck_assert_int_eq(uv_timer_start(&drip, drip_cb, DRIP_MS, DRIP_MS), 0);
   t0 = uv_hrtime();
   UVT_RUN_UNTIL(calls == 1);
   ms = (uv_hrtime() - t0) / 1000000;
   ck_assert_int_eq(status, UV_ETIMEDOUT);
   ck_assert_uint_eq(a_to_b, 0);
-  ck_assert_int_ge(drips, 11);
+  /* Every byte went through before the timeout (the timer's last turn
+   * only stops it). */
+  ck_assert_int_ge(drips, DRIP_BYTES);
+  ck_assert_uint_eq(b_to_a, DRIP_BYTES);
   /* The idle period counts from the last byte and is never short by the
    * real clock. The drip timer runs on libuv's cached millisecond clock,
    * so the total is compared with a millisecond of slack. */
-  ck_assert_uint_ge(uv_hrtime() - last_drip, 150 * 1000000ull);
+  ck_assert_uint_ge(uv_hrtime() - last_drip, DRIP_IDLE_MS * 1000000ull);
   if (!UVCTX_TEST_SANITIZED)
-    ck_assert_uint_ge(ms, 550 + 150 - 1);
+    ck_assert_uint_ge(ms, DRIP_BYTES * DRIP_MS + DRIP_IDLE_MS - 1);
   cp_close_h((uv_handle_t*)&drip);
   cp_sink_free(&p_sink);
   proxy_end();

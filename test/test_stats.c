@@ -175,7 +175,7 @@ END_TEST
  * _total, and histograms with increasing `le`, cumulative bucket counts,
  * +Inf equal to _count. Returns NULL or what is wrong. */
 #define MAXSERIES 4096
-static char seen_series[MAXSERIES][160];
+static char seen_series[MAXSERIES][512]; /* a line fits in 512 */
 static size_t n_series;
 
 static int name_ok(const char* s, size_t n) {
@@ -308,15 +308,16 @@ static const char* check_exposition(const char* text) {
         return "bad sample value";
       if (value < 0)
         return "negative sample";
-      /* duplicates */
+      /* duplicates: the series is the line up to the space before its
+       * value (p), compared with the series seen before. */
       for (i = 0; i < n_series; i++)
-        if (strcmp(seen_series[i], buf) == 0)
+        if (strlen(seen_series[i]) == (size_t)(p - buf) &&
+            strncmp(seen_series[i], buf, (size_t)(p - buf)) == 0)
           return "duplicate series";
-      if (n_series < MAXSERIES) {
-        char* sv = strrchr(buf, ' ');
-        snprintf(seen_series[n_series++], sizeof(seen_series[0]), "%.*s",
-                 (int)(sv - buf), buf);
-      }
+      if (n_series == MAXSERIES)
+        return "too many series for the checker";
+      snprintf(seen_series[n_series++], sizeof(seen_series[0]), "%.*s",
+               (int)(p - buf), buf);
       if (is_bucket) {
         double lev;
         if (le[0] == '\0')
@@ -462,6 +463,16 @@ START_TEST(prometheus_text) {
   ck_assert_ptr_nonnull(check_exposition("# TYPE h histogram\n"
                                          "h_bucket{le=\"+Inf\"} 2\n"
                                          "h_count{} 3\n"));
+  /* The same series twice (labels and all, values differing) is rejected
+   * as such; the same name with other labels is not. */
+  why = check_exposition("# TYPE x_total counter\n"
+                         "x_total{a=\"b\",c=\"d e\"} 1\n"
+                         "x_total{a=\"b\",c=\"d e\"} 2\n");
+  ck_assert_ptr_nonnull(why);
+  ck_assert_str_eq(why, "duplicate series");
+  ck_assert_ptr_null(check_exposition("# TYPE x_total counter\n"
+                                      "x_total{a=\"b\",c=\"d e\"} 1\n"
+                                      "x_total{a=\"b\",c=\"d f\"} 1\n"));
 
   /* No loops, no labels: families only. */
   ck_assert_int_eq(
