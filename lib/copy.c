@@ -371,10 +371,11 @@ static void op_fail(op_t* op, int status, int soft) {
 
   if (op->finishing)
     return;
-  /* A context done before its watch callback had its turn wins over the
-   * I/O error: the caller cancelled first, and an error from the peer
-   * noticing that is not news. The watch still holds the context. */
-  if (!soft && op->watching && uvctx_err(op->ctx) != 0)
+  /* A context done before its watch callback had its turn wins over an
+   * I/O error or the idle timeout: the caller cancelled first, and an
+   * error from the peer noticing that is not news. The watch still holds
+   * the context. (`soft` decides only whether idle streams stay open.) */
+  if (op->watching && uvctx_err(op->ctx) != 0)
     status = uvctx_err(op->ctx);
   op->finishing = 1;
   op->status = status;
@@ -468,12 +469,7 @@ static void on_idle_timer(uv_timer_t* t) {
   idle = uv_hrtime() - op->last_progress;
   limit = op->idle_ms * 1000000;
   if (idle >= limit) {
-    /* A context done before its watch callback had its turn wins here
-     * too, as in op_fail(): the cancel came first. */
-    op_abort(op,
-             op->watching && uvctx_err(op->ctx) != 0 ? uvctx_err(op->ctx)
-                                                     : UV_ETIMEDOUT,
-             1);
+    op_abort(op, UV_ETIMEDOUT, 1);
     return;
   }
   /* At least 1 ms: a 0 ms timer started from a timer callback runs again
