@@ -332,6 +332,26 @@ def reasons(relay):
     return [c.get("reason") for c in relay.closes()]
 
 
+def closed_within(s, lo, hi, what, t0=None, timeout=10):
+    """Waits until the relay closes s (timed from t0, default now), logs
+    the time, and in the plain build checks lo <= time <= hi."""
+    if t0 is None:
+        t0 = time.monotonic()
+    t1 = wait_closed(s, timeout)
+    s.close()
+    log("%s after %.3fs" % (what, t1 - t0))
+    if timed():
+        check(lo <= t1 - t0 <= hi, "%s at %.3fs" % (what, t1 - t0))
+
+
+def stop_after_one_close(relay, reason):
+    """Waits for the relay's one close line, stops the relay (exit 0), and
+    checks that the connection ended for `reason`."""
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    relay.stop()
+    check(reasons(relay) == [reason], "reasons %r" % reasons(relay))
+
+
 def client_done(reason):
     """How a connection whose client closed on its own may end: "eof", or
     "reset" when the client hung up before our FIN or TLS close_notify
@@ -655,15 +675,8 @@ def case_deadlines():
     s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
     s.sendall(b"ping")
     check(s.recv(100) == b"ping", "echo")
-    t0 = time.monotonic()
-    t1 = wait_closed(s, 10)
-    s.close()
-    log("idle connection closed after %.3fs" % (t1 - t0))
-    if timed():
-        check(0.45 <= t1 - t0 <= 1.5, "idle close at %.3fs" % (t1 - t0))
-    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
-    relay.stop()
-    check(reasons(relay) == ["idle-timeout"], "reasons %r" % reasons(relay))
+    closed_within(s, 0.45, 1.5, "idle connection closed")
+    stop_after_one_close(relay, "idle-timeout")
 
     # Lifetime: a busy connection is cut at --max-lifetime.
     relay = Relay(echo.port, "--idle-timeout", "10s", "--max-lifetime",
@@ -673,9 +686,7 @@ def case_deadlines():
     log("busy connection cut after %.3fs" % (t1 - t0))
     if timed():
         check(0.65 <= t1 - t0 <= 1.5, "lifetime cut at %.3fs" % (t1 - t0))
-    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
-    relay.stop()
-    check(reasons(relay) == ["lifetime"], "reasons %r" % reasons(relay))
+    stop_after_one_close(relay, "lifetime")
     check(int(relay.closes()[0]["bytes_up"]) > 0, "no bytes counted")
 
     # Nobody at the upstream port.
@@ -687,10 +698,7 @@ def case_deadlines():
     s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
     wait_closed(s, 10)
     s.close()
-    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
-    relay.stop()
-    check(reasons(relay) == ["upstream-refused"], "reasons %r" %
-          reasons(relay))
+    stop_after_one_close(relay, "upstream-refused")
 
     # An upstream whose accept queue is full: Linux drops the SYN, so the
     # connect hangs until --connect-timeout ends it.
@@ -710,16 +718,8 @@ def case_deadlines():
         relay = Relay(hole.getsockname()[1], "--connect-timeout", "600ms",
                       name="connect-timeout")
         s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-        t0 = time.monotonic()
-        t1 = wait_closed(s, 10)
-        s.close()
-        log("hanging connect ended after %.3fs" % (t1 - t0))
-        if timed():
-            check(0.5 <= t1 - t0 <= 1.6, "connect cut at %.3fs" % (t1 - t0))
-        wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
-        relay.stop()
-        check(reasons(relay) == ["connect-timeout"], "reasons %r" %
-              reasons(relay))
+        closed_within(s, 0.5, 1.6, "hanging connect cut")
+        stop_after_one_close(relay, "connect-timeout")
     else:
         log("SKIP hanging connect: a full accept queue did not hold a SYN")
     filler.close()
@@ -735,19 +735,12 @@ def case_deadlines():
     s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
     t0 = time.monotonic()
     up, _ = mute.accept()
-    t1 = wait_closed(s, 10)
-    s.close()
-    log("mute TLS upstream cut after %.3fs" % (t1 - t0))
-    if timed():
-        check(0.5 <= t1 - t0 <= 1.6, "handshake cut at %.3fs" % (t1 - t0))
+    closed_within(s, 0.5, 1.6, "mute TLS upstream cut", t0=t0)
     check(len(up.recv(4096)) > 0, "no ClientHello reached the upstream")
     wait_closed(up, 10)  # and the relay closed its upstream side too
     up.close()
     mute.close()
-    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
-    relay.stop()
-    check(reasons(relay) == ["connect-timeout"], "reasons %r" %
-          reasons(relay))
+    stop_after_one_close(relay, "connect-timeout")
 
     # --max-connections 2: a third connection is closed at once.
     relay = Relay(echo.port, "--max-connections", "2", name="maxconn")
@@ -1254,12 +1247,7 @@ def case_metrics():
     # An idle metrics connection is closed (5 s without a request).
     s = socket.create_connection(("127.0.0.1", mp), timeout=10)
     s.sendall(b"GET /metr")
-    t0 = time.monotonic()
-    t1 = wait_closed(s, 20)
-    s.close()
-    log("idle metrics connection closed after %.2fs" % (t1 - t0))
-    if timed():
-        check(4.5 <= t1 - t0 <= 8, "idle close at %.2fs" % (t1 - t0))
+    closed_within(s, 4.5, 8, "idle metrics connection closed", timeout=20)
 
     # Scrapes while connections come and go, on both workers.
     stop = threading.Event()
