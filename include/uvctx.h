@@ -57,6 +57,14 @@ UVCTX_EXTERN int uvctx_replace_allocator(uvctx_malloc_func malloc_func,
                                          uvctx_calloc_func calloc_func,
                                          uvctx_free_func free_func);
 
+/* Allocate and free through the library's allocator (the one
+ * uvctx_replace_allocator() installed), counted by
+ * uvctx_live_allocations(): for modules built on the public API and for
+ * users who want their blocks in the same count. uvctx_malloc() returns
+ * NULL when out of memory; uvctx_free(NULL) does nothing. Any thread. */
+UVCTX_EXTERN void* uvctx_malloc(size_t size);
+UVCTX_EXTERN void uvctx_free(void* ptr);
+
 /* ------------------------------------------------------------------------ */
 /* Loop binding                                                             */
 /* ------------------------------------------------------------------------ */

@@ -73,3 +73,11 @@ char* uvctx__strdup(const char* s) {
     memcpy(p, s, n);
   return p;
 }
+
+void* uvctx_malloc(size_t size) {
+  return uvctx__malloc(size);
+}
+
+void uvctx_free(void* ptr) {
+  uvctx__free(ptr);
+}

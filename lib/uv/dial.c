@@ -1,0 +1,293 @@
+/* dial.c owns uvctx_dial(): resolve with the library's lookup, then two
+ * racers (the first address's family, and the other family after the
+ * fallback delay, RFC 8305) that each try their addresses in turn on a
+ * uv_tcp_t of the request. The winner's socket moves into the caller's
+ * storage (a dup'ed descriptor under uv_tcp_open()), since a libuv handle
+ * cannot move; every attempt is closed before the callback. */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "uv_internal.h"
+
+enum { RACER_IDLE = 0, RACER_CONNECTING, RACER_CLOSING, RACER_EXHAUSTED };
+
+static void dial_finish(uvctx_dial_t* req) {
+  uvctx_t* ctx = req->ctx_;
+  int status = req->status_;
+
+  /* Idempotent: 0 when the watch fired (we may be in its callback). */
+  uvctx_watch_stop(&req->watch_);
+  if (req->res_ != NULL)
+    uv_freeaddrinfo(req->res_);
+  uvctx_free(req->order_);
+  req->res_ = NULL;
+  req->order_ = NULL;
+  req->state_ = UVCTX__UV_IDLE;
+  req->cb_(req, status, status == 0 ? req->tcp_ : NULL);
+  uvctx_unref(ctx);
+}
+
+static void dial_timer_closed(uv_handle_t* h) {
+  uvctx_dial_t* req = h->data;
+
+  if (--req->closing_ == 0)
+    dial_finish(req);
+}
+
+static void racer_closed(uv_handle_t* h);
+static void racer_next(uvctx_dial_t* req, int i);
+
+/* Ends the dial with `status`: closes every attempt still open and the
+ * fallback timer; the callback runs after the last close. */
+static void dial_close_all(uvctx_dial_t* req, int status) {
+  int i;
+
+  req->state_ = UVCTX__UV_CLOSING;
+  req->status_ = status;
+  req->closing_++; /* held until every close has been started */
+  for (i = 0; i < 2; i++) {
+    uvctx_dial_racer_t* r = &req->racer_[i];
+    if (r->state == RACER_CONNECTING) {
+      r->state = RACER_CLOSING;
+      r->tcp.data = req;
+      uv_close((uv_handle_t*)&r->tcp, racer_closed);
+    }
+    if (r->state == RACER_CLOSING)
+      req->closing_++;
+  }
+  if (req->timer_open_) {
+    req->timer_open_ = 0;
+    req->closing_++;
+    uv_close((uv_handle_t*)&req->fallback_timer_, dial_timer_closed);
+  }
+  if (--req->closing_ == 0)
+    dial_finish(req);
+}
+
+static void racer_closed(uv_handle_t* h) {
+  uvctx_dial_t* req = h->data;
+  int i = (uv_tcp_t*)h == &req->racer_[1].tcp;
+
+  req->racer_[i].state = RACER_IDLE;
+  if (req->state_ == UVCTX__UV_CLOSING) {
+    if (--req->closing_ == 0)
+      dial_finish(req);
+    return;
+  }
+  racer_next(req, i);
+}
+
+static void racer_fail(uvctx_dial_t* req, int i, int err) {
+  uvctx_dial_racer_t* r = &req->racer_[i];
+
+  if (r->err == 0)
+    r->err = err;
+  r->state = RACER_CLOSING;
+  r->tcp.data = req;
+  uv_close((uv_handle_t*)&r->tcp, racer_closed);
+}
+
+/* Moves the connected socket of racer i into the caller's storage. */
+static int dial_adopt(uvctx_dial_t* req, int i) {
+  uv_os_fd_t fd;
+  int nfd, rc;
+
+  rc = uv_fileno((uv_handle_t*)&req->racer_[i].tcp, &fd);
+  if (rc != 0)
+    return rc;
+  nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (nfd < 0)
+    return uv_translate_sys_error(errno);
+  rc = uv_tcp_init(uvctx__uv_home(req->ctx_), req->tcp_);
+  if (rc != 0) {
+    close(nfd);
+    return rc;
+  }
+  rc = uv_tcp_open(req->tcp_, nfd);
+  if (rc != 0) {
+    /* Rare (the descriptor is a connected socket of ours). The storage
+     * was initialized: it is closed with the rest, before the callback. */
+    close(nfd);
+    req->closing_++;
+    req->tcp_->data = req;
+    uv_close((uv_handle_t*)req->tcp_, dial_timer_closed);
+    return rc;
+  }
+  return 0;
+}
+
+static void racer_connected(uv_connect_t* c, int status) {
+  uvctx_dial_t* req = c->data;
+  int i = c == &req->racer_[1].req;
+  int err;
+
+  if (req->state_ != UVCTX__UV_RUNNING)
+    return; /* closing: UV_ECANCELED from uv_close() */
+  if (status != 0) {
+    racer_fail(req, i, status);
+    return;
+  }
+  err = uvctx_err(req->ctx_);
+  if (err == 0)
+    err = dial_adopt(req, i);
+  dial_close_all(req, err);
+}
+
+/* Starts racer i's next address, or marks it exhausted and, when both
+ * are, ends the dial with the first address's error. */
+static void racer_next(uvctx_dial_t* req, int i) {
+  uvctx_dial_racer_t* r = &req->racer_[i];
+  uv_loop_t* loop = uvctx__uv_home(req->ctx_);
+  int rc;
+
+  if (r->next < r->count) {
+    const struct addrinfo* ai = r->addrs[r->next++];
+    uv_tcp_init(loop, &r->tcp);
+    r->req.data = req;
+    r->state = RACER_CONNECTING;
+    rc = uv_tcp_connect(&r->req, &r->tcp, ai->ai_addr, racer_connected);
+    if (rc != 0)
+      racer_fail(req, i, rc); /* the next address after the close */
+    return;
+  }
+  r->state = RACER_EXHAUSTED;
+  if (i == 0 && req->racer_[1].count > 0 &&
+      req->racer_[1].state == RACER_IDLE && req->racer_[1].next == 0) {
+    /* The primary gave up before the delay: the fallback starts now. */
+    uv_timer_stop(&req->fallback_timer_);
+    racer_next(req, 1);
+    return;
+  }
+  if (req->racer_[0].state == RACER_EXHAUSTED &&
+      (req->racer_[1].count == 0 || req->racer_[1].state == RACER_EXHAUSTED))
+    dial_close_all(req, req->racer_[0].err != 0 ? req->racer_[0].err
+                                                : req->racer_[1].err);
+}
+
+static void dial_fallback_cb(uv_timer_t* t) {
+  uvctx_dial_t* req = t->data;
+
+  if (req->racer_[1].next == 0 && req->racer_[1].state == RACER_IDLE)
+    racer_next(req, 1);
+}
+
+static void dial_resolved(void* owner, int status, struct addrinfo* res) {
+  uvctx_dial_t* req = owner;
+  struct addrinfo* ai;
+  size_t n = 0, k0 = 0, k1 = 0;
+  int primary, err;
+
+  req->lookup_ = NULL;
+  err = uvctx_err(req->ctx_);
+  if (err != 0 || status != 0) {
+    if (res != NULL)
+      uv_freeaddrinfo(res);
+    req->status_ = err != 0 ? err : status;
+    dial_finish(req);
+    return;
+  }
+  req->res_ = res;
+  for (ai = res; ai != NULL; ai = ai->ai_next)
+    if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6)
+      n++;
+  if (n == 0 ||
+      (req->order_ = uvctx_malloc(n * sizeof(*req->order_))) == NULL) {
+    req->status_ = n == 0 ? UV_EAI_NONAME : UV_ENOMEM;
+    dial_finish(req);
+    return;
+  }
+  /* Split by family: the first address's family races first, the other
+   * one after the delay; in order within each. One at a time: all in the
+   * primary racer, in the resolver's order. */
+  primary = AF_UNSPEC;
+  for (ai = res; ai != NULL; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+      continue;
+    if (primary == AF_UNSPEC)
+      primary = ai->ai_family;
+    if (ai->ai_family == primary || req->fallback_delay_ms_ == UINT64_MAX)
+      k0++;
+  }
+  k1 = n - k0;
+  req->racer_[0].addrs = req->order_;
+  req->racer_[1].addrs = req->order_ + k0;
+  req->racer_[0].count = req->racer_[1].count = 0;
+  for (ai = res; ai != NULL; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+      continue;
+    if (ai->ai_family == primary || req->fallback_delay_ms_ == UINT64_MAX)
+      req->racer_[0].addrs[req->racer_[0].count++] = ai;
+    else
+      req->racer_[1].addrs[req->racer_[1].count++] = ai;
+  }
+  req->state_ = UVCTX__UV_RUNNING;
+  if (k1 > 0) {
+    uv_timer_init(uvctx__uv_home(req->ctx_), &req->fallback_timer_);
+    req->fallback_timer_.data = req;
+    req->timer_open_ = 1;
+    uv_timer_start(&req->fallback_timer_, dial_fallback_cb,
+                   req->fallback_delay_ms_, 0);
+  }
+  racer_next(req, 0);
+}
+
+static void dial_watch_cb(uvctx_watch_t* w, int err) {
+  uvctx_dial_t* req = UVCTX__UV_CONTAINER_OF(w, uvctx_dial_t, watch_);
+
+  if (req->state_ == UVCTX__UV_CLOSING)
+    return; /* already ending: its status stands */
+  if (req->state_ == UVCTX__UV_RUNNING) {
+    dial_close_all(req, err);
+    return;
+  }
+  /* Not started, or resolving: nothing open; a running lookup is left to
+   * finish and its result freed. */
+  if (req->lookup_ != NULL)
+    uvctx__lookup_abandon(req->lookup_);
+  req->lookup_ = NULL;
+  req->status_ = err;
+  dial_finish(req);
+}
+
+int uvctx_dial(uvctx_dial_t* req, uvctx_t* ctx, const char* host,
+               const char* port, const uvctx_dial_options_t* opts,
+               uv_tcp_t* tcp, uvctx_dial_cb cb) {
+  struct addrinfo hints;
+  uvctx__lookup_t* lk = NULL;
+  int family = opts != NULL ? opts->family : AF_UNSPEC;
+  int rc;
+
+  if (req == NULL || ctx == NULL || host == NULL || port == NULL ||
+      tcp == NULL || cb == NULL)
+    return UV_EINVAL;
+  if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6)
+    return UV_EINVAL;
+  memset(&req->racer_, 0, sizeof(req->racer_));
+  req->fallback_delay_ms_ = opts != NULL && opts->fallback_delay_ms != 0
+                                ? opts->fallback_delay_ms
+                                : UVCTX_DIAL_DEFAULT_FALLBACK_DELAY_MS;
+  if (uvctx_err(ctx) == 0) {
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    rc = uvctx__lookup_start(uvctx__uv_home(ctx), &lk, dial_resolved, req, host,
+                             port, &hints);
+    if (rc != 0)
+      return rc;
+  }
+  req->ctx_ = uvctx_ref(ctx);
+  req->cb_ = cb;
+  req->tcp_ = tcp;
+  req->lookup_ = lk;
+  req->res_ = NULL;
+  req->order_ = NULL;
+  req->status_ = 0;
+  req->closing_ = 0;
+  req->timer_open_ = 0;
+  req->state_ = lk != NULL ? UVCTX__UV_RESOLVING : UVCTX__UV_NOT_STARTED;
+  uvctx_watch_start(&req->watch_, ctx, dial_watch_cb);
+  return 0;
+}

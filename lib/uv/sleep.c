@@ -1,0 +1,69 @@
+/* sleep.c owns uvctx_sleep(): one uv_timer_t in the request, re-armed until
+ * the uv_hrtime() due time, raced against a watch on the context. */
+#include "uv_internal.h"
+
+static void sleep_close_cb(uv_handle_t* h) {
+  uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(h, uvctx_sleep_t, timer_);
+  uvctx_t* ctx = req->ctx_;
+
+  req->state_ = UVCTX__UV_IDLE;
+  req->cb_(req, req->status_);
+  uvctx_unref(ctx);
+}
+
+static void sleep_finish(uvctx_sleep_t* req, int status) {
+  req->status_ = status;
+  req->state_ = UVCTX__UV_CLOSING;
+  uv_close((uv_handle_t*)&req->timer_, sleep_close_cb);
+}
+
+static void sleep_timer_cb(uv_timer_t* t) {
+  uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(t, uvctx_sleep_t, timer_);
+  uint64_t now = uv_hrtime();
+
+  /* libuv timers count whole milliseconds from the loop's cached time,
+   * which may lag: never report early, re-arm for what is left (at least
+   * 1 ms, since a 0 ms timer started here would run in this same pass). */
+  if (now < req->due_ns_) {
+    uint64_t left_ms = (req->due_ns_ - now + 999999) / 1000000;
+    uv_timer_start(t, sleep_timer_cb, left_ms, 0);
+    return;
+  }
+  uvctx_watch_stop(&req->watch_);
+  /* Done wins: a timer that fires once ctx is done reports ctx's err. */
+  sleep_finish(req, uvctx_err(req->ctx_));
+}
+
+static void sleep_watch_cb(uvctx_watch_t* w, int err) {
+  uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(w, uvctx_sleep_t, watch_);
+
+  uv_timer_stop(&req->timer_);
+  sleep_finish(req, err);
+}
+
+int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
+                uvctx_sleep_cb cb) {
+  int rc;
+
+  if (req == NULL || ctx == NULL || cb == NULL)
+    return UV_EINVAL;
+  rc = uv_timer_init(uvctx__uv_home(ctx), &req->timer_);
+  if (rc != 0)
+    return rc;
+  req->ctx_ = uvctx_ref(ctx);
+  req->cb_ = cb;
+  req->status_ = 0;
+  req->due_ns_ = ms > (UINT64_MAX - uv_hrtime()) / 1000000
+                     ? UINT64_MAX
+                     : uv_hrtime() + ms * 1000000;
+  if (uvctx_err(ctx) == 0) {
+    req->state_ = UVCTX__UV_RUNNING;
+    uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);
+  } else {
+    req->state_ = UVCTX__UV_NOT_STARTED;
+  }
+  /* On a done ctx the watch is queued for the loop: the callback comes
+   * from there, never from this call. */
+  uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
+  return 0;
+}

@@ -1,0 +1,9 @@
+# libuv operations under a context (include/uvctx/uv.h), one file per
+# operation family, built on the public API only.
+list(APPEND UVCTX_SOURCES
+  ${CMAKE_CURRENT_LIST_DIR}/sleep.c
+  ${CMAKE_CURRENT_LIST_DIR}/work.c
+  ${CMAKE_CURRENT_LIST_DIR}/connect.c
+  ${CMAKE_CURRENT_LIST_DIR}/getaddrinfo.c
+  ${CMAKE_CURRENT_LIST_DIR}/dial.c
+)

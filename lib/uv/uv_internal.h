@@ -1,0 +1,64 @@
+/* uv_internal.h owns what the operations of lib/uv/ share: the request
+ * states, the home-loop lookup and argument checks, the lookup that may
+ * outlive its request (getaddrinfo.c), signal names (signals.c) and the
+ * final step of every operation. Built on the public API only. */
+#ifndef UVCTX_UV_INTERNAL_H
+#define UVCTX_UV_INTERNAL_H
+
+#include <stddef.h>
+
+#include "uvctx.h"
+#include "uvctx/uv.h"
+
+#define UVCTX__UV_CONTAINER_OF(ptr, type, member) \
+  ((type*)((char*)(ptr)-offsetof(type, member)))
+
+/* The states a request goes through. IDLE is 0: the state of a request
+ * whose callback has run (or that never started). */
+enum {
+  UVCTX__UV_IDLE = 0,
+  UVCTX__UV_NOT_STARTED, /* ctx was done at the start: only the watch runs */
+  UVCTX__UV_RESOLVING,   /* a dial's lookup is in flight */
+  UVCTX__UV_RUNNING,     /* the libuv operation is in flight */
+  UVCTX__UV_STOPPING,    /* ctx ended it: waiting for libuv to let go */
+  UVCTX__UV_CLOSING      /* closing handles before the callback */
+};
+
+/* The uv_loop_t of ctx's home loop. */
+static inline uv_loop_t* uvctx__uv_home(uvctx_t* ctx) {
+  return uvctx_loop_uv(uvctx_home(ctx));
+}
+
+/* Is handle `h` usable by an operation under ctx: on ctx's home loop and
+ * not closing? */
+static inline int uvctx__uv_handle_ok(uvctx_t* ctx, const void* h) {
+  const uv_handle_t* handle = h;
+  return uv_handle_get_loop(handle) == uvctx__uv_home(ctx) &&
+         !uv_is_closing(handle);
+}
+
+/* ---- lookups (getaddrinfo.c) --------------------------------------------- */
+
+/* A uv_getaddrinfo() whose result goes to done(owner, status, res), unless
+ * it was abandoned first: then the library frees the late result. The
+ * block is the library's and outlives the request that started it. */
+typedef void (*uvctx__lookup_cb)(void* owner, int status, struct addrinfo* res);
+typedef struct uvctx__lookup_s uvctx__lookup_t;
+
+/* Starts a lookup on `loop`. 0, UV_ENOMEM or uv_getaddrinfo()'s error
+ * (nothing is left then). done never runs inside this call. */
+int uvctx__lookup_start(uv_loop_t* loop, uvctx__lookup_t** out,
+                        uvctx__lookup_cb done, void* owner, const char* node,
+                        const char* service, const struct addrinfo* hints);
+
+/* done will not run: a queued lookup is cancelled, a running one is left
+ * to finish and its result freed. Loop thread. */
+void uvctx__lookup_abandon(uvctx__lookup_t* lk);
+
+/* ---- signal names (signals.c) -------------------------------------------- */
+
+/* "SIGTERM" for SIGTERM, ...; "signal 42" style text for others, written
+ * into buf. Returns buf or a static string. */
+const char* uvctx__signal_name(int signum, char* buf, size_t size);
+
+#endif /* UVCTX_UV_INTERNAL_H */
