@@ -280,6 +280,7 @@ struct uvctx_process_s {
   uv_process_t process_;
   uv_timer_t kill_timer_;
   uint64_t wait_delay_ms_;
+  uint64_t kill_due_ns_; /* uv_hrtime() of the SIGKILL */
   int64_t exit_status_;
   int term_signal_;
   int cancel_signal_;

@@ -53,9 +53,7 @@ int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
   req->ctx_ = uvctx_ref(ctx);
   req->cb_ = cb;
   req->status_ = 0;
-  req->due_ns_ = ms > (UINT64_MAX - uv_hrtime()) / 1000000
-                     ? UINT64_MAX
-                     : uv_hrtime() + ms * 1000000;
+  req->due_ns_ = uvctx__uv_due_ns(ms);
   if (uvctx_err(ctx) == 0) {
     req->state_ = UVCTX__UV_RUNNING;
     uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);

@@ -6,4 +6,9 @@ list(APPEND UVCTX_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/connect.c
   ${CMAKE_CURRENT_LIST_DIR}/getaddrinfo.c
   ${CMAKE_CURRENT_LIST_DIR}/dial.c
+  ${CMAKE_CURRENT_LIST_DIR}/process.c
+  ${CMAKE_CURRENT_LIST_DIR}/signals.c
+  ${CMAKE_CURRENT_LIST_DIR}/group.c
+  ${CMAKE_CURRENT_LIST_DIR}/recv.c
+  ${CMAKE_CURRENT_LIST_DIR}/send.c
 )

@@ -29,6 +29,12 @@ static inline uv_loop_t* uvctx__uv_home(uvctx_t* ctx) {
   return uvctx_loop_uv(uvctx_home(ctx));
 }
 
+/* uv_hrtime() `ms` milliseconds from now, UINT64_MAX if that overflows. */
+static inline uint64_t uvctx__uv_due_ns(uint64_t ms) {
+  uint64_t now = uv_hrtime();
+  return ms > (UINT64_MAX - now) / 1000000 ? UINT64_MAX : now + ms * 1000000;
+}
+
 /* Is handle `h` usable by an operation under ctx: on ctx's home loop and
  * not closing? */
 static inline int uvctx__uv_handle_ok(uvctx_t* ctx, const void* h) {
