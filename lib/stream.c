@@ -319,6 +319,11 @@ int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h) {
    * callbacks belong to someone else. */
   if (uv_is_closing((uv_handle_t*)h) || uv_is_active((uv_handle_t*)h))
     return UV_EINVAL;
+  /* Never connected (or its connect failed): neither readable nor
+   * writable. Wrapping it would only turn the mistake into a later I/O
+   * error. */
+  if (!uv_is_readable(h) && !uv_is_writable(h))
+    return UV_ENOTCONN;
   uvctx_stream_init(s, &uvs_ops, h->loop);
   s->impl_[0] = h;
   s->impl_[1] = h->data;

@@ -186,7 +186,9 @@ UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
  * reset peer then fails with UV_EPIPE instead of killing it.
  *
  * UV_EINVAL for NULL arguments, another handle type, or a closing or
- * reading handle. On error nothing is changed. */
+ * reading handle; UV_ENOTCONN for a handle that is neither readable nor
+ * writable (never connected, or its connect failed). On error nothing is
+ * changed. */
 UVCTX_EXTERN int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h);
 
 /* The handle a libuv stream wraps; NULL for NULL, for other kinds, and

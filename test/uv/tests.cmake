@@ -2,7 +2,7 @@
 # interposed resolver of gai_gate.c. test_uv_ops runs with one pool thread,
 # so that a job in front of the pool makes "still queued" deterministic.
 set(UVCTX_UV_TEST_DIR ${CMAKE_CURRENT_LIST_DIR})
-foreach(suite ops dial process signals)
+foreach(suite ops dial process signals threads)
   if(suite STREQUAL "ops")
     set(env "UV_THREADPOOL_SIZE=1")
   else()
@@ -17,3 +17,15 @@ foreach(suite ops dial process signals)
   target_include_directories(test_uv_${suite} PRIVATE
                              ${CMAKE_CURRENT_SOURCE_DIR})
 endforeach()
+
+# recv/send over plain TCP and over TLS sessions (the TLS suites'
+# certificates and helpers).
+if(UVCTX_WITH_TLS)
+  uvctx_add_test(test_uv_stream
+    SOURCES ${UVCTX_UV_TEST_DIR}/test_uv_stream.c TIMEOUT 300)
+  target_include_directories(test_uv_stream PRIVATE
+                             ${CMAKE_CURRENT_SOURCE_DIR})
+  add_dependencies(test_uv_stream uvctx_tls_certs)
+  target_compile_definitions(test_uv_stream PRIVATE
+    UVCTX_TLS_CERT_DIR="${UVCTX_TLS_CERT_DIR}")
+endif()

@@ -232,6 +232,33 @@ static inline int uvt_open_handles_in(const void* p, size_t size) {
   return r.n;
 }
 
+/* ---- a connected TCP pair ---------------------------------------------- */
+
+static inline void uvt_pair_connected__(uv_connect_t* c, int status) {
+  ck_assert_int_eq(status, 0);
+  *(int*)c->data = 1;
+}
+
+/* Connects `a` to a listener on 127.0.0.1 (started in *L, to be closed
+ * with uvt_listener_close()) and opens `b` on a duplicate of the accepted
+ * socket: two initialized, connected handles of the fixture's loop. */
+static inline void uvt_tcp_pair(uvt_listener_t* L, uv_tcp_t* a, uv_tcp_t* b) {
+  struct sockaddr_storage ss;
+  uv_connect_t creq;
+  uv_os_fd_t fd;
+  int connected = 0;
+  uvt_listener_start(L, "127.0.0.1", 4);
+  uvt_addr("127.0.0.1", L->port, &ss);
+  ck_assert_int_eq(uv_tcp_init(uvt_loop, a), 0);
+  creq.data = &connected;
+  ck_assert_int_eq(
+      uv_tcp_connect(&creq, a, (struct sockaddr*)&ss, uvt_pair_connected__), 0);
+  UVT_RUN_UNTIL(connected && L->naccepted == 1);
+  ck_assert_int_eq(uv_fileno((uv_handle_t*)&L->accepted[0], &fd), 0);
+  ck_assert_int_eq(uv_tcp_init(uvt_loop, b), 0);
+  ck_assert_int_eq(uv_tcp_open(b, dup(fd)), 0);
+}
+
 /* ---- cancelling from another thread -------------------------------------- */
 
 typedef struct uvt_canceller_s {
