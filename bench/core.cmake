@@ -17,3 +17,5 @@ if(UVCTX_GO_EXECUTABLE)
   set_tests_properties(bench_go_peer_smoke PROPERTIES TIMEOUT 300
     LABELS bench ENVIRONMENT "GOPROXY=off;GOFLAGS=;GOWORK=off")
 endif()
+# The libuv operations of <uvctx/uv.h>, each beside the bare libuv call.
+uvctx_add_bench(bench_uv SOURCES bench_uv.c SMOKE_ARGS --quick)

@@ -19,12 +19,14 @@ static void sleep_finish(uvctx_sleep_t* req, int status) {
 
 static void sleep_timer_cb(uv_timer_t* t) {
   uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(t, uvctx_sleep_t, timer_);
-  uint64_t now = uv_hrtime();
+  uint64_t now;
 
   /* libuv timers count whole milliseconds from the loop's cached time,
    * which may lag: never report early, re-arm for what is left (at least
-   * 1 ms, since a 0 ms timer started here would run in this same pass). */
-  if (now < req->due_ns_) {
+   * 1 ms, since a 0 ms timer started here would run in this same pass).
+   * A 0 ms sleep cannot be early: it skips the clock (a system call on
+   * some hosts). */
+  if (req->due_ns_ != 0 && (now = uv_hrtime()) < req->due_ns_) {
     uint64_t left_ms = (req->due_ns_ - now + 999999) / 1000000;
     uv_timer_start(t, sleep_timer_cb, left_ms, 0);
     return;
@@ -53,7 +55,7 @@ int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
   req->ctx_ = uvctx_ref(ctx);
   req->cb_ = cb;
   req->status_ = 0;
-  req->due_ns_ = uvctx__uv_due_ns(ms);
+  req->due_ns_ = ms != 0 ? uvctx__uv_due_ns(ms) : 0;
   if (uvctx_err(ctx) == 0) {
     req->state_ = UVCTX__UV_RUNNING;
     uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);
