@@ -162,11 +162,11 @@ typedef struct uvctx_loop_stats_s {
   uint64_t watches;   /* watches homed on the loop that have not fired */
   uint64_t deadlines; /* armed deadline entries */
   /* totals */
-  uint64_t created;            /* contexts created homed on the loop */
-  uint64_t cancels;            /* contexts homed here that became done */
-  uint64_t remote_wakeups;     /* callbacks queued here by other threads */
-  uint64_t callbacks;          /* watch callbacks run */
-  uint64_t deadlines_fired;    /* deadline entries that expired */
+  uint64_t created;         /* contexts created homed on the loop */
+  uint64_t cancels;         /* contexts homed here that became done */
+  uint64_t remote_wakeups;  /* callbacks queued here by other threads */
+  uint64_t callbacks;       /* watch callbacks run */
+  uint64_t deadlines_fired; /* deadline entries that expired */
   /* From the cancel (or deadline expiry) that made a watch due to the start
    * of its callback. */
   uvctx_histogram_t propagation;
@@ -250,9 +250,9 @@ UVCTX_EXTERN int uvctx_with_timeout(uvctx_t* parent, uint64_t timeout_ms,
 UVCTX_EXTERN int uvctx_with_deadline_cause(uvctx_t* parent,
                                            uint64_t deadline_ns, int cause,
                                            const char* msg, uvctx_t** out);
-UVCTX_EXTERN int uvctx_with_timeout_cause(uvctx_t* parent,
-                                          uint64_t timeout_ms, int cause,
-                                          const char* msg, uvctx_t** out);
+UVCTX_EXTERN int uvctx_with_timeout_cause(uvctx_t* parent, uint64_t timeout_ms,
+                                          int cause, const char* msg,
+                                          uvctx_t** out);
 
 /* A child carrying `value` under `key` (a NULL value shadows an outer
  * binding). When the context is freed, key->free_value(value) runs if

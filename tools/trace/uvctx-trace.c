@@ -18,8 +18,7 @@
 
 #include "json.h"
 
-/* ---- the trace model ------------------------------------------------------
- */
+/* ---- the trace model ----------------------------------------------------- */
 
 typedef struct ctx_rec_s {
   uint64_t id;
@@ -270,8 +269,7 @@ static void unload(trace_t* t) {
   free(t->hvals);
 }
 
-/* ---- summary ----------------------------------------------------------------
- */
+/* ---- summary ------------------------------------------------------------- */
 
 static int cmp_double(const void* a, const void* b) {
   double x = *(const double*)a, y = *(const double*)b;
