@@ -10,7 +10,7 @@
 
 #include "common/text.h"
 #include "core/internal.h"
-#include "uvctx/trace.h"
+#include "uvctx/metrics.h"
 
 /* ---- text sinks ---------------------------------------------------------- */
 
@@ -343,9 +343,9 @@ static void max_gauge(prom_t* p, const char* name, const char* help,
   }
 }
 
-int uvctx_loop_stats_format_prometheus(const uvctx_loop_stats_t* const* stats,
-                                       const char* const* labels, size_t n,
-                                       char** out, size_t* len) {
+int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
+                         const char* const* labels, size_t n, char** out,
+                         size_t* len) {
   static const struct {
     const char* kind;
     size_t off;

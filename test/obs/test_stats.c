@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include "helpers.h"
+#include "uvctx/metrics.h"
 #include "uvctx/trace.h"
 
 /* ---- histograms
@@ -402,14 +403,10 @@ START_TEST(prometheus_text) {
   for (i = 0; i < 5; i++)
     uvctx_histogram_record(&b.propagation, 100);
 
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(NULL, NULL, 1, &text, &len),
-      UV_EINVAL);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(both, labels, 2, NULL, &len),
-      UV_EINVAL);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(both, labels, 2, &text, &len), 0);
+  ck_assert_int_eq(uvctx_metrics_format(NULL, NULL, 1, &text, &len), UV_EINVAL);
+  ck_assert_int_eq(uvctx_metrics_format(both, labels, 2, NULL, &len),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_metrics_format(both, labels, 2, &text, &len), 0);
   ck_assert_ptr_nonnull(text);
   ck_assert_uint_eq(strlen(text), len);
   why = check_exposition(text);
@@ -475,8 +472,7 @@ START_TEST(prometheus_text) {
                                       "x_total{a=\"b\",c=\"d f\"} 1\n"));
 
   /* No loops, no labels: families only. */
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(NULL, NULL, 0, &text, NULL), 0);
+  ck_assert_int_eq(uvctx_metrics_format(NULL, NULL, 0, &text, NULL), 0);
   ck_assert_ptr_null(check_exposition(text));
   ck_assert_ptr_nonnull(strstr(text, "# TYPE uvctx_watches gauge\n"));
   uvctx_metrics_free(text);
@@ -497,8 +493,7 @@ START_TEST(prometheus_real_loop) {
   uvctx_release(c);
   UVT_RUN_UNTIL(fired == 1);
   ck_assert_int_eq(uvctx_loop_stats(uvt_l, &s), 0);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(one, NULL, 1, &text, NULL), 0);
+  ck_assert_int_eq(uvctx_metrics_format(one, NULL, 1, &text, NULL), 0);
   ck_assert_ptr_null(check_exposition(text));
   ck_assert_ptr_nonnull(strstr(text, "uvctx_callbacks_total{loop=\"0\"} 1\n"));
   ck_assert_ptr_nonnull(
