@@ -44,8 +44,7 @@ static void put_escaped(fixed_t* o, const char* s, size_t n) {
   uvctx__text_escape(UVCTX__TEXT_JSON, s, n, fx_sink, o);
 }
 
-/* ---- log fields
- * --------------------------------------------------------------- */
+/* ---- log fields ---------------------------------------------------------- */
 
 /* Is `v` the innermost binding of its key seen from `c`? */
 static int innermost(const uvctx_t* c, const uvctx__value_t* v) {
