@@ -4,7 +4,7 @@
  * with nothing lost, a send that a peer which never reads holds until its
  * context closes the stream, already-done contexts, busy streams and bad
  * arguments. */
-#include "tls/tlsutil.h"
+#include "tlsutil.h"
 #include "uv_support.h"
 
 enum { PLAIN_TCP = 0, OVER_TLS = 1 };

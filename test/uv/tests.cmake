@@ -14,8 +14,6 @@ foreach(suite ops dial process signals threads)
     LIBS ${CMAKE_DL_LIBS}
     ENV "${env}"
     TIMEOUT 300)
-  target_include_directories(test_uv_${suite} PRIVATE
-                             ${CMAKE_CURRENT_SOURCE_DIR})
 endforeach()
 
 # recv/send over plain TCP and over TLS sessions (the TLS suites'
@@ -23,9 +21,5 @@ endforeach()
 if(UVCTX_WITH_TLS)
   uvctx_add_test(test_uv_stream
     SOURCES ${UVCTX_UV_TEST_DIR}/test_uv_stream.c TIMEOUT 300)
-  target_include_directories(test_uv_stream PRIVATE
-                             ${CMAKE_CURRENT_SOURCE_DIR})
   add_dependencies(test_uv_stream uvctx_tls_certs)
-  target_compile_definitions(test_uv_stream PRIVATE
-    UVCTX_TLS_CERT_DIR="${UVCTX_TLS_CERT_DIR}")
 endif()
