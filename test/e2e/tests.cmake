@@ -5,14 +5,21 @@
 if(TARGET uvctx-relay)
   find_package(Python3 COMPONENTS Interpreter)
   if(Python3_Interpreter_FOUND)
+    # The resolver shim of test/uv (test names only), preloaded into the
+    # relay by the dial case. Not instrumented: it only forwards calls.
+    add_library(uvctx_gai_preload MODULE
+                ${CMAKE_CURRENT_LIST_DIR}/../uv/gai_gate.c)
+    target_link_libraries(uvctx_gai_preload PRIVATE ${CMAKE_DL_LIBS}
+                          Threads::Threads)
     foreach(case cli plain tls upstream_tls slow deadlines drain workers
-                 emfile metrics trace)
+                 emfile metrics trace dial)
       add_test(NAME relay_${case}
         COMMAND ${Python3_EXECUTABLE}
                 ${CMAKE_CURRENT_LIST_DIR}/relay/relay_test.py
                 --relay $<TARGET_FILE:uvctx-relay>
                 --gen-certs ${CMAKE_CURRENT_LIST_DIR}/../tls/gen-certs.sh
                 --sanitize "${UVCTX_SANITIZE}"
+                --gai-preload $<TARGET_FILE:uvctx_gai_preload>
                 ${case})
       set_tests_properties(relay_${case} PROPERTIES
         TIMEOUT 180 LABELS "tools;relay" SKIP_RETURN_CODE 77)

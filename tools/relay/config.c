@@ -135,8 +135,9 @@ int relay_parse_addr(const char* s, int passive, relay_addr_t* out, char* err,
     return -1;
   }
 
-  /* Names are resolved once, at startup: a relay in front of a service
-   * should not depend on a resolver at connection time. */
+  /* Names are checked at startup, so that a typo fails at once. --listen
+   * binds the address found here; --connect's host is dialed again by each
+   * connection (uvctx_dial: every address, both families). */
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

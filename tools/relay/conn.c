@@ -29,6 +29,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <uvctx/uv.h>
+
 #include "relay.h"
 
 /* What a client may send before the upstream is ready; reading stops when
@@ -75,8 +77,6 @@ typedef struct relay_conn_s {
   uvctx_t* vctx;
   uvctx_t* run;
   uvctx_t* step;
-  uvctx_watch_t step_watch;
-  int step_watching;
   unsigned flags;
   uv_tcp_t ctcp;
   uvctx_stream_t cs;
@@ -86,7 +86,7 @@ typedef struct relay_conn_s {
   uvctx_tls_t utls;
   uvctx_stream_t* a; /* client plaintext */
   uvctx_stream_t* b; /* upstream plaintext */
-  uv_connect_t connect_req;
+  uvctx_dial_t dial; /* while it runs it counts in `closing` */
   uvctx_write_t flush_req;
   char* pre;
   size_t pre_len;
@@ -238,8 +238,6 @@ static void conn_free(relay_conn_t* c) {
   piping_remove(c);
   count_bytes(c, c->bytes_up, c->bytes_down);
   atomic_fetch_add_explicit(&n->closed[c->reason_idx], 1, memory_order_relaxed);
-  if (c->step_watching)
-    uvctx_watch_stop(&c->step_watch); /* not reached today; cheap insurance */
   /* Children first; each holds its parent. */
   uvctx_release(c->step);
   if (c->run != c->vctx)
@@ -473,25 +471,26 @@ static void on_upstream_handshake(uvctx_tls_t* tls, int status) {
   upstream_ready(c);
 }
 
-/* The connect step's context is done (timeout, client gone, drain):
- * closing the handle is the only way to abandon a uv_tcp_connect(); its
- * callback then runs with UV_ECANCELED. */
-static void on_connect_ctx(uvctx_watch_t* w, int err) {
-  relay_conn_t* c = w->data;
-  (void)err;
-
-  c->step_watching = 0;
-  close_handle(c, (uv_handle_t*)&c->utcp);
-}
-
-static void on_connect(uv_connect_t* req, int status) {
+/* The dial (resolve, then every address of --connect's host, both
+ * families) ran under the connect step's context: a timeout, the client
+ * gone or a drain ended it with that context's error, and on any failure
+ * there is no upstream handle to close. */
+static void on_dial(uvctx_dial_t* req, int status, uv_tcp_t* tcp) {
   relay_conn_t* c = req->data;
   int rc;
 
-  if (c->step_watching && uvctx_watch_stop(&c->step_watch) == 1)
-    c->step_watching = 0;
-  if (status == 0 && uvctx_err(c->step) != 0)
-    status = UV_ECANCELED;
+  (void)tcp;    /* &c->utcp */
+  c->closing--; /* the dial no longer holds the connection */
+  if (status == 0) {
+    c->flags |= F_UTCP;
+    c->utcp.data = c;
+  }
+  if (c->ended) {
+    if (status == 0)
+      close_handle(c, (uv_handle_t*)&c->utcp);
+    maybe_free(c);
+    return;
+  }
   if (status != 0) {
     conn_end(c, reason_of(c->step, status, "upstream-error"), status, NULL);
     return;
@@ -527,8 +526,15 @@ static void on_connect(uv_connect_t* req, int status) {
   upstream_ready(c);
 }
 
+/* The port of --connect, as checked at startup. */
+static unsigned addr_port(const relay_addr_t* a) {
+  if (a->ss.ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6*)&a->ss)->sin6_port);
+  return ntohs(((const struct sockaddr_in*)&a->ss)->sin_port);
+}
+
 static void start_connect(relay_conn_t* c) {
-  uv_loop_t* loop = &c->w->loop;
+  char port[8];
   int rc;
 
   rc = uvctx_with_timeout_cause(c->run, c->cfg->connect_timeout_ms,
@@ -537,24 +543,15 @@ static void start_connect(relay_conn_t* c) {
     conn_end(c, "error", rc, NULL);
     return;
   }
-  rc = uv_tcp_init(loop, &c->utcp);
+  snprintf(port, sizeof(port), "%u", addr_port(&c->cfg->connect));
+  c->dial.data = c;
+  rc = uvctx_dial(&c->dial, c->step, c->cfg->connect.host, port, NULL, &c->utcp,
+                  on_dial);
   if (rc != 0) {
-    conn_end(c, "error", rc, NULL);
-    return;
-  }
-  c->flags |= F_UTCP;
-  c->utcp.data = c;
-  c->connect_req.data = c;
-  rc = uv_tcp_connect(&c->connect_req, &c->utcp,
-                      (const struct sockaddr*)&c->cfg->connect.ss, on_connect);
-  if (rc != 0) {
-    /* Out of descriptors lands here (socket() fails synchronously). */
     conn_end(c, reason_of(NULL, rc, "upstream-error"), rc, NULL);
     return;
   }
-  c->step_watch.data = c;
-  if (uvctx_watch_start(&c->step_watch, c->step, on_connect_ctx) == 0)
-    c->step_watching = 1;
+  c->closing++; /* conn_end() waits for the dial's callback */
   start_preread(c);
 }
 

@@ -81,18 +81,19 @@ class Relay:
     """A uvctx-relay process; its stderr (the log) goes to a file."""
 
     def __init__(self, upstream_port, *extra, limit_fds=None, name="relay",
-                 metrics=False):
+                 metrics=False, upstream_host="127.0.0.1", env=None):
         self.log_path = os.path.join(TMP, name + ".log")
         self.log_file = open(self.log_path, "wb")
         argv = [ARGS.relay, "--listen", "127.0.0.1:0",
-                "--connect", "127.0.0.1:%d" % upstream_port] + list(extra)
+                "--connect", "%s:%d" % (upstream_host, upstream_port)
+                ] + list(extra)
         pre = None
         if limit_fds is not None:
             def pre():
                 resource.setrlimit(resource.RLIMIT_NOFILE,
                                    (limit_fds, limit_fds))
         self.proc = spawn(argv, stdout=subprocess.PIPE,
-                          stderr=self.log_file, preexec_fn=pre)
+                          stderr=self.log_file, preexec_fn=pre, env=env)
         RELAYS.append(self)
         line = read_line(self.proc.stdout, 20 if timed() else 60)
         m = re.match(r"listening on 127\.0\.0\.1:(\d+)$", line or "")
@@ -206,9 +207,10 @@ def http_upstream(root):
 class EchoServer:
     """A threaded echo server on 127.0.0.1:0."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, host="127.0.0.1"):
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.bind((host, 0))
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -1441,12 +1443,51 @@ def case_trace():
         (os.path.basename(path2), os.path.basename(path2)))
 
 
+def preload_env():
+    """The environment of a relay whose resolver knows the test names of
+    test/uv/gai_gate.h (dual.test: ::1 then 127.0.0.1; dual4.test: the
+    reverse), through the preloaded resolver shim."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = ARGS.gai_preload
+    # The shim comes before the sanitizer's runtime in the library list.
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") +
+                           ":verify_asan_link_order=0").lstrip(":")
+    return env
+
+
+def case_dial():
+    """--connect HOST:PORT by name, dialed per connection: a name with both
+    families where only one listens, each way round, and localhost."""
+    payload = b"dial me" * 1000
+    for host, name in (("127.0.0.1", "dual.test"), ("::1", "dual4.test")):
+        up = EchoServer(host)
+        relay = Relay(up.port, upstream_host=name, env=preload_env(),
+                      name="relay-" + name)
+        for _ in range(3):
+            got = echo_roundtrip(relay.port, payload)
+            check(got == payload,
+                  "%s (only %s listening): got %d of %d bytes" %
+                  (name, host, len(got), len(payload)))
+        relay.stop()
+        check(up.accepted == 3, "%s: upstream accepted %d, expected 3" %
+              (name, up.accepted))
+        for c in relay.closes():
+            check(client_done(c["reason"]), "%s: reason %r" %
+                  (name, c["reason"]))
+        log("dial %s -> %s ok" % (name, host))
+    up = EchoServer("127.0.0.1")
+    relay = Relay(up.port, upstream_host="localhost", name="relay-localhost")
+    check(echo_roundtrip(relay.port, payload) == payload, "localhost dial")
+    relay.stop()
+
+
 def main():
     global ARGS, TMP
     ap = argparse.ArgumentParser()
     ap.add_argument("--relay", required=True)
     ap.add_argument("--gen-certs", required=True)
     ap.add_argument("--sanitize", default="")
+    ap.add_argument("--gai-preload", default="")
     ap.add_argument("case")
     ARGS = ap.parse_args()
     for tool in ("curl", "openssl"):
