@@ -1,5 +1,5 @@
-/* uvctx-demo: three things uvctx does, in a few printed lines, using only
- * the public API (it links the shared library):
+/* uvctx-demo: what uvctx does, in a few printed lines, using only the
+ * public API (it links the shared library):
  *
  *   1. a request timeout: a slow backend call (a 500 ms uv_timer) under a
  *      100 ms uvctx_with_timeout(); the watch fires with UV_ETIMEDOUT and
@@ -9,17 +9,30 @@
  *      thread cancels the root and the branch's watch runs on the worker;
  *   3. the leak report: uvctx_loop_close() refuses with UV_EBUSY while a
  *      forgotten context lives, and uvctx_loop_dump() says where it was
- *      made.
+ *      made;
+ *   4. one request's 2 s budget bounding a dial (to an upstream that never
+ *      answers), a thread-pool job and a child process together
+ *      (<uvctx/uv.h>, an errgroup of the three).
+ *
+ * With --sigint it runs only the same request under a root made by
+ * uvctx_with_signals(SIGINT, SIGTERM) and a 60 s budget, and waits for a
+ * Ctrl-C (scripts/demo.sh sends a real SIGINT); --sigint-self sends it
+ * itself after 300 ms (the CTest smoke run).
  *
  * It exits 1 as soon as anything does not behave as documented (its CTest
- * smoke run relies on that). It prints timings but never judges them: they
+ * smoke runs rely on that). It prints timings but never judges them: they
  * mean little under a sanitizer. */
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <uvctx.h>
+#include <uvctx/uv.h>
 
 #define CHECK(expr)                                                      \
   do {                                                                   \
@@ -267,12 +280,225 @@ static void demo_leak_report(void) {
   printf("   after releasing it: uvctx_loop_close() = 0, loop closed\n");
 }
 
-int main(void) {
+/* ---- 4. one budget over a dial, a job and a child ------------------------ */
+
+/* An upstream that never answers, on loopback: a listening socket with a
+ * full accept queue (backlog 0, one connection nobody accepts), so a
+ * connect to it hangs as to a blackholed host. */
+typedef struct blackhole_s {
+  int listen_fd, filler_fd;
+  char port[8];
+} blackhole_t;
+
+static void blackhole_open(blackhole_t* b) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof(a);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  b->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(b->listen_fd >= 0);
+  CHECK(bind(b->listen_fd, (struct sockaddr*)&a, sizeof(a)) == 0);
+  CHECK(listen(b->listen_fd, 0) == 0);
+  CHECK(getsockname(b->listen_fd, (struct sockaddr*)&a, &len) == 0);
+  b->filler_fd = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(b->filler_fd >= 0);
+  CHECK(connect(b->filler_fd, (struct sockaddr*)&a, sizeof(a)) == 0);
+  snprintf(b->port, sizeof(b->port), "%d", ntohs(a.sin_port));
+}
+
+static void blackhole_close(blackhole_t* b) {
+  close(b->filler_fd);
+  close(b->listen_fd);
+}
+
+typedef struct budget_req_s {
+  uvctx_group_t group;
+  uvctx_dial_t dial;
+  uv_tcp_t upstream;
+  uvctx_work_t job;
+  uvctx_process_t child;
+  uint64_t start;
+  double dial_ms, job_ms, child_ms;
+  int dial_st, job_st, child_st, child_sig, group_st;
+  int finished;
+} budget_req_t;
+
+static void on_dial(uvctx_dial_t* d, int status, uv_tcp_t* tcp) {
+  budget_req_t* r = d->data;
+  r->dial_ms = ms_since(r->start);
+  r->dial_st = status;
+  if (tcp != NULL)
+    uv_close((uv_handle_t*)tcp, NULL); /* not expected: it never answers */
+  uvctx_group_done(&r->group, status);
+}
+
+/* A CPU job of up to 10 s that polls its context between slices. */
+static int slow_job(uvctx_work_t* w) {
+  uint64_t until = uv_hrtime() + 10000000000ull;
+  while (uv_hrtime() < until) {
+    if (uvctx_err(uvctx_work_context(w)) != 0)
+      return 0; /* after() gets the context's error */
+    uv_sleep(5);
+  }
+  return 0;
+}
+
+static void on_job(uvctx_work_t* w, int status) {
+  budget_req_t* r = w->data;
+  r->job_ms = ms_since(r->start);
+  r->job_st = status;
+  uvctx_group_done(&r->group, status);
+}
+
+static void on_child(uvctx_process_t* p, int status, int64_t exit_status,
+                     int term_signal) {
+  budget_req_t* r = p->data;
+  (void)exit_status;
+  r->child_ms = ms_since(r->start);
+  r->child_st = status;
+  r->child_sig = term_signal;
+  uvctx_group_done(&r->group, status);
+}
+
+static void on_group(uvctx_group_t* g, int status) {
+  budget_req_t* r = g->data;
+  r->group_st = status;
+  r->finished = 1;
+}
+
+/* Starts the three members under one group (an errgroup) of `ctx`. */
+static void budget_start(budget_req_t* r, uvctx_t* ctx, const char* port) {
+  static char* argv[] = {"sleep", "30", NULL};
+  uv_process_options_t o;
+  uvctx_spawn_options_t so;
+  uvctx_t* g;
+
+  memset(r, 0, sizeof(*r));
+  memset(&o, 0, sizeof(o));
+  memset(&so, 0, sizeof(so));
+  r->start = uv_hrtime();
+  r->group.data = r->dial.data = r->job.data = r->child.data = r;
+  CHECK(uvctx_group_init(&r->group, ctx, on_group) == 0);
+  g = uvctx_group_context(&r->group);
+  uvctx_group_add(&r->group, 3);
+  CHECK(uvctx_dial(&r->dial, g, "localhost", port, NULL, &r->upstream,
+                   on_dial) == 0);
+  CHECK(uvctx_queue_work(&r->job, g, slow_job, on_job) == 0);
+  o.file = argv[0];
+  o.args = argv;
+  so.wait_delay_ms = 1000; /* SIGTERM, then SIGKILL 1 s later */
+  CHECK(uvctx_spawn(&r->child, g, &o, &so, on_child) == 0);
+  uvctx_group_close(&r->group);
+}
+
+static void budget_print(const budget_req_t* r) {
+  printf("   dial (resolve + connect)  %-12s after %7.1f ms\n",
+         uv_err_name(r->dial_st), r->dial_ms);
+  printf("   thread-pool job           %-12s after %7.1f ms\n",
+         uv_err_name(r->job_st), r->job_ms);
+  printf("   child `sleep 30`          %-12s after %7.1f ms (signal %d)\n",
+         uv_err_name(r->child_st), r->child_ms, r->child_sig);
+}
+
+static void demo_budget(void) {
+  uv_loop_t loop;
+  uvctx_loop_t* l;
+  uvctx_t* req;
+  blackhole_t bh;
+  budget_req_t r;
+
+  printf("4. one 2 s budget: a dial to an upstream that never answers, a 10 "
+         "s\n   thread-pool job and `sleep 30`, all under the same context\n");
+  blackhole_open(&bh);
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(uvctx_loop_init(&loop, &l) == 0);
+  CHECK(uvctx_with_timeout(uvctx_background(l), 2000, &req) == 0);
+  budget_start(&r, req, bh.port);
+  while (!r.finished)
+    CHECK(uv_run(&loop, UV_RUN_ONCE) >= 0);
+  budget_print(&r);
+  CHECK(r.dial_st == UV_ETIMEDOUT && r.job_st == UV_ETIMEDOUT &&
+        r.child_st == UV_ETIMEDOUT && r.child_sig == SIGTERM);
+  CHECK(r.group_st == UV_ETIMEDOUT);
+  printf("   the request ended with %s after %.1f ms: nothing left running\n",
+         uv_err_name(r.group_st), ms_since(r.start));
+  uvctx_release(req);
+  close_loop(&loop, l);
+  blackhole_close(&bh);
+}
+
+/* ---- 5. Ctrl-C cancels everything -----------------------------------------
+ */
+
+/* The smoke run's Ctrl-C: a real SIGINT to the process, sent again every
+ * 2 s (at most 10 times) in case a sanitizer's deferred signal handling
+ * lost one. */
+static int sigints_sent;
+static void self_sigint(uv_timer_t* t) {
+  budget_req_t* r = t->data;
+  if (r->finished || sigints_sent == 10)
+    return;
+  sigints_sent++;
+  CHECK(kill(getpid(), SIGINT) == 0);
+}
+
+static void demo_sigint(int self) {
+  static const int sigs[] = {SIGINT, SIGTERM};
+  uv_loop_t loop;
+  uvctx_loop_t* l;
+  uvctx_t* root;
+  uvctx_t* req;
+  uv_timer_t t;
+  blackhole_t bh;
+  budget_req_t r;
+  const char* msg = NULL;
+
+  printf("5. Ctrl-C: the same request with a 60 s budget, under a root "
+         "made by\n   uvctx_with_signals(SIGINT, SIGTERM)\n");
+  blackhole_open(&bh);
+  CHECK(uv_loop_init(&loop) == 0);
+  CHECK(uvctx_loop_init(&loop, &l) == 0);
+  CHECK(uvctx_with_signals(uvctx_background(l), sigs, 2, &root) == 0);
+  CHECK(uvctx_with_timeout(root, 60000, &req) == 0);
+  budget_start(&r, req, bh.port);
+  if (self) {
+    CHECK(uv_timer_init(&loop, &t) == 0);
+    t.data = &r;
+    CHECK(uv_timer_start(&t, self_sigint, 300, 2000) == 0);
+  }
+  printf("   waiting for Ctrl-C (SIGINT to pid %d)\n", (int)getpid());
+  while (!r.finished)
+    CHECK(uv_run(&loop, UV_RUN_ONCE) >= 0);
+  if (self)
+    uv_close((uv_handle_t*)&t, NULL);
+  CHECK(uvctx_cause(root, &msg) == UV_EINTR && msg != NULL);
+  printf("   the root was cancelled by %s (cause %s)\n", msg,
+         uv_err_name(UV_EINTR));
+  budget_print(&r);
+  CHECK(r.dial_st == UV_ECANCELED && r.job_st == UV_ECANCELED &&
+        r.child_st == UV_ECANCELED && r.group_st == UV_ECANCELED);
+  printf("   everything ended with %s after %.1f ms\n", uv_err_name(r.group_st),
+         ms_since(r.start));
+  uvctx_release(req);
+  uvctx_release(root); /* stop(): its signal handles close */
+  close_loop(&loop, l);
+  blackhole_close(&bh);
+}
+
+int main(int argc, char** argv) {
   /* Line-buffered even into a pipe, so that the output reads in order. */
   setvbuf(stdout, NULL, _IOLBF, 0);
-  demo_timeout();
-  demo_cross_thread();
-  demo_leak_report();
+  if (argc == 2 && (strcmp(argv[1], "--sigint") == 0 ||
+                    strcmp(argv[1], "--sigint-self") == 0)) {
+    demo_sigint(strcmp(argv[1], "--sigint-self") == 0);
+  } else {
+    CHECK(argc == 1);
+    demo_timeout();
+    demo_cross_thread();
+    demo_leak_report();
+    demo_budget();
+  }
   CHECK(uvctx_live_allocations() == 0);
   printf("done: every context released, every loop closed, "
          "0 live allocations\n");

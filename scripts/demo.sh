@@ -29,6 +29,25 @@ run_demo() {
 # The library in miniature, then the main program: uvctx-relay in front of
 # a local HTTP server, with real clients (scripts/relay-demo.sh).
 run_demo uvctx-demo
+
+# Ctrl-C: the demo's request waits under uvctx_with_signals(); this script
+# is the user at the terminal and sends it a real SIGINT once it waits.
+echo
+echo "=== uvctx-demo --sigint (Ctrl-C sent by this script)"
+out=$(mktemp)
+"$build/uvctx-demo" --sigint >"$out" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+  grep -q "waiting for Ctrl-C" "$out" && break
+  sleep 0.1
+done
+sleep 1
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+cat "$out"
+rm -f "$out"
+[ "$rc" -eq 0 ] || { echo "demo.sh: uvctx-demo --sigint failed ($rc)" >&2; exit 1; }
 echo
 echo "=== uvctx-relay (scripts/relay-demo.sh)"
 ./scripts/relay-demo.sh --build "$build"

@@ -18,12 +18,16 @@ function(uvctx_add_program name)
   uvctx_sanitize(${name})
 endfunction()
 
-# uvctx-demo: a request timeout, a cross-thread cancel and a leak report.
+# uvctx-demo: a request timeout, a cross-thread cancel, a leak report and
+# one budget over a dial, a job and a child (and Ctrl-C cancelling them).
 # Its smoke test fails if any of the three does not behave as documented.
 uvctx_add_program(uvctx-demo SOURCES examples/timeout_demo.c)
 if(UVCTX_BUILD_TESTS)
   add_test(NAME demo_timeout COMMAND uvctx-demo)
   set_tests_properties(demo_timeout PROPERTIES TIMEOUT 60 LABELS tools)
+  # Its Ctrl-C part, with a real SIGINT it sends itself.
+  add_test(NAME demo_sigint COMMAND uvctx-demo --sigint-self)
+  set_tests_properties(demo_sigint PROPERTIES TIMEOUT 60 LABELS tools)
 endif()
 
 # uvctx-relay: the TCP/TLS relay (tools/relay/, docs/relay.md). It needs the
