@@ -2,10 +2,12 @@
  * operations: each operation is started on the loop and its context is
  * cancelled by another thread at a random point (seeded: UVCTX_TEST_SEED
  * replays a run), many times over: 1,000 times for connect, dial, work and
- * recv (100 under sanitizers), fewer for sleep, getaddrinfo, spawn and
- * send. Every run must call back exactly once, on the loop thread, with
- * the operation's result or the context's error, and leave nothing open;
- * a receive that the cancel ends must lose no byte. */
+ * recv (100 under sanitizers), fewer for sleep, getaddrinfo, spawn, send
+ * and a group under a signal context. Every run must call back exactly once, on
+ * the loop thread, with the operation's result or the context's error, and
+ * leave nothing open; a receive that the cancel ends must lose no byte. */
+#include <signal.h>
+
 #include "uv_support.h"
 
 #define MANY UVT_SCALE(1000, 100)
@@ -394,6 +396,55 @@ START_TEST(sleep_gai_spawn_random_cancel) {
 }
 END_TEST
 
+/* ---- groups and signal contexts ----------------------------------------- */
+
+typedef struct gs_s {
+  uvctx_group_t g;
+  uvctx_sleep_t sleep;
+  uvt_op_t op;
+} gs_t;
+
+static void gs_sleep_cb(uvctx_sleep_t* r, int st) {
+  gs_t* t = r->data;
+  uvctx_group_done(&t->g, st);
+}
+
+static void gs_group_cb(uvctx_group_t* g, int st) {
+  uvt_op_record(&((gs_t*)g->data)->op, st);
+}
+
+START_TEST(group_and_signals_random_cancel) {
+  static const int sig = SIGUSR1;
+  int open = uvt_open_handles();
+  int i, cancelled = 0;
+  rng = uvt_seed("group_and_signals_random_cancel");
+  for (i = 0; i < FEW; i++) {
+    run_t r;
+    gs_t t;
+    uvctx_t* sctx;
+    memset(&t, 0, sizeof(t));
+    t.g.data = t.sleep.data = &t;
+    /* The thread cancels the parent of a signal context, under which a
+     * group runs one long sleep. */
+    run_begin(&r, 100000);
+    ck_assert_int_eq(uvctx_with_signals(r.ctx, &sig, 1, &sctx), 0);
+    run_cancel(&r);
+    ck_assert_int_eq(uvctx_group_init(&t.g, sctx, gs_group_cb), 0);
+    uvctx_group_add(&t.g, 1);
+    ck_assert_int_eq(
+        uvctx_sleep(&t.sleep, uvctx_group_context(&t.g), 60000, gs_sleep_cb),
+        0);
+    uvctx_group_close(&t.g);
+    run_end(&r, &t.op, 0, &cancelled);
+    ck_assert_int_eq(t.op.status, UV_ECANCELED); /* only the cancel ends it */
+    ck_assert_int_ne(uvctx_err(sctx), 0);
+    uvctx_release(sctx);
+    UVT_RUN_UNTIL(uvt_open_handles() == open); /* its signal handle closed */
+  }
+  report("group/with_signals", FEW, cancelled);
+}
+END_TEST
+
 static Suite* uv_threads_suite(void) {
   const TTest* const tests[] = {connect_random_cancel,
                                 dial_random_cancel,
@@ -401,6 +452,7 @@ static Suite* uv_threads_suite(void) {
                                 recv_random_cancel,
                                 send_random_cancel,
                                 sleep_gai_spawn_random_cancel,
+                                group_and_signals_random_cancel,
                                 NULL};
   Suite* s = suite_create("uv_threads");
   uvt_add_tcase(s, "random_cancel", uvt_setup, tests);
