@@ -4,9 +4,11 @@
  * an already-done context (nothing spawned), process groups reaching
  * grandchildren (and, without a group, not reaching them), bad arguments.
  * Real processes; every one is reaped and every handle closed. */
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "uv_support.h"
 
@@ -15,6 +17,7 @@ typedef struct child_s {
   uvt_op_t op;
   int64_t exit_status;
   int term_signal;
+  int pid; /* uvctx_process_pid() right after the spawn */
   int pid_in_cb;
   int open_in_cb;
   uint64_t started, ended;
@@ -84,6 +87,7 @@ static int child_start(child_t* c, uvctx_t* ctx, char** argv,
   o.stdio_count = 3;
   c->started = uv_hrtime();
   rc = (int)UVT_CALL(uvctx_spawn(&c->p, ctx, &o, opts, child_cb));
+  c->pid = uvctx_process_pid(&c->p);
   if (pipe_out && rc == 0 && c->p.state_ != 0 && uvctx_process_pid(&c->p) > 0)
     ck_assert_int_eq(uv_read_start((uv_stream_t*)&c->out, out_alloc, out_read),
                      0);
@@ -97,6 +101,12 @@ static void child_wait(child_t* c, int status) {
   UVT_OP_CHECK(&c->op, status);
   ck_assert_int_eq(c->pid_in_cb, 0);
   ck_assert_int_eq(c->open_in_cb, 0); /* process and timer closed */
+  if (c->pid > 0) {
+    /* Reaped: no zombie of ours is left. */
+    int st;
+    ck_assert_int_eq(waitpid(c->pid, &st, WNOHANG), -1);
+    ck_assert_int_eq(errno, ECHILD);
+  }
 }
 
 /* The child's stdout reaches EOF once every process holding it is gone. */
