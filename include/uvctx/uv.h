@@ -333,7 +333,8 @@ UVCTX_EXTERN int uvctx_process_pid(const uvctx_process_t* p);
  * on parent's home loop. Its uv_signal_t handles are closed when a signal
  * arrived, when parent is done, or when the child is freed (Go's stop(): call
  * uvctx_release()); uvctx_loop_close() returns UV_EBUSY until that close has
- * begun. While the handles are open the signals do not take their default
+ * begun. A child you cancelled yourself keeps its handles until it is
+ * freed. While the handles are open the signals do not take their default
  * action. Under a done parent the child is born done and no handle is made.
  * Call on the home loop's thread. UV_EINVAL for NULL parent, signums or
  * out, n == 0, or a signal outside 1..NSIG-1 or one that cannot be caught
