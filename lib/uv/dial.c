@@ -2,11 +2,13 @@
  * racers (the first address's family, and the other family after the
  * fallback delay, RFC 8305) that each try their addresses in turn on a
  * uv_tcp_t of the request. The winner's socket moves into the caller's
- * storage (a dup'ed descriptor under uv_tcp_open()), since a libuv handle
- * cannot move; every attempt is closed before the callback. */
+ * storage (a duplicated descriptor under uv_tcp_open()), since a libuv
+ * handle cannot move; every attempt is closed before the callback. */
+#define _GNU_SOURCE /* dup3() */
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "uv_internal.h"
@@ -97,9 +99,20 @@ static int dial_adopt(uvctx_dial_t* req, int i) {
   rc = uv_fileno((uv_handle_t*)&req->racer_[i].tcp, &fd);
   if (rc != 0)
     return rc;
-  nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  /* The copy is made over a placeholder socket with dup3(): atomically
+   * close-on-exec, and seen by ThreadSanitizer as a descriptor this
+   * thread created. TSan learns of descriptors from the calls that make
+   * them but misses the closes libuv makes with a raw system call, so a
+   * plain dup() (or fcntl) that reuses a number another thread's accept()
+   * once had looks to it like a race on that old descriptor. */
+  nfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (nfd < 0)
     return uv_translate_sys_error(errno);
+  if (dup3(fd, nfd, O_CLOEXEC) < 0) {
+    rc = uv_translate_sys_error(errno);
+    close(nfd);
+    return rc;
+  }
   rc = uv_tcp_init(uvctx__uv_home(req->ctx_), req->tcp_);
   if (rc != 0) {
     close(nfd);

@@ -33,6 +33,9 @@ static void proc_close(uvctx_process_t* p, int status) {
 }
 
 static void proc_signal(uvctx_process_t* p, int signum) {
+  /* Never kill(0) or kill(-0): that would be our own process group. */
+  if (p->pid_ <= 0)
+    return;
   /* ESRCH (gone meanwhile) is fine: the exit callback is on its way. */
   if (p->group_)
     uv_kill(-p->pid_, signum);
