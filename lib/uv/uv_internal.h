@@ -1,7 +1,8 @@
 /* uv_internal.h owns what the operations of lib/uv/ share: the request
- * states, the home-loop lookup and argument checks, the lookup that may
- * outlive its request (getaddrinfo.c), signal names (signals.c) and the
- * final step of every operation. Built on the public API only. */
+ * states, the home loop of a context, the handle check, due times on the
+ * uv_hrtime() clock, and the declarations of the lookup that may outlive
+ * its request (getaddrinfo.c) and of signal names (signals.c). Built on the
+ * public API only (and the stream's owner_ slot, see recv.c). */
 #ifndef UVCTX_UV_INTERNAL_H
 #define UVCTX_UV_INTERNAL_H
 
