@@ -109,6 +109,8 @@ static int poll_watch(uvctx_pg_conn_t* conn, int fd, int events, int fresh) {
     }
     conn->poll->data = conn;
     conn->handles++;
+    if (conn->state == ST_IDLE)
+      uv_unref((uv_handle_t*)conn->poll);
     conn->fd = fd;
     conn->events = 0;
   } else if (fresh) {
@@ -121,6 +123,19 @@ static int poll_watch(uvctx_pg_conn_t* conn, int fd, int events, int fresh) {
   if (rc == 0)
     conn->events = events;
   return rc;
+}
+
+/* An idle connection does not keep uv_run() alive (as an idle
+ * database/sql connection does not keep a Go program alive); one that is
+ * connecting, running or draining a query does. */
+static void set_state(uvctx_pg_conn_t* conn, int state) {
+  conn->state = state;
+  if (conn->poll == NULL)
+    return;
+  if (state == ST_IDLE)
+    uv_unref((uv_handle_t*)conn->poll);
+  else
+    uv_ref((uv_handle_t*)conn->poll);
 }
 
 static int io_events(const uvctx_pg_conn_t* conn) {
@@ -275,7 +290,7 @@ static void connected(uvctx_pg_conn_t* conn) {
     return;
   }
   uvctx_watch_stop(&req->watch_);
-  conn->state = ST_IDLE;
+  set_state(conn, ST_IDLE);
   conn->connect = NULL;
   req->error_[0] = '\0';
   req->conn_ = conn;
@@ -416,7 +431,7 @@ static void check_ready(uvctx_pg_conn_t* conn) {
   /* Both the server's end of the query and the cancel request itself are
    * over: a late cancel can no longer hit the next query. */
   uv_timer_stop(&conn->grace);
-  conn->state = ST_IDLE;
+  set_state(conn, ST_IDLE);
   q = conn->waiting;
   conn->waiting = NULL;
   if (q != NULL && uvctx_watch_stop(&q->watch_) == 1) {
@@ -474,7 +489,7 @@ static void results_done(uvctx_pg_conn_t* conn) {
   if (broken) {
     conn_break(conn);
   } else {
-    conn->state = ST_IDLE;
+    set_state(conn, ST_IDLE);
     poll_watch(conn, conn->fd, io_events(conn), 0);
   }
   query_finish(conn, q, status, res);
@@ -579,7 +594,7 @@ static void query_ctx_done(uvctx_watch_t* w, int err) {
   if (conn->q != q)
     return;
   conn->q = NULL;
-  conn->state = ST_DRAINING;
+  set_state(conn, ST_DRAINING);
   conn->drained = 0;
   if (conn->result != NULL) {
     PQclear(conn->result);
@@ -625,7 +640,7 @@ static int send_query(uvctx_pg_conn_t* conn, uvctx_pg_query_t* q) {
   }
   conn->flushing = r;
   conn->q = q;
-  conn->state = ST_BUSY;
+  set_state(conn, ST_BUSY);
   uvctx_watch_start(&q->watch_, q->ctx_, query_ctx_done);
   if (poll_watch(conn, conn->fd, io_events(conn), 0) != 0) {
     uvctx_watch_stop(&q->watch_);

@@ -1,6 +1,6 @@
 # PostgreSQL under contexts against a real server: a private cluster that
 # cluster.sh starts once for the suite (a CTest fixture) and stops after.
-set(UVCTX_PG_STATE ${CMAKE_CURRENT_BINARY_DIR}/pg-cluster.env)
+set(UVCTX_PG_STATE ${PROJECT_BINARY_DIR}/pg-cluster.env)
 add_test(NAME pg_cluster_start
   COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/cluster.sh start ${UVCTX_PG_STATE})
 add_test(NAME pg_cluster_stop
