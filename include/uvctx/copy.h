@@ -120,10 +120,10 @@ struct uvctx_copy_s {
  * Returns 0; UV_EINVAL for NULL arguments, closing streams, invalid options
  * or a context homed on another loop than the streams'; UV_EBUSY if a
  * stream is already used by a copy or pipe; UV_ENOMEM (the pool is one
- * allocation); or the error of starting to read. On error nothing was started, cb never runs,
- * and the streams are untouched. `opts` may be NULL (all defaults) and is
- * copied. The copy does not need `ctx` after this call beyond its watch's
- * reference. */
+ * allocation); or the error of starting to read. On error nothing was started,
+ * cb never runs, and the streams are untouched. `opts` may be NULL (all
+ * defaults) and is copied. The copy does not need `ctx` after this call beyond
+ * its watch's reference. */
 UVCTX_EXTERN int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx,
                                   uvctx_stream_t* src, uvctx_stream_t* dst,
                                   const uvctx_copy_options_t* opts,

@@ -113,7 +113,7 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
                      const char* detail);
 static void start_connect(relay_conn_t* c);
 
-/* ---- logging ------------------------------------------------------------ */
+/* ---- logging ------------------------------------------------------------- */
 
 static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_line_t ln;
@@ -138,7 +138,7 @@ static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_end(&ln);
 }
 
-/* ---- endings ------------------------------------------------------------ */
+/* ---- endings ------------------------------------------------------------- */
 
 /* The reason for a failed step: a done context names itself through its
  * cause message (drained, lifetime, client-gone, handshake-timeout,
@@ -368,7 +368,7 @@ static void start_pipe(relay_conn_t* c) {
   }
 }
 
-/* ---- what the client sent while the upstream was being reached ---------- */
+/* ---- what the client sent while the upstream was being reached ----------- */
 
 static void on_flushed(uvctx_write_t* req, int status) {
   relay_conn_t* c = req->data;

@@ -18,8 +18,7 @@
 
 #include "json.h"
 
-/* ---- the trace model ------------------------------------------------------
- */
+/* ---- the trace model ----------------------------------------------------- */
 
 typedef struct ctx_rec_s {
   uint64_t id;
@@ -270,8 +269,7 @@ static void unload(trace_t* t) {
   free(t->hvals);
 }
 
-/* ---- summary ----------------------------------------------------------------
- */
+/* ---- summary ------------------------------------------------------------- */
 
 static int cmp_double(const void* a, const void* b) {
   double x = *(const double*)a, y = *(const double*)b;
@@ -438,8 +436,7 @@ static int summary(trace_t* t, double late_us, size_t top) {
   return 0;
 }
 
-/* ---- heatmap
- * ------------------------------------------------------------------ */
+/* ---- heatmap ------------------------------------------------------------- */
 
 #define ROWS 24 /* delay buckets: <= 2^(k+7) ns for k < ROWS-1, then more */
 
@@ -602,8 +599,7 @@ static int heatmap(trace_t* t, const char* out_path, int cols) {
   return 0;
 }
 
-/* ---- main
- * -------------------------------------------------------------------- */
+/* ---- main ---------------------------------------------------------------- */
 
 static int usage(void) {
   fprintf(stderr, "usage: uvctx-trace summary FILE [--late-us N] [--top N]\n"
