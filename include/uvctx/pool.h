@@ -92,7 +92,9 @@ typedef struct uvctx_pool_stats_s {
   uint64_t closing; /* closes the kind has not confirmed */
   uint64_t waiting; /* requests queued for a connection */
   /* totals */
-  uint64_t wait_count;           /* requests that had to wait */
+  /* Requests that had to wait, for an open or a release (database/sql
+   * counts only the latter). */
+  uint64_t wait_count;
   uint64_t wait_duration_ns;     /* total time they waited */
   uint64_t max_idle_closed;      /* closed because max_idle were idle */
   uint64_t max_idle_time_closed; /* closed after max_idle_time idle */
@@ -233,6 +235,32 @@ UVCTX_EXTERN int uvctx_pool_close(uvctx_pool_t* pool, uvctx_pool_close_cb cb);
  * only. */
 UVCTX_EXTERN int uvctx_pool_stats(const uvctx_pool_t* pool,
                                   uvctx_pool_stats_t* out);
+
+/* The stats of `n` pools in the Prometheus text format, each sample
+ * labelled pool="labels[i]" (a NULL labels array or element: the index),
+ * through the observability module's formatter
+ * (uvctx_metrics_format_table() of <uvctx/metrics.h>). Families:
+ *
+ *   uvctx_pool_max_open, uvctx_pool_open, uvctx_pool_in_use,
+ *   uvctx_pool_idle, uvctx_pool_opening, uvctx_pool_closing,
+ *   uvctx_pool_waiting                          gauges
+ *   uvctx_pool_wait_total, uvctx_pool_max_idle_closed_total,
+ *   uvctx_pool_max_idle_time_closed_total,
+ *   uvctx_pool_max_lifetime_closed_total, uvctx_pool_opened_total,
+ *   uvctx_pool_open_failures_total, uvctx_pool_broken_closed_total,
+ *   uvctx_pool_closed_total, uvctx_pool_acquired_total   counters
+ *   uvctx_pool_wait_duration_seconds            histogram (its _sum is
+ *                                               the total wait time)
+ *   uvctx_pool_wait_duration_max_seconds        gauge
+ *
+ * On 0 *out holds a NUL-terminated text to free with uvctx_metrics_free()
+ * and *len (may be NULL) its length. UV_EINVAL for a NULL out, a NULL stats
+ * with n > 0 or a NULL element; UV_ENOMEM. Any thread (it reads only the
+ * copies it is given). */
+UVCTX_EXTERN int
+uvctx_pool_metrics_format(const uvctx_pool_stats_t* const* stats,
+                          const char* const* labels, size_t n, char** out,
+                          size_t* len);
 
 #ifdef __cplusplus
 }

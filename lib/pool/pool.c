@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "uvctx/metrics.h"
 #include "uvctx/pool.h"
 
 #define CONTAINER_OF(ptr, type, member) \
@@ -519,4 +520,59 @@ int uvctx_pool_stats(const uvctx_pool_t* pool, uvctx_pool_stats_t* out) {
   out->closing = pool->n_closing_;
   out->waiting = pool->n_waiting_;
   return 0;
+}
+
+#define POOL_FIELD(f) offsetof(uvctx_pool_stats_t, f)
+
+static const uvctx_metric_t pool_metrics[] = {
+    {"uvctx_pool_max_open", "The pool's bound on open connections (0: none).",
+     UVCTX_METRIC_GAUGE, POOL_FIELD(max_open)},
+    {"uvctx_pool_open", "Connections in use or idle.", UVCTX_METRIC_GAUGE,
+     POOL_FIELD(open)},
+    {"uvctx_pool_in_use", "Connections handed out.", UVCTX_METRIC_GAUGE,
+     POOL_FIELD(in_use)},
+    {"uvctx_pool_idle", "Idle connections.", UVCTX_METRIC_GAUGE,
+     POOL_FIELD(idle)},
+    {"uvctx_pool_opening", "Opens in flight.", UVCTX_METRIC_GAUGE,
+     POOL_FIELD(opening)},
+    {"uvctx_pool_closing", "Closes not yet confirmed.", UVCTX_METRIC_GAUGE,
+     POOL_FIELD(closing)},
+    {"uvctx_pool_waiting", "Requests waiting for a connection.",
+     UVCTX_METRIC_GAUGE, POOL_FIELD(waiting)},
+    {"uvctx_pool_wait_total", "Requests that had to wait.",
+     UVCTX_METRIC_COUNTER, POOL_FIELD(wait_count)},
+    {"uvctx_pool_max_idle_closed_total",
+     "Connections closed because max_idle were idle.", UVCTX_METRIC_COUNTER,
+     POOL_FIELD(max_idle_closed)},
+    {"uvctx_pool_max_idle_time_closed_total",
+     "Connections closed after max_idle_time idle.", UVCTX_METRIC_COUNTER,
+     POOL_FIELD(max_idle_time_closed)},
+    {"uvctx_pool_max_lifetime_closed_total",
+     "Connections closed after max_lifetime.", UVCTX_METRIC_COUNTER,
+     POOL_FIELD(max_lifetime_closed)},
+    {"uvctx_pool_opened_total", "Opens that succeeded.", UVCTX_METRIC_COUNTER,
+     POOL_FIELD(opened)},
+    {"uvctx_pool_open_failures_total", "Opens that failed.",
+     UVCTX_METRIC_COUNTER, POOL_FIELD(open_failures)},
+    {"uvctx_pool_broken_closed_total",
+     "Connections closed as broken (released so, or refused by the check).",
+     UVCTX_METRIC_COUNTER, POOL_FIELD(broken_closed)},
+    {"uvctx_pool_closed_total", "Connections closed, for any reason.",
+     UVCTX_METRIC_COUNTER, POOL_FIELD(closed)},
+    {"uvctx_pool_acquired_total", "Connections handed out.",
+     UVCTX_METRIC_COUNTER, POOL_FIELD(acquired)},
+    {"uvctx_pool_wait_duration_seconds",
+     "How long each waiting request waited, until it got a connection or "
+     "gave up.",
+     UVCTX_METRIC_HISTOGRAM, POOL_FIELD(wait)},
+    {"uvctx_pool_wait_duration_max_seconds", "Longest wait for a connection.",
+     UVCTX_METRIC_MAX_GAUGE, POOL_FIELD(wait)},
+};
+
+int uvctx_pool_metrics_format(const uvctx_pool_stats_t* const* stats,
+                              const char* const* labels, size_t n, char** out,
+                              size_t* len) {
+  return uvctx_metrics_format_table(
+      pool_metrics, sizeof(pool_metrics) / sizeof(pool_metrics[0]), "pool",
+      (const void* const*)stats, labels, n, out, len);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "helpers.h"
+#include "uvctx/metrics.h"
 #include "uvctx/pool.h"
 
 #define CONTAINER_OF(ptr, type, member) \
@@ -765,6 +766,62 @@ START_TEST(test_context_on_another_loop) {
 }
 END_TEST
 
+START_TEST(test_stats_in_prometheus_text) {
+  fake_t f;
+  user_t a, b;
+  uvctx_pool_options_t o = {0};
+  uvctx_pool_stats_t s;
+  const uvctx_pool_stats_t* rows[1];
+  const char* labels[] = {"db \"main\""};
+  char* text = NULL;
+  size_t len = 0;
+  o.max_open = 1;
+  fake_init(&f, &o);
+  user_get(&a, &f, NULL);
+  user_acquire(&b, &f, NULL); /* waits for a's connection (a waited for
+                                 its open) */
+  uvt_run_for(5);
+  user_release(&a, &f, 0);
+  UVT_RUN_UNTIL(b.calls == 1);
+  s = stats_of(&f);
+  ck_assert_uint_eq(s.wait_count, 2);
+  ck_assert_uint_eq(s.wait.count, 2);
+  ck_assert_uint_eq(s.wait.sum_ns, s.wait_duration_ns);
+  ck_assert_uint_ge(s.wait_duration_ns, 4 * 1000000u);
+  rows[0] = &s;
+  ck_assert_int_eq(uvctx_pool_metrics_format(rows, labels, 1, &text, &len), 0);
+  ck_assert_uint_eq(len, strlen(text));
+  ck_assert_ptr_nonnull(
+      strstr(text, "# TYPE uvctx_pool_in_use gauge\n"
+                   "uvctx_pool_in_use{pool=\"db \\\"main\\\"\"} 1\n"));
+  ck_assert_ptr_nonnull(strstr(text, "# TYPE uvctx_pool_wait_total counter\n"
+                                     "uvctx_pool_wait_total{pool="));
+  ck_assert_ptr_nonnull(strstr(text, "uvctx_pool_max_open{pool=\"db \\\"main"
+                                     "\\\"\"} 1\n"));
+  ck_assert_ptr_nonnull(
+      strstr(text, "# TYPE uvctx_pool_wait_duration_seconds histogram\n"));
+  ck_assert_ptr_nonnull(strstr(
+      text, "uvctx_pool_wait_duration_seconds_bucket{pool=\"db \\\"main\\\"\","
+            "le=\"+Inf\"} 2\n"));
+  ck_assert_ptr_nonnull(strstr(
+      text,
+      "uvctx_pool_wait_duration_seconds_count{pool=\"db \\\"main\\\"\"} 2\n"));
+  ck_assert_ptr_nonnull(strstr(text, "uvctx_pool_opened_total{pool="));
+  uvctx_metrics_free(text);
+  /* Without labels, the index. */
+  ck_assert_int_eq(uvctx_pool_metrics_format(rows, NULL, 1, &text, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(text, "uvctx_pool_idle{pool=\"0\"} 0\n"));
+  uvctx_metrics_free(text);
+  ck_assert_int_eq(uvctx_pool_metrics_format(rows, NULL, 1, NULL, NULL),
+                   UV_EINVAL);
+  rows[0] = NULL;
+  ck_assert_int_eq(uvctx_pool_metrics_format(rows, NULL, 1, &text, NULL),
+                   UV_EINVAL);
+  user_release(&b, &f, 0);
+  fake_finish(&f);
+}
+END_TEST
+
 /* ---- allocation failure ---------------------------------------------------
  */
 
@@ -816,6 +873,7 @@ static Suite* pool_suite(void) {
   tcase_add_test(tc, test_close_fails_waiters);
   tcase_add_test(tc, test_close_with_idle_and_open_in_flight);
   tcase_add_test(tc, test_context_on_another_loop);
+  tcase_add_test(tc, test_stats_in_prometheus_text);
   suite_add_tcase(s, tc);
   tcase_add_checked_fixture(ta, alloc_setup, uvt_teardown);
   tcase_add_test(ta, test_init_allocation_failure);
