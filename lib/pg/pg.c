@@ -37,6 +37,8 @@ struct uvctx_pg_conn_s {
   int handles;  /* closes to wait for at teardown */
   uvctx_pg_options_t opts;
   uv_timer_t grace; /* the cancel's grace period */
+  uv_timer_t retry; /* the next cancel request while the query runs on */
+  uint64_t retry_ms;
   uv_timer_t defer; /* callbacks that must not run inside a call */
   uvctx_pg_connect_t* connect;
   int connect_status;
@@ -182,6 +184,7 @@ static void conn_break(uvctx_pg_conn_t* conn) {
   conn->state = ST_BROKEN;
   poll_drop(conn);
   uv_timer_stop(&conn->grace);
+  uv_timer_stop(&conn->retry);
   fail_queries(conn, UV_ECONNRESET);
   notify_ready(conn);
 }
@@ -228,8 +231,9 @@ static void teardown(uvctx_pg_conn_t* conn) {
     if (conn->connect != NULL)
       uvctx_watch_stop(&conn->connect->watch_);
     poll_drop(conn);
-    conn->handles += 2;
+    conn->handles += 3;
     uv_close((uv_handle_t*)&conn->grace, handle_closed);
+    uv_close((uv_handle_t*)&conn->retry, handle_closed);
     uv_close((uv_handle_t*)&conn->defer, handle_closed);
     return;
   }
@@ -361,8 +365,9 @@ int uvctx_pg_connect(uvctx_pg_connect_t* req, uvctx_t* ctx,
     conn->opts.cancel_grace_ms = default_grace_ms;
   /* Neither init allocates nor can fail in libuv. */
   uv_timer_init(loop, &conn->grace);
+  uv_timer_init(loop, &conn->retry);
   uv_timer_init(loop, &conn->defer);
-  conn->grace.data = conn->defer.data = conn;
+  conn->grace.data = conn->defer.data = conn->retry.data = conn;
   req->ctx_ = uvctx_ref(ctx);
   req->cb_ = cb;
   req->conn_ = conn;
@@ -431,6 +436,7 @@ static void check_ready(uvctx_pg_conn_t* conn) {
   /* Both the server's end of the query and the cancel request itself are
    * over: a late cancel can no longer hit the next query. */
   uv_timer_stop(&conn->grace);
+  uv_timer_stop(&conn->retry);
   set_state(conn, ST_IDLE);
   q = conn->waiting;
   conn->waiting = NULL;
@@ -559,6 +565,8 @@ static void on_io(uv_poll_t* h, int status, int events) {
     io_failed(conn);
 }
 
+static void cancel_after(uv_work_t* w, int status);
+
 static void cancel_work(uv_work_t* w) {
   uvctx_pg_conn_t* conn = CONTAINER_OF(w, uvctx_pg_conn_t, cancel_work);
   /* PQcancel() is thread-safe: it uses only the PGcancel copy, never the
@@ -568,14 +576,38 @@ static void cancel_work(uv_work_t* w) {
     conn->cancel_err[sizeof(conn->cancel_err) - 1] = '\0';
 }
 
+static void cancel_start(uvctx_pg_conn_t* conn) {
+  conn->cancel_err[0] = '\0';
+  if (uv_queue_work(uvctx_loop_uv(conn->l), &conn->cancel_work, cancel_work,
+                    cancel_after) == 0)
+    conn->cancel_running = 1;
+}
+
+static void cancel_retry(uv_timer_t* t) {
+  uvctx_pg_conn_t* conn = CONTAINER_OF(t, uvctx_pg_conn_t, retry);
+  if (conn->state == ST_DRAINING && !conn->drained && !conn->cancel_running)
+    cancel_start(conn);
+}
+
+/* A cancel request is lost when it reaches the backend before the query
+ * has started (the server drops a cancel that finds it idle): while the
+ * query still runs, ask again, 20 ms later, then twice as late each time
+ * up to 500 ms, within the grace period. A repeated request cannot hit a
+ * later query: none starts before this one is drained and no cancel is in
+ * flight. */
 static void cancel_after(uv_work_t* w, int status) {
   uvctx_pg_conn_t* conn = CONTAINER_OF(w, uvctx_pg_conn_t, cancel_work);
   (void)status;
   conn->cancel_running = 0;
-  if (conn->state == ST_CLOSING)
+  if (conn->state == ST_CLOSING) {
     teardown(conn);
-  else
+  } else if (conn->state == ST_DRAINING && !conn->drained) {
+    uv_timer_start(&conn->retry, cancel_retry, conn->retry_ms, 0);
+    if (conn->retry_ms < 500)
+      conn->retry_ms *= 2;
+  } else {
     check_ready(conn);
+  }
 }
 
 static void grace_over(uv_timer_t* t) {
@@ -600,10 +632,8 @@ static void query_ctx_done(uvctx_watch_t* w, int err) {
     PQclear(conn->result);
     conn->result = NULL;
   }
-  conn->cancel_err[0] = '\0';
-  if (uv_queue_work(uvctx_loop_uv(conn->l), &conn->cancel_work, cancel_work,
-                    cancel_after) == 0)
-    conn->cancel_running = 1;
+  conn->retry_ms = 20;
+  cancel_start(conn);
   uv_timer_start(&conn->grace, grace_over, conn->opts.cancel_grace_ms, 0);
   q->sqlstate_ = "";
   q->error_ = "";

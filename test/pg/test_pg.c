@@ -433,6 +433,39 @@ START_TEST(test_query_behind_drain_waits) {
 }
 END_TEST
 
+/* A cancel that reaches the backend before the query has started is
+ * dropped by the server (it ignores a cancel while it reads a command): the
+ * connection must ask again until the query ends. A 32 MiB comment in
+ * front of the query keeps the backend reading while the first cancel
+ * arrives; the rest of it is flushed during the drain. */
+START_TEST(test_cancel_before_the_query_starts) {
+  uvctx_pg_conn_t* conn;
+  query_wait_t q, next;
+  uvctx_t* ctx;
+  size_t pad = 32u << 20;
+  char* sql = malloc(pad + 64);
+  NEED_SERVER();
+  ck_assert_ptr_nonnull(sql);
+  memcpy(sql, "/*", 2);
+  memset(sql + 2, 'x', pad);
+  strcpy(sql + 2 + pad, "*/ SELECT pg_sleep(10)");
+  conn = connect_ok();
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
+  start_query(&q, conn, ctx, sql, 0, NULL);
+  ck_assert_int_eq(uvctx_cancel(ctx), 0);
+  UVT_RUN_UNTIL(q.calls == 1);
+  ck_assert_int_eq(q.status, UV_ECANCELED);
+  /* Well inside the grace period, far from pg_sleep's 10 s. */
+  UVT_RUN_UNTIL_MS(!uvctx_pg_conn_busy(conn), 4000);
+  ck_assert_int_eq(uvctx_pg_conn_broken(conn), 0);
+  query_wait(&next, conn, "SELECT 1", 0, NULL);
+  ck_assert_int_eq(next.status, 0);
+  uvctx_release(ctx);
+  close_wait(conn);
+  free(sql);
+}
+END_TEST
+
 START_TEST(test_close_with_query_in_flight) {
   uvctx_pg_conn_t* conn;
   query_wait_t q;
@@ -678,6 +711,7 @@ static Suite* pg_suite(void) {
   tcase_add_test(tc, test_deadline_during_connect);
   tcase_add_test(tc, test_deadline_cancels_on_server);
   tcase_add_test(tc, test_query_behind_drain_waits);
+  tcase_add_test(tc, test_cancel_before_the_query_starts);
   tcase_add_test(tc, test_close_with_query_in_flight);
   tcase_add_test(tc, test_pool_more_requesters_than_connections);
   tcase_add_test(tc, test_pool_cancelled_query_returns_connection);
