@@ -757,6 +757,17 @@ void uvctx_pg_conn_close(uvctx_pg_conn_t* conn, uvctx_pg_close_cb cb,
 /* ---- for the pg pool (pg_internal.h) -------------------------------------
  */
 
+/* A non-blocking read before an idle connection is handed out again: a
+ * session the server ended while the connection sat idle (its EOF or
+ * error already in the socket) is seen now rather than by the next
+ * query. */
+int uvctx__pg_conn_probe(uvctx_pg_conn_t* conn) {
+  if (conn->state == ST_IDLE &&
+      (!PQconsumeInput(conn->pg) || PQstatus(conn->pg) != CONNECTION_OK))
+    conn_break(conn);
+  return uvctx_pg_conn_broken(conn);
+}
+
 uvctx_pool_conn_t* uvctx__pg_conn_head(uvctx_pg_conn_t* conn) {
   return &conn->pool_head;
 }

@@ -50,7 +50,7 @@ static void kind_close(uvctx_pool_t* pool, uvctx_pool_conn_t* c) {
 
 static int kind_check(uvctx_pool_t* pool, uvctx_pool_conn_t* c) {
   (void)pool;
-  return uvctx_pg_conn_broken(uvctx__pg_conn_of(c)) ? UV_ECONNRESET : 0;
+  return uvctx__pg_conn_probe(uvctx__pg_conn_of(c)) ? UV_ECONNRESET : 0;
 }
 
 static const uvctx_pool_kind_t pg_kind = {kind_open, kind_close, kind_check};

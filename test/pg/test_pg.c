@@ -94,20 +94,29 @@ static void connected_cb(uvctx_pg_connect_t* req, int status,
     ck_assert_ptr_null(conn);
 }
 
-static void start_connect(conn_wait_t* w, uvctx_t* ctx, const char* ci) {
+static void start_connect_opts(conn_wait_t* w, uvctx_t* ctx, const char* ci,
+                               const uvctx_pg_options_t* opts) {
   memset(w, 0, sizeof(*w));
   w->req.data = w;
   w->in_call = 1;
-  ck_assert_int_eq(uvctx_pg_connect(&w->req, ctx, ci, NULL, connected_cb), 0);
+  ck_assert_int_eq(uvctx_pg_connect(&w->req, ctx, ci, opts, connected_cb), 0);
   w->in_call = 0;
 }
 
-static uvctx_pg_conn_t* connect_ok(void) {
+static void start_connect(conn_wait_t* w, uvctx_t* ctx, const char* ci) {
+  start_connect_opts(w, ctx, ci, NULL);
+}
+
+static uvctx_pg_conn_t* connect_ok_opts(const uvctx_pg_options_t* opts) {
   conn_wait_t w;
-  start_connect(&w, uvt_bg, conninfo);
+  start_connect_opts(&w, uvt_bg, conninfo, opts);
   UVT_RUN_UNTIL(w.calls == 1);
   ck_assert_msg(w.status == 0, "connect: %d %s", w.status, w.error);
   return w.conn;
+}
+
+static uvctx_pg_conn_t* connect_ok(void) {
+  return connect_ok_opts(NULL);
 }
 
 static void closed_cb(uvctx_pg_conn_t* conn, void* arg) {
@@ -437,26 +446,29 @@ END_TEST
  * dropped by the server (it ignores a cancel while it reads a command): the
  * connection must ask again until the query ends. A 32 MiB comment in
  * front of the query keeps the backend reading while the first cancel
- * arrives; the rest of it is flushed during the drain. */
+ * arrives; the rest of it is flushed during the drain. The grace is
+ * longer than the wait, which is shorter than pg_sleep(30): the drain
+ * ends in time only if a later cancel reached the query. */
 START_TEST(test_cancel_before_the_query_starts) {
   uvctx_pg_conn_t* conn;
   query_wait_t q, next;
   uvctx_t* ctx;
   size_t pad = 32u << 20;
   char* sql = malloc(pad + 64);
+  uvctx_pg_options_t opts = {0};
   NEED_SERVER();
+  opts.cancel_grace_ms = 25000;
   ck_assert_ptr_nonnull(sql);
   memcpy(sql, "/*", 2);
   memset(sql + 2, 'x', pad);
-  strcpy(sql + 2 + pad, "*/ SELECT pg_sleep(10)");
-  conn = connect_ok();
+  strcpy(sql + 2 + pad, "*/ SELECT pg_sleep(30)");
+  conn = connect_ok_opts(&opts);
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
   start_query(&q, conn, ctx, sql, 0, NULL);
   ck_assert_int_eq(uvctx_cancel(ctx), 0);
   UVT_RUN_UNTIL(q.calls == 1);
   ck_assert_int_eq(q.status, UV_ECANCELED);
-  /* Well inside the grace period, far from pg_sleep's 10 s. */
-  UVT_RUN_UNTIL_MS(!uvctx_pg_conn_busy(conn), 4000);
+  UVT_RUN_UNTIL_MS(!uvctx_pg_conn_busy(conn), 15000);
   ck_assert_int_eq(uvctx_pg_conn_broken(conn), 0);
   query_wait(&next, conn, "SELECT 1", 0, NULL);
   ck_assert_int_eq(next.status, 0);
@@ -597,6 +609,73 @@ START_TEST(test_pool_cancelled_query_returns_connection) {
 }
 END_TEST
 
+/* The server ends an idle pooled connection's session: once the
+ * connection has seen it, the pool's check (a non-blocking read) refuses
+ * it, closes it and opens a new one; it is never handed out again. */
+typedef struct got_s {
+  uvctx_pool_acquire_t req;
+  uvctx_pool_conn_t* conn;
+  int calls;
+} got_t;
+
+static void got_cb(uvctx_pool_acquire_t* req, int status,
+                   uvctx_pool_conn_t* conn) {
+  got_t* g = req->data;
+  ck_assert_int_eq(status, 0);
+  g->conn = conn;
+  g->calls++;
+}
+
+static uvctx_pg_conn_t* pool_get(uvctx_pg_pool_t* pool) {
+  got_t g;
+  memset(&g, 0, sizeof(g));
+  g.req.data = &g;
+  ck_assert_int_eq(
+      uvctx_pool_acquire(&g.req, uvctx_pg_pool_base(pool), uvt_bg, got_cb), 0);
+  UVT_RUN_UNTIL(g.calls == 1);
+  return uvctx_pg_pool_conn(g.conn);
+}
+
+START_TEST(test_pool_discards_terminated_connection) {
+  uvctx_pg_pool_t pool;
+  uvctx_pool_options_t o = {0};
+  uvctx_pg_conn_t *admin, *conn;
+  query_wait_t kill, q;
+  char pid[16];
+  const char* params[] = {pid};
+  int old, tries = 0;
+  NEED_SERVER();
+  o.max_open = 1;
+  ck_assert_int_eq(uvctx_pg_pool_init(&pool, uvt_l, conninfo, &o, NULL), 0);
+  conn = pool_get(&pool);
+  old = PQbackendPID(uvctx_pg_conn_pgconn(conn));
+  uvctx_pg_pool_release(&pool, conn);
+  snprintf(pid, sizeof(pid), "%d", old);
+  admin = connect_ok();
+  query_wait(&kill, admin, "SELECT pg_terminate_backend($1::int)", 1, params);
+  ck_assert_int_eq(kill.status, 0);
+  ck_assert_str_eq(kill.value, "t");
+  /* Until the end of the session reaches the socket the old connection
+   * may still come back (database/sql has the same window); after that,
+   * never again. */
+  for (;;) {
+    conn = pool_get(&pool);
+    if (PQbackendPID(uvctx_pg_conn_pgconn(conn)) != old)
+      break;
+    ck_assert_int_lt(++tries, 1000);
+    uvctx_pg_pool_release(&pool, conn);
+    uvt_run_for(5);
+  }
+  query_wait(&q, conn, "SELECT 1", 0, NULL);
+  ck_assert_int_eq(q.status, 0);
+  uvctx_pg_pool_release(&pool, conn);
+  ck_assert_uint_eq(pg_stats(&pool).opened, 2);
+  ck_assert_uint_eq(pg_stats(&pool).broken_closed, 1);
+  close_wait(admin);
+  pool_close_wait(&pool);
+}
+END_TEST
+
 START_TEST(test_pool_server_down) {
   uvctx_pg_pool_t pool;
   pq_t q;
@@ -715,6 +794,7 @@ static Suite* pg_suite(void) {
   tcase_add_test(tc, test_close_with_query_in_flight);
   tcase_add_test(tc, test_pool_more_requesters_than_connections);
   tcase_add_test(tc, test_pool_cancelled_query_returns_connection);
+  tcase_add_test(tc, test_pool_discards_terminated_connection);
   tcase_add_test(tc, test_pool_server_down);
   tcase_add_test(tc, test_pool_server_restart_under_load);
   suite_add_tcase(s, tc);
