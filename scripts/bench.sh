@@ -74,7 +74,7 @@ failed=0
 # test suite's test/pg/cluster.sh), beside node-postgres installed from the
 # committed package-lock.json into the build tree (never into the source).
 pg_state=$build/pg-cluster.env
-if [ "$core_only" = 0 ] && [[ " $targets " == *" bench_pg "* ]]; then
+if [ "$core_only" = 0 ] && grep -qx bench_pg <<<"$targets"; then
   if sh "$root/test/pg/cluster.sh" start "$pg_state" 2>"$build/pg-cluster.err"
   then
     export UVCTX_PG_STATE=$pg_state
