@@ -8,6 +8,10 @@
  *                                the next loop iteration, release
  *   pool_acquire_release_batch   ten requesters on ten idle connections,
  *                                per acquire + release
+ *   pool_bare_loop_iteration     one libuv loop iteration driven by a
+ *                                uv_idle_t and nothing else: the floor of
+ *                                the sequential figure, since an acquire
+ *                                callback never runs inside the call
  *
  * Medians of five rounds. */
 #include <stdlib.h>
@@ -88,6 +92,28 @@ static double measure(uv_loop_t* loop, uvctx_pool_t* pool, uvctx_t* ctx,
   return (double)(bench_now() - t0) / (double)done;
 }
 
+static size_t idle_left;
+
+static void idle_tick(uv_idle_t* h) {
+  if (--idle_left == 0)
+    uv_idle_stop(h);
+}
+
+/* ns per bare loop iteration. */
+static double measure_bare(uv_loop_t* loop, size_t n) {
+  uv_idle_t h;
+  uint64_t t0;
+  BENCH_OK(uv_idle_init(loop, &h));
+  idle_left = n;
+  t0 = bench_now();
+  BENCH_OK(uv_idle_start(&h, idle_tick));
+  uv_run(loop, UV_RUN_DEFAULT);
+  t0 = bench_now() - t0;
+  uv_close((uv_handle_t*)&h, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return (double)t0 / (double)n;
+}
+
 static void pool_closed(uvctx_pool_t* pool) {
   *(int*)pool->data = 1;
 }
@@ -99,7 +125,7 @@ int main(int argc, char** argv) {
   uvctx_pool_t pool;
   uvctx_pool_options_t po = {0};
   uvctx_t* ctx;
-  double seq[ROUNDS], batch[ROUNDS];
+  double seq[ROUNDS], batch[ROUNDS], bare[ROUNDS];
   size_t n, i;
   int closed = 0;
   uvctx_pool_stats_t s;
@@ -120,12 +146,14 @@ int main(int argc, char** argv) {
   for (i = 0; i < ROUNDS; i++) {
     seq[i] = measure(&loop, &pool, ctx, 1, n);
     batch[i] = measure(&loop, &pool, ctx, BATCH, n);
+    bare[i] = measure_bare(&loop, n);
   }
   BENCH_OK(uvctx_pool_stats(&pool, &s));
   BENCH_ASSERT(s.opened == BATCH); /* nothing was opened while timed */
   bench_result("pool_acquire_release", "ns/op", bench_median(seq, ROUNDS));
   bench_result("pool_acquire_release_batch", "ns/op",
                bench_median(batch, ROUNDS));
+  bench_result("pool_bare_loop_iteration", "ns/op", bench_median(bare, ROUNDS));
 
   uvctx_release(ctx);
   pool.data = &closed;
