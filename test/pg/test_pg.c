@@ -272,6 +272,30 @@ START_TEST(test_server_down) {
 }
 END_TEST
 
+/* libpq tries each host in turn, each on a new socket (often under the
+ * same descriptor number): the poll must follow PQsocket() through the
+ * changes. Three refusing hosts, then the server. */
+START_TEST(test_connect_follows_the_socket) {
+  conn_wait_t w;
+  char ci[256], port[16];
+  int dead = dead_port();
+  query_wait_t q;
+  NEED_SERVER();
+  ck_assert(state_get("PG_PORT", port, sizeof(port)));
+  snprintf(ci, sizeof(ci),
+           "host=127.0.0.1,127.0.0.1,127.0.0.1,127.0.0.1 port=%d,%d,%d,%s "
+           "user=postgres dbname=postgres",
+           dead, dead, dead, port);
+  start_connect(&w, uvt_bg, ci);
+  UVT_RUN_UNTIL(w.calls == 1);
+  ck_assert_msg(w.status == 0, "connect: %d %s", w.status, w.error);
+  ck_assert_str_eq(PQport(uvctx_pg_conn_pgconn(w.conn)), port);
+  query_wait(&q, w.conn, "SELECT 1", 0, NULL);
+  ck_assert_str_eq(q.value, "1");
+  close_wait(w.conn);
+}
+END_TEST
+
 START_TEST(test_done_context_attempts_nothing) {
   conn_wait_t w;
   uvctx_t* ctx;
@@ -786,6 +810,7 @@ static Suite* pg_suite(void) {
   tcase_add_test(tc, test_bad_sql);
   tcase_add_test(tc, test_bad_conninfo);
   tcase_add_test(tc, test_server_down);
+  tcase_add_test(tc, test_connect_follows_the_socket);
   tcase_add_test(tc, test_done_context_attempts_nothing);
   tcase_add_test(tc, test_deadline_during_connect);
   tcase_add_test(tc, test_deadline_cancels_on_server);
