@@ -5,8 +5,8 @@
  *     share a pool of two connections: the pool queues them in order;
  *   - one of them runs a slow query (pg_sleep(5)): its deadline cuts it,
  *     its handler answers at once with UV_ETIMEDOUT, and the query is
- *     cancelled on the server, whose pg_stat_activity then shows no
- *     pg_sleep running;
+ *     cancelled on the server, whose pg_stat_activity then shows it no
+ *     longer running (other clients' queries aside);
  *   - the pool's stats in the Prometheus text format.
  *
  *   uvctx-pg-demo CONNINFO      e.g. "host=127.0.0.1 port=5432 user=postgres"
@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
     CHECK(uvctx_with_timeout(uvctx_background(l), DEADLINE_MS, &r->ctx) == 0);
     CHECK(uvctx_pg_pool_query(&r->q, &pool, r->ctx,
                               i == SLOW
-                                  ? "SELECT 'slept ' || $1 FROM pg_sleep(5)"
+                                  ? "SELECT 'slept ' || $1 FROM pg_sleep(5) "
+                                    "/* uvctx-pg-demo slow query */"
                                   : "SELECT 'answer ' || ($1::int * 7)",
                               1, r->params, answered) == 0);
   }
@@ -126,7 +127,7 @@ int main(int argc, char** argv) {
 
   /* The cancelled query's connection goes back to the pool once the server
    * has confirmed the cancel and its results are drained; then the server
-   * runs no pg_sleep any more. */
+   * no longer runs the slow query. */
   do {
     uv_run(&loop, UV_RUN_NOWAIT);
     CHECK(uvctx_pool_stats(uvctx_pg_pool_base(&pool), &s) == 0);
@@ -135,12 +136,13 @@ int main(int argc, char** argv) {
   c.q.data = &c;
   CHECK(uvctx_pg_pool_query(&c.q, &pool, uvctx_background(l),
                             "SELECT count(*) FROM pg_stat_activity WHERE "
-                            "state = 'active' AND query LIKE '%pg_sleep%' "
-                            "AND pid <> pg_backend_pid()",
+                            "state = 'active' AND query LIKE "
+                            "'%uvctx-pg-demo slow query%' AND "
+                            "pid <> pg_backend_pid()",
                             0, NULL, counted) == 0);
   while (c.running < 0)
     uv_run(&loop, UV_RUN_ONCE);
-  printf("pg_sleep queries still running on the server: %d\n", c.running);
+  printf("the slow query still running on the server: %d\n", c.running);
   CHECK(c.running == 0);
 
   CHECK(uvctx_pool_stats(uvctx_pg_pool_base(&pool), &s) == 0);
