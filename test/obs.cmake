@@ -22,3 +22,7 @@ if(TARGET uvctx-trace)
             $<TARGET_FILE:uvctx-trace> ${CMAKE_CURRENT_SOURCE_DIR}/trace)
   set_tests_properties(trace_tool PROPERTIES TIMEOUT 60 LABELS tools)
 endif()
+
+# uvctx_loop_snapshot(): the leak report as records (lib/dump.c).
+uvctx_add_test(test_snapshot SOURCES test_snapshot.c TIMEOUT 120)
+set_target_properties(test_snapshot PROPERTIES ENABLE_EXPORTS ON)

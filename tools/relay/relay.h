@@ -8,6 +8,9 @@
  *              per-worker traces
  *   conn.c     one connection: handshake, upstream connect, pipe, close
  *   metrics.c  the /metrics HTTP endpoint on the control loop
+ *   debug.c    /debug/contexts, /debug/trace, /debug/heatmap on the same
+ *              listener, and the jobs they post to the workers
+ *   page.c     the index page (/) of that listener
  *   main.c     main()
  *
  * Threads: the main thread runs the control loop; each worker runs its own
@@ -153,6 +156,25 @@ typedef struct relay_counters_s {
 
 typedef struct relay_server_s relay_server_t;
 typedef struct relay_worker_s relay_worker_t;
+typedef struct relay_debug_s relay_debug_t;
+typedef struct relay_debug_job_s relay_debug_job_t;
+
+/* A worker's side of the debug endpoints (debug.c): jobs the control loop
+ * posts, run on the worker's thread. */
+typedef struct relay_debug_worker_s {
+  uv_async_t async;         /* unreferenced: wakes the worker for `queue` */
+  int open;                 /* [srv->stats_lock] the worker takes jobs */
+  relay_debug_job_t* queue; /* [srv->stats_lock] */
+  /* A /debug/trace recording (worker thread only, until `open` is 0). */
+  FILE* sink;
+  struct relay_debug_buf_s* buf;
+  int recording;
+  /* A recording the worker stopped itself at exit, for the control loop
+   * to take ([srv->stats_lock]). */
+  struct relay_debug_buf_s* left;
+  int left_rc;
+  uvctx_trace_counts_t left_counts;
+} relay_debug_worker_t;
 
 struct relay_worker_s {
   relay_server_t* srv;
@@ -183,6 +205,7 @@ struct relay_worker_s {
   uvctx_loop_stats_t final_stats;
   int closed;
   int exit_status;
+  relay_debug_worker_t dbg; /* with --metrics */
 };
 
 typedef struct relay_metrics_s relay_metrics_t;
@@ -208,6 +231,9 @@ struct relay_server_s {
   uint64_t drain_start_ns;
   uv_mutex_t stats_lock;    /* a worker closing its loop vs. a scrape */
   relay_metrics_t* metrics; /* NULL without --metrics */
+  relay_debug_t* debug;     /* NULL without --metrics */
+  uint64_t start_ns;        /* when the relay started serving */
+  double drain_wall_s;      /* Unix time the drain started, 0 before */
 };
 
 /* Runs the relay until it has drained. Returns the exit status. */
@@ -238,10 +264,89 @@ void relay_conn_sample(relay_worker_t* w);
 int relay_metrics_listen(relay_server_t* srv);
 /* The bound address, "127.0.0.1:9464". */
 void relay_metrics_addr(relay_server_t* srv, char* out, size_t len);
-/* Draining: close the listener; open scrapes are still answered. */
+/* Draining has started: noted for the drain gauges. The listener stays
+ * open (scrapes during a drain feed its alert) until relay_metrics_close(). */
 void relay_metrics_stop_accepting(relay_server_t* srv);
 /* Exit: close the listener and every connection; freed once the control
  * loop has run their close callbacks. */
 void relay_metrics_close(relay_server_t* srv);
+
+/* ---- debug endpoints -------------------------------------------------- */
+
+/* An answer of the metrics listener: status, content type and a body the
+ * receiver frees with free(). */
+typedef struct relay_http_reply_s {
+  int code;
+  const char* ctype;
+  char* body;
+  size_t len;
+} relay_http_reply_t;
+
+/* Control loop: the state of the debug endpoints, made before the
+ * workers start and closed with the metrics listener (after the last
+ * worker is done, or on a failed setup). 0 or UV_ENOMEM. */
+int relay_debug_open(relay_server_t* srv);
+void relay_debug_close(relay_server_t* srv);
+
+/* Main thread, before worker `w` runs: its job queue. 0 or a libuv error. */
+int relay_debug_worker_init(relay_worker_t* w);
+/* Worker thread, once its loop has stopped and its contexts are released,
+ * before uvctx_loop_close(): takes no more jobs, runs the queued ones,
+ * stops a recording in progress and closes the queue's handle. */
+void relay_debug_worker_exit(relay_worker_t* w);
+
+/* A request for `path` ("/", "/debug/...") with `query` (after '?', or
+ * ""). Returns 0 with *reply filled (answer now), 1 when the answer comes
+ * later through done(conn, reply) on the control loop (unless
+ * relay_debug_detach(conn) was called first), or -1 when the path is not
+ * one of the debug endpoints. `loopback` says whether the request came in
+ * on a loopback address. Control loop. */
+typedef void (*relay_debug_done_cb)(void* conn, relay_http_reply_t* reply);
+int relay_debug_request(relay_server_t* srv, const char* path,
+                        const char* query, int loopback, void* conn,
+                        relay_debug_done_cb done, relay_http_reply_t* reply);
+/* The drain has started: a recording in progress ends now and is
+ * answered with what it holds. */
+void relay_debug_draining(relay_server_t* srv);
+/* The connection `conn` is closing: its pending answer is dropped. */
+void relay_debug_detach(relay_server_t* srv, void* conn);
+
+/* page.c: the index page, HTML with the live counters. 0 or UV_ENOMEM. */
+int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply);
+
+/* ---- shared by metrics.c, debug.c, page.c ------------------------------ */
+
+/* The relay's counters summed over the workers (each term read with a
+ * relaxed load: the sum is not atomic, but every term only grows). */
+typedef struct relay_totals_s {
+  uint64_t accepted;
+  uint64_t refused;
+  uint64_t bytes_up;
+  uint64_t bytes_down;
+  uint64_t closed[RELAY_REASONS];
+} relay_totals_t;
+void relay_totals(relay_server_t* srv, relay_totals_t* out);
+/* Open descriptors of the process (-1 if unknown) and its soft limit (0
+ * if none). */
+int relay_open_fds(void);
+uint64_t relay_max_fds(void);
+
+/* Each worker's loop stats, in worker order, then the control loop's
+ * (n = nworkers + 1), read as a scrape does. */
+void relay_loop_stats(relay_server_t* srv, uvctx_loop_stats_t* out);
+
+/* A growing text; `oom` sticks once an allocation failed. */
+typedef struct relay_text_s {
+  char* p;
+  size_t len;
+  size_t cap;
+  int oom;
+} relay_text_t;
+void relay_text_add(relay_text_t* t, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void relay_text_raw(relay_text_t* t, const char* s, size_t n);
+/* `s` as the inside of a JSON string, or as HTML text (escaped). */
+void relay_text_json(relay_text_t* t, const char* s);
+void relay_text_html(relay_text_t* t, const char* s);
 
 #endif /* UVCTX_RELAY_H */
