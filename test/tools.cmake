@@ -7,7 +7,7 @@ if(TARGET uvctx-relay)
   if(Python3_Interpreter_FOUND)
     foreach(case cli plain tls upstream_tls slow deadlines drain workers
                  emfile metrics trace debug page rules
-                 prometheus)
+                 prometheus logs halfclose)
       add_test(NAME relay_${case}
         COMMAND ${Python3_EXECUTABLE}
                 ${CMAKE_CURRENT_SOURCE_DIR}/relay/relay_test.py

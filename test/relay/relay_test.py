@@ -5,7 +5,8 @@
 
 CASE is one of the functions named case_* below (cli, plain, tls,
 upstream_tls, slow, deadlines, drain, workers, emfile, metrics, trace,
-debug, page, rules, prometheus).
+debug, page, rules, prometheus, logs,
+halfclose).
 Each starts its own
 upstreams and relays, bounds every wait, and kills what it started on the
 way out. Timing windows are asserted only when --sanitize is empty (plain
@@ -118,10 +119,12 @@ class Relay:
             raise Fail("relay did not exit within %.1fs" % timeout)
 
     def stop(self, timeout=30):
-        """SIGTERM, then demand exit status 0 (and no leak report)."""
+        """SIGTERM, then demand exit status 0 (and no leak report), and
+        that every close line named its side and phase."""
         self.signal()
         rc = self.wait(timeout)
         check(rc == 0, "relay exit status %d, log:\n%s" % (rc, self.text()))
+        check_close_lines(self)
 
     def text(self):
         self.log_file.flush()
@@ -204,17 +207,18 @@ def http_upstream(root):
     return int(m.group(1))
 
 
-class EchoServer:
-    """A threaded echo server on 127.0.0.1:0."""
+class LoopbackServer:
+    """Listens on 127.0.0.1:0 and runs serve(conn) on a thread of its own
+    for every connection."""
 
-    def __init__(self):
+    def __init__(self, backlog=64):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
+        self.conns = []
         self.accepted = 0
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
         while True:
@@ -222,11 +226,19 @@ class EchoServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            self.conns.append(c)
             self.accepted += 1
-            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+
+class EchoServer(LoopbackServer):
+    """A threaded echo server on 127.0.0.1:0."""
+
+    def __init__(self):
+        super().__init__(backlog=512)
 
     @staticmethod
-    def _echo(c):
+    def serve(c):
         try:
             while True:
                 d = c.recv(65536)
@@ -769,7 +781,8 @@ def case_drain():
     size = 24 << 20
     digests = make_files(root, [size])
     up = http_upstream(root)
-    relay = Relay(up, "--drain-timeout", "10s", name="drain")
+    relay = Relay(up, "--drain-timeout", "10s", "--log-level", "open",
+                  name="drain")
     outs = []
     procs = []
     for i in range(3):
@@ -1934,6 +1947,234 @@ def case_prometheus():
         "without errors" % (n, rate, sum(len(g["rules"]) for g in groups)))
     prom.send_signal(signal.SIGTERM)
     prom.wait(timeout=30)
+    relay.stop()
+
+
+
+# ---- close lines and log levels ---------------------------------------------
+
+SIDES = ("client", "upstream", "relay", "both")
+PHASES = ("accept", "handshake", "connect", "upstream-handshake", "flush",
+          "pipe")
+
+
+def check_close_lines(relay):
+    """Every close line names the side that ended the connection and the
+    phase it was in; an error's detail starts with that side."""
+    for c in relay.closes():
+        check(c.get("side") in SIDES and c.get("phase") in PHASES,
+              "close line without side/phase: %r" % c)
+        if c.get("detail") and c["reason"] in ("reset", "error",
+                                               "upstream-error"):
+            check(c["detail"].split(" ")[0] in ("client", "upstream"),
+                  "detail does not name the side: %r" % c)
+
+
+class ResetServer(LoopbackServer):
+    """Reads `n` bytes, then resets (SO_LINGER 0) the connection."""
+
+    def __init__(self, n):
+        self.n = n
+        super().__init__()
+
+    def serve(self, c):
+        import struct
+        got = 0
+        while got < self.n:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += len(d)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        c.close()
+
+
+def reset_client(port):
+    """Connects, gets an echo through, then resets the connection."""
+    import struct
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"x")
+    check(s.recv(1) == b"x", "echo before the reset")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def case_logs():
+    """Close lines name the side and phase of a reset (client or upstream,
+    read or write); --log-level open|close|error|summary select the lines;
+    summary lines add up to the connections made."""
+    echo = EchoServer()
+    # Default level: close lines only.
+    relay = Relay(echo.port, "--workers", "2", name="close")
+    check(echo_roundtrip(relay.port, b"one") == b"one", "echo")
+    reset_client(relay.port)
+    wait_until(lambda: len(relay.closes()) == 2, 10, "2 close lines")
+    check(not relay.events("open"), "open lines at the default level")
+    by = {c["reason"]: c for c in relay.closes()}
+    check(by["eof"]["side"] == "both" and by["eof"]["phase"] == "pipe",
+          "eof line %r" % by["eof"])
+    r = by.get("reset")
+    check(r is not None and r["side"] == "client" and r["phase"] == "pipe"
+          and r["detail"] in ("client read ECONNRESET",
+                              "client write EPIPE",
+                              "client write ECONNRESET"),
+          "client reset line %r" % r)
+    relay.stop()
+
+    # The upstream resets in the middle of the pipe.
+    rs = ResetServer(1000)
+    relay = Relay(rs.port, name="upreset")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    try:
+        s.sendall(b"u" * 4000)
+    except OSError:
+        pass
+    wait_closed(s, 10)
+    s.close()
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    c = relay.closes()[0]
+    check(c["reason"] == "reset" and c["side"] == "upstream" and
+          c["phase"] == "pipe" and c["detail"].startswith("upstream "),
+          "upstream reset line %r" % c)
+    log("reset lines: client %r, upstream %r" % (r["detail"], c["detail"]))
+    relay.stop()
+
+    # error: the ordinary ends are not logged, the reset is.
+    relay = Relay(echo.port, "--log-level", "error", name="error")
+    for i in range(3):
+        check(echo_roundtrip(relay.port, b"e%d" % i) == b"e%d" % i, "echo")
+    reset_client(relay.port)
+    wait_until(lambda: len(relay.closes()) == 1, 10, "the reset's line")
+    time.sleep(0.3)
+    check([c["reason"] for c in relay.closes()] == ["reset"],
+          "error level: %r" % relay.closes())
+    relay.stop()
+
+    # open: both lines per connection.
+    relay = Relay(echo.port, "--log-level", "open", name="open")
+    check(echo_roundtrip(relay.port, b"o") == b"o", "echo")
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    check(len(relay.events("open")) == 1, "open level: no open line")
+    relay.stop()
+
+    # summary: no per-connection line; per-worker summaries every 300 ms
+    # whose counts add up to the connections made, by reason.
+    relay = Relay(echo.port, "--log-level", "summary", "--log-interval",
+                  "300ms", "--workers", "2", "--log-format", "json",
+                  name="summary")
+    n = 20
+    for i in range(n):
+        check(echo_roundtrip(relay.port, b"s%d" % i) == b"s%d" % i, "echo")
+    reset_client(relay.port)
+
+    def totals():
+        sums = {"accepted": 0, "closed": 0, "eof": 0, "reset": 0}
+        for e in relay.events("summary"):
+            for k in sums:
+                sums[k] += e.get(k, 0)
+        return sums
+    wait_until(lambda: totals()["closed"] == n + 1, 10, "summaries")
+    relay.stop()
+    t = totals()
+    check(t == {"accepted": n + 1, "closed": n + 1, "eof": n, "reset": 1},
+          "summary totals %r" % t)
+    check(not relay.closes() and not relay.events("open"),
+          "per-connection lines in summary mode")
+    workers = {e["worker"] for e in relay.events("summary")}
+    check(workers <= {0, 1} and all(isinstance(e["interval_ms"], int)
+                                    for e in relay.events("summary")),
+          "summary lines %r" % relay.events("summary")[:2])
+    log("summary: %d lines over workers %r, totals %r" %
+        (len(relay.events("summary")), sorted(workers), t))
+
+
+
+class HoldServer(LoopbackServer):
+    """Reads everything and never answers; with `bye`, first sends it and
+    half-closes."""
+
+    def __init__(self, bye=None):
+        self.bye = bye
+        super().__init__()
+
+    def serve(self, c):
+        try:
+            if self.bye is not None:
+                c.sendall(self.bye)
+                c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+def case_halfclose():
+    """--server-fin-timeout and --client-fin-timeout end a half-closed
+    connection whose other side stays silent (reason half-close-timeout,
+    the silent side named), and a drain waits for such a connection only
+    that long, not for the idle timeout."""
+    fin = 0.3 if timed() else 1.0
+    fin_arg = "%dms" % (fin * 1000)
+    # The client half-closes; the upstream reads and stays silent.
+    hold = HoldServer()
+    relay = Relay(hold.port, "--server-fin-timeout", fin_arg,
+                  "--idle-timeout", "30s", name="serverfin")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.sendall(b"request")
+    s.shutdown(socket.SHUT_WR)
+    closed_within(s, fin * 0.9, fin + 2, "client half-closed, silent upstream "
+                  "cut")
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    c = relay.closes()[0]
+    check(c["reason"] == "half-close-timeout" and c["side"] == "upstream" and
+          c["phase"] == "pipe" and
+          c["detail"] == "client half-closed, upstream silent",
+          "server-fin close line %r" % c)
+    check(int(c["bytes_up"]) == 7, "bytes up %r" % c["bytes_up"])
+
+    # A drain waits for a half-closed connection only until its half-close
+    # timeout, although --drain-timeout and --idle-timeout are far longer.
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.sendall(b"again")
+    s.shutdown(socket.SHUT_WR)
+    wait_until(lambda: len(hold.conns) == 2, 10, "second upstream connection")
+    t0 = time.monotonic()
+    relay.signal(signal.SIGTERM)
+    rc = relay.wait(30)
+    took = time.monotonic() - t0
+    check(rc == 0, "exit status %d" % rc)
+    check(relay.closes()[1]["reason"] == "half-close-timeout",
+          "drained connection ended by %r" % relay.closes()[1])
+    log("drain with a half-closed connection: exit 0 after %.2fs" % took)
+    if timed():
+        check(took < fin + 2, "drain took %.2fs" % took)
+    s.close()
+
+    # The upstream says bye and half-closes; the client stays silent.
+    bye = HoldServer(bye=b"bye")
+    relay = Relay(bye.port, "--client-fin-timeout", fin_arg,
+                  "--idle-timeout", "30s", name="clientfin")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    got = b""
+    while len(got) < 3:
+        d = s.recv(10)
+        check(d, "bye from the upstream")
+        got += d
+    check(got == b"bye", "got %r" % got)
+    # The relay passed the upstream's FIN on (EOF here at once); the
+    # client-fin timeout then ends the connection: its close line says
+    # when.
+    wait_until(lambda: len(relay.closes()) == 1, fin + 10, "close line")
+    c = relay.closes()[0]
+    log("upstream half-closed, silent client cut after %sms" %
+        c["duration_ms"])
+    if timed():
+        check(fin * 900 <= int(c["duration_ms"]) <= fin * 1000 + 2000,
+              "client-fin cut at %sms" % c["duration_ms"])
+    check(c["reason"] == "half-close-timeout" and c["side"] == "client" and
+          c["detail"] == "upstream half-closed, client silent",
+          "client-fin close line %r" % c)
     relay.stop()
 
 

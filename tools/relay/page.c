@@ -42,7 +42,7 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
   size_t i;
   unsigned r;
   int any = 0;
-  int fds = relay_open_fds();
+  uint64_t fds = 2 * (uint64_t)atomic_load(&srv->active);
 
   if (stats == NULL)
     return UV_ENOMEM;
@@ -95,13 +95,11 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
   row(&t, "bytes up", tot.bytes_up);
   row(&t, "bytes down", tot.bytes_down);
   relay_text_add(&t,
-                 "<tr><td>descriptors</td><td class=\"n%s\">%d of %llu</td>"
-                 "</tr>\n</table></section>\n",
-                 relay_max_fds() > 0 && fds > 0 &&
-                         (uint64_t)fds * 10 > relay_max_fds() * 8
-                     ? " warn"
-                     : "",
-                 fds, (unsigned long long)relay_max_fds());
+                 "<tr><td>their descriptors</td><td class=\"n%s\">%llu of "
+                 "%llu</td></tr>\n</table></section>\n",
+                 relay_max_fds() > 0 && fds * 10 > relay_max_fds() * 8 ? " warn"
+                                                                       : "",
+                 (unsigned long long)fds, (unsigned long long)relay_max_fds());
 
   relay_text_add(&t, "<section><h2>Closes by reason</h2><table>\n");
   for (r = 0; r < RELAY_REASONS; r++) {

@@ -41,6 +41,20 @@ enum { RELAY_EXIT_OK = 0, RELAY_EXIT_FAILURE = 1, RELAY_EXIT_CONFIG = 2 };
 
 enum { RELAY_LOG_LOGFMT = 0, RELAY_LOG_JSON = 1 };
 
+/* --log-level: which per-connection lines are written. Server events
+ * (start, draining, exit, accept-paused, ...) are always written. */
+enum {
+  RELAY_LEVEL_OPEN = 0, /* open and close lines */
+  RELAY_LEVEL_CLOSE,    /* close lines (the default) */
+  RELAY_LEVEL_ERROR,    /* close lines of connections that did not end as
+                           configured (not eof, idle-timeout, lifetime,
+                           drained or half-close-timeout) */
+  RELAY_LEVEL_SUMMARY   /* none: a summary line per worker each
+                           --log-interval instead */
+};
+/* The kinds of per-connection line. */
+enum { RELAY_LOG_OPEN, RELAY_LOG_CLOSE };
+
 typedef struct relay_addr_s {
   char text[300]; /* as given on the command line */
   char host[256]; /* host part, without brackets */
@@ -60,12 +74,18 @@ typedef struct relay_config_s {
   const char* alpn;
   uint64_t connect_timeout_ms;
   uint64_t handshake_timeout_ms;
-  uint64_t idle_timeout_ms;  /* 0: none */
-  uint64_t max_lifetime_ms;  /* 0: none */
-  uint64_t drain_timeout_ms; /* 0: cancel at once */
+  uint64_t idle_timeout_ms; /* 0: none */
+  uint64_t max_lifetime_ms; /* 0: none */
+  /* Once one side has half-closed: how long the other may stay idle
+   * (HAProxy's timeout client-fin / server-fin); 0: --idle-timeout. */
+  uint64_t client_fin_timeout_ms; /* the upstream has closed its side */
+  uint64_t server_fin_timeout_ms; /* the client has closed its side */
+  uint64_t drain_timeout_ms;      /* 0: cancel at once */
   unsigned max_connections;
   unsigned workers;
   int log_format;
+  int log_level;            /* RELAY_LEVEL_* */
+  uint64_t log_interval_ms; /* summary lines, with RELAY_LEVEL_SUMMARY */
   int has_metrics;
   relay_addr_t metrics; /* --metrics HOST:PORT */
   const char* trace;    /* --trace FILE */
@@ -95,7 +115,11 @@ void relay_format_addr(const struct sockaddr* sa, char* out, size_t len);
 
 /* ---- logging ----------------------------------------------------------- */
 
-void relay_log_init(int format);
+void relay_log_init(int format, int level);
+/* Whether a per-connection line of `kind` (RELAY_LOG_OPEN or _CLOSE) for a
+ * connection that ended with `reason` (NULL for an open line) is wanted
+ * at the configured level. Any thread. */
+int relay_log_wants(int kind, const char* reason);
 
 /* A line under construction: begin, add fields, end (one write(2), so
  * lines from several threads never interleave). */
@@ -133,6 +157,7 @@ enum {
   RELAY_R_UPSTREAM_ERROR,
   RELAY_R_ERROR,
   RELAY_R_CANCELLED,
+  RELAY_R_HALF_CLOSE_TIMEOUT,
   RELAY_REASONS
 };
 extern const char* const relay_reasons[RELAY_REASONS];
@@ -229,11 +254,12 @@ struct relay_server_s {
   atomic_uint active; /* open connections over all workers */
   atomic_uint_fast64_t next_id;
   uint64_t drain_start_ns;
-  uv_mutex_t stats_lock;    /* a worker closing its loop vs. a scrape */
-  relay_metrics_t* metrics; /* NULL without --metrics */
-  relay_debug_t* debug;     /* NULL without --metrics */
-  uint64_t start_ns;        /* when the relay started serving */
-  double drain_wall_s;      /* Unix time the drain started, 0 before */
+  uv_mutex_t stats_lock;           /* a worker closing its loop vs. a scrape */
+  relay_metrics_t* metrics;        /* NULL without --metrics */
+  relay_debug_t* debug;            /* NULL without --metrics */
+  uint64_t start_ns;               /* when the relay started serving */
+  double drain_wall_s;             /* Unix time the drain started, 0 before */
+  struct relay_summary_s* summary; /* with --log-level summary */
 };
 
 /* Runs the relay until it has drained. Returns the exit status. */
@@ -270,6 +296,15 @@ void relay_metrics_stop_accepting(relay_server_t* srv);
 /* Exit: close the listener and every connection; freed once the control
  * loop has run their close callbacks. */
 void relay_metrics_close(relay_server_t* srv);
+
+/* ---- summaries (summary.c) --------------------------------------------- */
+
+/* With --log-level summary: a timer on the control loop that logs, every
+ * --log-interval, one `summary` line per worker with what changed (from
+ * the workers' counters); relay_summary_stop() logs the last ones and
+ * closes it. Control loop. */
+int relay_summary_start(relay_server_t* srv);
+void relay_summary_stop(relay_server_t* srv);
 
 /* ---- debug endpoints -------------------------------------------------- */
 
@@ -326,9 +361,7 @@ typedef struct relay_totals_s {
   uint64_t closed[RELAY_REASONS];
 } relay_totals_t;
 void relay_totals(relay_server_t* srv, relay_totals_t* out);
-/* Open descriptors of the process (-1 if unknown) and its soft limit (0
- * if none). */
-int relay_open_fds(void);
+/* The soft limit on descriptors (0 if none). */
 uint64_t relay_max_fds(void);
 
 /* Each worker's loop stats, in worker order, then the control loop's

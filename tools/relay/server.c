@@ -408,6 +408,7 @@ static void on_worker_done(uv_async_t* a) {
   srv->drain = srv->accepting = srv->root = NULL;
   uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
   uv_close((uv_handle_t*)&srv->worker_done, NULL);
+  relay_summary_stop(srv);
   relay_metrics_close(srv);
 }
 
@@ -576,6 +577,8 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
   srv->worker_done.data = srv;
 
   rc = start_workers(srv);
+  if (rc == 0)
+    rc = relay_summary_start(srv);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": starting workers: %s\n", uv_strerror(rc));
     status = RELAY_EXIT_FAILURE;
