@@ -169,7 +169,7 @@ static int serve(const char* listen_s, const char* connect_s, long count,
   return 0;
 }
 
-/* ---- self-check ------------------------------------------------------- */
+/* ---- self-check ---------------------------------------------------------- */
 
 #define CHECK_CHUNK (256 * 1024)
 

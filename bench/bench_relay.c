@@ -53,8 +53,8 @@ static void listener_open(void) {
 /* A connected loopback TCP pair: *client connects, *server is accepted. */
 static void tcp_pair(int* client, int* server) {
   *client = socket(AF_INET, SOCK_STREAM, 0);
-  if (*client < 0 || connect(*client, (struct sockaddr*)&listen_addr,
-                             sizeof(listen_addr)))
+  if (*client < 0 ||
+      connect(*client, (struct sockaddr*)&listen_addr, sizeof(listen_addr)))
     die("connect");
   *server = accept(listen_fd, NULL, NULL);
   if (*server < 0)
@@ -103,7 +103,7 @@ static void sink_main(void* arg) {
   free(buf);
 }
 
-/* ---- the uvctx relay ------------------------------------------------------- */
+/* ---- the uvctx relay ----------------------------------------------------- */
 
 typedef struct urelay_s {
   uv_loop_t loop;
@@ -152,8 +152,7 @@ static int urelay_run(urelay_t* r, int in, int out, uint64_t cancel_ms) {
   uvctx_stream_init_uv(&r->in, (uv_stream_t*)&r->in_h);
   uvctx_stream_init_uv(&r->out, (uv_stream_t*)&r->out_h);
   r->copy.data = r;
-  if (uvctx_copy_start(&r->copy, r->ctx, &r->in, &r->out, NULL,
-                       urelay_copy_cb))
+  if (uvctx_copy_start(&r->copy, r->ctx, &r->in, &r->out, NULL, urelay_copy_cb))
     die("uvctx_copy_start");
   if (cancel_ms) {
     uv_timer_init(&r->loop, &r->timer);
@@ -170,7 +169,7 @@ static int urelay_run(urelay_t* r, int in, int out, uint64_t cancel_ms) {
   return r->status;
 }
 
-/* ---- one throughput run ------------------------------------------------------ */
+/* ---- one throughput run -------------------------------------------------- */
 
 enum { K_UVCTX, K_BARE, K_BLOCKING };
 static const char* kind_name[] = {"uvctx_copy", "bare_libuv", "blocking"};
@@ -188,8 +187,7 @@ static void relay_main(void* arg) {
     urelay_t* u = malloc(sizeof(*u));
     double c0 = relay_thread_cpu();
     if (urelay_run(u, r->in, r->out, 0) != 0)
-      fprintf(stderr, "bench_relay: copy failed: %s\n",
-              uv_err_name(u->status));
+      fprintf(stderr, "bench_relay: copy failed: %s\n", uv_err_name(u->status));
     r->cpu = relay_thread_cpu() - c0;
     free(u);
   } else if (r->kind == K_BARE) {
@@ -237,7 +235,7 @@ static result_t throughput(int kind, uint64_t bytes) {
   return res;
 }
 
-/* ---- Node's stream.pipeline ------------------------------------------------- */
+/* ---- Node's stream.pipeline ---------------------------------------------- */
 
 #ifndef UVCTX_BENCH_NODE_DIR
 #define UVCTX_BENCH_NODE_DIR "bench/peers/node"
@@ -318,7 +316,7 @@ static int node_throughput(uint64_t bytes, result_t* res) {
   return 0;
 }
 
-/* ---- abort latency ------------------------------------------------------------ */
+/* ---- abort latency ------------------------------------------------------- */
 
 static int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a;
@@ -345,8 +343,7 @@ static uint64_t abort_once(int uvctx) {
   if (uvctx) {
     urelay_t* u = malloc(sizeof(*u));
     if (urelay_run(u, in, out, 20) != UV_ECANCELED) {
-      fprintf(stderr, "bench_relay: abort status %s\n",
-              uv_err_name(u->status));
+      fprintf(stderr, "bench_relay: abort status %s\n", uv_err_name(u->status));
       exit(1);
     }
     ns = u->t1 - u->t0;
@@ -371,14 +368,16 @@ static void abort_latency(int runs) {
   qsort(u, (size_t)runs, sizeof(*u), cmp_u64);
   qsort(b, (size_t)runs, sizeof(*b), cmp_u64);
   p99 = (runs * 99 + 99) / 100 - 1;
-  printf("bench=copy_abort_latency_p50 unit=us value=%.1f peer=bare_libuv_close "
-         "peer_value=%.1f ratio=%.2f\n",
-         u[runs / 2] / 1e3, b[runs / 2] / 1e3,
-         (double)u[runs / 2] / (double)(b[runs / 2] ? b[runs / 2] : 1));
-  printf("bench=copy_abort_latency_p99 unit=us value=%.1f peer=bare_libuv_close "
-         "peer_value=%.1f ratio=%.2f\n",
-         u[p99] / 1e3, b[p99] / 1e3,
-         (double)u[p99] / (double)(b[p99] ? b[p99] : 1));
+  printf(
+      "bench=copy_abort_latency_p50 unit=us value=%.1f peer=bare_libuv_close "
+      "peer_value=%.1f ratio=%.2f\n",
+      u[runs / 2] / 1e3, b[runs / 2] / 1e3,
+      (double)u[runs / 2] / (double)(b[runs / 2] ? b[runs / 2] : 1));
+  printf(
+      "bench=copy_abort_latency_p99 unit=us value=%.1f peer=bare_libuv_close "
+      "peer_value=%.1f ratio=%.2f\n",
+      u[p99] / 1e3, b[p99] / 1e3,
+      (double)u[p99] / (double)(b[p99] ? b[p99] : 1));
   free(u);
   free(b);
 }
@@ -421,9 +420,8 @@ int main(int argc, char** argv) {
     } else if (strcmp(argv[i], "--node") == 0) {
       use_node = 1;
     } else {
-      fprintf(stderr,
-              "usage: bench_relay [--quick] [--bytes N] [--rounds N] "
-              "[--runs N] [--no-node|--node]\n");
+      fprintf(stderr, "usage: bench_relay [--quick] [--bytes N] [--rounds N] "
+                      "[--runs N] [--no-node|--node]\n");
       return 2;
     }
   }

@@ -36,7 +36,7 @@
 
 static int quick;
 
-/* ---- an in-memory certificate ------------------------------------------ */
+/* ---- an in-memory certificate -------------------------------------------- */
 
 static char cert_pem[4096];
 static char key_pem[4096];
@@ -61,8 +61,7 @@ static void make_cert(void) {
                              (const unsigned char*)"localhost", -1, -1, 0);
   X509_set_issuer_name(x, n);
   /* Clients match names against DNS SANs only, never the CN. */
-  san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name,
-                            "DNS:localhost");
+  san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, "DNS:localhost");
   if (san == NULL || !X509_add_ext(x, san, -1))
     abort();
   X509_EXTENSION_free(san);
@@ -124,7 +123,7 @@ static void report(const char* bench, const char* unit, const double* v,
   fflush(stdout);
 }
 
-/* ---- bare OpenSSL ---------------------------------------------------------- */
+/* ---- bare OpenSSL -------------------------------------------------------- */
 
 typedef struct {
   SSL* c;
@@ -209,7 +208,7 @@ static double bare_bulk(SSL_CTX* cctx, SSL_CTX* sctx, uint64_t total) {
   return (double)got / t0 / 1e6;
 }
 
-/* ---- an in-process transport -------------------------------------------- */
+/* ---- an in-process transport --------------------------------------------- */
 
 /* Two ends of an in-memory pipe, each a uvctx stream: a connection as the
  * shim sees it, without the kernel's socket costs, as the bare loop's
@@ -367,8 +366,8 @@ static size_t mend_wqs(const uvctx_stream_t* s) {
 }
 
 static const uvctx_stream_ops_t mend_ops = {
-    "mem", mend_read_start, mend_read_stop, mend_write, mend_shutdown,
-    mend_close, mend_wqs};
+    "mem",         mend_read_start, mend_read_stop, mend_write,
+    mend_shutdown, mend_close,      mend_wqs};
 
 /* One end's turn. */
 static void mend_pump(mend_t* e) {
@@ -614,8 +613,8 @@ static size_t gen_wqs(const uvctx_stream_t* s) {
 }
 
 static const uvctx_stream_ops_t gen_ops = {
-    "gen", gen_read_start, gen_read_stop, gen_write, gen_shutdown,
-    gen_close, gen_wqs};
+    "gen",        gen_read_start, gen_read_stop, gen_write,
+    gen_shutdown, gen_close,      gen_wqs};
 
 static uint64_t sink_bytes;
 static int sink_eof;
@@ -666,8 +665,8 @@ static double shim_bulk(uvctx_tls_config_t* ccfg, uvctx_tls_config_t* scfg,
   copy_status = 1;
   uvctx_stream_read_start(&c.tls[1].stream, sink_alloc, sink_read);
   t0 = now_s();
-  if (uvctx_copy_start(&cp, uvctx_background(lb), &g.s, &c.tls[0].stream,
-                       NULL, copy_cb) != 0)
+  if (uvctx_copy_start(&cp, uvctx_background(lb), &g.s, &c.tls[0].stream, NULL,
+                       copy_cb) != 0)
     abort();
   while (sink_eof == 0)
     if (uv_run(&loop, UV_RUN_ONCE) == 0)
@@ -729,8 +728,7 @@ int main(int argc, char** argv) {
    * fresh process has it: the bulk runs free large buffers, after which
    * glibc stops trimming its heap, which makes later handshakes faster. */
   configs(NULL, &ccfg, &scfg);
-  for (t = 0; t < 2 && (only == NULL || strcmp(only, "handshake") == 0);
-       t++) {
+  for (t = 0; t < 2 && (only == NULL || strcmp(only, "handshake") == 0); t++) {
     SSL_CTX* cc = uvctx_tls_config_ssl_ctx(ccfg);
     SSL_CTX* sc = uvctx_tls_config_ssl_ctx(scfg);
     char name[64];
@@ -759,8 +757,7 @@ int main(int argc, char** argv) {
         peer[k] = bare_bulk(uvctx_tls_config_ssl_ctx(ccfg),
                             uvctx_tls_config_ssl_ctx(scfg), bulk);
       }
-      snprintf(name, sizeof(name), "tls13_copy_%s%s", suites[i].name,
-               sfx[t]);
+      snprintf(name, sizeof(name), "tls13_copy_%s%s", suites[i].name, sfx[t]);
       report(name, "MB/s", ours, "openssl_membio_pipe", peer, rounds);
       uvctx_tls_config_unref(ccfg);
       uvctx_tls_config_unref(scfg);

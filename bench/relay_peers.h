@@ -27,7 +27,6 @@ void relay_blocking(uv_os_sock_t in, uv_os_sock_t out, double* cpu);
 /* Bare libuv abort: starts relaying like relay_bare(), then after
  * `after_ms` closes both handles; returns the nanoseconds from the
  * decision to the second close callback. */
-uint64_t relay_bare_abort(uv_os_sock_t in, uv_os_sock_t out,
-                          uint64_t after_ms);
+uint64_t relay_bare_abort(uv_os_sock_t in, uv_os_sock_t out, uint64_t after_ms);
 
 #endif /* UVCTX_BENCH_RELAY_PEERS_H */

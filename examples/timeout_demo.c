@@ -43,7 +43,7 @@ static void close_loop(uv_loop_t* loop, uvctx_loop_t* l) {
   CHECK(uv_loop_close(loop) == 0);
 }
 
-/* ---- 1. a request timeout ----------------------------------------------- */
+/* ---- 1. a request timeout ------------------------------------------------ */
 
 typedef struct request_s {
   uvctx_t* ctx;
@@ -107,7 +107,7 @@ static void demo_timeout(void) {
   close_loop(&loop, l);
 }
 
-/* ---- 2. a cross-thread cancel ------------------------------------------- */
+/* ---- 2. a cross-thread cancel -------------------------------------------- */
 
 typedef struct worker_s {
   uvctx_t* root; /* the server root, homed on the main loop */
@@ -206,7 +206,7 @@ static void demo_cross_thread(void) {
   close_loop(&loop, l);
 }
 
-/* ---- 3. the leak report ------------------------------------------------- */
+/* ---- 3. the leak report -------------------------------------------------- */
 
 /* A handler with the classic bug: it derives a context for a request and
  * forgets to release it. It returns the context only so that the demo can

@@ -12,7 +12,7 @@ install(TARGETS uvctx-trace RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 uvctx_add_program(uvctx-trace-demo SOURCES tools/trace/trace-demo.c)
 if(UVCTX_BUILD_TESTS)
   add_test(NAME trace_demo
-    COMMAND sh ${PROJECT_SOURCE_DIR}/test/trace/demo-smoke.sh
+    COMMAND sh ${PROJECT_SOURCE_DIR}/test/obs/trace/demo-smoke.sh
             $<TARGET_FILE:uvctx-trace-demo> $<TARGET_FILE:uvctx-trace>)
   set_tests_properties(trace_demo PROPERTIES TIMEOUT 60 LABELS tools)
 endif()

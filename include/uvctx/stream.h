@@ -2,7 +2,7 @@
  * uv_stream_t (read start/stop, write, shutdown, close, bytes queued), with
  * an implementation over any connected libuv stream (uv_tcp_t, uv_pipe_t,
  * uv_tty_t) and a vtable through which other kinds (the TLS session, test
- * doubles) plug in. uvctx_copy() and uvctx_pipe() take any of them.
+ * doubles) plug in. uvctx_copy_start() and uvctx_pipe_start() take any of them.
  *
  * Threading: a stream belongs to the thread running its loop; every
  * function here must be called there, and every callback runs there.
@@ -77,9 +77,9 @@ struct uvctx_write_s {
   /* private */
   uvctx_stream_t* stream_;
   uvctx_write_cb cb_;
-  size_t size_;               /* bytes in the request */
+  size_t size_;                /* bytes in the request */
   struct uvctx_write_s* next_; /* free for the implementation (queues) */
-  void* impl_[4];             /* free for the implementation */
+  void* impl_[4];              /* free for the implementation */
   uv_write_t uv_; /* the libuv implementation's request; others may use it */
 };
 
@@ -89,7 +89,7 @@ struct uvctx_shutdown_s {
   /* private */
   uvctx_stream_t* stream_;
   uvctx_shutdown_cb cb_;
-  void* impl_[2];  /* free for the implementation */
+  void* impl_[2];    /* free for the implementation */
   uv_shutdown_t uv_; /* the libuv implementation's request */
 };
 
@@ -128,8 +128,7 @@ UVCTX_EXTERN int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
  * loop. UV_EINVAL for NULL s/req or a closing stream; UV_ENOTCONN if a
  * shutdown was already requested; else the implementation's error (then
  * cb never runs). */
-UVCTX_EXTERN int uvctx_stream_shutdown(uvctx_shutdown_t* req,
-                                       uvctx_stream_t* s,
+UVCTX_EXTERN int uvctx_stream_shutdown(uvctx_shutdown_t* req, uvctx_stream_t* s,
                                        uvctx_shutdown_cb cb);
 
 /* Closes the stream (and, for the libuv implementation, the handle it
@@ -171,7 +170,7 @@ UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
  * The handle is given back in one of two ways:
  * - uvctx_stream_close() closes the handle itself (uv_close); the memory of
  *   both `h` and `s` may be freed in or after the close callback. This is
- *   the usual end, and what uvctx_copy() does when its context is done.
+ *   the usual end, and what uvctx_copy_start() does when its context is done.
  * - uvctx_stream_uv_detach() gives the handle back open, reading stopped,
  *   with its original h->data restored. It returns 0 or an error, not the
  *   handle, and clears the stored handle: fetch it with
@@ -266,8 +265,7 @@ UVCTX_EXTERN void uvctx_stream_emit_read(uvctx_stream_t* s, ssize_t nread,
  * user's callback (close_done may defer it until pending writes are done).
  * Never call them inside the op that started the request. */
 UVCTX_EXTERN void uvctx_stream_write_done(uvctx_write_t* req, int status);
-UVCTX_EXTERN void uvctx_stream_shutdown_done(uvctx_shutdown_t* req,
-                                             int status);
+UVCTX_EXTERN void uvctx_stream_shutdown_done(uvctx_shutdown_t* req, int status);
 UVCTX_EXTERN void uvctx_stream_close_done(uvctx_stream_t* s);
 
 /* For implementations: the request's stream and byte count (the sum of

@@ -1,7 +1,7 @@
 /* uvctx TLS: an OpenSSL 3 session over any uvctx stream, client or server,
- * that is itself a uvctx stream, so uvctx_copy() and uvctx_pipe() work over
- * TLS unchanged. Its handshake takes a context: when the context is done
- * mid-handshake, the session stops, closes its transport and reports the
+ * that is itself a uvctx stream, so uvctx_copy_start() and uvctx_pipe_start()
+ * work over TLS unchanged. Its handshake takes a context: when the context is
+ * done mid-handshake, the session stops, closes its transport and reports the
  * context's error (UV_ECANCELED or UV_ETIMEDOUT).
  *
  * Two objects:
@@ -86,8 +86,7 @@ UVCTX_EXTERN int uvctx_tls_config_cert_file(uvctx_tls_config_t* c,
 UVCTX_EXTERN int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c,
                                            const char* chain_pem,
                                            size_t chain_len,
-                                           const char* key_pem,
-                                           size_t key_len);
+                                           const char* key_pem, size_t key_len);
 
 /* Trust exactly the CA certificates in a PEM file or buffer (replacing the
  * system defaults, or an earlier call). A client verifies servers against
@@ -96,8 +95,8 @@ UVCTX_EXTERN int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c,
  * acceptable issuers). Errors as above. */
 UVCTX_EXTERN int uvctx_tls_config_ca_file(uvctx_tls_config_t* c,
                                           const char* path);
-UVCTX_EXTERN int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c,
-                                         const char* pem, size_t len);
+UVCTX_EXTERN int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
+                                         size_t len);
 
 /* Peer verification on (1, the client default) or off (0). Off, a client
  * accepts any certificate: for tests and pinned setups only. On a server
@@ -122,8 +121,7 @@ enum {
   UVCTX_TLS_CLIENT_AUTH_REQUEST = 1,
   UVCTX_TLS_CLIENT_AUTH_REQUIRE = 2
 };
-UVCTX_EXTERN int uvctx_tls_config_client_auth(uvctx_tls_config_t* c,
-                                              int mode);
+UVCTX_EXTERN int uvctx_tls_config_client_auth(uvctx_tls_config_t* c, int mode);
 
 /* ALPN protocols, most preferred first: a client offers them, a server
  * selects the first of its own list that the client offered (and refuses
@@ -142,15 +140,13 @@ UVCTX_EXTERN int uvctx_tls_config_versions(uvctx_tls_config_t* c,
  * `tls13` for TLS 1.3 suites (SSL_CTX_set_ciphersuites); NULL keeps the
  * default. UV_EINVAL if OpenSSL rejects one; then neither is applied. */
 UVCTX_EXTERN int uvctx_tls_config_ciphers(uvctx_tls_config_t* c,
-                                          const char* tls12,
-                                          const char* tls13);
+                                          const char* tls12, const char* tls13);
 
 /* Why the last setter failed (OpenSSL's reason, the file error, or what
  * argument was missing), or NULL after a success. The string lives until
  * the next setter call. UV_EINVAL for a NULL configuration leaves no
  * reason (there is nowhere to put one). */
-UVCTX_EXTERN const char* uvctx_tls_config_reason(
-    const uvctx_tls_config_t* c);
+UVCTX_EXTERN const char* uvctx_tls_config_reason(const uvctx_tls_config_t* c);
 
 /* The underlying SSL_CTX* (as void*, so that this header needs no OpenSSL
  * header: cast it), for settings this API does not cover. Changing it once

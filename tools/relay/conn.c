@@ -119,7 +119,7 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
                      const char* detail);
 static void start_connect(relay_conn_t* c);
 
-/* ---- logging ------------------------------------------------------------ */
+/* ---- logging ------------------------------------------------------------- */
 
 /* Who ended the connection: "client" or "upstream" (a peer closed,
  * reset, refused or timed out), "relay" (a deadline of its own, the drain,
@@ -174,7 +174,7 @@ static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_end(&ln);
 }
 
-/* ---- endings ------------------------------------------------------------ */
+/* ---- endings ------------------------------------------------------------- */
 
 /* The reason for a failed step: a done context names itself through its
  * cause message (drained, lifetime, client-gone, handshake-timeout,
@@ -433,7 +433,7 @@ static void start_pipe(relay_conn_t* c) {
   }
 }
 
-/* ---- what the client sent while the upstream was being reached ---------- */
+/* ---- what the client sent while the upstream was being reached ----------- */
 
 static void on_flushed(uvctx_write_t* req, int status) {
   relay_conn_t* c = req->data;

@@ -318,8 +318,7 @@ static char* scrape(relay_server_t* srv, size_t* len) {
     ptrs[i] = &stats[i];
     labels[i] = names[i];
   }
-  if (uvctx_loop_stats_format_prometheus(ptrs, labels, n, &loops, &loops_len) !=
-      0)
+  if (uvctx_metrics_format(ptrs, labels, n, &loops, &loops_len) != 0)
     goto done;
   relay_text_raw(&t, loops, loops_len);
   relay_families(srv, &t);

@@ -31,6 +31,7 @@
 
 #include <uvctx.h>
 #include <uvctx/copy.h>
+#include <uvctx/metrics.h>
 #include <uvctx/tls.h>
 #include <uvctx/trace.h>
 
@@ -113,7 +114,7 @@ int relay_parse_addr(const char* s, int passive, relay_addr_t* out, char* err,
 /* "127.0.0.1:8080" or "[::1]:8080". */
 void relay_format_addr(const struct sockaddr* sa, char* out, size_t len);
 
-/* ---- logging ----------------------------------------------------------- */
+/* ---- logging ------------------------------------------------------------- */
 
 void relay_log_init(int format, int level);
 /* Whether a per-connection line of `kind` (RELAY_LOG_OPEN or _CLOSE) for a
@@ -139,7 +140,7 @@ void relay_log_end(relay_log_line_t* ln);
  * relay_log_event("draining", "signal", "SIGTERM", NULL). */
 void relay_log_event(const char* event, ...);
 
-/* ---- counters ---------------------------------------------------------- */
+/* ---- counters ------------------------------------------------------------ */
 
 /* Why a connection ended, as logged in `reason=` and counted in
  * uvctx_relay_connections_closed_total{reason=...}. */
@@ -177,7 +178,7 @@ typedef struct relay_counters_s {
   atomic_uint_fast64_t closed[RELAY_REASONS];
 } relay_counters_t;
 
-/* ---- server ------------------------------------------------------------ */
+/* ---- server -------------------------------------------------------------- */
 
 typedef struct relay_server_s relay_server_t;
 typedef struct relay_worker_s relay_worker_t;
@@ -265,7 +266,7 @@ struct relay_server_s {
 /* Runs the relay until it has drained. Returns the exit status. */
 int relay_server_run(relay_config_t* cfg);
 
-/* ---- connections ------------------------------------------------------- */
+/* ---- connections --------------------------------------------------------- */
 
 /* Takes over `fd`, a connected socket accepted by worker `w`. */
 void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer);
@@ -282,7 +283,7 @@ void relay_worker_conn_done(relay_worker_t* w);
 #define RELAY_SAMPLE_MS 1000
 void relay_conn_sample(relay_worker_t* w);
 
-/* ---- metrics ----------------------------------------------------------- */
+/* ---- metrics ------------------------------------------------------------- */
 
 /* Binds --metrics on the control loop and starts accepting. Returns 0, or
  * -1 after one line on stderr (the caller exits 2 and runs the control

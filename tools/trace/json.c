@@ -287,12 +287,12 @@ static int parse_array(parser_t* ps, json_t* v, int depth) {
     if (parse_value(ps, &v->items[v->n - 1], depth + 1) != 0)
       return -1;
     switch (after_member(ps, ']')) {
-    case 1:
-      continue;
-    case 0:
-      return 0;
-    default:
-      return -1;
+      case 1:
+        continue;
+      case 0:
+        return 0;
+      default:
+        return -1;
     }
   }
 }
@@ -332,12 +332,12 @@ static int parse_object(parser_t* ps, json_t* v, int depth) {
     if (parse_value(ps, &v->items[v->n - 1], depth + 1) != 0)
       return -1;
     switch (after_member(ps, '}')) {
-    case 1:
-      continue;
-    case 0:
-      return 0;
-    default:
-      return -1;
+      case 1:
+        continue;
+      case 0:
+        return 0;
+      default:
+        return -1;
     }
   }
 }

@@ -19,8 +19,7 @@
 #include "heatmap.h"
 #include "json.h"
 
-/* ---- the trace model ------------------------------------------------------
- */
+/* ---- the trace model ----------------------------------------------------- */
 
 typedef struct ctx_rec_s {
   uint64_t id;
@@ -271,8 +270,7 @@ static void unload(trace_t* t) {
   free(t->hvals);
 }
 
-/* ---- summary ----------------------------------------------------------------
- */
+/* ---- summary ------------------------------------------------------------- */
 
 static int cmp_double(const void* a, const void* b) {
   double x = *(const double*)a, y = *(const double*)b;
@@ -439,8 +437,7 @@ static int summary(trace_t* t, double late_us, size_t top) {
   return 0;
 }
 
-/* ---- heatmap
- * ------------------------------------------------------------------ */
+/* ---- heatmap ------------------------------------------------------------- */
 
 /* The rendering is tools/common/heatmap.c, shared with uvctx-relay. */
 static int heatmap(trace_t* t, const char* out_path, int cols) {
@@ -472,8 +469,7 @@ static int heatmap(trace_t* t, const char* out_path, int cols) {
   return 0;
 }
 
-/* ---- main
- * -------------------------------------------------------------------- */
+/* ---- main ---------------------------------------------------------------- */
 
 static int usage(void) {
   fprintf(stderr, "usage: uvctx-trace summary FILE [--late-us N] [--top N]\n"

@@ -1,0 +1,310 @@
+/* Internals of the core layer (lib/core/): the context and loop layouts,
+ * the library lock, the deadline heap and the trace hooks, each section
+ * labelled with the file that defines it. Nothing here is
+ * part of the public API. */
+#ifndef UVCTX_INTERNAL_H
+#define UVCTX_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "uvctx.h"
+
+#include "common/alloc.h"
+
+/* ---- the library lock (core/ctx.c) --------------------------------------- */
+
+/* One process-wide lock guards the shape of every context tree (children
+ * lists, orphan lists), the watch lists, the dispatch queues and the deadline
+ * heaps. Readers of err/cause/values/deadline never take it. It is a
+ * test-and-test-and-set spinlock that yields after a short spin: critical
+ * sections are a few pointer writes, except a cancel, which walks the
+ * subtree it cancels. */
+void uvctx__lock(void);
+void uvctx__unlock(void);
+
+/* ---- contexts (core/ctx.c, core/deadline.c, core/value.c) ---------------- */
+
+enum {
+  UVCTX__BACKGROUND = 0,
+  UVCTX__CANCEL,   /* with_cancel, with_cancel_on */
+  UVCTX__DEADLINE, /* with_deadline, with_timeout (and _cause) */
+  UVCTX__ANY,      /* uvctx_any */
+  UVCTX__VALUE,    /* with_value */
+  UVCTX__DETACHED  /* without_cancel */
+};
+
+/* Error codes stored in uvctx_s.err, a byte. */
+enum { UVCTX__LIVE = 0, UVCTX__ERR_CANCELED = 1, UVCTX__ERR_TIMEDOUT = 2 };
+
+/* A link in an intrusive singly-headed doubly-linked list (Linux hlist):
+ * `pprev` points at the previous link's `next` (or the list head), so a link
+ * unlinks itself without knowing which list it is on. `owner` is the context
+ * the link belongs to: a merge has one link per parent. */
+typedef struct uvctx__link_s {
+  struct uvctx__link_s* next;
+  struct uvctx__link_s** pprev;
+  uvctx_t* owner;
+} uvctx__link_t;
+
+/* A cause message shared by every context a cancel reached. */
+typedef struct uvctx__msg_s {
+  atomic_uint refs;
+  char text[];
+} uvctx__msg_t;
+
+/* The common head of every context. Cancel contexts are exactly this struct
+ * (72 bytes); the other kinds extend it. Fields marked [lock] change only
+ * under the library lock. */
+struct uvctx_s {
+  atomic_uint refs;
+  atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
+  uint8_t kind;
+  uint8_t flags;
+  uint8_t pad_;
+  uvctx_t* parent; /* parents[0] for a merge; NULL for background */
+  uvctx_loop_t* home;
+  /* [lock] Where this context is listed: in the children list of the
+   * nearest cancellable ancestor while both are live, else in its home's
+   * orphan list (done contexts, values, children of never-done contexts). */
+  uvctx__link_t link;
+  /* While live: [lock] the children list. Once done: the cause, written
+   * before `err` is published and never again. */
+  union {
+    uvctx__link_t* children;
+    intptr_t cause;
+  } u1;
+  /* While live: [lock] the watch list. Once done: the cause message. */
+  union {
+    uvctx_watch_t* watches;
+    uvctx__msg_t* msg;
+  } u2;
+  void* site; /* the caller of the constructor, for uvctx_loop_dump() */
+};
+
+/* uvctx_with_deadline() and friends. */
+typedef struct uvctx__deadline_s {
+  uvctx_t base;
+  uint64_t deadline;   /* the earliest deadline in force, own or inherited */
+  uint32_t heap_index; /* [lock] UINT32_MAX when not in the heap */
+  int32_t dl_cause;    /* cause recorded when the deadline fires */
+  uvctx__msg_t* dl_msg;
+} uvctx__deadline_t;
+
+/* uvctx_with_value(). */
+typedef struct uvctx__value_s {
+  uvctx_t base;
+  uvctx_t* anc; /* nearest ancestor that is not a value context */
+  const uvctx_key_t* key;
+  void* value;
+} uvctx__value_t;
+
+/* uvctx_any(). base.link and base.parent serve parents[0]. */
+typedef struct uvctx__any_s {
+  uvctx_t base;
+  uint64_t deadline; /* UINT64_MAX when no parent has one */
+  size_t n;
+  struct {
+    uvctx__link_t link;
+    uvctx_t* parent;
+  } extra[]; /* parents 1..n-1 */
+} uvctx__any_t;
+
+#define UVCTX__NO_DEADLINE UINT64_MAX
+#define UVCTX__NO_HEAP UINT32_MAX
+
+/* ---- the loop binding (core/loop.c) -------------------------------------- */
+
+struct uvctx_loop_s {
+  uv_loop_t* uv;
+  uvctx_t background;
+  uv_async_t mailbox;   /* unreferenced except while local work is queued */
+  uv_timer_t timer;     /* the deadline timer */
+  uv_prepare_t prepare; /* records the thread running the loop */
+  /* UVCTX_LOOP_HIRES_DEADLINES: a timerfd under a uv_poll_t replaces the
+   * uv_timer_t as the deadline source (hires_fd is -1 otherwise). */
+  int hires_fd;
+  uv_poll_t hires;
+  atomic_uintptr_t thread; /* uv_thread_t of the loop's thread */
+  int closing;
+  int handles_open;
+  int mailbox_refd; /* loop thread only */
+  /* [lock] everything below */
+  uvctx_loop_t* next_loop; /* the registry of loops, for dumps */
+  uvctx_loop_t** pprev_loop;
+  uvctx__link_t* orphans;
+  uvctx_watch_t* queue_head; /* watches whose callbacks are due */
+  uvctx_watch_t** queue_tail;
+  uint64_t queued;
+  uvctx__deadline_t** heap;
+  uint32_t heap_len;
+  uint32_t heap_cap;
+  /* When the armed source fires, 0 if none is armed: loop-time ms for the
+   * uv_timer_t, uv_hrtime() ns for the timerfd. */
+  uint64_t timer_due;
+  /* uv_timer_t source: the deadline the armed timer was last checked
+   * against; it fires no later than (about) that deadline. */
+  uint64_t timer_top;
+  int timer_dirty; /* the loop thread must re-sync the timer */
+  int timer_refd;
+  uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
+  uint64_t created;
+  uint64_t cancels;
+  uint64_t remote_wakeups;
+  uint64_t callbacks;
+  uint64_t deadlines_fired;
+  uvctx_histogram_t propagation;
+  uvctx_histogram_t lateness;
+  /* Contexts homed here still referenced: the sum of n_kind, see
+   * uvctx__live_locked(). */
+  /* Contexts homed on other loops whose parent is this loop's background:
+   * the background is not reference counted, so they are counted here to
+   * keep the binding from closing under them. */
+  uint64_t n_foreign;
+  uint64_t n_watches;  /* watches homed here that have not fired */
+  uint64_t dl_watches; /* of those, watching a context with a deadline */
+};
+
+/* One cancel operation, as seen by the watches it makes due: its id links
+ * a trace's cancel event to the callbacks it caused, its time measures the
+ * propagation delay. */
+typedef struct uvctx__cancel_op_s {
+  uint64_t id;
+  uint64_t time; /* uv_hrtime() at the cancel */
+} uvctx__cancel_op_t;
+
+/* [lock] Counts a context in or out of its home's gauges. */
+#define UVCTX__COUNT_LOCKED(c, d)                  \
+  do {                                             \
+    (c)->home->n_kind[(c)->kind] += (uint64_t)(d); \
+    if ((d) > 0)                                   \
+      (c)->home->created++;                        \
+  } while (0)
+
+/* Watch states (uvctx_watch_t.state_). */
+enum {
+  UVCTX__W_IDLE = 0,
+  UVCTX__W_ARMED, /* on a context's watch list (or never-firing) */
+  UVCTX__W_QUEUED /* on its home's dispatch queue */
+};
+
+/* ---- defined in core/loop.c ---------------------------------------------- */
+uvctx_loop_t* uvctx__registry_locked(void);
+uint64_t uvctx__live_locked(const uvctx_loop_t* l);
+int uvctx__on_loop_thread(const uvctx_loop_t* l);
+/* [lock] Queues a watch whose context is done and makes sure its home loop
+ * will run the callback: from the loop's own thread the mailbox is
+ * referenced so that uv_run() does not return first. */
+void uvctx__dispatch_locked(uvctx_watch_t* w, int err, uvctx__cancel_op_t* op);
+/* [lock] The loop's timer needs re-syncing (heap top or watch count
+ * changed): done now on the loop's thread, else through the mailbox. */
+void uvctx__timer_touch_locked(uvctx_loop_t* l);
+void uvctx__timer_sync_locked(uvctx_loop_t* l);
+
+/* ---- defined in core/ctx.c ----------------------------------------------- */
+/* [lock] Marks `c` and its whole subtree done, iteratively. `now` is the
+ * current uv_hrtime() if the caller has it, else 0. */
+void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
+                          uvctx__msg_t* msg, uint64_t now);
+/* [lock] Gives a cancel operation its id, once. */
+void uvctx__cancel_op_id(uvctx__cancel_op_t* op);
+uvctx__msg_t* uvctx__msg_new(const char* text);
+void uvctx__msg_unref(uvctx__msg_t* m);
+/* The context whose done state `c` shares: itself for cancellable kinds,
+ * the nearest non-value ancestor for values. */
+uvctx_t* uvctx__state_of(const uvctx_t* c);
+int uvctx__err_code(int stored);
+int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* link,
+                                 uvctx_t* parent);
+void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* link);
+void uvctx__unlink(uvctx__link_t* link);
+uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
+                          uvctx_loop_t* home, void* site);
+void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
+/* [lock] Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a
+ * parent that is another loop's background. */
+void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
+int uvctx__valid(const uvctx_t* c);
+
+/* ---- defined in core/deadline.c ------------------------------------------ */
+int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+uint64_t uvctx__deadline_of(const uvctx_t* c);
+void uvctx__timer_cb(uv_timer_t* t);
+void uvctx__hires_cb(uv_poll_t* p, int status, int events);
+int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
+
+/* ---- trace hooks (core/trace_hooks.c)
+ * ----------------------------------------- */
+
+/* The core calls the hooks only while uvctx__tracing is non-zero (some loop
+ * has a trace ring attached), so that they cost one relaxed load when
+ * tracing is off. Those marked [lock] run under the library lock and must
+ * neither block nor call back into the library. Rings are attached and
+ * drained by the trace writer (obs/trace.c). */
+extern atomic_int uvctx__tracing;
+#define UVCTX__TRACING() \
+  UVCTX__UNLIKELY(atomic_load_explicit(&uvctx__tracing, memory_order_relaxed))
+void uvctx__trace_create(const uvctx_t* c); /* after creation */
+void uvctx__trace_free(const uvctx_t* c);   /* [lock] */
+void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
+                         const uvctx__cancel_op_t* op);             /* [lock] */
+void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns); /*[lock]*/
+void uvctx__trace_callback(const uvctx_watch_t* w, int err); /* loop thread */
+int uvctx__trace_attached_locked(const uvctx_loop_t* l);     /* [lock] */
+
+enum {
+  UVCTX__EV_CREATE = 1,
+  UVCTX__EV_FREE,
+  UVCTX__EV_CANCEL,
+  UVCTX__EV_DEADLINE,
+  UVCTX__EV_CALLBACK
+};
+
+/* Thread numbers in traces; later threads share the last one. */
+#define UVCTX__TRACE_TIDS 256
+
+/* One event as recorded by a hook: fixed size, no pointers the writer must
+ * follow (contexts may be gone when it runs), except creation sites, which
+ * are code addresses. */
+typedef struct uvctx__trace_ev_s {
+  uint64_t ts;      /* uv_hrtime() */
+  uintptr_t ctx;    /* the context; 0 if unknown */
+  uintptr_t parent; /* create: parent; callback: the watch */
+  uint64_t a;       /* create: deadline; cancel/callback: op; deadline: due */
+  uint64_t b;       /* callback: queued at; deadline: lateness */
+  void* site;       /* create */
+  int32_t code;     /* cancel: cause; callback: err */
+  uint16_t tid;
+  uint8_t type;
+  uint8_t kind; /* create/free: context kind; cancel: stored err */
+  uint32_t depth;
+} uvctx__trace_ev_t;
+
+/* A loop's event ring: the hooks push (under the lock), the writer on the
+ * loop thread pops. */
+typedef struct uvctx__trace_ring_s {
+  uvctx_loop_t* loop;
+  struct uvctx__trace_ring_s* next; /* [lock] the list of rings */
+  uvctx__trace_ev_t* ring;
+  uint64_t mask;
+  atomic_uint_fast64_t head; /* next record to write (loop thread) */
+  atomic_uint_fast64_t tail; /* next free slot ([lock]) */
+  uint64_t emitted;          /* [lock] */
+  uint64_t dropped;          /* [lock] */
+  atomic_uint_fast64_t written;
+} uvctx__trace_ring_t;
+
+/* The calling thread's number in traces (1 .. UVCTX__TRACE_TIDS-1). */
+uint16_t uvctx__trace_thread(void);
+/* [lock] Attach a ring (one per loop), find a loop's, detach it. */
+void uvctx__trace_ring_attach_locked(uvctx__trace_ring_t* r);
+uvctx__trace_ring_t* uvctx__trace_ring_find_locked(const uvctx_loop_t* l);
+uvctx__trace_ring_t* uvctx__trace_ring_detach_locked(const uvctx_loop_t* l);
+
+/* ---- defined in core/watch.c --------------------------------------------- */
+void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op);
+void uvctx__mailbox_drain(uvctx_loop_t* l);
+
+#endif /* UVCTX_INTERNAL_H */

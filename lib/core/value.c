@@ -1,0 +1,60 @@
+/* value.c owns the contexts that add nothing cancellable: with_value and
+ * without_cancel, and the value lookup. Neither kind has a done state of its
+ * own: a value context shares the state of its nearest non-value ancestor
+ * (cached in `anc`, so uvctx_err() is one hop), and a without_cancel context
+ * is never done. */
+#include "core/internal.h"
+
+static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
+  uvctx_ref(parent);
+  uvctx__lock();
+  uvctx__orphan_locked(c, &c->link);
+  UVCTX__COUNT_LOCKED(c, 1);
+  uvctx__unlock();
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
+  *out = c;
+  return 0;
+}
+
+int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
+                     uvctx_t** out) {
+  uvctx__value_t* v;
+  if (!uvctx__valid(parent) || key == NULL || out == NULL)
+    return UV_EINVAL;
+  v = (uvctx__value_t*)uvctx__alloc_ctx(sizeof(*v), UVCTX__VALUE, parent,
+                                        parent->home,
+                                        __builtin_return_address(0));
+  if (v == NULL)
+    return UV_ENOMEM;
+  v->anc = uvctx__state_of(parent);
+  v->key = key;
+  v->value = value;
+  return attach_plain(&v->base, parent, out);
+}
+
+int uvctx_without_cancel(uvctx_t* parent, uvctx_t** out) {
+  uvctx_t* c;
+  if (!uvctx__valid(parent) || out == NULL)
+    return UV_EINVAL;
+  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent, parent->home,
+                       __builtin_return_address(0));
+  if (c == NULL)
+    return UV_ENOMEM;
+  return attach_plain(c, parent, out);
+}
+
+/* Iterative walk towards the root; merges continue through parents[0]. */
+void* uvctx_value(const uvctx_t* c, const uvctx_key_t* key) {
+  if (key == NULL)
+    return NULL;
+  while (c != NULL) {
+    if (c->kind == UVCTX__VALUE) {
+      const uvctx__value_t* v = (const uvctx__value_t*)c;
+      if (v->key == key)
+        return v->value;
+    }
+    c = c->parent;
+  }
+  return NULL;
+}

@@ -1,0 +1,708 @@
+/* copy.c owns uvctx_copy_start() and uvctx_pipe_start(): one engine (an
+ * "op") running one direction (copy) or two (pipe) over any uvctx stream,
+ * with a fixed buffer pool, high/low-water flow control, an idle timer and
+ * a context watch, and the rules for finishing exactly once. */
+#include <stddef.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "io/io.h"
+#include "uvctx/copy.h"
+
+enum { OP_COPY, OP_PIPE };
+
+/* One pool buffer and the write request that carries it. A buffer is on
+ * its direction's free stack, lent to the source's read, or in a write. */
+typedef struct slot_s {
+  uvctx_write_t req;
+  char* base;
+  struct slot_s* next;
+} slot_t;
+
+typedef struct op_s op_t;
+
+typedef struct dir_s {
+  op_t* op;
+  uvctx_stream_t* src;
+  uvctx_stream_t* dst;
+  slot_t* slots; /* `buffers` of them */
+  char* mem;     /* their buffers, contiguous: slot i at mem + i * bufsize */
+  slot_t* free;
+  unsigned nfree;
+  unsigned inflight; /* writes whose callback has not run */
+  uint64_t bytes;
+  uvctx_shutdown_t shut;
+  unsigned reading : 1;
+  unsigned eof : 1;
+  unsigned shutting : 1;
+  unsigned done : 1;
+} dir_t;
+
+struct op_s {
+  int kind;
+  void* req; /* the uvctx_copy_t or uvctx_pipe_t */
+  uvctx_watch_t* watch;
+  uvctx_t* ctx; /* valid while `watching`: the watch holds a reference */
+  uv_loop_t* loop;
+  uvctx_stream_t* streams[2];
+  unsigned nstreams;
+  unsigned ndirs;
+  unsigned ndone;
+  size_t bufsize;
+  size_t high;
+  size_t low;
+  unsigned flags;
+  uint64_t idle_ms;
+  uint64_t last_progress; /* uv_hrtime() of the last byte in or out */
+  uint64_t fin_ms[2];     /* half-close timeouts (pipes) */
+  int fin_wait;           /* 1 + the stream index a half-close timeout
+                             waits for; 0 while none runs */
+  uv_timer_t timer;
+  unsigned timer_on : 1;
+  unsigned watching : 1;
+  unsigned finishing : 1;
+  int status;
+  int err_at;      /* UVCTX_PIPE_AT_* of the I/O error that ended it */
+  int err_stream;  /* its index in streams[] */
+  unsigned closes; /* close callbacks still due: streams and timer */
+  dir_t dir[2];
+};
+
+static void op_fail(op_t* op, int status, int soft);
+static void op_abort(op_t* op, int status, int soft);
+static void on_idle_timer(uv_timer_t* t);
+static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at);
+static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at);
+static void op_maybe_complete(op_t* op);
+
+/* ---- options ------------------------------------------------------------- */
+
+typedef struct {
+  size_t bufsize;
+  unsigned buffers;
+  size_t high;
+  size_t low;
+  uint64_t idle_ms;
+  unsigned flags;
+  uint64_t fin_ms[2];
+} conf_t;
+
+static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
+  uvctx_copy_options_t z;
+
+  if (o == NULL) {
+    memset(&z, 0, sizeof(z));
+    o = &z;
+  }
+  c->bufsize = o->buffer_size ? o->buffer_size : UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  c->buffers = o->buffers ? o->buffers : UVCTX_COPY_DEFAULT_BUFFERS;
+  if (c->bufsize < UVCTX_COPY_MIN_BUFFER_SIZE ||
+      c->bufsize > UVCTX_COPY_MAX_BUFFER_SIZE ||
+      c->buffers > UVCTX_COPY_MAX_BUFFERS)
+    return UV_EINVAL;
+  c->high = o->high_water ? o->high_water
+                          : c->bufsize * UVCTX_COPY_DEFAULT_HIGH_BUFFERS;
+  if (c->high < c->bufsize)
+    return UV_EINVAL;
+  if (o->low_water) {
+    c->low = o->low_water;
+    if (c->low > c->high - c->bufsize)
+      return UV_EINVAL;
+  } else {
+    c->low = c->bufsize * UVCTX_COPY_DEFAULT_LOW_BUFFERS;
+    if (c->low > c->high - c->bufsize)
+      c->low = c->high - c->bufsize;
+  }
+  c->idle_ms = o->idle_timeout_ms;
+  c->flags = o->flags;
+  c->fin_ms[0] = o->half_close_timeout_ms[0];
+  c->fin_ms[1] = o->half_close_timeout_ms[1];
+  if (c->flags &
+      ~(unsigned)(UVCTX_COPY_NO_SHUTDOWN | UVCTX_COPY_KEEP_OPEN_IDLE))
+    return UV_EINVAL;
+  return 0;
+}
+
+/* ---- one direction ------------------------------------------------------- */
+
+static void slot_put(dir_t* d, slot_t* s) {
+  s->next = d->free;
+  d->free = s;
+  d->nfree++;
+}
+
+static void on_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
+  dir_t* d;
+  slot_t* sl;
+
+  (void)suggested;
+  d = s->owner_;
+  sl = d->free;
+  if (sl == NULL) {
+    /* Not reached with libuv (reading stops when the pool runs dry); a
+     * zero-length buffer makes the read callback see UV_ENOBUFS. */
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  d->free = sl->next;
+  d->nfree--;
+  *buf = uv_buf_init(sl->base, (unsigned)d->op->bufsize);
+}
+
+static void read_pause(dir_t* d) {
+  if (!d->reading)
+    return;
+  d->reading = 0;
+  uvctx_stream_read_stop(d->src);
+}
+
+static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+
+static int read_resume(dir_t* d) {
+  int rc;
+
+  if (d->reading || d->eof || d->op->finishing)
+    return 0;
+  rc = uvctx_stream_read_start(d->src, on_alloc, on_read);
+  if (rc == 0)
+    d->reading = 1;
+  return rc;
+}
+
+/* Reading may go on while a free buffer exists and one more full buffer
+ * could not push the destination's queue past the high-water mark: that is
+ * what keeps the queue at or below the mark at every instant, not just on
+ * average. */
+static int may_read(dir_t* d) {
+  return d->nfree > 0 &&
+         uvctx_stream_write_queue_size(d->dst) + d->op->bufsize <= d->op->high;
+}
+
+static void dir_done(dir_t* d);
+static void on_shutdown(uvctx_shutdown_t* req, int status);
+
+/* EOF was read and every write has completed. */
+static void dir_drained(dir_t* d) {
+  op_t* op;
+  int rc;
+
+  op = d->op;
+  if (op->flags & UVCTX_COPY_NO_SHUTDOWN) {
+    dir_done(d);
+    return;
+  }
+  d->shut.data = d;
+  rc = uvctx_stream_shutdown(&d->shut, d->dst, on_shutdown);
+  if (rc != 0) {
+    op_abort(op, rc, 0);
+    return;
+  }
+  d->shutting = 1;
+}
+
+static void on_write(uvctx_write_t* req, int status) {
+  dir_t* d;
+  op_t* op;
+  int rc;
+
+  d = req->data;
+  op = d->op;
+  d->inflight--;
+  slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
+  if (status == 0) {
+    d->bytes += uvctx_write_size(req);
+    if (op->idle_ms != 0) /* progress only matters to an idle timeout */
+      op->last_progress = uv_hrtime();
+  } else {
+    op_fail_io(op, status, d->dst, UVCTX_PIPE_AT_WRITE);
+  }
+  if (op->finishing) {
+    op_maybe_complete(op);
+    return;
+  }
+  if (d->eof) {
+    if (d->inflight == 0)
+      dir_drained(d);
+    return;
+  }
+  if (d->reading)
+    return;
+  /* Resume below the low-water mark; an empty pipeline always resumes, so
+   * a destination whose queue does not drain with its writes (it should)
+   * cannot stall the copy forever. */
+  if (d->inflight == 0 ||
+      (uvctx_stream_write_queue_size(d->dst) <= op->low && may_read(d))) {
+    rc = read_resume(d);
+    if (rc != 0)
+      op_abort_io(op, rc, d->src, UVCTX_PIPE_AT_READ);
+  }
+}
+
+static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+  dir_t* d;
+  op_t* op;
+  slot_t* sl;
+  uv_buf_t b;
+  int rc;
+
+  d = s->owner_;
+  op = d->op;
+  sl = NULL;
+  if (buf != NULL && buf->base != NULL)
+    sl = &d->slots[(size_t)(buf->base - d->mem) / op->bufsize];
+  /* The context's state is set the moment it is cancelled, its watch
+   * callback comes a loop turn later: checking here (one atomic load)
+   * stops the copy without moving another buffer in that turn. Bytes just
+   * read are dropped, so the streams cannot be left open as if idle
+   * (KEEP_OPEN_IDLE): not soft then, which closes them; the context's
+   * error is still the status. */
+  if (op->watching && uvctx_err(op->ctx) != 0) {
+    if (sl != NULL)
+      slot_put(d, sl);
+    op_abort(op, uvctx_err(op->ctx), nread <= 0);
+    return;
+  }
+  if (nread > 0) {
+    if (op->idle_ms != 0)
+      op->last_progress = uv_hrtime();
+    b = uv_buf_init(buf->base, (unsigned)nread);
+    sl->req.data = d;
+    rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
+    if (rc != 0) {
+      slot_put(d, sl);
+      op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
+      return;
+    }
+    d->inflight++;
+    if (!may_read(d))
+      read_pause(d);
+    return;
+  }
+  if (sl != NULL)
+    slot_put(d, sl);
+  if (nread == 0)
+    return;
+  if (nread == UV_ENOBUFS) {
+    read_pause(d);
+    return;
+  }
+  d->reading = 0;
+  if (nread == UV_EOF) {
+    d->eof = 1;
+    if (d->inflight == 0)
+      dir_drained(d);
+    return;
+  }
+  op_abort_io(op, (int)nread, d->src, UVCTX_PIPE_AT_READ);
+}
+
+static void on_shutdown(uvctx_shutdown_t* req, int status) {
+  dir_t* d;
+  op_t* op;
+
+  d = req->data;
+  op = d->op;
+  d->shutting = 0;
+  /* In a pipe, a peer that has already closed its whole socket (an HTTPS
+   * client that hangs up without waiting for close_notify, say) makes the
+   * half-close of the way back fail with ENOTCONN or EPIPE. Every write of
+   * this direction had completed, and the peer ended the conversation
+   * itself: that direction is finished, not failed. A one-way copy still
+   * reports it, as the caller may need to know. */
+  if (op->kind == OP_PIPE && (status == UV_ENOTCONN || status == UV_EPIPE))
+    status = 0;
+  if (!op->finishing && status != 0)
+    op_fail_io(op, status, d->dst, UVCTX_PIPE_AT_SHUTDOWN);
+  if (op->finishing) {
+    op_maybe_complete(op);
+    return;
+  }
+  dir_done(d);
+}
+
+/* ---- the operation ------------------------------------------------------- */
+
+static void op_stop_watch(op_t* op) {
+  /* Watch callbacks run on this loop's thread, so a 0 from stop means the
+   * callback already ran, and then `watching` was cleared by it. */
+  if (op->watching) {
+    uvctx_watch_stop(op->watch);
+    op->watching = 0;
+  }
+}
+
+static void on_timer_close(uv_handle_t* h) {
+  op_t* op;
+
+  op = UVCTX__CONTAINER_OF((uv_timer_t*)h, op_t, timer);
+  op->closes--;
+  op_maybe_complete(op);
+}
+
+static void on_stream_close(uvctx_stream_t* s) {
+  op_t* op;
+
+  op = ((dir_t*)s->owner_)->op;
+  op->closes--;
+  op_maybe_complete(op);
+}
+
+static void op_close_timer(op_t* op) {
+  if (!op->timer_on)
+    return;
+  op->timer_on = 0;
+  op->closes++;
+  uv_close((uv_handle_t*)&op->timer, on_timer_close);
+}
+
+/* A pipe's first direction has finished: the half-close timeout, if
+ * set, replaces the idle timeout from now on (the idle timer machinery
+ * re-arms itself from idle_ms and last_progress). */
+static void half_closed(op_t* op, unsigned i) {
+  if (op->fin_ms[i] == 0)
+    return;
+  op->idle_ms = op->fin_ms[i];
+  op->fin_wait = 1 + (int)(1 - i);
+  op->last_progress = uv_hrtime();
+  if (!op->timer_on) {
+    uv_timer_init(op->loop, &op->timer);
+    op->timer_on = 1;
+  }
+  uv_timer_start(&op->timer, on_idle_timer, op->idle_ms, 0);
+}
+
+static void dir_done(dir_t* d) {
+  op_t* op;
+
+  op = d->op;
+  d->done = 1;
+  if (++op->ndone < op->ndirs) {
+    if (op->kind == OP_PIPE)
+      half_closed(op, (unsigned)(d - op->dir));
+    return;
+  }
+  op->finishing = 1;
+  op->status = 0;
+  op_stop_watch(op);
+  op_close_timer(op);
+  op_maybe_complete(op);
+}
+
+/* Ends the operation with `status`: the context's error or the idle
+ * timeout (soft), or an I/O error. A libuv write cannot be recalled, so
+ * the streams are closed; their pending write callbacks then run with
+ * UV_ECANCELED, and the operation completes after the last close callback.
+ * Every close is counted before the first is started, so that a stream
+ * kind which completes writes inside its close cannot make us complete
+ * early. */
+static void op_fail(op_t* op, int status, int soft) {
+  unsigned i;
+  int idle;
+
+  if (op->finishing)
+    return;
+  /* A context done before its watch callback had its turn wins over an
+   * I/O error or the idle timeout: the caller cancelled first, and an
+   * error from the peer noticing that is not news. The watch still holds
+   * the context. (`soft` decides only whether idle streams stay open.) */
+  if (op->watching && uvctx_err(op->ctx) != 0) {
+    status = uvctx_err(op->ctx);
+    op->err_at = UVCTX_PIPE_AT_NONE;
+  }
+  op->finishing = 1;
+  op->status = status;
+  op_stop_watch(op);
+  op_close_timer(op);
+  idle = 1;
+  for (i = 0; i < op->ndirs; i++)
+    if (op->dir[i].inflight != 0 || op->dir[i].shutting)
+      idle = 0;
+  if (soft && idle && (op->flags & UVCTX_COPY_KEEP_OPEN_IDLE)) {
+    for (i = 0; i < op->ndirs; i++)
+      read_pause(&op->dir[i]);
+  } else {
+    for (i = 0; i < op->nstreams; i++)
+      if (!uvctx_stream_is_closing(op->streams[i]))
+        op->closes++;
+    for (i = 0; i < op->nstreams; i++)
+      if (!uvctx_stream_is_closing(op->streams[i]))
+        uvctx_stream_close(op->streams[i], on_stream_close);
+  }
+}
+
+/* op_fail() and, if nothing is left in flight, the completion: the caller
+ * must not touch the operation afterwards. */
+static void op_abort(op_t* op, int status, int soft) {
+  op_fail(op, status, soft);
+  op_maybe_complete(op);
+}
+
+/* An I/O error on `s` while doing `at`: remembered for
+ * uvctx_pipe_error_at() when it is the one that ends the operation (not
+ * once it is finishing, and not when the context's error wins). */
+static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at) {
+  if (!op->finishing) {
+    op->err_at = at;
+    op->err_stream = s == op->streams[0] ? 0 : 1;
+  }
+  op_fail(op, status, 0);
+}
+
+static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at) {
+  op_fail_io(op, status, s, at);
+  op_maybe_complete(op);
+}
+
+static void op_complete(op_t* op) {
+  uvctx_copy_t* c;
+  uvctx_pipe_t* p;
+  uint64_t b0;
+  uint64_t b1;
+  unsigned i;
+  int status;
+
+  status = op->status;
+  b0 = op->dir[0].bytes;
+  b1 = op->ndirs > 1 ? op->dir[1].bytes : 0;
+  for (i = 0; i < op->nstreams; i++)
+    op->streams[i]->owner_ = NULL;
+  if (op->kind == OP_COPY) {
+    c = op->req;
+    c->state_ = NULL;
+    c->bytes_ = b0;
+    uvctx__free(op);
+    c->cb_(c, status, b0);
+  } else {
+    p = op->req;
+    p->state_ = NULL;
+    p->bytes_[0] = b0;
+    p->bytes_[1] = b1;
+    p->err_at_ = status != 0 ? op->err_at : UVCTX_PIPE_AT_NONE;
+    p->err_side_ = op->err_stream;
+    uvctx__free(op);
+    p->cb_(p, status, b0, b1);
+  }
+}
+
+/* Completion waits for every callback the operation caused: writes,
+ * shutdowns, and the close callbacks of the streams and the timer. Only
+ * callbacks call this, so a completion never runs inside a start. */
+static void op_maybe_complete(op_t* op) {
+  unsigned i;
+
+  if (!op->finishing || op->closes != 0)
+    return;
+  for (i = 0; i < op->ndirs; i++)
+    if (op->dir[i].inflight != 0 || op->dir[i].shutting)
+      return;
+  op_complete(op);
+}
+
+static void on_watch(uvctx_watch_t* w, int err) {
+  op_t* op;
+
+  op = w->data;
+  op->watching = 0;
+  op_abort(op, err != 0 ? err : UV_ECANCELED, 1);
+}
+
+/* Instead of restarting the timer on every read and write, progress only
+ * stamps last_progress (uv_hrtime()) and the timer, when it fires, re-arms
+ * itself for what is left. libuv timers count whole cached milliseconds and
+ * can fire a fraction of one early by the real clock, so the elapsed time
+ * is judged with uv_hrtime(): an idle timeout never fires early. */
+static void on_idle_timer(uv_timer_t* t) {
+  op_t* op;
+  uint64_t idle, limit;
+
+  op = UVCTX__CONTAINER_OF(t, op_t, timer);
+  idle = uv_hrtime() - op->last_progress;
+  limit = op->idle_ms * 1000000;
+  if (idle >= limit) {
+    if (op->fin_wait != 0) {
+      op->err_at = UVCTX_PIPE_AT_HALF_CLOSED;
+      op->err_stream = op->fin_wait - 1;
+    }
+    op_abort(op, UV_ETIMEDOUT, 1);
+    return;
+  }
+  /* At least 1 ms: a 0 ms timer started from a timer callback runs again
+   * in the same pass in libuv 1.44. */
+  uv_timer_start(t, on_idle_timer, (limit - idle + 999999) / 1000000, 0);
+}
+
+static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
+                    uvctx_stream_t* a, uvctx_stream_t* b,
+                    const uvctx_copy_options_t* opts, op_t** out) {
+  conf_t cf;
+  op_t* op;
+  dir_t* d;
+  size_t head;
+  size_t total;
+  unsigned ndirs;
+  unsigned i;
+  unsigned j;
+  int rc;
+
+  if (ctx == NULL || a == NULL || b == NULL)
+    return UV_EINVAL;
+  if (kind == OP_PIPE && a == b)
+    return UV_EINVAL;
+  /* A detached or closing stream would take the copy's writes or close
+   * and never call back: refuse it here. */
+  if (uvctx__stream_unusable(a) || uvctx__stream_unusable(b))
+    return UV_EINVAL;
+  if (uvctx_stream_loop(a) == NULL ||
+      uvctx_stream_loop(a) != uvctx_stream_loop(b) ||
+      uvctx_loop_uv(uvctx_home(ctx)) != uvctx_stream_loop(a))
+    return UV_EINVAL;
+  if (a->owner_ != NULL || b->owner_ != NULL)
+    return UV_EBUSY;
+  rc = resolve(opts, &cf);
+  if (rc != 0)
+    return rc;
+
+  ndirs = kind == OP_PIPE ? 2 : 1;
+  head = sizeof(op_t) + (size_t)ndirs * cf.buffers * sizeof(slot_t);
+  head = (head + 63) & ~(size_t)63;
+  if (cf.bufsize > (SIZE_MAX - head) / ((size_t)ndirs * cf.buffers))
+    return UV_ENOMEM;
+  total = head + (size_t)ndirs * cf.buffers * cf.bufsize;
+  op = uvctx__malloc(total);
+  if (op == NULL)
+    return UV_ENOMEM;
+  memset(op, 0, sizeof(*op));
+  op->kind = kind;
+  op->req = req;
+  op->watch = w;
+  op->ctx = ctx;
+  op->loop = uvctx_stream_loop(a);
+  op->streams[0] = a;
+  op->streams[1] = b;
+  op->nstreams = a == b ? 1 : 2;
+  op->ndirs = ndirs;
+  op->bufsize = cf.bufsize;
+  op->high = cf.high;
+  op->low = cf.low;
+  op->flags = cf.flags;
+  op->idle_ms = cf.idle_ms;
+  op->fin_ms[0] = kind == OP_PIPE ? cf.fin_ms[0] : 0;
+  op->fin_ms[1] = kind == OP_PIPE ? cf.fin_ms[1] : 0;
+  op->last_progress = uv_hrtime();
+  for (i = 0; i < ndirs; i++) {
+    d = &op->dir[i];
+    d->op = op;
+    d->src = i == 0 ? a : b;
+    d->dst = i == 0 ? b : a;
+    d->slots = (slot_t*)(op + 1) + (size_t)i * cf.buffers;
+    d->mem = (char*)op + head + (size_t)i * cf.buffers * cf.bufsize;
+    for (j = cf.buffers; j-- > 0;) {
+      d->slots[j].base = d->mem + (size_t)j * cf.bufsize;
+      slot_put(d, &d->slots[j]);
+    }
+  }
+
+  /* Each stream's owner_ is the direction reading it (the copy's
+   * destination belongs to its only direction). */
+  a->owner_ = &op->dir[0];
+  b->owner_ = ndirs == 2 ? &op->dir[1] : &op->dir[0];
+  w->data = op;
+  rc = uvctx_watch_start(w, ctx, on_watch);
+  if (rc != 0)
+    goto fail_watch;
+  op->watching = 1;
+  /* A context already done gets no byte read: its watch callback, queued
+   * for the loop, ends the operation. */
+  if (uvctx_err(ctx) == 0) {
+    for (i = 0; i < ndirs; i++) {
+      rc = read_resume(&op->dir[i]);
+      if (rc != 0)
+        goto fail_read;
+    }
+  }
+  /* Last, because a timer cannot be released without a loop turn. */
+  if (cf.idle_ms != 0) {
+    uv_timer_init(op->loop, &op->timer);
+    op->timer_on = 1;
+    uv_timer_start(&op->timer, on_idle_timer, cf.idle_ms, 0);
+  }
+  *out = op;
+  return 0;
+
+fail_read:
+  for (i = 0; i < ndirs; i++)
+    read_pause(&op->dir[i]);
+  uvctx_watch_stop(w);
+fail_watch:
+  a->owner_ = NULL;
+  b->owner_ = NULL;
+  uvctx__free(op);
+  return rc;
+}
+
+int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx, uvctx_stream_t* src,
+                     uvctx_stream_t* dst, const uvctx_copy_options_t* opts,
+                     uvctx_copy_cb cb) {
+  op_t* op;
+  int rc;
+
+  if (c == NULL || cb == NULL)
+    return UV_EINVAL;
+  c->cb_ = cb;
+  c->bytes_ = 0;
+  c->state_ = NULL;
+  rc = op_start(c, OP_COPY, &c->watch_, ctx, src, dst, opts, &op);
+  if (rc == 0)
+    c->state_ = op;
+  return rc;
+}
+
+uint64_t uvctx_copy_bytes(const uvctx_copy_t* c) {
+  const op_t* op;
+
+  if (c == NULL)
+    return 0;
+  op = c->state_;
+  return op != NULL ? op->dir[0].bytes : c->bytes_;
+}
+
+int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx, uvctx_stream_t* a,
+                     uvctx_stream_t* b, const uvctx_copy_options_t* opts,
+                     uvctx_pipe_cb cb) {
+  op_t* op;
+  int rc;
+
+  if (p == NULL || cb == NULL)
+    return UV_EINVAL;
+  p->cb_ = cb;
+  p->bytes_[0] = 0;
+  p->bytes_[1] = 0;
+  p->err_at_ = UVCTX_PIPE_AT_NONE;
+  p->err_side_ = 0;
+  p->state_ = NULL;
+  rc = op_start(p, OP_PIPE, &p->watch_, ctx, a, b, opts, &op);
+  if (rc == 0)
+    p->state_ = op;
+  return rc;
+}
+
+int uvctx_pipe_error_at(const uvctx_pipe_t* p, int* side) {
+  if (p == NULL || p->state_ != NULL || p->err_at_ == UVCTX_PIPE_AT_NONE)
+    return UVCTX_PIPE_AT_NONE;
+  if (side != NULL)
+    *side = p->err_side_;
+  return p->err_at_;
+}
+
+void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
+                      uint64_t* b_to_a) {
+  const op_t* op;
+
+  if (p == NULL)
+    return;
+  op = p->state_;
+  if (a_to_b != NULL)
+    *a_to_b = op != NULL ? op->dir[0].bytes : p->bytes_[0];
+  if (b_to_a != NULL)
+    *b_to_a = op != NULL ? op->dir[1].bytes : p->bytes_[1];
+}

@@ -1,0 +1,27 @@
+# End-to-end tests of the programs in tools/ (uvctx-relay). They
+# drive the relay built in this mode (plain, ASan+UBSan or TSan) with real
+# clients and servers on loopback: curl, openssl s_client/s_server and
+# Python. See test/e2e/relay/relay_test.py; a missing tool skips (exit 77).
+if(TARGET uvctx-relay)
+  find_package(Python3 COMPONENTS Interpreter)
+  if(Python3_Interpreter_FOUND)
+    foreach(case cli plain tls upstream_tls slow deadlines drain workers
+                 emfile metrics trace debug page rules
+                 prometheus logs halfclose)
+      add_test(NAME relay_${case}
+        COMMAND ${Python3_EXECUTABLE}
+                ${CMAKE_CURRENT_LIST_DIR}/relay/relay_test.py
+                --relay $<TARGET_FILE:uvctx-relay>
+                --gen-certs ${CMAKE_CURRENT_LIST_DIR}/../tls/gen-certs.sh
+                --sanitize "${UVCTX_SANITIZE}"
+                ${case})
+      set_tests_properties(relay_${case} PROPERTIES
+        TIMEOUT 180 LABELS "tools;relay" SKIP_RETURN_CODE 77)
+    endforeach()
+    # The slow-client test opens 1,000 connections; keep it away from the
+    # other timing-sensitive relay tests when ctest runs in parallel.
+    set_tests_properties(relay_slow relay_emfile PROPERTIES RUN_SERIAL ON)
+  else()
+    message(STATUS "python3 not found: relay end-to-end tests disabled")
+  endif()
+endif()

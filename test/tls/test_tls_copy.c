@@ -1,0 +1,914 @@
+/* test_tls_copy.c owns the Check suite of copy and pipe over TLS (issue 4):
+ * the copy suite's byte-exact transfers with a TLS session as the source,
+ * the destination or both, over real loopback TCP; a TLS-terminating echo
+ * proxy and half-close through uvctx_pipe_start(); cancellation and
+ * deadlines mid-transfer; and the high-water mark with a TLS destination.
+ * Plain peers are the copy suites' raw libuv peers (copy_peers.h); TLS
+ * peers are sessions of the shim driven by the small sender and sink
+ * below. Every test ends with the helpers.h teardown (nothing leaked, no
+ * SSL object left). */
+#include <signal.h>
+
+#include "copy_peers.h"
+#include "tlsutil.h"
+
+/* ---- TLS-capable ends ---------------------------------------------------- */
+
+/* One end of a TCP connection: the handle, its uvctx stream and, when
+ * `tls`, a session over it. `s` is what is read and written. */
+typedef struct tend_s {
+  cp_handle_t h;
+  uvctx_stream_t tr;
+  uvctx_tls_t tls;
+  uvctx_stream_t* s;
+  int is_tls;
+  int hs_calls;
+  int hs_status;
+  int closed;
+  void* owner;
+} tend_t;
+
+static uvctx_tls_config_t* srv_cfg;
+static uvctx_tls_config_t* cli_cfg;
+
+enum { PLAIN = -1 };
+
+/* Makes `e` (with a connected e->h) a stream: plain, or a TLS session of
+ * `role`. */
+static void tend_wrap(tend_t* e, int role) {
+  ck_assert_int_eq(uvctx_stream_init_uv(&e->tr, &e->h.s), 0);
+  e->is_tls = role != PLAIN;
+  if (e->is_tls) {
+    ck_assert_int_eq(
+        uvctx_tls_init(&e->tls, role == UVCTX_TLS_SERVER ? srv_cfg : cli_cfg,
+                       &e->tr, role == UVCTX_TLS_SERVER ? NULL : "localhost"),
+        0);
+    e->s = &e->tls.stream;
+  } else {
+    e->s = &e->tr;
+  }
+  e->s->data = e;
+}
+
+static void tend_hs_cb(uvctx_tls_t* tls, int status) {
+  tend_t* e = tls->stream.data;
+  e->hs_calls++;
+  e->hs_status = status;
+}
+
+static void tend_handshake(tend_t* e) {
+  ck_assert_int_eq(uvctx_tls_handshake(&e->tls, NULL, tend_hs_cb), 0);
+}
+
+static void tend_closed_cb(uvctx_stream_t* s) {
+  tend_t* e = s->data;
+  e->closed++;
+}
+
+/* Closes a TLS peer and waits for its close callback. */
+static void tend_close_wait(tend_t* e) {
+  if (!uvctx_stream_is_closing(e->s))
+    uvctx_stream_close(e->s, tend_closed_cb);
+  UVT_RUN_UNTIL(e->closed == 1);
+}
+
+/* ---- a sender and a sink over uvctx streams ------------------------------ */
+
+typedef struct ts_sender_s {
+  uvctx_stream_t* s;
+  uint64_t total; /* UINT64_MAX: until it fails */
+  uint64_t queued;
+  uint64_t written;
+  uint64_t rng;
+  size_t max_chunk;
+  unsigned inflight;
+  uint64_t started;
+  uint64_t done;
+  int shutdown_at_end;
+  int shut_state; /* 0 none, 1 requested, 2 its callback ran */
+  int shut_status;
+  int err;
+  uvctx_shutdown_t sd;
+} ts_sender_t;
+
+typedef struct {
+  uvctx_write_t req;
+  ts_sender_t* x;
+  size_t len;
+  char bytes[];
+} ts_wreq_t;
+
+static void ts_pump(ts_sender_t* x);
+
+static void ts_write_cb(uvctx_write_t* req, int status) {
+  ts_wreq_t* w = (ts_wreq_t*)req;
+  ts_sender_t* x = w->x;
+  x->inflight--;
+  x->done++;
+  if (status == 0)
+    x->written += w->len;
+  else if (x->err == 0)
+    x->err = status;
+  free(w);
+  ts_pump(x);
+}
+
+static void ts_shutdown_cb(uvctx_shutdown_t* req, int status) {
+  ts_sender_t* x = req->data;
+  x->shut_state = 2;
+  x->shut_status = status;
+}
+
+static void ts_pump(ts_sender_t* x) {
+  while (x->err == 0 && !uvctx_stream_is_closing(x->s) && x->inflight < 4 &&
+         x->queued < x->total) {
+    uint64_t left = x->total - x->queued;
+    size_t len = 1 + (size_t)uvt_rand_below(&x->rng, x->max_chunk);
+    ts_wreq_t* w;
+    uv_buf_t b;
+    int rc;
+    if (len > left)
+      len = (size_t)left;
+    w = malloc(sizeof(*w) + len);
+    ck_assert_ptr_nonnull(w);
+    w->x = x;
+    w->len = len;
+    cp_fill(w->bytes, x->queued, len);
+    b = uv_buf_init(w->bytes, (unsigned)len);
+    rc = uvctx_stream_write(&w->req, x->s, &b, 1, ts_write_cb);
+    if (rc != 0) {
+      free(w);
+      x->err = rc;
+      break;
+    }
+    x->inflight++;
+    x->started++;
+    x->queued += len;
+  }
+  if (x->err == 0 && x->shutdown_at_end && x->shut_state == 0 &&
+      x->queued == x->total && x->inflight == 0 &&
+      !uvctx_stream_is_closing(x->s)) {
+    x->sd.data = x;
+    ck_assert_int_eq(uvctx_stream_shutdown(&x->sd, x->s, ts_shutdown_cb), 0);
+    x->shut_state = 1;
+  }
+}
+
+static void ts_sender_start(ts_sender_t* x, uvctx_stream_t* s, uint64_t total,
+                            size_t max_chunk, uint64_t seed,
+                            int shutdown_at_end) {
+  memset(x, 0, sizeof(*x));
+  x->s = s;
+  x->total = total;
+  x->max_chunk = max_chunk;
+  x->rng = seed;
+  x->shutdown_at_end = shutdown_at_end;
+  ts_pump(x);
+}
+
+typedef struct ts_sink_s {
+  uvctx_stream_t* s;
+  uint64_t received;
+  uint64_t bad; /* first wrong offset + 1 */
+  int eof;
+  int err;
+  int reading;
+  uint64_t rng;
+  size_t max_read;
+  char* buf;
+  int limited;
+  uv_timer_t timer;
+  int64_t budget;
+  int64_t per_tick;
+  void (*on_data)(struct ts_sink_s* k);
+  void (*on_end)(struct ts_sink_s* k);
+} ts_sink_t;
+
+static void ts_sink_alloc(uvctx_stream_t* s, size_t sug, uv_buf_t* b) {
+  ts_sink_t* k = ((tend_t*)s->data)->owner;
+  size_t n = k->max_read;
+  (void)sug;
+  if (k->rng != 0)
+    n = 1 + (size_t)uvt_rand_below(&k->rng, k->max_read);
+  *b = uv_buf_init(k->buf, (unsigned)n);
+}
+
+static void ts_sink_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  ts_sink_t* k = ((tend_t*)s->data)->owner;
+  if (n > 0) {
+    cp_verify(&k->bad, k->received, b->base, (size_t)n);
+    k->received += (uint64_t)n;
+    if (k->limited) {
+      k->budget -= n;
+      if (k->budget <= 0 && k->reading) {
+        uvctx_stream_read_stop(s);
+        k->reading = 0;
+      }
+    }
+    if (k->on_data != NULL)
+      k->on_data(k);
+    return;
+  }
+  if (n == 0)
+    return;
+  k->reading = 0;
+  if (n == UV_EOF)
+    k->eof = 1;
+  else
+    k->err = (int)n;
+  if (k->on_end != NULL)
+    k->on_end(k);
+}
+
+static void ts_sink_resume(ts_sink_t* k) {
+  if (k->reading || k->eof || k->err || uvctx_stream_is_closing(k->s))
+    return;
+  ck_assert_int_eq(uvctx_stream_read_start(k->s, ts_sink_alloc, ts_sink_read),
+                   0);
+  k->reading = 1;
+}
+
+static void ts_sink_tick(uv_timer_t* t) {
+  ts_sink_t* k = t->data;
+  k->budget += k->per_tick;
+  if (k->budget > k->per_tick)
+    k->budget = k->per_tick;
+  if (k->budget > 0)
+    ts_sink_resume(k);
+}
+
+/* Reads and checks everything arriving on e->s (e->owner becomes k). */
+static void ts_sink_init(ts_sink_t* k, tend_t* e, size_t max_read,
+                         uint64_t seed) {
+  memset(k, 0, sizeof(*k));
+  k->s = e->s;
+  k->max_read = max_read;
+  k->rng = seed;
+  k->buf = malloc(max_read);
+  ck_assert_ptr_nonnull(k->buf);
+  e->owner = k;
+  ts_sink_resume(k);
+}
+
+/* At most bytes_per_sec, in 10 ms ticks. */
+static void ts_sink_limit(ts_sink_t* k, uint64_t bytes_per_sec) {
+  k->limited = 1;
+  k->per_tick = (int64_t)(bytes_per_sec / 100);
+  k->budget = k->per_tick;
+  ck_assert_int_eq(uv_timer_init(uvt_loop, &k->timer), 0);
+  k->timer.data = k;
+  ck_assert_int_eq(uv_timer_start(&k->timer, ts_sink_tick, 10, 10), 0);
+}
+
+static void ts_sink_free(ts_sink_t* k) {
+  if (k->limited)
+    cp_close_h((uv_handle_t*)&k->timer);
+  free(k->buf);
+  k->buf = NULL;
+}
+
+/* ---- fixture ------------------------------------------------------------- */
+
+static cp_listener_t L;
+
+static void tc_setup(void) {
+  uvctx_t* warm;
+  uvt_setup();
+  /* Make the deadline heap's array now (see test_copy.c), so that the
+   * per-test allocation checks see only the test's own. */
+  ck_assert_int_eq(uvctx_with_timeout(uvt_bg, 3600 * 1000, &warm), 0);
+  uvctx_release(warm);
+  srv_cfg = tu_server_cfg(0);
+  cli_cfg = tu_client_cfg(0);
+  cp_listen(&L);
+}
+
+static void tc_teardown(void) {
+  cp_unlisten(&L);
+  cp_wait_closed();
+  uvctx_tls_config_unref(srv_cfg);
+  uvctx_tls_config_unref(cli_cfg);
+  ck_assert_uint_eq(uvctx__tls_live_ssl(), 0);
+  uvt_teardown();
+}
+
+/* ---- copy: sender -> [in | copy | out] -> sink --------------------------- */
+
+enum { M_TLS_SRC, M_TLS_DST, M_TLS_BOTH, M_N };
+static const char* const mode_names[] = {"tls src", "tls dst", "tls both"};
+
+typedef struct relay_s {
+  tend_t in;
+  tend_t out;
+  uvctx_copy_t copy;
+  int closes;
+} relay_t;
+
+typedef struct {
+  relay_t* r;
+  int calls;
+  int status;
+  uint64_t bytes;
+  int in_closing;
+  int out_closing;
+  int released;
+  tend_t snd; /* plain: only snd.h is used, by psnd */
+  tend_t sink;
+  cp_sender_t psnd;
+  cp_sink_t psink;
+  ts_sender_t tsnd;
+  ts_sink_t tsink;
+  uvctx_t* ctx;
+  uint64_t alloc_base;
+} world_t;
+
+static world_t W;
+
+static void relay_closed(uvctx_stream_t* s) {
+  relay_t* r = ((tend_t*)s->data)->owner;
+  if (--r->closes == 0) {
+    W.released = 1;
+    free(r);
+  }
+}
+
+static void on_copy(uvctx_copy_t* c, int status, uint64_t bytes) {
+  relay_t* r = c->data;
+  W.calls++;
+  W.status = status;
+  W.bytes = bytes;
+  W.in_closing = uvctx_stream_is_closing(r->in.s);
+  W.out_closing = uvctx_stream_is_closing(r->out.s);
+  ck_assert_uint_eq(uvctx_stream_writes_pending(r->out.s), 0);
+  ck_assert_uint_eq(uvctx_copy_bytes(c), bytes);
+  if (status != 0) {
+    /* The copy closed both sessions (and so their transports); their
+     * close callbacks have run: the memory goes now, under ASan's eyes. */
+    ck_assert(W.in_closing && W.out_closing);
+    W.released = 1;
+    free(r);
+    return;
+  }
+  r->closes = 2;
+  uvctx_stream_close(r->in.s, relay_closed);
+  uvctx_stream_close(r->out.s, relay_closed);
+}
+
+static int src_tls(int mode) {
+  return mode != M_TLS_DST;
+}
+
+static int dst_tls(int mode) {
+  return mode != M_TLS_SRC;
+}
+
+/* Connects sender -> relay.in and relay.out -> sink over loopback TCP,
+ * with TLS on the hops the mode says. The relay's sessions start their
+ * handshakes implicitly (the copy's first read or write); the peers call
+ * uvctx_tls_handshake(). */
+static void world_begin(int mode) {
+  relay_t* r;
+  memset(&W, 0, sizeof(W));
+  W.alloc_base = uvctx_live_allocations();
+  r = calloc(1, sizeof(*r));
+  ck_assert_ptr_nonnull(r);
+  W.r = r;
+  r->in.owner = r;
+  r->out.owner = r;
+  r->copy.data = r;
+  cp_tcp_pair(&L, &W.snd.h, &r->in.h);
+  cp_tcp_pair(&L, &r->out.h, &W.sink.h);
+  tend_wrap(&r->in, src_tls(mode) ? UVCTX_TLS_SERVER : PLAIN);
+  tend_wrap(&r->out, dst_tls(mode) ? UVCTX_TLS_CLIENT : PLAIN);
+  if (src_tls(mode))
+    tend_wrap(&W.snd, UVCTX_TLS_CLIENT);
+  if (dst_tls(mode))
+    tend_wrap(&W.sink, UVCTX_TLS_SERVER);
+}
+
+static void world_start_copy(uvctx_t* ctx, const uvctx_copy_options_t* o) {
+  ck_assert_int_eq(
+      uvctx_copy_start(&W.r->copy, ctx, W.r->in.s, W.r->out.s, o, on_copy), 0);
+  ck_assert_int_eq(W.calls, 0); /* never inside the start */
+}
+
+static void world_start_sink(size_t max_read, uint64_t seed) {
+  if (W.sink.is_tls) {
+    tend_handshake(&W.sink);
+    ts_sink_init(&W.tsink, &W.sink, max_read, seed);
+  } else {
+    cp_sink_init(&W.psink, &W.sink.h.s, max_read, seed, 1);
+  }
+}
+
+static void world_start_sender(uint64_t total, size_t max_chunk,
+                               uint64_t seed) {
+  if (W.snd.is_tls) {
+    tend_handshake(&W.snd);
+    ts_sender_start(&W.tsnd, W.snd.s, total, max_chunk, seed, 1);
+  } else {
+    cp_sender_start(&W.psnd, &W.snd.h.s, total, max_chunk, seed, 1);
+  }
+}
+
+static uint64_t sink_received(void) {
+  return W.sink.is_tls ? W.tsink.received : W.psink.received;
+}
+
+static uint64_t sink_bad(void) {
+  return W.sink.is_tls ? W.tsink.bad : W.psink.bad;
+}
+
+static int sink_eof(void) {
+  return W.sink.is_tls ? W.tsink.eof : W.psink.eof;
+}
+
+static int sink_ended(void) {
+  return W.sink.is_tls ? (W.tsink.eof || W.tsink.err)
+                       : (W.psink.eof || W.psink.err);
+}
+
+static uint64_t sender_written(void) {
+  return W.snd.is_tls ? W.tsnd.written : W.psnd.written;
+}
+
+/* Waits for the copy, closes the peers and proves everything went: the
+ * relay's memory, every peer write, every context and allocation. */
+static void world_end(void) {
+  uvctx_loop_counts_t n;
+  UVT_RUN_UNTIL(W.calls >= 1);
+  uvt_run_for(2);
+  ck_assert_int_eq(W.calls, 1);
+  if (W.status != 0)
+    ck_assert(W.in_closing && W.out_closing);
+  if (W.snd.is_tls)
+    tend_close_wait(&W.snd);
+  else
+    cp_close(&W.snd.h);
+  if (W.sink.is_tls) {
+    tend_close_wait(&W.sink);
+    ts_sink_free(&W.tsink);
+  } else {
+    cp_close(&W.sink.h);
+    cp_sink_free(&W.psink);
+  }
+  cp_wait_closed();
+  UVT_RUN_UNTIL(W.released);
+  if (W.snd.is_tls)
+    ck_assert_uint_eq(W.tsnd.started, W.tsnd.done);
+  else
+    ck_assert_uint_eq(W.psnd.writes_started, W.psnd.writes_done);
+  uvctx_release(W.ctx);
+  W.ctx = NULL;
+  uvctx_loop_counts(uvt_l, &n);
+  ck_assert_uint_eq(n.contexts, 0);
+  ck_assert_uint_eq(n.watches, 0);
+  ck_assert_uint_eq(n.deadlines, 0);
+  ck_assert_uint_le(uvctx_live_allocations(), W.alloc_base);
+  ck_assert_uint_eq(uvctx__tls_live_ssl(), 0);
+}
+
+/* ---- byte-exact transfers ------------------------------------------------ */
+
+#define BIG_PLAIN (64ull << 20)
+#define BIG_SANITIZED (8ull << 20)
+#define NSIZES 6
+
+static const uint64_t sizes[NSIZES] = {0, 1, 65535, 65536, 65537, 0};
+
+START_TEST(test_transfer) {
+  int mode = _i / NSIZES;
+  int si = _i % NSIZES;
+  uint64_t total =
+      si == NSIZES - 1 ? UVT_SCALE(BIG_PLAIN, BIG_SANITIZED) : sizes[si];
+  uint64_t seed = uvt_seed("test_transfer");
+  uint64_t t0;
+  uvt_watchdog_set(120000);
+  world_begin(mode);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, NULL);
+  world_start_sink(64 * 1024, seed | 1);
+  t0 = uv_hrtime();
+  world_start_sender(total, 128 * 1024, seed);
+  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 100000);
+  if (total >= (8u << 20))
+    fprintf(stderr, "transfer, %s: %" PRIu64 " MiB in %.3f s\n",
+            mode_names[mode], total >> 20, (double)(uv_hrtime() - t0) / 1e9);
+  ck_assert_msg(W.status == 0, "%s, %" PRIu64 " B: status %s", mode_names[mode],
+                total, uv_err_name(W.status));
+  ck_assert_uint_eq(W.bytes, total);
+  ck_assert_uint_eq(sink_received(), total);
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_eq(sender_written(), total);
+  /* Status 0 leaves both streams open (src at EOF, dst shut down, with
+   * close_notify first when it is a session: the sink saw UV_EOF, not a
+   * truncation). */
+  ck_assert(!W.in_closing && !W.out_closing);
+  if (W.snd.is_tls) {
+    UVT_RUN_UNTIL(W.tsnd.shut_state == 2);
+    ck_assert_int_eq(W.tsnd.shut_status, 0);
+    ck_assert_int_eq(W.snd.hs_status, 0);
+  }
+  if (W.sink.is_tls)
+    ck_assert_int_eq(W.sink.hs_status, 0);
+  world_end();
+}
+END_TEST
+
+/* ---- cancel and deadline mid-transfer ------------------------------------ */
+
+static void cancel_when_flowing(ts_sink_t* k) {
+  if (k->received >= 100000 && uvctx_err(W.ctx) == 0)
+    ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+}
+
+static void cancel_when_flowing_plain(cp_sink_t* k) {
+  if (k->received >= 100000 && uvctx_err(W.ctx) == 0)
+    ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+}
+
+/* An endless sender; the sink cancels the context once 100 kB arrived.
+ * The copy ends with UV_ECANCELED exactly once, both sessions closed, and
+ * the peers see the relay go. */
+START_TEST(test_cancel_mid_transfer) {
+  int mode = _i;
+  world_begin(mode);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, NULL);
+  world_start_sink(64 * 1024, 0);
+  if (W.sink.is_tls)
+    W.tsink.on_data = cancel_when_flowing;
+  else
+    W.psink.on_data = cancel_when_flowing_plain;
+  world_start_sender(UINT64_MAX, 64 * 1024, 5);
+  UVT_RUN_UNTIL(W.calls == 1);
+  ck_assert_msg(W.status == UV_ECANCELED, "%s: status %s", mode_names[mode],
+                uv_err_name(W.status));
+  ck_assert_uint_gt(W.bytes, 0);
+  ck_assert(W.in_closing && W.out_closing);
+  UVT_RUN_UNTIL(sink_ended());
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_ge(sink_received(), 100000);
+  if (W.snd.is_tls) /* its writes fail once the relay is gone */
+    UVT_RUN_UNTIL(W.tsnd.err != 0 && W.tsnd.inflight == 0);
+  world_end();
+}
+END_TEST
+
+START_TEST(test_deadline_mid_transfer) {
+  int mode = _i;
+  uint64_t t0 = uv_hrtime();
+  /* Long enough for the handshakes and the first bytes, which sanitizers
+   * slow down several times. */
+  uint64_t deadline_ms = UVT_SCALE(150, 1000);
+  uint64_t ms;
+  world_begin(mode);
+  ck_assert_int_eq(uvctx_with_timeout(uvt_bg, deadline_ms, &W.ctx), 0);
+  world_start_copy(W.ctx, NULL);
+  world_start_sink(64 * 1024, 0);
+  world_start_sender(UINT64_MAX, 64 * 1024, 3);
+  UVT_RUN_UNTIL(W.calls == 1);
+  ms = (uv_hrtime() - t0) / 1000000;
+  ck_assert_msg(W.status == UV_ETIMEDOUT, "%s: status %s", mode_names[mode],
+                uv_err_name(W.status));
+  ck_assert_uint_gt(W.bytes, 0);
+  UVT_RUN_UNTIL(sink_ended());
+  ck_assert_uint_eq(sink_bad(), 0);
+  if (!UVCTX_TEST_SANITIZED) {
+    ck_assert_uint_ge(ms, deadline_ms);
+    ck_assert_uint_lt(ms, 5000);
+  }
+  world_end();
+}
+END_TEST
+
+/* A context already done: the copy over TLS still calls back from the
+ * loop, with the context's error, and nothing moved. */
+START_TEST(test_ctx_done_before_start) {
+  world_begin(M_TLS_BOTH);
+  ck_assert_int_eq(uvctx_with_timeout(uvt_bg, 0, &W.ctx), 0);
+  world_start_copy(W.ctx, NULL);
+  world_start_sink(4096, 0);
+  world_start_sender(1000, 100, 7);
+  UVT_RUN_UNTIL(W.calls == 1);
+  ck_assert_int_eq(W.status, UV_ETIMEDOUT);
+  ck_assert_uint_eq(W.bytes, 0);
+  UVT_RUN_UNTIL(sink_ended());
+  ck_assert_uint_eq(sink_received(), 0);
+  world_end();
+}
+END_TEST
+
+/* ---- the high-water mark with a TLS destination -------------------------- */
+
+static size_t max_queue;
+static uint64_t samples;
+static uv_check_t qcheck;
+
+static void sample_queue(void) {
+  size_t q;
+  if (W.calls != 0 || W.r == NULL || uvctx_stream_is_closing(W.r->out.s))
+    return;
+  q = uvctx_stream_write_queue_size(W.r->out.s);
+  if (q > max_queue)
+    max_queue = q;
+  samples++;
+}
+
+static void qcheck_cb(uv_check_t* c) {
+  (void)c;
+  sample_queue();
+}
+
+static void sink_sample(ts_sink_t* k) {
+  (void)k;
+  sample_queue();
+}
+
+/* A plain source copied into a TLS session whose peer reads slowly: the
+ * session's write queue (plaintext not yet handed to the kernel) never
+ * exceeds the high-water mark, sampled every loop turn and every sink
+ * read, while the pool is larger than the mark. */
+START_TEST(test_high_water_tls_dst) {
+  uvctx_copy_options_t o;
+  const uint64_t total = 2u << 20;
+  memset(&o, 0, sizeof(o));
+  o.buffer_size = 16 * 1024;
+  o.buffers = 32;
+  o.high_water = 64 * 1024;
+  o.low_water = 16 * 1024;
+  max_queue = 0;
+  samples = 0;
+  world_begin(M_TLS_DST);
+  cp_small_buffers(&W.r->out.h, 32 * 1024);
+  cp_small_buffers(&W.sink.h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  ck_assert_int_eq(uv_check_init(uvt_loop, &qcheck), 0);
+  ck_assert_int_eq(uv_check_start(&qcheck, qcheck_cb), 0);
+  world_start_copy(W.ctx, &o);
+  world_start_sink(8 * 1024, 0);
+  W.tsink.on_data = sink_sample;
+  ts_sink_limit(&W.tsink, 4u << 20);
+  world_start_sender(total, 64 * 1024, 11);
+  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
+  fprintf(stderr,
+          "high water, TLS dst: max queue %zu of %zu over %" PRIu64
+          " samples\n",
+          max_queue, o.high_water, samples);
+  ck_assert_int_eq(W.status, 0);
+  ck_assert_uint_eq(sink_received(), total);
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_le(max_queue, o.high_water);
+  ck_assert_uint_gt(max_queue, 0); /* the mark was approached */
+  cp_close_h((uv_handle_t*)&qcheck);
+  world_end();
+}
+END_TEST
+
+/* ---- pipe: a TLS-terminating proxy --------------------------------------- */
+
+/* Client P (TLS) <-> [a: TLS server | pipe | b: plain] <-> Q (plain). */
+typedef struct proxy_s {
+  tend_t a;
+  tend_t b;
+  uvctx_pipe_t pipe;
+  int closes;
+} proxy_t;
+
+static proxy_t* X;
+static tend_t P; /* the TLS client */
+static cp_handle_t Q_h;
+static int pcalls;
+static int pstatus;
+static uint64_t a_to_b;
+static uint64_t b_to_a;
+static int preleased;
+
+static void proxy_closed(uvctx_stream_t* s) {
+  proxy_t* x = ((tend_t*)s->data)->owner;
+  if (--x->closes == 0) {
+    free(x);
+    preleased = 1;
+  }
+}
+
+static void on_pipe(uvctx_pipe_t* p, int st, uint64_t ab, uint64_t ba) {
+  proxy_t* x = p->data;
+  pcalls++;
+  pstatus = st;
+  a_to_b = ab;
+  b_to_a = ba;
+  ck_assert_uint_eq(uvctx_stream_writes_pending(x->a.s), 0);
+  ck_assert_uint_eq(uvctx_stream_writes_pending(x->b.s), 0);
+  if (st != 0) {
+    ck_assert(uvctx_stream_is_closing(x->a.s) &&
+              uvctx_stream_is_closing(x->b.s));
+    free(x);
+    preleased = 1;
+    return;
+  }
+  x->closes = 2;
+  uvctx_stream_close(x->a.s, proxy_closed);
+  uvctx_stream_close(x->b.s, proxy_closed);
+}
+
+static void proxy_begin(uvctx_t* c) {
+  X = calloc(1, sizeof(*X));
+  ck_assert_ptr_nonnull(X);
+  memset(&P, 0, sizeof(P));
+  memset(&Q_h, 0, sizeof(Q_h));
+  pcalls = 0;
+  preleased = 0;
+  X->a.owner = X;
+  X->b.owner = X;
+  X->pipe.data = X;
+  cp_tcp_pair(&L, &P.h, &X->a.h);
+  cp_tcp_pair(&L, &X->b.h, &Q_h);
+  tend_wrap(&X->a, UVCTX_TLS_SERVER);
+  tend_wrap(&X->b, PLAIN);
+  tend_wrap(&P, UVCTX_TLS_CLIENT);
+  tend_handshake(&P);
+  ck_assert_int_eq(uvctx_pipe_start(&X->pipe, c, X->a.s, X->b.s, NULL, on_pipe),
+                   0);
+  ck_assert_int_eq(pcalls, 0);
+}
+
+static void proxy_end(uvctx_t* c, uint64_t alloc_base) {
+  uvctx_loop_counts_t n;
+  UVT_RUN_UNTIL(pcalls >= 1);
+  uvt_run_for(2);
+  ck_assert_int_eq(pcalls, 1);
+  tend_close_wait(&P);
+  cp_close(&Q_h);
+  cp_wait_closed();
+  UVT_RUN_UNTIL(preleased);
+  uvctx_release(c);
+  uvctx_loop_counts(uvt_l, &n);
+  ck_assert_uint_eq(n.contexts, 0);
+  ck_assert_uint_eq(n.watches, 0);
+  ck_assert_uint_le(uvctx_live_allocations(), alloc_base);
+  ck_assert_uint_eq(uvctx__tls_live_ssl(), 0);
+}
+
+/* Q is an echo server built on uvctx_copy (src == dst). */
+static uvctx_stream_t echo_s;
+static uvctx_copy_t echo_c;
+static int echo_done;
+static int echo_status;
+
+static void on_echo(uvctx_copy_t* c, int st, uint64_t bytes) {
+  (void)c;
+  (void)bytes;
+  echo_done = 1;
+  echo_status = st;
+  if (st == 0)
+    uvctx_stream_close(&echo_s, NULL);
+}
+
+static void echo_start(void) {
+  echo_done = 0;
+  ck_assert_int_eq(uvctx_stream_init_uv(&echo_s, &Q_h.s), 0);
+  ck_assert_int_eq(
+      uvctx_copy_start(&echo_c, uvt_bg, &echo_s, &echo_s, NULL, on_echo), 0);
+}
+
+static const uint64_t echo_sizes[] = {0, 1, 65537, 3u << 20};
+
+/* P sends `total` bytes through the proxy to the echo and reads them back;
+ * its EOF (close_notify) travels to Q as a FIN and Q's back to P as
+ * close_notify. */
+START_TEST(test_terminating_echo_proxy) {
+  uint64_t total = echo_sizes[_i];
+  uint64_t seed = uvt_seed("test_terminating_echo_proxy");
+  uint64_t base = uvctx_live_allocations();
+  uvctx_t* c;
+  ts_sender_t snd;
+  ts_sink_t sink;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+  proxy_begin(c);
+  echo_start();
+  ts_sink_init(&sink, &P, 64 * 1024, seed | 1);
+  ts_sender_start(&snd, P.s, total, 100000, seed, 1);
+  UVT_RUN_UNTIL(pcalls == 1 && sink.eof && echo_done);
+  ck_assert_msg(pstatus == 0, "pipe: %s", uv_err_name(pstatus));
+  ck_assert_int_eq(echo_status, 0);
+  ck_assert_int_eq(P.hs_status, 0);
+  ck_assert_uint_eq(a_to_b, total);
+  ck_assert_uint_eq(b_to_a, total);
+  ck_assert_uint_eq(sink.received, total);
+  ck_assert_uint_eq(sink.bad, 0);
+  UVT_RUN_UNTIL(snd.shut_state == 2);
+  ck_assert_int_eq(snd.shut_status, 0);
+  ts_sink_free(&sink);
+  proxy_end(c, base);
+  ck_assert_uint_eq(snd.started, snd.done);
+}
+END_TEST
+
+/* Half-close through the TLS side: P sends and shuts down (close_notify,
+ * then FIN); Q starts sending only once it has seen that EOF, and P, its
+ * write side shut, still reads all of it and then Q's end as
+ * close_notify. */
+static cp_sender_t q_snd;
+static cp_sink_t q_sink;
+static uint64_t second_total;
+
+static void q_on_end(cp_sink_t* k) {
+  (void)k;
+  ck_assert_int_eq(pcalls, 0);
+  cp_sender_start(&q_snd, &Q_h.s, second_total, 7000, 77, 1);
+}
+
+START_TEST(test_half_close_tls) {
+  const uint64_t first = 200000;
+  uint64_t base = uvctx_live_allocations();
+  uvctx_t* c;
+  ts_sender_t snd;
+  ts_sink_t sink;
+  second_total = 300000;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+  proxy_begin(c);
+  cp_sink_init(&q_sink, &Q_h.s, 8192, 5, 1);
+  q_sink.on_end = q_on_end;
+  memset(&q_snd, 0, sizeof(q_snd));
+  ts_sink_init(&sink, &P, 8192, 3);
+  ts_sender_start(&snd, P.s, first, 9000, 7, 1);
+  UVT_RUN_UNTIL(pcalls == 1 && sink.eof);
+  ck_assert_msg(pstatus == 0, "pipe: %s", uv_err_name(pstatus));
+  ck_assert_uint_eq(a_to_b, first);
+  ck_assert_uint_eq(b_to_a, second_total);
+  ck_assert_uint_eq(q_sink.received, first);
+  ck_assert_uint_eq(sink.received, second_total);
+  ck_assert_uint_eq(q_sink.bad + sink.bad, 0);
+  ck_assert_int_eq(snd.shut_status, 0);
+  ts_sink_free(&sink);
+  cp_sink_free(&q_sink);
+  proxy_end(c, base);
+}
+END_TEST
+
+/* Both directions endless; cancelled once Q has 100 kB: UV_ECANCELED,
+ * both sides closed, the peers see the proxy go. */
+static uvctx_t* pctx;
+
+static void cancel_pipe_when_flowing(cp_sink_t* k) {
+  if (k->received >= 100000 && uvctx_err(pctx) == 0)
+    ck_assert_int_eq(uvctx_cancel(pctx), 0);
+}
+
+START_TEST(test_pipe_cancel_mid_transfer) {
+  uint64_t base = uvctx_live_allocations();
+  ts_sender_t snd;
+  ts_sink_t sink;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &pctx), 0);
+  proxy_begin(pctx);
+  cp_sink_init(&q_sink, &Q_h.s, 8192, 0, 1);
+  q_sink.on_data = cancel_pipe_when_flowing;
+  ts_sink_init(&sink, &P, 8192, 0);
+  ts_sender_start(&snd, P.s, UINT64_MAX, 60000, 1, 0);
+  cp_sender_start(&q_snd, &Q_h.s, UINT64_MAX, 60000, 2, 0);
+  UVT_RUN_UNTIL(pcalls == 1);
+  ck_assert_msg(pstatus == UV_ECANCELED, "pipe: %s", uv_err_name(pstatus));
+  ck_assert_uint_ge(a_to_b, 100000);
+  UVT_RUN_UNTIL((sink.eof || sink.err) && (q_sink.eof || q_sink.err));
+  ck_assert_uint_eq(sink.bad + q_sink.bad, 0);
+  /* The proxy went away without close_notify. */
+  ck_assert_int_ne(sink.eof, 1);
+  UVT_RUN_UNTIL(snd.inflight == 0);
+  ts_sink_free(&sink);
+  cp_sink_free(&q_sink);
+  proxy_end(pctx, base);
+  ck_assert_uint_eq(snd.started, snd.done);
+  ck_assert_uint_eq(q_snd.writes_started, q_snd.writes_done);
+}
+END_TEST
+
+static Suite* tls_copy_suite(void) {
+  Suite* s = suite_create("tls_copy");
+  TCase* tc = tcase_create("transfer");
+  tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
+  tcase_add_loop_test(tc, test_transfer, 0, M_N * NSIZES);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("cancel");
+  tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
+  tcase_add_loop_test(tc, test_cancel_mid_transfer, 0, M_N);
+  tcase_add_loop_test(tc, test_deadline_mid_transfer, 0, M_N);
+  tcase_add_test(tc, test_ctx_done_before_start);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("flow");
+  tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
+  tcase_add_test(tc, test_high_water_tls_dst);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("pipe");
+  tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
+  tcase_add_loop_test(tc, test_terminating_echo_proxy, 0, 4);
+  tcase_add_test(tc, test_half_close_tls);
+  tcase_add_test(tc, test_pipe_cancel_mid_transfer);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  return uvt_main(tls_copy_suite());
+}
