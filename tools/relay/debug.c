@@ -5,6 +5,8 @@
  *                                  count per creation site at the top
  *   /debug/trace?seconds=N         a Chrome trace of every worker, N s long
  *   /debug/heatmap?seconds=N       the same recording as the heatmap SVG
+ *   /debug/loops                   each worker's busy time per loop
+ *                                  iteration, as a histogram (JSON)
  *   /                              the index page (page.c)
  *
  * A loop's contexts may be listed, and its tracer started and stopped,
@@ -264,13 +266,46 @@ static void on_jobs(uv_async_t* a) {
     run_queue(w, reversed(q));
 }
 
+/* Busy time: the wall time since the last check callback less what the
+ * loop spent waiting in epoll meanwhile (uv_metrics_idle_time()). A
+ * worker stalled by a listing, a long callback or a lock shows as a long
+ * iteration here, whatever the traffic. */
+static void on_probe(uv_check_t* h) {
+  relay_worker_t* w = h->data;
+  relay_debug_worker_t* dw = &w->dbg;
+  uint64_t now = uv_hrtime();
+  uint64_t idle = uv_metrics_idle_time(&w->loop);
+  uint64_t wall = now - dw->probe_last_ns;
+  uint64_t waited = idle - dw->probe_last_idle;
+
+  uvctx_histogram_record(&dw->busy, wall > waited ? wall - waited : 0);
+  dw->probe_last_ns = now;
+  dw->probe_last_idle = idle;
+  if (now - dw->probe_published_ns >= RELAY_PROBE_PUBLISH_MS * 1000000u) {
+    uv_mutex_lock(&w->srv->stats_lock);
+    dw->busy_pub = dw->busy;
+    uv_mutex_unlock(&w->srv->stats_lock);
+    dw->probe_published_ns = now;
+  }
+}
+
 int relay_debug_worker_init(relay_worker_t* w) {
-  int rc = uv_async_init(&w->loop, &w->dbg.async, on_jobs);
+  relay_debug_worker_t* dw = &w->dbg;
+  int rc = uv_async_init(&w->loop, &dw->async, on_jobs);
   if (rc != 0)
     return rc;
-  w->dbg.async.data = w;
-  uv_unref((uv_handle_t*)&w->dbg.async);
-  w->dbg.open = 1;
+  dw->async.data = w;
+  uv_unref((uv_handle_t*)&dw->async);
+  dw->open = 1;
+  /* The probe is best effort: without idle-time accounting it is off. */
+  if (uv_loop_configure(&w->loop, UV_METRICS_IDLE_TIME) == 0 &&
+      uv_check_init(&w->loop, &dw->probe) == 0) {
+    dw->probe.data = w;
+    dw->probing = 1;
+    dw->probe_last_ns = uv_hrtime();
+    uv_check_start(&dw->probe, on_probe);
+    uv_unref((uv_handle_t*)&dw->probe);
+  }
   return 0;
 }
 
@@ -303,6 +338,10 @@ void relay_debug_worker_exit(relay_worker_t* w) {
   dw->left_counts = counts;
   uv_mutex_unlock(&srv->stats_lock);
   uv_close((uv_handle_t*)&dw->async, NULL);
+  if (dw->probing) {
+    dw->probing = 0;
+    uv_close((uv_handle_t*)&dw->probe, NULL);
+  }
 }
 
 /* Control loop. A stopped worker's job completes at once: a listing is
@@ -729,6 +768,45 @@ static void render_heatmap(debug_req_t* r, relay_http_reply_t* reply) {
   }
 }
 
+/* ---- rendering: /debug/loops ----------------------------------------------
+ */
+
+static void render_loops(relay_server_t* srv, relay_http_reply_t* reply) {
+  relay_text_t t = {NULL, 0, 0, 0};
+  uvctx_histogram_t* h = calloc(srv->nworkers ? srv->nworkers : 1, sizeof(*h));
+  unsigned i, b;
+
+  if (h == NULL) {
+    text_reply(reply, 500, "out of memory\n");
+    return;
+  }
+  uv_mutex_lock(&srv->stats_lock);
+  for (i = 0; i < srv->nworkers; i++)
+    h[i] = srv->workers[i].dbg.busy_pub;
+  uv_mutex_unlock(&srv->stats_lock);
+  relay_text_add(&t, "{\"published_every_ms\":%d,\"bounds_ns\":[",
+                 RELAY_PROBE_PUBLISH_MS);
+  for (b = 0; b + 1 < UVCTX_HISTOGRAM_BUCKETS; b++)
+    relay_text_add(&t, "%s%" PRIu64, b ? "," : "", uvctx_histogram_bound(b));
+  relay_text_add(&t, "],\n\"loops\":[");
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_text_add(&t,
+                   "%s\n{\"loop\":\"worker-%u\",\"iterations\":%" PRIu64
+                   ",\"busy_ns\":%" PRIu64 ",\"p50_ns\":%" PRIu64
+                   ",\"p99_ns\":%" PRIu64 ",\"max_ns\":%" PRIu64
+                   ",\"buckets\":[",
+                   i ? "," : "", i, h[i].count, h[i].sum_ns,
+                   uvctx_histogram_quantile(&h[i], 0.5),
+                   uvctx_histogram_quantile(&h[i], 0.99), h[i].max_ns);
+    for (b = 0; b < UVCTX_HISTOGRAM_BUCKETS; b++)
+      relay_text_add(&t, "%s%" PRIu64, b ? "," : "", h[i].buckets[b]);
+    relay_text_add(&t, "]}");
+  }
+  relay_text_add(&t, "]}\n");
+  free(h);
+  reply_with(reply, &t, "application/json");
+}
+
 /* ---- requests ------------------------------------------------------------ */
 
 static void on_timer_closed(uv_handle_t* h);
@@ -939,6 +1017,8 @@ int relay_debug_request(relay_server_t* srv, const char* path,
     kind = REQ_HEATMAP;
   else if (strcmp(path, "/") == 0)
     kind = -1;
+  else if (strcmp(path, "/debug/loops") == 0)
+    kind = -2;
   else
     return -1;
   if (d == NULL || d->closing) {
@@ -954,6 +1034,10 @@ int relay_debug_request(relay_server_t* srv, const char* path,
   if (kind == -1) {
     if (relay_page_index(srv, reply) != 0)
       text_reply(reply, 500, "out of memory\n");
+    return 0;
+  }
+  if (kind == -2) {
+    render_loops(srv, reply);
     return 0;
   }
   if (kind != REQ_CONTEXTS) {

@@ -76,6 +76,8 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
                      "<li><a href=\"/debug/contexts\">/debug/contexts</a> "
                      "live contexts by creation site "
                      "(<a href=\"/debug/contexts?format=json\">JSON</a>)</li>\n"
+                     "<li><a href=\"/debug/loops\">/debug/loops</a> each "
+                     "worker's busy time per loop iteration (JSON)</li>\n"
                      "</ul>\n"
                      "<form action=\"/debug/trace\">Trace every worker for "
                      "<input type=\"number\" name=\"seconds\" value=\"5\" "

@@ -200,7 +200,18 @@ typedef struct relay_debug_worker_s {
   struct relay_debug_buf_s* left;
   int left_rc;
   uvctx_trace_counts_t left_counts;
+  /* The loop's busy time per iteration (wall time between two check
+   * callbacks less the time spent waiting for events): recorded here by
+   * the worker, published to `busy_pub` every RELAY_PROBE_PUBLISH_MS. */
+  uv_check_t probe;
+  int probing;
+  uint64_t probe_last_ns;
+  uint64_t probe_last_idle;
+  uint64_t probe_published_ns;
+  uvctx_histogram_t busy;
+  uvctx_histogram_t busy_pub; /* [srv->stats_lock] */
 } relay_debug_worker_t;
+#define RELAY_PROBE_PUBLISH_MS 100
 
 struct relay_worker_s {
   relay_server_t* srv;

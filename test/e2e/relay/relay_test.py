@@ -1523,8 +1523,7 @@ def case_debug():
     drain or by its client, exit 0."""
     echo = EchoServer()
     relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
-                  "--max-lifetime", "400ms" if timed() else "1500ms",
-                  "--idle-timeout", "20s", metrics=True)
+                  "--idle-timeout", "60s", metrics=True, name="listing")
     mp = relay.metrics_port
     total0, _, _ = check_contexts_text(contexts_text(relay))
 
@@ -1575,6 +1574,26 @@ def case_debug():
     check(not [ln for ln in ctx if " key=peer " in ln],
           "peer contexts left after the closes")
 
+    # The workers' busy-time histograms: published every 100 ms, each one
+    # consistent (buckets add up to the iterations, p50 <= p99 <= max).
+    def loops():
+        st, hd, body = http_get(mp, "/debug/loops")
+        check(st == 200 and hd["content-type"] == "application/json",
+              "/debug/loops: %d" % st)
+        return json.loads(body)
+    wait_until(lambda: all(lp["iterations"] > 0 for lp in loops()["loops"]),
+               10, "busy-time histograms published", step=0.1)
+    lj = loops()
+    check([lp["loop"] for lp in lj["loops"]] == ["worker-0", "worker-1"] and
+          len(lj["bounds_ns"]) == 63, "loops %r" % lj["loops"])
+    for lp in lj["loops"]:
+        check(sum(lp["buckets"]) == lp["iterations"] and
+              lp["p50_ns"] <= lp["p99_ns"] <= max(lp["max_ns"],
+                                                  lp["p99_ns"]),
+              "histogram %r" % {k: lp[k] for k in lp if k != "buckets"})
+    log("/debug/loops: %r" % [(lp["loop"], lp["iterations"], lp["p99_ns"])
+                              for lp in lj["loops"]])
+
     # Parameters, methods, unknown paths.
     for q in ("seconds=0", "seconds=61", "seconds=x", "seconds=2s"):
         st, _, _ = http_get(mp, "/debug/trace?" + q)
@@ -1585,8 +1604,14 @@ def case_debug():
     check(st == 200 and body == b"" and int(hd["content-length"]) > 0,
           "HEAD: %d %r" % (st, hd))
 
+    relay.stop()
+
     # A trace during traffic that --max-lifetime cuts: deadlines fire and
     # the pipes' watches run. A second recording meanwhile is refused.
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  "--max-lifetime", "400ms" if timed() else "1500ms",
+                  "--idle-timeout", "20s", metrics=True, name="recording")
+    mp = relay.metrics_port
     stop = threading.Event()
 
     def traffic():
@@ -1668,6 +1693,7 @@ def case_debug():
           "index: %d %r" % (st, hd))
     page = body.decode()
     for link in ('href="/metrics"', 'href="/debug/contexts"',
+                 'href="/debug/loops"',
                  'href="/debug/contexts?format=json"',
                  'action="/debug/trace"', 'action="/debug/heatmap"'):
         check(link in page, "index lacks %s" % link)
