@@ -1,0 +1,3 @@
+# Obs benchmarks: copying a loop's contexts (/debug/contexts of uvctx-relay)
+# beside the leak report's text.
+uvctx_add_bench(bench_snapshot SOURCES bench_snapshot.c SMOKE_ARGS --quick)
