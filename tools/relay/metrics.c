@@ -842,6 +842,9 @@ int relay_metrics_listen(relay_server_t* srv) {
   m->srv = srv;
   srv->metrics = m;
   srv->start_ns = uv_hrtime();
+  /* The workers' sockets are bound (port 0 resolved) and not yet served:
+   * read the address now, not from a socket a worker may be closing. */
+  relay_listen_addr(srv, srv->listen_addr, sizeof(srv->listen_addr));
   rc = relay_debug_open(srv);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": --metrics: %s\n", uv_strerror(rc));
@@ -871,6 +874,17 @@ int relay_metrics_listen(relay_server_t* srv) {
     return -1;
   }
   return 0;
+}
+
+void relay_listen_addr(relay_server_t* srv, char* out, size_t len) {
+  struct sockaddr_storage ss;
+  socklen_t slen = sizeof(ss);
+
+  if (srv->nworkers == 0 || srv->workers[0].listen_fd < 0 ||
+      getsockname(srv->workers[0].listen_fd, (struct sockaddr*)&ss, &slen) != 0)
+    snprintf(out, len, "%s", srv->cfg->listen.text);
+  else
+    relay_format_addr((struct sockaddr*)&ss, out, len);
 }
 
 void relay_metrics_addr(relay_server_t* srv, char* out, size_t len) {

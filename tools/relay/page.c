@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "relay.h"
 
@@ -36,9 +35,6 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
   relay_text_t t = {NULL, 0, 0, 0};
   relay_totals_t tot;
   uint64_t up_s = (uv_hrtime() - srv->start_ns) / 1000000000u;
-  struct sockaddr_storage ss;
-  socklen_t slen = sizeof(ss);
-  char listen[320];
   size_t i;
   unsigned r;
   int any = 0;
@@ -48,12 +44,6 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
     return UV_ENOMEM;
   relay_loop_stats(srv, stats);
   relay_totals(srv, &tot);
-  /* The bound address: --listen may have asked for port 0. */
-  if (srv->nworkers == 0 || srv->workers[0].listen_fd < 0 ||
-      getsockname(srv->workers[0].listen_fd, (struct sockaddr*)&ss, &slen) != 0)
-    snprintf(listen, sizeof(listen), "%s", srv->cfg->listen.text);
-  else
-    relay_format_addr((struct sockaddr*)&ss, listen, sizeof(listen));
   relay_text_add(&t,
                  "<!DOCTYPE html>\n<html lang=\"en\"><head><meta "
                  "charset=\"utf-8\"><title>" RELAY_NAME "</title>"
@@ -61,7 +51,7 @@ int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply) {
                  "<style>%s</style></head><body>\n<header><h1>" RELAY_NAME
                  "</h1><p>",
                  style);
-  relay_text_html(&t, listen);
+  relay_text_html(&t, srv->listen_addr);
   relay_text_add(&t, " &rarr; ");
   relay_text_html(&t, srv->cfg->connect.text);
   relay_text_add(&t,

@@ -266,11 +266,12 @@ struct relay_server_s {
   atomic_uint active; /* open connections over all workers */
   atomic_uint_fast64_t next_id;
   uint64_t drain_start_ns;
-  uv_mutex_t stats_lock;           /* a worker closing its loop vs. a scrape */
-  relay_metrics_t* metrics;        /* NULL without --metrics */
-  relay_debug_t* debug;            /* NULL without --metrics */
-  uint64_t start_ns;               /* when the relay started serving */
-  double drain_wall_s;             /* Unix time the drain started, 0 before */
+  uv_mutex_t stats_lock;    /* a worker closing its loop vs. a scrape */
+  relay_metrics_t* metrics; /* NULL without --metrics */
+  relay_debug_t* debug;     /* NULL without --metrics */
+  uint64_t start_ns;        /* when the relay started serving */
+  char listen_addr[96];     /* the bound --listen address, for the page */
+  double drain_wall_s;      /* Unix time the drain started, 0 before */
   struct relay_summary_s* summary; /* with --log-level summary */
 };
 
@@ -300,6 +301,9 @@ void relay_conn_sample(relay_worker_t* w);
  * -1 after one line on stderr (the caller exits 2 and runs the control
  * loop to close what was opened). Control loop thread, before serving. */
 int relay_metrics_listen(relay_server_t* srv);
+/* The workers' bound --listen address (--listen's text if unknown).
+ * Before the workers run. */
+void relay_listen_addr(relay_server_t* srv, char* out, size_t len);
 /* The bound address, "127.0.0.1:9464". */
 void relay_metrics_addr(relay_server_t* srv, char* out, size_t len);
 /* Draining has started: noted for the drain gauges. The listener stays
