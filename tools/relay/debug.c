@@ -141,8 +141,7 @@ static void buf_free(relay_debug_buf_t* b) {
   free(b);
 }
 
-/* ---- the worker's side ----------------------------------------------------
- */
+/* ---- the worker's side --------------------------------------------------- */
 
 /* Worker thread (or, for a stopped worker, the control loop with the
  * worker's thread gone: see post()). */
@@ -768,8 +767,7 @@ static void render_heatmap(debug_req_t* r, relay_http_reply_t* reply) {
   }
 }
 
-/* ---- rendering: /debug/loops ----------------------------------------------
- */
+/* ---- rendering: /debug/loops --------------------------------------------- */
 
 static void render_loops(relay_server_t* srv, relay_http_reply_t* reply) {
   relay_text_t t = {NULL, 0, 0, 0};
