@@ -12,7 +12,8 @@ if(TARGET uvctx-relay)
     target_link_libraries(uvctx_gai_preload PRIVATE ${CMAKE_DL_LIBS}
                           Threads::Threads)
     foreach(case cli plain tls upstream_tls slow deadlines drain workers
-                 emfile metrics trace dial)
+                 emfile metrics trace debug page rules
+                 prometheus logs halfclose dial)
       add_test(NAME relay_${case}
         COMMAND ${Python3_EXECUTABLE}
                 ${CMAKE_CURRENT_LIST_DIR}/relay/relay_test.py
