@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* dup3() */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -186,31 +187,23 @@ static void dial_fallback_cb(uv_timer_t* t) {
     racer_next(req, 1);
 }
 
-static void dial_resolved(void* owner, int status, struct addrinfo* res) {
-  uvctx_dial_t* req = owner;
+/* Takes the resolver's `res` and starts the racers: 0, or UV_EAI_NONAME
+ * (no TCP address) or UV_ENOMEM with nothing started (res is then the
+ * request's, freed by dial_finish()). Never calls back. */
+static int dial_start_racers(uvctx_dial_t* req, struct addrinfo* res) {
   struct addrinfo* ai;
   size_t n = 0, k0 = 0, k1 = 0;
-  int primary, err;
+  int primary;
 
-  req->lookup_ = NULL;
-  err = uvctx_err(req->ctx_);
-  if (err != 0 || status != 0) {
-    if (res != NULL)
-      uv_freeaddrinfo(res);
-    req->status_ = err != 0 ? err : status;
-    dial_finish(req);
-    return;
-  }
   req->res_ = res;
   for (ai = res; ai != NULL; ai = ai->ai_next)
     if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6)
       n++;
-  if (n == 0 ||
-      (req->order_ = uvctx_malloc(n * sizeof(*req->order_))) == NULL) {
-    req->status_ = n == 0 ? UV_EAI_NONAME : UV_ENOMEM;
-    dial_finish(req);
-    return;
-  }
+  if (n == 0)
+    return UV_EAI_NONAME;
+  req->order_ = uvctx_malloc(n * sizeof(*req->order_));
+  if (req->order_ == NULL)
+    return UV_ENOMEM;
   /* Split by family: the first address's family races first, the other
    * one after the delay; in order within each. One at a time: all in the
    * primary racer, in the resolver's order. */
@@ -244,6 +237,40 @@ static void dial_resolved(void* owner, int status, struct addrinfo* res) {
                    req->fallback_delay_ms_, 0);
   }
   racer_next(req, 0);
+  return 0;
+}
+
+static void dial_resolved(void* owner, int status, struct addrinfo* res) {
+  uvctx_dial_t* req = owner;
+  int err;
+
+  req->lookup_ = NULL;
+  err = uvctx_err(req->ctx_);
+  if (err != 0 || status != 0) {
+    if (res != NULL)
+      uv_freeaddrinfo(res);
+    req->status_ = err != 0 ? err : status;
+    dial_finish(req);
+    return;
+  }
+  req->status_ = dial_start_racers(req, res);
+  if (req->status_ != 0)
+    dial_finish(req);
+}
+
+/* A numeric host and port need no resolver, hence no trip through the
+ * thread pool: getaddrinfo() with AI_NUMERICHOST | AI_NUMERICSERV does no
+ * lookup and does not block. NULL when either is not numeric (or for any
+ * other failure: the asynchronous path then reports it). */
+static struct addrinfo* dial_numeric(const char* host, const char* port,
+                                     const struct addrinfo* hints) {
+  struct addrinfo h = *hints;
+  struct addrinfo* res = NULL;
+
+  h.ai_flags |= AI_NUMERICHOST | AI_NUMERICSERV;
+  if (getaddrinfo(host, port, &h, &res) != 0)
+    return NULL;
+  return res;
 }
 
 static void dial_watch_cb(uvctx_watch_t* w, int err) {
@@ -268,6 +295,7 @@ int uvctx_dial(uvctx_dial_t* req, uvctx_t* ctx, const char* host,
                const char* port, const uvctx_dial_options_t* opts,
                uv_tcp_t* tcp, uvctx_dial_cb cb) {
   struct addrinfo hints;
+  struct addrinfo* numeric = NULL;
   uvctx__lookup_t* lk = NULL;
   int family = opts != NULL ? opts->family : AF_UNSPEC;
   int rc;
@@ -286,10 +314,13 @@ int uvctx_dial(uvctx_dial_t* req, uvctx_t* ctx, const char* host,
     hints.ai_family = family;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_protocol = IPPROTO_TCP;
-    rc = uvctx__lookup_start(uvctx__uv_home(ctx), &lk, dial_resolved, req, host,
-                             port, &hints);
-    if (rc != 0)
-      return rc;
+    numeric = dial_numeric(host, port, &hints);
+    if (numeric == NULL) {
+      rc = uvctx__lookup_start(uvctx__uv_home(ctx), &lk, dial_resolved, req,
+                               host, port, &hints);
+      if (rc != 0)
+        return rc;
+    }
   }
   req->ctx_ = uvctx_ref(ctx);
   req->cb_ = cb;
@@ -301,6 +332,18 @@ int uvctx_dial(uvctx_dial_t* req, uvctx_t* ctx, const char* host,
   req->closing_ = 0;
   req->timer_open_ = 0;
   req->state_ = lk != NULL ? UVCTX__UV_RESOLVING : UVCTX__UV_NOT_STARTED;
+  if (numeric != NULL) {
+    rc = dial_start_racers(req, numeric);
+    if (rc != 0) { /* nothing started: take it all back */
+      uv_freeaddrinfo(req->res_);
+      uvctx_free(req->order_);
+      req->res_ = NULL;
+      req->order_ = NULL;
+      req->state_ = UVCTX__UV_IDLE;
+      uvctx_unref(ctx);
+      return rc;
+    }
+  }
   uvctx_watch_start(&req->watch_, ctx, dial_watch_cb);
   return 0;
 }
