@@ -367,7 +367,7 @@ static size_t mend_wqs(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t mend_ops = {
     "mem",         mend_read_start, mend_read_stop, mend_write,
-    mend_shutdown, mend_close,      mend_wqs};
+    mend_shutdown, mend_close,      mend_wqs,       NULL};
 
 /* One end's turn. */
 static void mend_pump(mend_t* e) {
@@ -614,7 +614,7 @@ static size_t gen_wqs(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t gen_ops = {
     "gen",        gen_read_start, gen_read_stop, gen_write,
-    gen_shutdown, gen_close,      gen_wqs};
+    gen_shutdown, gen_close,      gen_wqs,       NULL};
 
 static uint64_t sink_bytes;
 static int sink_eof;

@@ -123,6 +123,21 @@ UVCTX_EXTERN int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
                                     const uv_buf_t bufs[], unsigned nbufs,
                                     uvctx_write_cb cb);
 
+/* Writes as much of `nbufs` buffers as the transport takes at once,
+ * without queuing anything and without a callback, as uv_try_write() does:
+ * the fast path of a relay that hands the bytes it just read straight to
+ * the kernel and queues only what is left with uvctx_stream_write().
+ * Returns the number of bytes written (> 0; the rest was not written), or
+ * UV_EAGAIN when nothing could be written now, which is also the answer
+ * while earlier writes of this stream are still pending (so the order of
+ * the bytes is kept); UV_ENOSYS when the stream kind offers no try-write
+ * (a TLS session: its records are written by its own queue); UV_EINVAL
+ * for NULL s/bufs, nbufs == 0 or a closing stream; UV_EPIPE after a
+ * shutdown; else the transport's error (UV_EPIPE, UV_ECONNRESET, ...).
+ * The bytes are not borrowed beyond the call. */
+UVCTX_EXTERN int uvctx_stream_try_write(uvctx_stream_t* s,
+                                        const uv_buf_t bufs[], unsigned nbufs);
+
 /* Shuts the write half down once every earlier write has been written
  * (TLS: close_notify first). cb(req, status) runs exactly once, from the
  * loop. UV_EINVAL for NULL s/req or a closing stream; UV_ENOTCONN if a
@@ -234,6 +249,11 @@ UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
  *             run, so the user's close callback is always last.
  * write_queue_size  Bytes accepted and not yet handed to the OS. Also
  *             called while the stream is closing, until close_done.
+ * try_write   Optional (NULL: uvctx_stream_try_write() answers UV_ENOSYS).
+ *             Write what the transport takes now, synchronously; return
+ *             the bytes written or UV_EAGAIN, never queue, never call
+ *             back. The generic layer calls it only while no write of the
+ *             stream is pending, so the kind need not check the order.
  */
 struct uvctx_stream_ops_s {
   const char* name; /* "uv", "tls", ...: for dumps and errors */
@@ -244,10 +264,12 @@ struct uvctx_stream_ops_s {
   int (*shutdown)(uvctx_stream_t* s, uvctx_shutdown_t* req);
   void (*close)(uvctx_stream_t* s);
   size_t (*write_queue_size)(const uvctx_stream_t* s);
+  int (*try_write)(uvctx_stream_t* s, const uv_buf_t bufs[], unsigned nbufs);
 };
 
 /* Initializes the generic part of a stream of kind `ops` on `loop`.
- * Every op must be set. UV_EINVAL for NULL arguments or a missing op. */
+ * Every op but try_write must be set. UV_EINVAL for NULL arguments or a missing
+ * op. */
 UVCTX_EXTERN int uvctx_stream_init(uvctx_stream_t* s,
                                    const uvctx_stream_ops_t* ops,
                                    uv_loop_t* loop);

@@ -33,6 +33,7 @@ typedef struct dir_s {
   uint64_t bytes;
   uvctx_shutdown_t shut;
   unsigned reading : 1;
+  unsigned try_write : 1; /* dst may offer a try-write (until UV_ENOSYS) */
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
@@ -255,6 +256,28 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (op->idle_ms != 0)
       op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
+    /* The fast path: straight from the buffer just read to the kernel,
+     * when nothing of ours is queued ahead (the stream answers UV_EAGAIN
+     * then, to keep the order). Only the rest is queued, and the buffer
+     * goes back to the pool at once when nothing is left. */
+    if (d->try_write) {
+      rc = uvctx_stream_try_write(d->dst, &b, 1);
+      if (rc > 0) {
+        d->bytes += (uint64_t)rc;
+        if ((size_t)rc == b.len) {
+          slot_put(d, sl);
+          return;
+        }
+        b.base += rc;
+        b.len -= (size_t)rc;
+      } else if (rc == UV_ENOSYS) {
+        d->try_write = 0;
+      } else if (rc != UV_EAGAIN) {
+        slot_put(d, sl);
+        op_abort(op, rc, 0);
+        return;
+      }
+    }
     sl->req.data = d;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
     if (rc != 0) {
@@ -540,6 +563,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     d->dst = i == 0 ? b : a;
     d->slots = (slot_t*)(op + 1) + (size_t)i * cf.buffers;
     d->mem = (char*)op + head + (size_t)i * cf.buffers * cf.bufsize;
+    d->try_write = 1;
     for (j = cf.buffers; j-- > 0;) {
       d->slots[j].base = d->mem + (size_t)j * cf.bufsize;
       slot_put(d, &d->slots[j]);

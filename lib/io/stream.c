@@ -109,6 +109,20 @@ int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
   return rc;
 }
 
+int uvctx_stream_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                           unsigned nbufs) {
+  if (s == NULL || bufs == NULL || nbufs == 0 || unusable(s))
+    return UV_EINVAL;
+  if (s->flags_ & S_SHUT)
+    return UV_EPIPE;
+  if (s->ops_->try_write == NULL)
+    return UV_ENOSYS;
+  /* Bytes written now would overtake the queued ones. */
+  if (s->writes_pending_ != 0)
+    return UV_EAGAIN;
+  return s->ops_->try_write(s, bufs, nbufs);
+}
+
 int uvctx_stream_shutdown(uvctx_shutdown_t* req, uvctx_stream_t* s,
                           uvctx_shutdown_cb cb) {
   int rc;
@@ -304,9 +318,15 @@ static size_t uvs_write_queue_size(const uvctx_stream_t* s) {
   return uv_stream_get_write_queue_size(UVS_HANDLE(s));
 }
 
+/* libuv answers UV_EAGAIN itself while its own queue is not empty. */
+static int uvs_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                         unsigned nbufs) {
+  return uv_try_write(UVS_HANDLE(s), bufs, nbufs);
+}
+
 static const uvctx_stream_ops_t uvs_ops = {
-    "uv",         uvs_read_start, uvs_read_stop,       uvs_write,
-    uvs_shutdown, uvs_close,      uvs_write_queue_size};
+    "uv",         uvs_read_start, uvs_read_stop,        uvs_write,
+    uvs_shutdown, uvs_close,      uvs_write_queue_size, uvs_try_write};
 
 int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h) {
   uv_handle_type t;

@@ -1186,8 +1186,8 @@ static size_t op_write_queue_size(const uvctx_stream_t* s) {
 }
 
 static const uvctx_stream_ops_t tls_ops = {
-    "tls",       op_read_start, op_read_stop,       op_write,
-    op_shutdown, op_close,      op_write_queue_size};
+    "tls",       op_read_start, op_read_stop,        op_write,
+    op_shutdown, op_close,      op_write_queue_size, NULL /* no try-write */};
 
 /* ---- public -------------------------------------------------------------- */
 

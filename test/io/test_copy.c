@@ -965,6 +965,186 @@ START_TEST(test_echo_same_stream) {
 }
 END_TEST
 
+/* ---- the try-write fast path --------------------------------------------- */
+
+/* A destination kind whose try-write takes a random prefix of what it is
+ * offered, or nothing (UV_EAGAIN), and whose queued writes complete one per
+ * loop turn: the copy must mix both paths and still deliver every byte in
+ * order, count each byte once, and keep its queue under the high-water
+ * mark. Written bytes are verified against the pattern as they land. */
+typedef struct drip_s {
+  uvctx_stream_t s;
+  uv_idle_t idle;
+  uvctx_write_t* q[UVCTX_COPY_DEFAULT_BUFFERS];
+  uv_buf_t qb[UVCTX_COPY_DEFAULT_BUFFERS];
+  int nq;
+  size_t queued;
+  size_t max_queued;
+  uint64_t got;
+  uint64_t bad;
+  uint64_t rng;
+  uint64_t tries;
+  uint64_t tried_bytes;
+  uint64_t queued_writes;
+  uvctx_shutdown_t* shut;
+  int shut_done;
+  int closing;
+  int idle_closed;
+} drip_t;
+
+static uint64_t drip_rand(drip_t* d) {
+  d->rng = d->rng * 6364136223846793005ull + 1442695040888963407ull;
+  return d->rng >> 33;
+}
+
+static void drip_land(drip_t* d, const char* p, size_t n) {
+  cp_verify(&d->bad, d->got, p, n);
+  d->got += n;
+}
+
+static void drip_idle_closed(uv_handle_t* h) {
+  drip_t* d = h->data;
+  d->idle_closed = 1;
+  uvctx_stream_close_done(&d->s);
+}
+
+static void drip_tick(uv_idle_t* i) {
+  drip_t* d = i->data;
+  uvctx_write_t* w;
+  int k;
+  if (d->closing) {
+    for (k = 0; k < d->nq; k++)
+      uvctx_stream_write_done(d->q[k], UV_ECANCELED);
+    d->nq = 0;
+    if (d->shut != NULL) {
+      uvctx_shutdown_t* sh = d->shut;
+      d->shut = NULL;
+      uvctx_stream_shutdown_done(sh, UV_ECANCELED);
+    }
+    uv_close((uv_handle_t*)&d->idle, drip_idle_closed);
+    return;
+  }
+  if (d->nq > 0) {
+    w = d->q[0];
+    drip_land(d, d->qb[0].base, d->qb[0].len);
+    d->queued -= uvctx_write_size(w);
+    d->nq--;
+    memmove(d->q, d->q + 1, (size_t)d->nq * sizeof(d->q[0]));
+    memmove(d->qb, d->qb + 1, (size_t)d->nq * sizeof(d->qb[0]));
+    uvctx_stream_write_done(w, 0);
+    return;
+  }
+  if (d->shut != NULL && !d->shut_done) {
+    d->shut_done = 1;
+    uvctx_stream_shutdown_done(d->shut, 0);
+    d->shut = NULL;
+  }
+  uv_idle_stop(i);
+}
+
+static int drip_nop(uvctx_stream_t* s) {
+  (void)s;
+  return 0;
+}
+
+static int drip_write(uvctx_stream_t* s, uvctx_write_t* req,
+                      const uv_buf_t bufs[], unsigned n) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_int_lt(d->nq, UVCTX_COPY_DEFAULT_BUFFERS);
+  d->q[d->nq] = req;
+  d->qb[d->nq++] = bufs[0];
+  d->queued += uvctx_write_size(req);
+  if (d->queued > d->max_queued)
+    d->max_queued = d->queued;
+  d->queued_writes++;
+  uv_idle_start(&d->idle, drip_tick);
+  return 0;
+}
+
+static int drip_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                          unsigned n) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  size_t take;
+  ck_assert_uint_eq(n, 1);
+  /* The generic layer keeps the order: never called with writes queued. */
+  ck_assert_int_eq(d->nq, 0);
+  d->tries++;
+  take = (size_t)(drip_rand(d) % (bufs[0].len + 1));
+  if (take == 0)
+    return UV_EAGAIN;
+  drip_land(d, bufs[0].base, take);
+  d->tried_bytes += take;
+  return (int)take;
+}
+
+static int drip_shutdown(uvctx_stream_t* s, uvctx_shutdown_t* req) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  d->shut = req;
+  uv_idle_start(&d->idle, drip_tick);
+  return 0;
+}
+
+static void drip_close(uvctx_stream_t* s) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  d->closing = 1;
+  uv_idle_start(&d->idle, drip_tick);
+}
+
+static size_t drip_qsize(const uvctx_stream_t* s) {
+  return CP_CONTAINER_OF(s, drip_t, s)->queued;
+}
+
+static const uvctx_stream_ops_t drip_ops = {
+    "drip",        drip_nop,   drip_nop,   drip_write,
+    drip_shutdown, drip_close, drip_qsize, drip_try_write};
+
+START_TEST(test_try_write_mixed_paths) {
+  cp_handle_t in_h;
+  uvctx_stream_t in;
+  drip_t d;
+  uvctx_copy_t c;
+  uvctx_copy_options_t o;
+  const uint64_t total = 8u << 20;
+  memset(&in_h, 0, sizeof(in_h));
+  memset(&d, 0, sizeof(d));
+  memset(&o, 0, sizeof(o));
+  d.rng = 77;
+  cp_listen(&W.L);
+  W.listening = 1;
+  cp_tcp_pair(&W.L, &W.snd_h, &in_h);
+  ck_assert_int_eq(uvctx_stream_init_uv(&in, &in_h.s), 0);
+  ck_assert_int_eq(uvctx_stream_init(&d.s, &drip_ops, uvt_loop), 0);
+  ck_assert_int_eq(uv_idle_init(uvt_loop, &d.idle), 0);
+  d.idle.data = &d;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  echo_calls = 0;
+  echo_status = 1;
+  echo_bytes = 0;
+  o.buffer_size = 16 * 1024;
+  ck_assert_int_eq(uvctx_copy_start(&c, W.ctx, &in, &d.s, &o, echo_cb), 0);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 100000, 41, 1);
+  UVT_RUN_UNTIL(echo_calls == 1);
+  ck_assert_int_eq(echo_status, 0);
+  ck_assert_uint_eq(echo_bytes, total);
+  ck_assert_uint_eq(d.got, total);
+  ck_assert_uint_eq(d.bad, 0);
+  ck_assert(d.shut_done);
+  /* Both paths were taken, and the queue kept under the mark. */
+  ck_assert_uint_gt(d.tried_bytes, 0);
+  ck_assert_uint_lt(d.tried_bytes, total);
+  ck_assert_uint_gt(d.queued_writes, 0);
+  ck_assert_uint_le(d.max_queued, 4 * o.buffer_size);
+  uvctx_stream_close(&in, NULL);
+  uvctx_stream_close(&d.s, NULL);
+  UVT_RUN_UNTIL(d.idle_closed);
+  cp_close(&W.snd_h);
+  cp_wait_closed();
+  uvctx_release(W.ctx);
+  W.ctx = NULL;
+}
+END_TEST
+
 /* ---- allocation failure -------------------------------------------------- */
 
 static void alloc_setup(void) {
@@ -1159,6 +1339,7 @@ static Suite* copy_suite(void) {
   tcase_add_checked_fixture(tc, world_setup, world_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_high_water_slow_reader);
+  tcase_add_test(tc, test_try_write_mixed_paths);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("errors");
