@@ -4,7 +4,7 @@
 #ifndef UVCTX_IO_H
 #define UVCTX_IO_H
 
-#include "uvctx/stream.h"
+#include "uvctx/stream_impl.h"
 
 /* 1 if the stream cannot take new operations: closing, detached from its
  * handle, or never initialized. */

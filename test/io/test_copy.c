@@ -10,6 +10,7 @@
 #include <termios.h>
 
 #include "copy_peers.h"
+#include "uvctx/stream_impl.h"
 
 /* ---- the world: sender -> relay (copy) -> sink --------------------------- */
 

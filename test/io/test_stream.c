@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 
 #include "copy_peers.h"
+#include "uvctx/stream_impl.h"
 
 static cp_listener_t L;
 static int listening;
