@@ -274,6 +274,245 @@ START_TEST(test_one_allocation) {
 }
 END_TEST
 
+/* ---- memory: buffers only while data flows --------------------------------
+ */
+
+static uint64_t mem_base; /* live allocations with the copy's state only */
+static uint64_t mem_max;  /* most seen above it */
+static uv_check_t mcheck;
+
+static void mcheck_cb(uv_check_t* c) {
+  uint64_t n = uvctx_live_allocations();
+  (void)c;
+  if (n > mem_base && n - mem_base > mem_max)
+    mem_max = n - mem_base;
+}
+
+/* A copy holds no buffer before data comes and none once it has gone out;
+ * behind a stalled reader, with a high-water mark of one buffer, it holds
+ * one (the queued write's), however long the sender pushes. */
+START_TEST(test_buffers_only_while_data_flows) {
+  uvctx_copy_options_t o;
+  memset(&o, 0, sizeof(o));
+  o.high_water = UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 32 * 1024);
+  cp_small_buffers(&W.sink_h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, &o);
+  mem_base = uvctx_live_allocations();
+  mem_max = 0;
+  ck_assert_int_eq(uv_check_init(uvt_loop, &mcheck), 0);
+  ck_assert_int_eq(uv_check_start(&mcheck, mcheck_cb), 0);
+  uvt_run_for(20);
+  ck_assert_uint_eq(mem_max, 0);
+  /* A little data goes through; then nothing is held. */
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, 300000, 30000, 13, 0);
+  UVT_RUN_UNTIL(W.sink.received == 300000);
+  uvt_run_for(20);
+  ck_assert_uint_eq(uvctx_live_allocations(), mem_base);
+  ck_assert_uint_ge(mem_max, 1); /* a buffer was taken while it flowed */
+  /* The sink stops reading; the sender goes on. */
+  cp_sink_pause(&W.sink);
+  mem_max = 0;
+  W.snd.total = UINT64_MAX;
+  cp_sender_pump(&W.snd);
+  uvt_run_for(300);
+  ck_assert_uint_eq(W.res.calls, 0);
+  ck_assert_uint_eq(mem_max, 1);
+  ck_assert_uint_eq(uvctx_live_allocations(), mem_base + 1);
+  ck_assert_uint_gt(uvctx_stream_write_queue_size(&W.r->out), 0);
+  cp_close_h((uv_handle_t*)&mcheck);
+  uvctx_cancel(W.ctx);
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  ck_assert_int_eq(W.res.status, UV_ECANCELED);
+  world_end();
+}
+END_TEST
+
+/* The pool's budget binds across copies: three copies behind stalled
+ * readers never have more than the budget lent between them; reading
+ * resumes for each as buffers come back, every byte arrives in order, and
+ * the pool ends with nothing lent. Sampled on every loop turn. */
+typedef struct pworld_s {
+  cp_handle_t snd_h, in_h, out_h, sink_h;
+  uvctx_stream_t in, out;
+  uvctx_copy_t copy;
+  cp_sender_t snd;
+  cp_sink_t sink;
+  int calls;
+  int status;
+} pworld_t;
+
+static uvctx_copy_pool_t* ppool;
+static size_t pool_max;
+static uv_check_t pcheck;
+
+static void pcheck_cb(uv_check_t* c) {
+  (void)c;
+  if (uvctx_copy_pool_bytes(ppool) > pool_max)
+    pool_max = uvctx_copy_pool_bytes(ppool);
+}
+
+static void pw_copy_cb(uvctx_copy_t* c, int status, uint64_t bytes) {
+  pworld_t* w = c->data;
+  (void)bytes;
+  w->calls++;
+  w->status = status;
+}
+
+START_TEST(test_pool_budget_across_copies) {
+  enum { N = 3 };
+  pworld_t* w = calloc(N, sizeof(*w));
+  const size_t bs = 16 * 1024;
+  const uint64_t total = 1u << 20;
+  uvctx_copy_options_t o;
+  int i, done;
+  ck_assert_ptr_nonnull(w);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, 1000, 0), UV_EINVAL);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, bs, bs - 1),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, bs, 2 * bs), 0);
+  memset(&o, 0, sizeof(o));
+  o.pool = ppool;
+  o.buffer_size = 2 * bs;
+  cp_listen(&W.L);
+  W.listening = 1;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  pool_max = 0;
+  ck_assert_int_eq(uv_check_init(uvt_loop, &pcheck), 0);
+  ck_assert_int_eq(uv_check_start(&pcheck, pcheck_cb), 0);
+  for (i = 0; i < N; i++) {
+    cp_tcp_pair(&W.L, &w[i].snd_h, &w[i].in_h);
+    cp_tcp_pair(&W.L, &w[i].out_h, &w[i].sink_h);
+    cp_small_buffers(&w[i].out_h, 16 * 1024);
+    cp_small_buffers(&w[i].sink_h, 16 * 1024);
+    ck_assert_int_eq(uvctx_stream_init_uv(&w[i].in, &w[i].in_h.s), 0);
+    ck_assert_int_eq(uvctx_stream_init_uv(&w[i].out, &w[i].out_h.s), 0);
+    w[i].copy.data = &w[i];
+    /* A buffer size other than the pool's is refused. */
+    ck_assert_int_eq(uvctx_copy_start(&w[i].copy, W.ctx, &w[i].in, &w[i].out,
+                                      &o, pw_copy_cb),
+                     UV_EINVAL);
+    o.buffer_size = 0;
+    ck_assert_int_eq(uvctx_copy_start(&w[i].copy, W.ctx, &w[i].in, &w[i].out,
+                                      &o, pw_copy_cb),
+                     0);
+    cp_sink_init(&w[i].sink, &w[i].sink_h.s, 8 * 1024, (uint64_t)i, 0);
+    cp_sender_start(&w[i].snd, &w[i].snd_h.s, total, 32 * 1024,
+                    (uint64_t)i + 50, 1);
+    o.buffer_size = 2 * bs;
+  }
+  uvt_run_for(200);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), UV_EBUSY);
+  ck_assert_uint_eq(pool_max, 2 * bs); /* the budget was reached */
+  for (i = 0; i < N; i++)
+    cp_sink_resume(&w[i].sink);
+  done = 0;
+  while (done < N) {
+    UVT_RUN_UNTIL_MS(w[0].calls + w[1].calls + w[2].calls > done, 30000);
+    done = w[0].calls + w[1].calls + w[2].calls;
+  }
+  for (i = 0; i < N; i++) {
+    UVT_RUN_UNTIL(w[i].sink.eof);
+    ck_assert_int_eq(w[i].status, 0);
+    ck_assert_uint_eq(w[i].sink.received, total);
+    ck_assert_uint_eq(w[i].sink.bad, 0);
+  }
+  ck_assert_uint_le(pool_max, 2 * bs);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), 0);
+  cp_close_h((uv_handle_t*)&pcheck);
+  for (i = 0; i < N; i++) {
+    uvctx_stream_close(&w[i].in, NULL);
+    uvctx_stream_close(&w[i].out, NULL);
+    cp_close(&w[i].snd_h);
+    cp_close(&w[i].sink_h);
+    cp_sink_free(&w[i].sink);
+  }
+  cp_wait_closed();
+  uvt_run_for(2);
+  uvctx_release(W.ctx);
+  W.ctx = NULL;
+  free(w);
+}
+END_TEST
+
+/* A copy into a sink that never reads (32 KiB kernel buffers) from a
+ * sender that never stops. */
+static void stalled_sink_copy(const uvctx_copy_options_t* o) {
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 32 * 1024);
+  cp_small_buffers(&W.sink_h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 0);
+  cp_sender_start(&W.snd, &W.snd_h.s, UINT64_MAX, 64 * 1024, 5, 0);
+}
+
+static int send_timed_out;
+
+static void note_send_timeout(void) {
+  send_timed_out = uvctx_copy_send_timed_out(&W.r->copy);
+}
+
+/* A reader that never reads keeps the queue above the mark: the send
+ * timeout closes the copy with UV_ETIMEDOUT, told apart from the idle
+ * timeout (which, longer, does not fire), and never early. */
+START_TEST(test_send_timeout_stalled_reader) {
+  uvctx_copy_options_t o;
+  uint64_t t0;
+  memset(&o, 0, sizeof(o));
+  o.send_timeout_ms = 200;
+  o.idle_timeout_ms = 60000;
+  stalled_sink_copy(&o);
+  ck_assert_int_eq(uvctx_copy_send_timed_out(&W.r->copy), 0);
+  send_timed_out = -1;
+  W.on_copy = note_send_timeout;
+  t0 = uv_hrtime();
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  ck_assert_uint_ge(uv_hrtime() - t0, 200 * 1000000ull);
+  ck_assert_int_eq(W.res.status, UV_ETIMEDOUT);
+  ck_assert_int_eq(send_timed_out, 1);
+  world_end();
+}
+END_TEST
+
+/* A sender -> copy -> sink transfer of `total` bytes that the sink reads
+ * at 1 MiB/s, in 16 KiB reads behind 64 KiB kernel buffers: ends with 0,
+ * every byte in order, and no send timeout. */
+static void steady_reader(const uvctx_copy_options_t* o, uint64_t total) {
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 64 * 1024);
+  cp_small_buffers(&W.sink_h, 64 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 16 * 1024, 0, 1);
+  cp_sink_limit(&W.sink, 1u << 20);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 64 * 1024, 9, 1);
+  send_timed_out = -1;
+  W.on_copy = note_send_timeout;
+  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 50000);
+  ck_assert_int_eq(W.res.status, 0);
+  ck_assert_int_eq(send_timed_out, 0);
+  ck_assert_uint_eq(W.sink.received, total);
+  ck_assert_uint_eq(W.sink.bad, 0);
+  world_end();
+}
+
+/* A slow but steady reader drains the queue again and again: no send
+ * timeout, however long the transfer takes in all. */
+START_TEST(test_send_timeout_spares_steady_reader) {
+  uvctx_copy_options_t o;
+  uvt_watchdog_set(60000);
+  memset(&o, 0, sizeof(o));
+  o.send_timeout_ms = 500;
+  o.high_water = 64 * 1024;
+  steady_reader(&o, UVT_SCALE(3u << 20, 1u << 20));
+}
+END_TEST
+
 /* ---- cancellation at random points --------------------------------------- */
 
 enum {
@@ -586,13 +825,7 @@ START_TEST(test_idle_stalled_sink) {
   uvctx_copy_options_t o;
   memset(&o, 0, sizeof(o));
   o.idle_timeout_ms = 200;
-  world_begin(0);
-  cp_small_buffers(&W.r->out_h, 32 * 1024);
-  cp_small_buffers(&W.sink_h, 32 * 1024);
-  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  world_start_copy(W.ctx, &o);
-  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 0);
-  cp_sender_start(&W.snd, &W.snd_h.s, UINT64_MAX, 64 * 1024, 5, 0);
+  stalled_sink_copy(&o);
   UVT_RUN_UNTIL(W.res.calls == 1);
   ck_assert_int_eq(W.res.status, UV_ETIMEDOUT);
   world_end();
@@ -604,23 +837,10 @@ END_TEST
  * write completion counts as progress. */
 START_TEST(test_idle_slow_steady_reader) {
   uvctx_copy_options_t o;
-  const uint64_t total = UVT_SCALE(20u << 20, 3u << 20);
   uvt_watchdog_set(90000);
   memset(&o, 0, sizeof(o));
   o.idle_timeout_ms = 1000;
-  world_begin(0);
-  cp_small_buffers(&W.r->out_h, 64 * 1024);
-  cp_small_buffers(&W.sink_h, 64 * 1024);
-  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  world_start_copy(W.ctx, &o);
-  cp_sink_init(&W.sink, &W.sink_h.s, 16 * 1024, 0, 1);
-  cp_sink_limit(&W.sink, 1u << 20);
-  cp_sender_start(&W.snd, &W.snd_h.s, total, 64 * 1024, 9, 1);
-  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 50000);
-  ck_assert_int_eq(W.res.status, 0);
-  ck_assert_uint_eq(W.sink.received, total);
-  ck_assert_uint_eq(W.sink.bad, 0);
-  world_end();
+  steady_reader(&o, UVT_SCALE(20u << 20, 3u << 20));
 }
 END_TEST
 
@@ -1341,6 +1561,15 @@ static Suite* copy_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_high_water_slow_reader);
   tcase_add_test(tc, test_try_write_mixed_paths);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("memory");
+  tcase_add_checked_fixture(tc, world_setup, world_teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_buffers_only_while_data_flows);
+  tcase_add_test(tc, test_pool_budget_across_copies);
+  tcase_add_test(tc, test_send_timeout_stalled_reader);
+  tcase_add_test(tc, test_send_timeout_spares_steady_reader);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("errors");

@@ -183,7 +183,8 @@ const char* const relay_reasons[RELAY_REASONS] = {
     [RELAY_R_CONNECT_TIMEOUT] = "connect-timeout",
     [RELAY_R_UPSTREAM_ERROR] = "upstream-error",
     [RELAY_R_ERROR] = "error",
-    [RELAY_R_CANCELLED] = "cancelled"};
+    [RELAY_R_CANCELLED] = "cancelled",
+    [RELAY_R_SEND_TIMEOUT] = "send-timeout"};
 
 /* The reason messages are string literals, so the pointer outlives the
  * context it came from; anything unknown is an "error". Returns the
@@ -338,7 +339,8 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
   else if (uvctx_err(c->run) != 0)
     reason = reason_of(c->run, status, "error");
   else if (status == UV_ETIMEDOUT)
-    reason = "idle-timeout"; /* the copy's own timer, not a context */
+    /* The copy's own timers, not a context. */
+    reason = uvctx_pipe_send_timed_out(p) ? "send-timeout" : "idle-timeout";
   else
     reason = reason_of(NULL, status, "error");
   /* A context or the idle timer ending is not an error worth a detail. */
@@ -353,6 +355,12 @@ static void start_pipe(relay_conn_t* c) {
 
   memset(&opts, 0, sizeof(opts));
   opts.idle_timeout_ms = c->cfg->idle_timeout_ms;
+  /* Memory per connection: buffers from the worker's pool only as data
+   * flows, and at most one queued per direction (the rest waits in the
+   * kernel), which also bounds what a slow reader can hold. */
+  opts.pool = c->w->pool;
+  opts.high_water = RELAY_BUFFER;
+  opts.send_timeout_ms = c->cfg->send_timeout_ms;
   c->pipe.data = c;
   rc = uvctx_pipe_start(&c->pipe, c->run, c->a, c->b, &opts, on_pipe);
   if (rc != 0) {

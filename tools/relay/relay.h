@@ -38,6 +38,9 @@ enum { RELAY_EXIT_OK = 0, RELAY_EXIT_FAILURE = 1, RELAY_EXIT_CONFIG = 2 };
 
 enum { RELAY_LOG_LOGFMT = 0, RELAY_LOG_JSON = 1 };
 
+/* The size of the pipes' buffers (the copy's default). */
+#define RELAY_BUFFER UVCTX_COPY_DEFAULT_BUFFER_SIZE
+
 typedef struct relay_addr_s {
   char text[300]; /* as given on the command line */
   char host[256]; /* host part, without brackets */
@@ -57,9 +60,11 @@ typedef struct relay_config_s {
   const char* alpn;
   uint64_t connect_timeout_ms;
   uint64_t handshake_timeout_ms;
-  uint64_t idle_timeout_ms;  /* 0: none */
-  uint64_t max_lifetime_ms;  /* 0: none */
-  uint64_t drain_timeout_ms; /* 0: cancel at once */
+  uint64_t idle_timeout_ms;   /* 0: none */
+  uint64_t max_lifetime_ms;   /* 0: none */
+  uint64_t drain_timeout_ms;  /* 0: cancel at once */
+  uint64_t send_timeout_ms;   /* 0: none */
+  uint64_t max_buffer_memory; /* bytes, relay-wide; 0: no budget */
   unsigned max_connections;
   unsigned workers;
   int log_format;
@@ -130,6 +135,7 @@ enum {
   RELAY_R_UPSTREAM_ERROR,
   RELAY_R_ERROR,
   RELAY_R_CANCELLED,
+  RELAY_R_SEND_TIMEOUT,
   RELAY_REASONS
 };
 extern const char* const relay_reasons[RELAY_REASONS];
@@ -162,6 +168,8 @@ struct relay_worker_s {
   uvctx_loop_t* l;
   uvctx_t* root;      /* branch of the server root homed here */
   uvctx_t* accepting; /* branch of srv->accepting: done when draining */
+  /* The worker's share of --max-buffer-memory: every pipe's buffers. */
+  uvctx_copy_pool_t* pool;
   uvctx_watch_t stop_watch;
   int listen_fd;
   uv_poll_t poll;
