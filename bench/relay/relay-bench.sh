@@ -84,16 +84,8 @@ for tool in socat python3 openssl ss; do
   fi
 done
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
-  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=common.sh
+. "$here/common.sh"
 
 # Waits for a process we started (in the background, so that a signal to
 # this script is acted on at once), forgets its PID, so that the trap never
@@ -112,10 +104,6 @@ stop() { kill -TERM "$1" 2>/dev/null || true; reap "$1" || true; }
 die() { echo "relay-bench: $*" >&2; exit 1; }
 note() { echo "relay-bench: $*" >&2; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket()
-s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 # CPU seconds (user+system, every thread) of a live process.
 cpu_of() {
   awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " ");
@@ -137,6 +125,9 @@ line() { # name unit value peer peer_value [extra fields]
 start_listener() {
   local name=$1
   shift
+  # Emptied here, not only by the child's redirection: the loop below could
+  # otherwise read the previous run's port before the child truncates it.
+  : >"$tmp/$name.out"
   "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
   lpid=$!
   pids+=("$lpid")
@@ -174,6 +165,7 @@ open(sys.argv[1], "w").write("%.3f" % (r.ru_utime + r.ru_stime))' "$@"
 
 # The sink: one connection read to EOF; it times first byte to EOF itself.
 start_sink() {
+  : >"$tmp/sink.out" # as in start_listener: no stale port
   python3 -u "$here/load.py" sink >"$tmp/sink.out" &
   sink_pid=$!
   pids+=("$sink_pid")

@@ -75,7 +75,8 @@ UVCTX_EXTERN size_t uvctx_copy_pool_bytes(const uvctx_copy_pool_t* p);
  *              with a pool, the pool's size.
  * buffers      buffers per direction at most: 8; 1 .. 1024. Buffers are
  *              taken only while data flows: a direction with nothing to
- *              read holds none, a stalled one only those its queued writes
+ *              read holds none (without a pool: at most the one its next
+ *              read takes), a stalled one only those its queued writes
  *              carry, so a copy never holds more than buffers*buffer_size.
  * pool         take buffers from this pool (same loop), under its budget;
  *              NULL: from the allocator, one at a time.

@@ -57,6 +57,7 @@ struct op_s {
   unsigned nstreams;
   unsigned ndirs;
   unsigned ndone;
+  unsigned nslots; /* per direction */
   size_t bufsize;
   size_t high;
   size_t low;
@@ -164,14 +165,34 @@ static void buf_give(op_t* op, char* b) {
 /* Gives back the buffers of the free slots: the direction has nothing to
  * read for now (the source said so, reading paused, or it ended). While a
  * burst goes on (full reads straight out through the fast path) the same
- * buffer serves read after read instead. */
+ * buffer serves read after read instead. Without a pool the buffer on top
+ * of the free stack (the one the next read takes) is kept: giving it to
+ * the allocator and taking it back at every readable event made glibc
+ * trim and regrow its heap each time; a pool keeps returned buffers
+ * itself, shared, so with one a direction keeps none. */
 static void dir_trim(dir_t* d) {
   slot_t* sl;
 
-  for (sl = d->free; sl != NULL; sl = sl->next)
+  sl = d->free;
+  if (d->op->pool == NULL && sl != NULL && sl->base != NULL)
+    sl = sl->next;
+  for (; sl != NULL; sl = sl->next)
     if (sl->base != NULL) {
       buf_give(d->op, sl->base);
       sl->base = NULL;
+    }
+}
+
+/* The end: every slot's buffer goes back. */
+static void dir_release(dir_t* d) {
+  op_t* op;
+  unsigned i;
+
+  op = d->op;
+  for (i = 0; i < op->nslots; i++)
+    if (d->slots[i].base != NULL) {
+      buf_give(op, d->slots[i].base);
+      d->slots[i].base = NULL;
     }
 }
 
@@ -567,7 +588,7 @@ static void op_complete(op_t* op) {
    * to the pool may wake another copy's direction (it only starts
    * reading); this operation left the waiting list when it finished. */
   for (i = 0; i < op->ndirs; i++)
-    dir_trim(&op->dir[i]);
+    dir_release(&op->dir[i]);
   if (op->pool != NULL)
     uvctx__pool_detach(op->pool);
   if (op->kind == OP_COPY) {
@@ -711,6 +732,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   op->nstreams = a == b ? 1 : 2;
   op->ndirs = ndirs;
   op->bufsize = cf.bufsize;
+  op->nslots = cf.buffers;
   op->high = cf.high;
   op->low = cf.low;
   op->flags = cf.flags;

@@ -277,56 +277,83 @@ END_TEST
 /* ---- memory: buffers only while data flows --------------------------------
  */
 
-static uint64_t mem_base; /* live allocations with the copy's state only */
-static uint64_t mem_max;  /* most seen above it */
-static uv_check_t mcheck;
+static uvctx_copy_pool_t* ppool;
+static size_t pool_max; /* most lent at once, sampled every loop turn */
+static uv_check_t pcheck;
 
-static void mcheck_cb(uv_check_t* c) {
-  uint64_t n = uvctx_live_allocations();
+static void pcheck_cb(uv_check_t* c) {
   (void)c;
-  if (n > mem_base && n - mem_base > mem_max)
-    mem_max = n - mem_base;
+  if (uvctx_copy_pool_bytes(ppool) > pool_max)
+    pool_max = uvctx_copy_pool_bytes(ppool);
 }
 
-/* A copy holds no buffer before data comes and none once it has gone out;
- * behind a stalled reader, with a high-water mark of one buffer, it holds
- * one (the queued write's), however long the sender pushes. */
+static void pool_sampling(int on) {
+  if (on) {
+    pool_max = 0;
+    ck_assert_int_eq(uv_check_init(uvt_loop, &pcheck), 0);
+    ck_assert_int_eq(uv_check_start(&pcheck, pcheck_cb), 0);
+  } else {
+    cp_close_h((uv_handle_t*)&pcheck);
+  }
+}
+
+/* A copy on a pool holds no buffer before data comes and none once it has
+ * gone out; behind a stalled reader, with a high-water mark of one buffer,
+ * it holds one (the queued write's), however long the sender pushes.
+ * Without a pool it keeps at most the one the next read takes. */
 START_TEST(test_buffers_only_while_data_flows) {
   uvctx_copy_options_t o;
+  const size_t bs = UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  uint64_t base;
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, 0, 0), 0);
   memset(&o, 0, sizeof(o));
-  o.high_water = UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  o.high_water = bs;
+  o.pool = ppool;
   world_begin(0);
   cp_small_buffers(&W.r->out_h, 32 * 1024);
   cp_small_buffers(&W.sink_h, 32 * 1024);
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
   world_start_copy(W.ctx, &o);
-  mem_base = uvctx_live_allocations();
-  mem_max = 0;
-  ck_assert_int_eq(uv_check_init(uvt_loop, &mcheck), 0);
-  ck_assert_int_eq(uv_check_start(&mcheck, mcheck_cb), 0);
+  pool_sampling(1);
   uvt_run_for(20);
-  ck_assert_uint_eq(mem_max, 0);
+  ck_assert_uint_eq(pool_max, 0);
   /* A little data goes through; then nothing is held. */
   cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
   cp_sender_start(&W.snd, &W.snd_h.s, 300000, 30000, 13, 0);
   UVT_RUN_UNTIL(W.sink.received == 300000);
   uvt_run_for(20);
-  ck_assert_uint_eq(uvctx_live_allocations(), mem_base);
-  ck_assert_uint_ge(mem_max, 1); /* a buffer was taken while it flowed */
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_uint_ge(pool_max, bs); /* a buffer was taken while it flowed */
   /* The sink stops reading; the sender goes on. */
   cp_sink_pause(&W.sink);
-  mem_max = 0;
+  pool_max = 0;
   W.snd.total = UINT64_MAX;
   cp_sender_pump(&W.snd);
   uvt_run_for(300);
-  ck_assert_uint_eq(W.res.calls, 0);
-  ck_assert_uint_eq(mem_max, 1);
-  ck_assert_uint_eq(uvctx_live_allocations(), mem_base + 1);
+  ck_assert_int_eq(W.res.calls, 0);
+  ck_assert_uint_eq(pool_max, bs);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), bs);
   ck_assert_uint_gt(uvctx_stream_write_queue_size(&W.r->out), 0);
-  cp_close_h((uv_handle_t*)&mcheck);
+  pool_sampling(0);
   uvctx_cancel(W.ctx);
   UVT_RUN_UNTIL(W.res.calls == 1);
   ck_assert_int_eq(W.res.status, UV_ECANCELED);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), 0);
+  world_end();
+  /* Without a pool: one buffer at most once data has gone through. */
+  world_begin(0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  o.pool = NULL;
+  world_start_copy(W.ctx, &o);
+  base = uvctx_live_allocations();
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, 300000, 30000, 17, 0);
+  UVT_RUN_UNTIL(W.sink.received == 300000);
+  uvt_run_for(20);
+  ck_assert_uint_le(uvctx_live_allocations(), base + 1);
+  uvctx_cancel(W.ctx);
+  UVT_RUN_UNTIL(W.res.calls == 1);
   world_end();
 }
 END_TEST
@@ -344,16 +371,6 @@ typedef struct pworld_s {
   int calls;
   int status;
 } pworld_t;
-
-static uvctx_copy_pool_t* ppool;
-static size_t pool_max;
-static uv_check_t pcheck;
-
-static void pcheck_cb(uv_check_t* c) {
-  (void)c;
-  if (uvctx_copy_pool_bytes(ppool) > pool_max)
-    pool_max = uvctx_copy_pool_bytes(ppool);
-}
 
 static void pw_copy_cb(uvctx_copy_t* c, int status, uint64_t bytes) {
   pworld_t* w = c->data;
@@ -380,9 +397,7 @@ START_TEST(test_pool_budget_across_copies) {
   cp_listen(&W.L);
   W.listening = 1;
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  pool_max = 0;
-  ck_assert_int_eq(uv_check_init(uvt_loop, &pcheck), 0);
-  ck_assert_int_eq(uv_check_start(&pcheck, pcheck_cb), 0);
+  pool_sampling(1);
   for (i = 0; i < N; i++) {
     cp_tcp_pair(&W.L, &w[i].snd_h, &w[i].in_h);
     cp_tcp_pair(&W.L, &w[i].out_h, &w[i].sink_h);
@@ -423,7 +438,7 @@ START_TEST(test_pool_budget_across_copies) {
   ck_assert_uint_le(pool_max, 2 * bs);
   ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
   ck_assert_int_eq(uvctx_copy_pool_close(ppool), 0);
-  cp_close_h((uv_handle_t*)&pcheck);
+  pool_sampling(0);
   for (i = 0; i < N; i++) {
     uvctx_stream_close(&w[i].in, NULL);
     uvctx_stream_close(&w[i].out, NULL);
