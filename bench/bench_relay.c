@@ -173,8 +173,7 @@ static int urelay_run(urelay_t* r, int in, int out, uint64_t cancel_ms) {
   return r->status;
 }
 
-/* ---- one throughput run
- * ------------------------------------------------------ */
+/* ---- one throughput run -------------------------------------------------- */
 
 enum { K_UVCTX, K_BARE, K_BARE_TRY, K_BLOCKING, K_N };
 static const char* kind_name[] = {"uvctx_copy", "bare_libuv_write",
@@ -324,8 +323,7 @@ static int node_throughput(uint64_t bytes, result_t* res) {
   return 0;
 }
 
-/* ---- abort latency
- * ------------------------------------------------------------ */
+/* ---- abort latency ------------------------------------------------------- */
 
 static int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a;
