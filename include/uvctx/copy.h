@@ -75,9 +75,10 @@ UVCTX_EXTERN size_t uvctx_copy_pool_bytes(const uvctx_copy_pool_t* p);
  *              with a pool, the pool's size.
  * buffers      buffers per direction at most: 8; 1 .. 1024. Buffers are
  *              taken only while data flows: a direction with nothing to
- *              read holds none (without a pool: at most the one its next
- *              read takes), a stalled one only those its queued writes
- *              carry, so a copy never holds more than buffers*buffer_size.
+ *              read holds none and a stalled one only those its queued
+ *              writes carry; without a pool a direction keeps what it has
+ *              taken until the copy ends. Never more than
+ *              buffers*buffer_size per direction.
  * pool         take buffers from this pool (same loop), under its budget;
  *              NULL: from the allocator, one at a time.
  * high_water   reading stops while the destination's write queue

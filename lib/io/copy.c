@@ -162,21 +162,21 @@ static void buf_give(op_t* op, char* b) {
     uvctx__free(b);
 }
 
-/* Gives back the buffers of the free slots: the direction has nothing to
- * read for now (the source said so, reading paused, or it ended). While a
- * burst goes on (full reads straight out through the fast path) the same
- * buffer serves read after read instead. Without a pool the buffer on top
- * of the free stack (the one the next read takes) is kept: giving it to
- * the allocator and taking it back at every readable event made glibc
- * trim and regrow its heap each time; a pool keeps returned buffers
- * itself, shared, so with one a direction keeps none. */
+/* Gives back the buffers of the free slots to the pool: the direction has
+ * nothing to read for now (the source said so, reading paused, or it
+ * ended), or a write completed. While a burst goes on (full reads straight
+ * out through the fast path) the same buffer serves read after read
+ * instead. Without a pool a direction keeps the buffers it has taken (at
+ * most `buffers`) until the copy ends: handing them to the allocator and
+ * taking them back at every write or readable event made glibc trim and
+ * regrow its heap each time; a pool keeps returned buffers itself, shared
+ * by its copies, so with one a direction keeps none. */
 static void dir_trim(dir_t* d) {
   slot_t* sl;
 
-  sl = d->free;
-  if (d->op->pool == NULL && sl != NULL && sl->base != NULL)
-    sl = sl->next;
-  for (; sl != NULL; sl = sl->next)
+  if (d->op->pool == NULL)
+    return;
+  for (sl = d->free; sl != NULL; sl = sl->next)
     if (sl->base != NULL) {
       buf_give(d->op, sl->base);
       sl->base = NULL;
