@@ -157,7 +157,7 @@ if [ "$core_only" = 0 ] &&
 then
   # Seven interleaved runs of 1 GiB each for the throughput medians.
   relay_args=(--bytes 1073741824 --runs 7)
-  [ "$quick" = 1 ] && relay_args=(--bytes 67108864 --conns 200)
+  [ "$quick" = 1 ] && relay_args=(--bytes 67108864 --conns 200 --live 1000)
   log "running bench/relay/relay-bench.sh ${relay_args[*]:-}"
   if ! timeout "${UVCTX_BENCH_TIMEOUT:-600}" "$root/bench/relay/relay-bench.sh" \
       --relay "$build/uvctx-relay" ${relay_args[@]+"${relay_args[@]}"} \
@@ -257,6 +257,9 @@ BEGIN {
   # Memory per slow reader (KiB RSS per held connection, beside HAProxy).
   t["slowread_rss_per_conn"] = "value<=64"
   t["slowread_rss_per_conn_tls"] = "value<=128"
+  # Observability costs: scraped every second, within 2 % of unscraped.
+  t["relay_throughput_scraped"] = "ratio>=0.98"
+  t["relay_connrate_scraped"] = "ratio>=0.98"
   # The pool and PostgreSQL (DESIGN.md, Performance targets).
   t["pg_select1@node-postgres"] = "ratio>=1.3"
   t["pg_select1@pgbench"] = "ratio>=0.85"
