@@ -81,8 +81,14 @@ struct op_s {
   dir_t dir[2];
 };
 
-static void op_fail(op_t* op, int status, int soft);
-static void op_abort(op_t* op, int status, int soft);
+/* How an operation that ends early treats its streams: CLOSE them (an I/O
+ * error, memory), or LEAVE_IDLE_OPEN, which keeps streams with nothing in
+ * flight open when UVCTX_COPY_KEEP_OPEN_IDLE asks for it (the context's
+ * end, the idle timeout). */
+typedef enum { OP_END_CLOSE = 0, OP_END_LEAVE_IDLE_OPEN } op_end_t;
+
+static void op_fail(op_t* op, int status, op_end_t how);
+static void op_abort(op_t* op, int status, op_end_t how);
 static void on_timer(uv_timer_t* t);
 static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at);
 static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at);
@@ -266,7 +272,7 @@ static void on_pool_wake(uvctx__pool_waiter_t* w) {
   d = UVCTX__CONTAINER_OF(w, dir_t, waiter);
   rc = read_resume(d);
   if (rc != 0)
-    op_abort(d->op, rc, 0);
+    op_abort(d->op, rc, OP_END_CLOSE);
 }
 
 /* Reading may go on while a free buffer exists and one more full buffer
@@ -294,7 +300,7 @@ static void dir_drained(dir_t* d) {
   d->shut.data = d;
   rc = uvctx_stream_shutdown(&d->shut, d->dst, on_shutdown);
   if (rc != 0) {
-    op_abort(op, rc, 0);
+    op_abort(op, rc, OP_END_CLOSE);
     return;
   }
   d->shutting = 1;
@@ -372,7 +378,8 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   if (op->watching && uvctx_err(op->ctx) != 0) {
     if (sl != NULL)
       slot_put(d, sl);
-    op_abort(op, uvctx_err(op->ctx), nread <= 0);
+    op_abort(op, uvctx_err(op->ctx),
+             nread <= 0 ? OP_END_LEAVE_IDLE_OPEN : OP_END_CLOSE);
     return;
   }
   if (nread > 0) {
@@ -431,7 +438,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   if (nread == UV_ENOBUFS) {
     read_pause(d);
     if (d->starved == UV_ENOMEM) {
-      op_abort(op, UV_ENOMEM, 0);
+      op_abort(op, UV_ENOMEM, OP_END_CLOSE);
     } else if (d->starved == UV_ENOBUFS) {
       /* The pool's budget is spent: read again when a buffer comes back
        * (one is out, since the budget holds at least one). */
@@ -554,13 +561,13 @@ static void dir_done(dir_t* d) {
 }
 
 /* Ends the operation with `status`: the context's error or the idle
- * timeout (soft), or an I/O error. A libuv write cannot be recalled, so
- * the streams are closed; their pending write callbacks then run with
- * UV_ECANCELED, and the operation completes after the last close callback.
- * Every close is counted before the first is started, so that a stream
- * kind which completes writes inside its close cannot make us complete
+ * timeout (which may leave idle streams open), or an I/O error. A libuv write
+ * cannot be recalled, so the streams are closed; their pending write callbacks
+ * then run with UV_ECANCELED, and the operation completes after the last close
+ * callback. Every close is counted before the first is started, so that a
+ * stream kind which completes writes inside its close cannot make us complete
  * early. */
-static void op_fail(op_t* op, int status, int soft) {
+static void op_fail(op_t* op, int status, op_end_t how) {
   unsigned i;
   int idle;
 
@@ -569,7 +576,7 @@ static void op_fail(op_t* op, int status, int soft) {
   /* A context done before its watch callback had its turn wins over an
    * I/O error or the idle timeout: the caller cancelled first, and an
    * error from the peer noticing that is not news. The watch still holds
-   * the context. (`soft` decides only whether idle streams stay open.) */
+   * the context. (`how` decides only whether idle streams stay open.) */
   if (op->watching && uvctx_err(op->ctx) != 0) {
     status = uvctx_err(op->ctx);
     op->err_at = UVCTX_PIPE_AT_NONE;
@@ -583,7 +590,8 @@ static void op_fail(op_t* op, int status, int soft) {
   for (i = 0; i < op->ndirs; i++)
     if (op->dir[i].inflight != 0 || op->dir[i].shutting)
       idle = 0;
-  if (soft && idle && (op->flags & UVCTX_COPY_KEEP_OPEN_IDLE)) {
+  if (how == OP_END_LEAVE_IDLE_OPEN && idle &&
+      (op->flags & UVCTX_COPY_KEEP_OPEN_IDLE)) {
     for (i = 0; i < op->ndirs; i++)
       read_pause(&op->dir[i]);
   } else {
@@ -598,8 +606,8 @@ static void op_fail(op_t* op, int status, int soft) {
 
 /* op_fail() and, if nothing is left in flight, the completion: the caller
  * must not touch the operation afterwards. */
-static void op_abort(op_t* op, int status, int soft) {
-  op_fail(op, status, soft);
+static void op_abort(op_t* op, int status, op_end_t how) {
+  op_fail(op, status, how);
   op_maybe_complete(op);
 }
 
@@ -611,7 +619,7 @@ static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at) {
     op->err_at = at;
     op->err_stream = s == op->streams[0] ? 0 : 1;
   }
-  op_fail(op, status, 0);
+  op_fail(op, status, OP_END_CLOSE);
 }
 
 static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at) {
@@ -678,7 +686,7 @@ static void on_watch(uvctx_watch_t* w, int err) {
 
   op = w->data;
   op->watching = 0;
-  op_abort(op, err != 0 ? err : UV_ECANCELED, 1);
+  op_abort(op, err != 0 ? err : UV_ECANCELED, OP_END_LEAVE_IDLE_OPEN);
 }
 
 /* One timer serves the idle timeout and the send timeout. Instead of
@@ -712,7 +720,7 @@ static void on_timer(uv_timer_t* t) {
         op->err_at = UVCTX_PIPE_AT_HALF_CLOSED;
         op->err_stream = op->fin_wait - 1;
       }
-      op_abort(op, UV_ETIMEDOUT, 1);
+      op_abort(op, UV_ETIMEDOUT, OP_END_LEAVE_IDLE_OPEN);
       return;
     }
     next = limit - el;
@@ -725,7 +733,7 @@ static void on_timer(uv_timer_t* t) {
        * slow: it is closed, as nginx's send_timeout does. */
       if (el >= limit) {
         op->send_timed_out = 1;
-        op_abort(op, UV_ETIMEDOUT, 0);
+        op_abort(op, UV_ETIMEDOUT, OP_END_CLOSE);
         return;
       }
       if (limit - el < next)
