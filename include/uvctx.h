@@ -114,16 +114,15 @@ UVCTX_EXTERN int uvctx_loop_adopt(uvctx_loop_t* l);
 /* Detaches uvctx from its loop. Returns UV_EBUSY, closing nothing, while any
  * context homed on the loop is still referenced, any watch homed on it is
  * pending (armed, or queued with its callback not yet run), a context homed
- * on another loop still has this loop's
- * background as its parent (use uvctx_loop_dump() to see which), or a trace
- * is still running on it (see uvctx_loop_trace_stop()); UV_EINVAL for NULL
- * or a binding already closing. On 0 the binding's handles are closing: run
- * the loop once more (uv_run(loop, UV_RUN_DEFAULT)) before uv_loop_close();
- * the deadline heap is freed at once, the binding in the last close
- * callback. The binding's life ends
- * when this returns 0: making contexts or watches on its background, or any
- * other use of it, is then undefined, as with a libuv handle after
- * uv_close(). Nothing checks this. Loop thread only. */
+ * on another loop still has this loop's background as its parent (use
+ * uvctx_loop_dump() to see which), or a trace is still running on it (see
+ * uvctx_loop_trace_stop()); UV_EINVAL for NULL or a binding already
+ * closing. On 0 the binding's handles are closing: run the loop once more
+ * (uv_run(loop, UV_RUN_DEFAULT)) before uv_loop_close(); the deadline heap
+ * is freed at once, the binding in the last close callback. The binding's
+ * life ends when this returns 0: making contexts or watches on its
+ * background, or any other use of it, is then undefined, as with a libuv
+ * handle after uv_close(). Nothing checks this. Loop thread only. */
 UVCTX_EXTERN int uvctx_loop_close(uvctx_loop_t* l);
 
 /* Writes a leak report to `out`: a header line with the number of live
