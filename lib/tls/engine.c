@@ -66,7 +66,7 @@ static void set_transport_reading(tls_t* t) {
   if (want) {
     rc = uvctx_stream_read_start(t->tr, tr_alloc, tr_read);
     if (rc != 0) {
-      uvctx__tls_fail(t, rc, 0);
+      uvctx__tls_fail(t, rc, UVCTX__TLS_QUIET);
       return;
     }
   } else {
@@ -188,7 +188,7 @@ static void read_plain(tls_t* t) {
         t->read_done = 1;
         uvctx_stream_emit_read(&t->tls->stream, err, &buf);
       }
-      uvctx__tls_fail(t, err, 1);
+      uvctx__tls_fail(t, err, UVCTX__TLS_ALERT);
       return;
     }
     if (got > 0) {
@@ -225,7 +225,7 @@ void uvctx__tls_step(tls_t* t) {
       if (dead(t))
         return;
     } else if (SSL_get_error(t->ssl, r) != SSL_ERROR_WANT_READ) {
-      uvctx__tls_fail(t, uvctx__tls_map_error(t, r), 1);
+      uvctx__tls_fail(t, uvctx__tls_map_error(t, r), UVCTX__TLS_ALERT);
       return;
     } else {
       ERR_clear_error();
@@ -246,7 +246,7 @@ void uvctx__tls_step(tls_t* t) {
   if (t->tr_eof && t->hs_state == HS_RUNNING) {
     snprintf(t->reason, sizeof(t->reason),
              "peer closed the connection during the handshake");
-    uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, 0);
+    uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, UVCTX__TLS_QUIET);
     return;
   }
   if (t->tr_eof && t->api == 0 && t->reading && !t->read_done &&
@@ -256,7 +256,7 @@ void uvctx__tls_step(tls_t* t) {
              "peer closed the connection without close_notify");
     t->read_done = 1;
     uvctx_stream_emit_read(&t->tls->stream, UVCTX_TLS_ETRUNCATED, &none);
-    uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, 0);
+    uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, UVCTX__TLS_QUIET);
     return;
   }
   set_transport_reading(t);
@@ -307,7 +307,7 @@ static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   if (nread == UV_ENOBUFS) {
     if (t->oom) {
       snprintf(t->reason, sizeof(t->reason), "out of memory");
-      uvctx__tls_fail(t, UV_ENOMEM, 0);
+      uvctx__tls_fail(t, UV_ENOMEM, UVCTX__TLS_QUIET);
       return;
     }
     /* rx is full: wait until SSL has read some of it. */
@@ -325,7 +325,7 @@ static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     t->tr_reading = 0;
     snprintf(t->reason, sizeof(t->reason), "transport: %s",
              uv_strerror((int)nread));
-    uvctx__tls_fail(t, (int)nread, 0);
+    uvctx__tls_fail(t, (int)nread, UVCTX__TLS_QUIET);
     return;
   }
   if (dead(t))
@@ -445,18 +445,18 @@ void uvctx__tls_close_transport(tls_t* t) {
 }
 
 /* A fatal error: record it, stop watching the context, send what OpenSSL
- * has to say (an alert) when asked, and close the transport. The alert is
- * handed to the transport before the close; a libuv stream writes it at
- * once when its queue is empty, so it usually leaves. Callbacks run from
- * the transport's close callback. */
-void uvctx__tls_fail(tls_t* t, int err, int send_alert) {
+ * has to say (an alert) when `how` asks for it, and close the transport. The
+ * alert is handed to the transport before the close; a libuv stream writes it
+ * at once when its queue is empty, so it usually leaves. Callbacks run from the
+ * transport's close callback. */
+void uvctx__tls_fail(tls_t* t, int err, uvctx__tls_fail_t how) {
   if (t->err != 0 || t->tr_state != TR_OPEN)
     return;
   if (err == 0)
     err = UVCTX_TLS_EPROTO;
   t->err = err;
   uvctx__tls_watch_stop(t);
-  if (send_alert)
+  if (how == UVCTX__TLS_ALERT)
     uvctx__tls_flush(t);
   ERR_clear_error();
   uvctx__tls_close_transport(t);
@@ -470,5 +470,5 @@ void uvctx__tls_watch_cb(uvctx_watch_t* w, int err) {
     return;
   snprintf(t->reason, sizeof(t->reason), "handshake aborted: %s",
            err == UV_ETIMEDOUT ? "deadline exceeded" : "context cancelled");
-  uvctx__tls_fail(t, err, 0);
+  uvctx__tls_fail(t, err, UVCTX__TLS_QUIET);
 }

@@ -39,7 +39,7 @@ static void tx_cb(uvctx_write_t* req, int status) {
     /* UV_ECANCELED here means we closed the transport: the session's own
      * error is already set and the close callback finishes the rest. */
     if (status != UV_ECANCELED || t->err == 0)
-      uvctx__tls_fail(t, status, 0);
+      uvctx__tls_fail(t, status, UVCTX__TLS_QUIET);
     return;
   }
   t->done_seq = seq;
@@ -71,7 +71,7 @@ void uvctx__tls_flush(tls_t* t) {
     rc = uvctx_stream_write(&tx->req, t->tr, &buf, 1, tx_cb);
     if (rc != 0) {
       uvctx__tls_tx_put(t, tx);
-      uvctx__tls_fail(t, rc, 0);
+      uvctx__tls_fail(t, rc, UVCTX__TLS_QUIET);
       return;
     }
     *t->fl_tail = tx;
@@ -146,7 +146,7 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
       ERR_clear_error();
       t->last_tx = NULL;
       if (SSL_write_ex(t->ssl, b.base + t->wq_off, want, &n) != 1) {
-        uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), 1);
+        uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), UVCTX__TLS_ALERT);
         return -1;
       }
       t->wq_off += want;
@@ -173,7 +173,7 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
     ERR_clear_error();
     r = SSL_shutdown(t->ssl);
     if (r < 0) {
-      uvctx__tls_fail(t, uvctx__tls_map_error(t, r), 0);
+      uvctx__tls_fail(t, uvctx__tls_map_error(t, r), UVCTX__TLS_QUIET);
       return -1;
     }
     t->sd_state = SD_NOTIFY;
@@ -204,5 +204,5 @@ static void maybe_shutdown_transport(tls_t* t) {
   t->tr_sd.data = t;
   rc = uvctx_stream_shutdown(&t->tr_sd, t->tr, tr_shutdown_cb);
   if (rc != 0)
-    uvctx__tls_fail(t, rc, 0);
+    uvctx__tls_fail(t, rc, UVCTX__TLS_QUIET);
 }

@@ -6,6 +6,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "common/debug.h"
 #include "tls/session.h"
 
 atomic_uint_fast64_t uvctx__tls_ssl_count;
@@ -152,21 +153,24 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
   tls_t* t;
   int rc;
 
-  if (tls == NULL || config == NULL || transport == NULL ||
-      uvctx_stream_is_closing(transport))
-    return UV_EINVAL;
-  if (config->role == UVCTX_TLS_SERVER && (!config->has_cert || server_name))
-    return UV_EINVAL;
+  if (tls == NULL || config == NULL || transport == NULL)
+    return UVCTX__EINVAL("tls, config or transport is NULL");
+  if (uvctx_stream_is_closing(transport))
+    return UVCTX__EINVAL("the transport is closing");
+  if (config->role == UVCTX_TLS_SERVER && !config->has_cert)
+    return UVCTX__EINVAL("a server configuration without a certificate");
+  if (config->role == UVCTX_TLS_SERVER && server_name)
+    return UVCTX__EINVAL("a server session takes no server name");
   /* Client certificates cannot verify against no CA. */
   if (config->role == UVCTX_TLS_SERVER &&
       config->client_auth != UVCTX_TLS_CLIENT_AUTH_NONE && !config->has_ca)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("client authentication without CA certificates");
   if (config->role == UVCTX_TLS_CLIENT && config->verify &&
       (server_name == NULL || server_name[0] == '\0'))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("a verifying client needs a server name");
   loop = uvctx_stream_loop(transport);
   if (loop == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the transport has no loop (detached?)");
 
   t = uvctx__calloc(1, sizeof(*t));
   if (t == NULL)
@@ -242,9 +246,10 @@ int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
   tls_t* t;
   int rc;
 
-  if (tls == NULL || cb == NULL || tls->impl_ == NULL ||
-      uvctx_stream_is_closing(&tls->stream))
-    return UV_EINVAL;
+  if (tls == NULL || cb == NULL)
+    return UVCTX__EINVAL("tls or cb is NULL");
+  if (tls->impl_ == NULL || uvctx_stream_is_closing(&tls->stream))
+    return UVCTX__EINVAL("the session is closed or closing");
   t = tls->impl_;
   if (t->err != 0)
     return t->err;
@@ -252,7 +257,7 @@ int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
     return UV_EALREADY;
   if (ctx != NULL) {
     if (uvctx_loop_uv(uvctx_home(ctx)) != uvctx_stream_loop(&tls->stream))
-      return UV_EINVAL;
+      return UVCTX__EINVAL("the context's home loop is not the session's");
     /* An already-done context is noticed from the loop, through the
      * watch: the abort then happens outside this call, as it must. */
     rc = uvctx_watch_start(&t->watch, ctx, uvctx__tls_watch_cb);

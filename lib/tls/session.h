@@ -223,7 +223,11 @@ void uvctx__tls_api_cycle(tls_t* t);
 void uvctx__tls_schedule(tls_t* t);
 void uvctx__tls_idle_close_cb(uv_handle_t* h);
 void uvctx__tls_close_transport(tls_t* t);
-void uvctx__tls_fail(tls_t* t, int err, int send_alert);
+/* How uvctx__tls_fail() ends the session: with OpenSSL's alert flushed to
+ * the peer first (a protocol error OpenSSL detected), or quietly (the
+ * transport failed, memory ran out, the context ended). */
+typedef enum { UVCTX__TLS_QUIET = 0, UVCTX__TLS_ALERT } uvctx__tls_fail_t;
+void uvctx__tls_fail(tls_t* t, int err, uvctx__tls_fail_t how);
 void uvctx__tls_watch_cb(uvctx_watch_t* w, int err);
 
 #endif /* UVCTX_TLS_SESSION_H */

@@ -11,8 +11,7 @@
 #include "uvctx/metrics.h"
 #include "uvctx/trace.h"
 
-/* ---- histograms
- * --------------------------------------------------------------- */
+/* ---- histograms ---------------------------------------------------------- */
 
 START_TEST(histogram_bounds) {
   unsigned i;
@@ -71,8 +70,7 @@ START_TEST(histogram_buckets_and_quantiles) {
 }
 END_TEST
 
-/* ---- loop stats
- * --------------------------------------------------------------- */
+/* ---- loop stats ---------------------------------------------------------- */
 
 static int fired;
 static void count_cb(uvctx_watch_t* w, int err) {
@@ -166,8 +164,7 @@ START_TEST(loop_stats_move) {
 }
 END_TEST
 
-/* ---- Prometheus text
- * ------------------------------------------------------------ */
+/* ---- Prometheus text ----------------------------------------------------- */
 
 /* A checker for the text exposition format 0.0.4, strict enough to catch
  * what Prometheus would reject: metric and label names, quoted and escaped
@@ -504,8 +501,7 @@ START_TEST(prometheus_real_loop) {
 }
 END_TEST
 
-/* ---- log fields
- * ------------------------------------------------------------------ */
+/* ---- log fields ---------------------------------------------------------- */
 
 static int fmt_str(const void* v, char* buf, size_t size) {
   return snprintf(buf, size, "%s", (const char*)v);
