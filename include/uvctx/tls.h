@@ -180,9 +180,10 @@ struct uvctx_tls_s {
  * a host name and is what the certificate must match: a host name against
  * DNS SANs only (no partial wildcards, never the subject CN), an IPv4/IPv6
  * literal against IP SANs (and then no SNI is sent). A verifying client
- * needs it: UV_EINVAL without. Also UV_EINVAL for NULL tls/config/transport,
- * a server configuration without a certificate, or one asking for client
- * certificates without CAs; UV_ENOMEM.
+ * needs it: UV_EINVAL without (or for ""). Also UV_EINVAL for NULL
+ * tls/config/transport, a closing or detached transport, or a server
+ * configuration without a certificate, with a server_name, or asking for
+ * client certificates without CAs; UV_ENOMEM.
  *
  * Nothing is sent until uvctx_tls_handshake(), or until the first read or
  * write, which start the handshake without a context. Plaintext writes are
@@ -219,10 +220,10 @@ UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
  * `ctx` must be homed on the session's loop; the session holds a reference
  * to it until cb has returned, so the caller may drop its own at once and
  * cb may still read its cause and values. Once the handshake is done the
- * context no longer matters to the session. UV_EINVAL for NULL tls/cb or a
- * context homed elsewhere; UV_EALREADY if a handshake was already started (by
- * this call or implicitly by a read or write); the session's error if it
- * failed. */
+ * context no longer matters to the session. UV_EINVAL for NULL tls/cb, a
+ * session closed or closing, or a context homed elsewhere; UV_EALREADY if a
+ * handshake was already started (by this call or implicitly by a read or
+ * write); the session's error if it failed. */
 UVCTX_EXTERN int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
                                      uvctx_tls_handshake_cb cb);
 
