@@ -220,9 +220,12 @@ struct uvctx_pipe_s {
  * finished (streams left open: you close them), or at the first error in
  * either direction, the idle timeout (progress in either direction resets
  * it) or the context (both streams closed, callback after their close
- * callbacks, as for uvctx_copy_start()). The options apply to each
- * direction (so the pool is 2 * buffers). a != b. Errors as for
- * uvctx_copy_start(). */
+ * callbacks, as for uvctx_copy_start()). A half-close of one side that
+ * fails with UV_ENOTCONN or UV_EPIPE (the peer closed its whole socket;
+ * every write of that direction had completed) counts as that direction
+ * finished, not failed; a one-way copy reports such a shutdown error. The
+ * options apply to each direction (so the pool is 2 * buffers). a != b.
+ * Errors as for uvctx_copy_start(). */
 UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
                                   uvctx_stream_t* a, uvctx_stream_t* b,
                                   const uvctx_copy_options_t* opts,
@@ -230,7 +233,7 @@ UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
 
 /* Bytes written each way so far (the final counts once done), for progress
  * reports and metrics while a long transfer runs. Loop thread. Either
- * pointer may be NULL. */
+ * pointer may be NULL; a NULL `p` stores nothing. */
 UVCTX_EXTERN void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
                                    uint64_t* b_to_a);
 

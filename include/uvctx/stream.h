@@ -191,7 +191,8 @@ UVCTX_EXTERN void uvctx_stream_close(uvctx_stream_t* s,
 
 /* Bytes accepted by uvctx_stream_write() that the stream has not yet handed
  * to the operating system (libuv: uv_stream_get_write_queue_size(); TLS:
- * plaintext not yet encrypted plus ciphertext not yet written). Still asked
+ * plaintext bytes, those not yet encrypted plus those whose records are not
+ * yet all written, so a copy's high-water mark holds exactly). Still asked
  * of the implementation while the stream is closing; 0 for NULL and once the
  * implementation has reported the close done. */
 UVCTX_EXTERN size_t uvctx_stream_write_queue_size(const uvctx_stream_t* s);
