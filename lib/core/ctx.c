@@ -38,11 +38,6 @@ void uvctx__unlock(void) {
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static int is_cancellable(const uvctx_t* c) {
-  return c->kind == UVCTX__CANCEL || c->kind == UVCTX__DEADLINE ||
-         c->kind == UVCTX__ANY;
-}
-
 int uvctx__valid(const uvctx_t* c) {
   return c != NULL && c->kind <= UVCTX__DETACHED;
 }
@@ -64,22 +59,8 @@ int uvctx__err_code(int stored) {
   }
 }
 
-static void link_add(uvctx__link_t** head, uvctx__link_t* l) {
-  l->next = *head;
-  if (l->next != NULL)
-    l->next->pprev = &l->next;
-  *head = l;
-  l->pprev = head;
-}
-
 void uvctx__unlink(uvctx__link_t* l) {
-  if (l->pprev == NULL)
-    return;
-  *l->pprev = l->next;
-  if (l->next != NULL)
-    l->next->pprev = l->pprev;
-  l->next = NULL;
-  l->pprev = NULL;
+  UVCTX__LIST_REMOVE(l, next, pprev);
 }
 
 static void unlink_all(uvctx_t* c) {
@@ -93,7 +74,7 @@ static void unlink_all(uvctx_t* c) {
 }
 
 void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* l) {
-  link_add(&c->home->orphans, l);
+  UVCTX__LIST_INSERT_HEAD(&c->home->orphans, l, next, pprev);
 }
 
 uvctx__msg_t* uvctx__msg_new(const char* text) {
@@ -138,19 +119,15 @@ uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
   return c;
 }
 
-/* [lock] Lists a new child under the nearest cancellable ancestor of
- * `parent`. Returns 0 when linked, 1 when that ancestor is already done (the
- * child must be born done from it), 2 when the ancestor is never done. */
-int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* l,
-                                 uvctx_t* parent) {
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
+                                             uvctx_t* parent) {
   uvctx_t* t = uvctx__state_of(parent);
-  (void)child;
-  if (!is_cancellable(t))
-    return 2;
+  if (!uvctx__cancellable_kind(t->kind))
+    return UVCTX__PARENT_NEVER_DONE;
   if (atomic_load_explicit(&t->err, memory_order_relaxed) != UVCTX__LIVE)
-    return 1;
-  link_add(&t->u1.children, l);
-  return 0;
+    return UVCTX__PARENT_DONE;
+  UVCTX__LIST_INSERT_HEAD(&t->u1.children, l, next, pprev);
+  return UVCTX__LINKED;
 }
 
 /* [lock] A child of a done context copies its error and cause. */
@@ -170,19 +147,19 @@ void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d) {
     parent->home->n_foreign += (uint64_t)d;
 }
 
-/* Links a new child into the tree, born done if its parent is. */
-static void attach_locked(uvctx_t* c, uvctx_t* parent) {
-  switch (uvctx__register_child_locked(c, &c->link, parent)) {
-    case 0:
+void uvctx__attach_locked(uvctx_t* c, uvctx_t* parent) {
+  switch (uvctx__register_child_locked(&c->link, parent)) {
+    case UVCTX__LINKED:
       break;
-    case 1:
+    case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(c, parent);
       break;
-    default:
+    case UVCTX__PARENT_NEVER_DONE:
       uvctx__orphan_locked(c, &c->link);
       break;
   }
-  UVCTX__COUNT_LOCKED(c, 1);
+  uvctx__count_live_locked(c->home, c->kind, 1);
+  uvctx__count_created_locked(c->home);
   uvctx__foreign_locked(c, parent, 1);
 }
 
@@ -277,9 +254,18 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
   c->home->cancels += same_home;
 }
 
+/* The preconditions uvctx_cancel() and uvctx_cancel_cause() share,
+ * checked in each so that a misuse report names the function called. */
+#define REQUIRE_CANCELLABLE(c)                                           \
+  do {                                                                   \
+    UVCTX__REQUIRE(uvctx__valid(c), "c is not a context");               \
+    UVCTX__REQUIRE(uvctx__cancellable_kind((c)->kind),                   \
+                   "the context cannot be cancelled (background, value " \
+                   "or without_cancel)");                                \
+  } while (0)
+
 int uvctx_cancel(uvctx_t* c) {
-  if (!uvctx__valid(c) || !is_cancellable(c))
-    return UV_EINVAL;
+  REQUIRE_CANCELLABLE(c);
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
   uvctx__lock();
@@ -291,8 +277,8 @@ int uvctx_cancel(uvctx_t* c) {
 int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
   uvctx__msg_t* m = NULL;
   int rc = 0;
-  if (!uvctx__valid(c) || !is_cancellable(c) || cause >= 0)
-    return UV_EINVAL;
+  REQUIRE_CANCELLABLE(c);
+  UVCTX__REQUIRE(cause < 0, "cause is not a negative error code");
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
   if (msg != NULL) {
@@ -310,8 +296,7 @@ int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
 /* ---- readers ------------------------------------------------------------- */
 
 int uvctx_err(const uvctx_t* c) {
-  if (c == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(c != NULL, "c is NULL");
   c = uvctx__state_of(c);
   return uvctx__err_code(
       atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_acquire));
@@ -321,8 +306,7 @@ int uvctx_cause(const uvctx_t* c, const char** msg) {
   int e;
   if (msg != NULL)
     *msg = NULL;
-  if (c == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(c != NULL, "c is NULL");
   c = uvctx__state_of(c);
   e = atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_acquire);
   if (e == UVCTX__LIVE)
@@ -336,20 +320,16 @@ uvctx_loop_t* uvctx_home(const uvctx_t* c) {
   return c != NULL ? c->home : NULL;
 }
 
-/* ---- constructors
- * ------------------------------------------------------------ */
+/* ---- constructors -------------------------------------------------------- */
 
 static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
                        void* site) {
-  uvctx_t* c;
-  if (!uvctx__valid(parent) || out == NULL || home == NULL)
-    return UV_EINVAL;
-  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
   uvctx__lock();
-  attach_locked(c, parent);
+  uvctx__attach_locked(c, parent);
   uvctx__unlock();
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
@@ -358,11 +338,13 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
 }
 
 int uvctx_with_cancel(uvctx_t* parent, uvctx_t** out) {
-  return with_cancel(parent, parent != NULL ? parent->home : NULL, out,
-                     __builtin_return_address(0));
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  return with_cancel(parent, parent->home, out, __builtin_return_address(0));
 }
 
 int uvctx_with_cancel_on(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out) {
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  UVCTX__REQUIRE(home != NULL, "home is NULL");
   return with_cancel(parent, home, out, __builtin_return_address(0));
 }
 
@@ -372,11 +354,10 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
   size_t i, j;
   int linked = 0;
 
-  if (parents == NULL || n == 0 || out == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(parents != NULL && n > 0, "no parents");
+  UVCTX__REQUIRE(out != NULL, "out is NULL");
   for (i = 0; i < n; i++)
-    if (!uvctx__valid(parents[i]))
-      return UV_EINVAL;
+    UVCTX__REQUIRE(uvctx__valid(parents[i]), "a parent is not a context");
   if (n > (SIZE_MAX - sizeof(*a)) / sizeof(a->extra[0]))
     return UV_ENOMEM;
 
@@ -403,7 +384,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
   uvctx__lock();
   for (i = 0; i < n && done_from == NULL; i++) {
     uvctx_t* t = uvctx__state_of(parents[i]);
-    if (is_cancellable(t) &&
+    if (uvctx__cancellable_kind(t->kind) &&
         atomic_load_explicit(&t->err, memory_order_relaxed) != UVCTX__LIVE)
       done_from = t;
   }
@@ -419,13 +400,14 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
       for (j = 0; j < i; j++)
         if (uvctx__state_of(parents[j]) == t)
           dup = 1;
-      if (!dup && uvctx__register_child_locked(&a->base, l, parents[i]) == 0)
+      if (!dup && uvctx__register_child_locked(l, parents[i]) == UVCTX__LINKED)
         linked = 1;
     }
     if (!linked)
       uvctx__orphan_locked(&a->base, &a->base.link);
   }
-  UVCTX__COUNT_LOCKED(&a->base, 1);
+  uvctx__count_live_locked(a->base.home, UVCTX__ANY, 1);
+  uvctx__count_created_locked(a->base.home);
   for (i = 0; i < n; i++)
     uvctx__foreign_locked(&a->base, parents[i], 1);
   uvctx__unlock();
@@ -435,8 +417,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
   return 0;
 }
 
-/* ---- references and freeing
- * -------------------------------------------------- */
+/* ---- references and freeing ---------------------------------------------- */
 
 uvctx_t* uvctx_ref(uvctx_t* c) {
   if (c != NULL && c->kind != UVCTX__BACKGROUND)
@@ -499,7 +480,7 @@ void uvctx_unref(uvctx_t* c) {
       if (d->heap_index != UVCTX__NO_HEAP)
         uvctx__heap_remove_locked(n->home, d);
     }
-    UVCTX__COUNT_LOCKED(n, -1);
+    uvctx__count_live_locked(n->home, n->kind, -1);
     if (UVCTX__TRACING())
       uvctx__trace_free(n);
     n->link.next = dead != NULL ? &dead->link : NULL;
@@ -525,7 +506,7 @@ void uvctx_unref(uvctx_t* c) {
 void uvctx_release(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (is_cancellable(c))
+  if (uvctx__cancellable_kind(c->kind))
     uvctx_cancel(c);
   uvctx_unref(c);
 }

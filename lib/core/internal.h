@@ -1,7 +1,7 @@
 /* Internals of the core layer (lib/core/): the context and loop layouts,
- * the library lock, the deadline heap and the trace hooks, each section
- * labelled with the file that defines it. Nothing here is
- * part of the public API. */
+ * the library lock, the timer source, the mailbox and the trace hooks, each
+ * section labelled with the file that defines what it declares. Nothing
+ * here is part of the public API. */
 #ifndef UVCTX_INTERNAL_H
 #define UVCTX_INTERNAL_H
 
@@ -12,6 +12,8 @@
 #include "uvctx.h"
 
 #include "common/alloc.h"
+#include "common/debug.h"
+#include "common/list.h"
 
 /* ---- the library lock (core/ctx.c) --------------------------------------- */
 
@@ -34,6 +36,28 @@ enum {
   UVCTX__VALUE,    /* with_value */
   UVCTX__DETACHED  /* without_cancel */
 };
+
+/* In a public function: returns UV_EINVAL, reported under UVCTX_DEBUG with
+ * the function's name and `reason`, unless `cond` holds. */
+#define UVCTX__REQUIRE(cond, reason) \
+  do {                               \
+    if (!(cond))                     \
+      return UVCTX__EINVAL(reason);  \
+  } while (0)
+
+/* What every constructor checks itself, so that a misuse report names the
+ * function called. */
+#define UVCTX__REQUIRE_PARENT_OUT(parent, out)                       \
+  do {                                                               \
+    UVCTX__REQUIRE(uvctx__valid(parent), "parent is not a context"); \
+    UVCTX__REQUIRE((out) != NULL, "out is NULL");                    \
+  } while (0)
+
+/* The kinds that have a done state of their own: only they can be
+ * cancelled, only they list children and watches. */
+static inline int uvctx__cancellable_kind(int kind) {
+  return kind == UVCTX__CANCEL || kind == UVCTX__DEADLINE || kind == UVCTX__ANY;
+}
 
 /* Error codes stored in uvctx_s.err, a byte. */
 enum { UVCTX__LIVE = 0, UVCTX__ERR_CANCELED = 1, UVCTX__ERR_TIMEDOUT = 2 };
@@ -114,13 +138,17 @@ typedef struct uvctx__any_s {
 #define UVCTX__NO_DEADLINE UINT64_MAX
 #define UVCTX__NO_HEAP UINT32_MAX
 
-/* ---- the loop binding (core/loop.c) -------------------------------------- */
+/* ---- the loop binding (core/loop.c, core/timer.c, core/mailbox.c) ------ */
+
+typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
 struct uvctx_loop_s {
   uv_loop_t* uv;
   uvctx_t background;
-  uv_async_t mailbox;   /* unreferenced except while local work is queued */
-  uv_timer_t timer;     /* the deadline timer */
+  /* The mailbox (core/mailbox.c): unreferenced except while callbacks
+   * queued from the loop's own thread are due. */
+  uv_async_t mailbox;
+  uv_timer_t timer;     /* the deadline source (core/timer.c) */
   uv_prepare_t prepare; /* records the thread running the loop */
   /* UVCTX_LOOP_HIRES_DEADLINES: a timerfd under a uv_poll_t replaces the
    * uv_timer_t as the deadline source (hires_fd is -1 otherwise). */
@@ -130,6 +158,14 @@ struct uvctx_loop_s {
   int closing;
   int handles_open;
   int mailbox_refd; /* loop thread only */
+  /* What the two mechanisms call instead of calling up into the layers
+   * that use them, set by uvctx_loop_init(): the timer source hands each
+   * expired deadline to `expire`, which must take it out of the heap; the
+   * mailbox calls `wake_locked` (under the lock) when it wakes up, and
+   * `deliver` (without it) for each watch it takes off its queue. */
+  void (*expire)(uvctx__deadline_t* d, uint64_t now, uint64_t late);
+  void (*wake_locked)(uvctx_loop_t* l);
+  void (*deliver)(uvctx_watch_t* w, int err);
   /* [lock] everything below */
   uvctx_loop_t* next_loop; /* the registry of loops, for dumps */
   uvctx_loop_t** pprev_loop;
@@ -156,8 +192,6 @@ struct uvctx_loop_s {
   uint64_t deadlines_fired;
   uvctx_histogram_t propagation;
   uvctx_histogram_t lateness;
-  /* Contexts homed here still referenced: the sum of n_kind, see
-   * uvctx__live_locked(). */
   /* Contexts homed on other loops whose parent is this loop's background:
    * the background is not reference counted, so they are counted here to
    * keep the binding from closing under them. */
@@ -169,18 +203,10 @@ struct uvctx_loop_s {
 /* One cancel operation, as seen by the watches it makes due: its id links
  * a trace's cancel event to the callbacks it caused, its time measures the
  * propagation delay. */
-typedef struct uvctx__cancel_op_s {
+struct uvctx__cancel_op_s {
   uint64_t id;
   uint64_t time; /* uv_hrtime() at the cancel */
-} uvctx__cancel_op_t;
-
-/* [lock] Counts a context in or out of its home's gauges. */
-#define UVCTX__COUNT_LOCKED(c, d)                  \
-  do {                                             \
-    (c)->home->n_kind[(c)->kind] += (uint64_t)(d); \
-    if ((d) > 0)                                   \
-      (c)->home->created++;                        \
-  } while (0)
+};
 
 /* Watch states (uvctx_watch_t.state_). */
 enum {
@@ -191,16 +217,45 @@ enum {
 
 /* ---- defined in core/loop.c ---------------------------------------------- */
 uvctx_loop_t* uvctx__registry_locked(void);
+/* [lock] Contexts homed on `l` still referenced: the sum of n_kind. */
 uint64_t uvctx__live_locked(const uvctx_loop_t* l);
+/* [lock] A context of kind `kind` homed on `l` comes (d = 1) or goes
+ * (d = -1). Creation is counted apart, by uvctx__count_created_locked(). */
+void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d);
+void uvctx__count_created_locked(uvctx_loop_t* l);
 int uvctx__on_loop_thread(const uvctx_loop_t* l);
-/* [lock] Queues a watch whose context is done and makes sure its home loop
- * will run the callback: from the loop's own thread the mailbox is
- * referenced so that uv_run() does not return first. */
-void uvctx__dispatch_locked(uvctx_watch_t* w, int err, uvctx__cancel_op_t* op);
-/* [lock] The loop's timer needs re-syncing (heap top or watch count
- * changed): done now on the loop's thread, else through the mailbox. */
+
+/* ---- defined in core/timer.c: the deadline source ------------------------ */
+/* Starts and closes the source's handles: the uv_timer_t, and the poll
+ * handle over `hires_fd` if it is not -1 (the timerfd is closed with it).
+ * Each closed handle calls close_cb, whose `data` is the binding. */
+int uvctx__timer_init(uvctx_loop_t* l, int hires_fd);
+void uvctx__timer_close(uvctx_loop_t* l, uv_close_cb close_cb);
+int uvctx__timer_is_hires_handle(const uvctx_loop_t* l, const uv_handle_t* h);
+int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
+/* [lock] The heap of armed deadlines, earliest first. */
+int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+/* [lock] The source needs re-syncing (heap top or watch count changed):
+ * done now on the loop's thread, else through the mailbox. */
 void uvctx__timer_touch_locked(uvctx_loop_t* l);
+/* [lock, loop thread] Re-arms the source for the heap's top and references
+ * it only while a watch could be fired by a deadline; also the mailbox's
+ * wake_locked hook. */
 void uvctx__timer_sync_locked(uvctx_loop_t* l);
+
+/* ---- defined in core/mailbox.c: the mailbox ------------------------------ */
+int uvctx__mailbox_init(uvctx_loop_t* l);
+void uvctx__mailbox_close(uvctx_loop_t* l, uv_close_cb close_cb);
+/* [lock] Wakes the loop's thread; from that thread itself, also keeps
+ * uv_run() alive until the queue is drained if `keep_alive`. */
+void uvctx__mailbox_wake_locked(uvctx_loop_t* l, int keep_alive);
+/* [lock] Queues a watch whose context is done, with its error, and wakes
+ * the home loop, which will pass it to its deliver hook. */
+void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
+                                uvctx__cancel_op_t* op);
+/* [lock] Takes a queued watch off the queue (a stop that prevents it). */
+void uvctx__mailbox_unpost_locked(uvctx_watch_t* w);
 
 /* ---- defined in core/ctx.c ----------------------------------------------- */
 /* [lock] Marks `c` and its whole subtree done, iteratively. `now` is the
@@ -215,8 +270,18 @@ void uvctx__msg_unref(uvctx__msg_t* m);
  * the nearest non-value ancestor for values. */
 uvctx_t* uvctx__state_of(const uvctx_t* c);
 int uvctx__err_code(int stored);
-int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* link,
-                                 uvctx_t* parent);
+/* What uvctx__register_child_locked() did with a new child's link. */
+typedef enum {
+  UVCTX__LINKED,           /* listed under the nearest cancellable ancestor */
+  UVCTX__PARENT_DONE,      /* not listed: that ancestor is already done */
+  UVCTX__PARENT_NEVER_DONE /* not listed: no ancestor can ever be done */
+} uvctx__attach_t;
+/* [lock] Lists `l`, a link of a new child, under the nearest cancellable
+ * ancestor of `parent` if that one is live. */
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l, uvctx_t* parent);
+/* [lock] Links a new single-parent child into the tree, born done if its
+ * parent is, and counts it. */
+void uvctx__attach_locked(uvctx_t* c, uvctx_t* parent);
 void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* link);
 void uvctx__unlink(uvctx__link_t* link);
 uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
@@ -228,15 +293,19 @@ void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
 int uvctx__valid(const uvctx_t* c);
 
 /* ---- defined in core/deadline.c ------------------------------------------ */
-int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
-void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 uint64_t uvctx__deadline_of(const uvctx_t* c);
-void uvctx__timer_cb(uv_timer_t* t);
-void uvctx__hires_cb(uv_poll_t* p, int status, int events);
-int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
+/* [lock, loop thread] The timer source's expire hook: cancels `d`. */
+void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
+                                   uint64_t late);
 
-/* ---- trace hooks (core/trace_hooks.c)
- * ----------------------------------------- */
+/* ---- defined in core/watch.c --------------------------------------------- */
+/* [lock] Makes every watch of done context `c` due. */
+void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op);
+/* The mailbox's deliver hook: runs the callback of a watch taken off the
+ * queue and drops the watch's reference. Loop thread, without the lock. */
+void uvctx__watch_deliver(uvctx_watch_t* w, int err);
+
+/* ---- trace hooks (core/trace_hooks.c) ----------------------------------- */
 
 /* The core calls the hooks only while uvctx__tracing is non-zero (some loop
  * has a trace ring attached), so that they cost one relaxed load when
@@ -302,9 +371,5 @@ uint16_t uvctx__trace_thread(void);
 void uvctx__trace_ring_attach_locked(uvctx__trace_ring_t* r);
 uvctx__trace_ring_t* uvctx__trace_ring_find_locked(const uvctx_loop_t* l);
 uvctx__trace_ring_t* uvctx__trace_ring_detach_locked(const uvctx_loop_t* l);
-
-/* ---- defined in core/watch.c --------------------------------------------- */
-void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op);
-void uvctx__mailbox_drain(uvctx_loop_t* l);
 
 #endif /* UVCTX_INTERNAL_H */

@@ -6,8 +6,10 @@
 #include "core/internal.h"
 
 int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
-  if (l == NULL || out == NULL)
-    return UV_EINVAL;
+  if (l == NULL)
+    return UVCTX__EINVAL("loop is NULL");
+  if (out == NULL)
+    return UVCTX__EINVAL("out is NULL");
   memset(out, 0, sizeof(*out));
   uvctx__lock();
   out->contexts = uvctx__live_locked(l);

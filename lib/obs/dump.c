@@ -103,8 +103,7 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
           print_ctx(out, c);
         if (atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed) !=
                 UVCTX__LIVE ||
-            (c->kind != UVCTX__CANCEL && c->kind != UVCTX__DEADLINE &&
-             c->kind != UVCTX__ANY))
+            !uvctx__cancellable_kind(c->kind))
           continue;
         for (ch = c->u1.children; ch != NULL; ch = ch->next) {
           if (len == cap) {
