@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/debug.h"
 #include "core/internal.h"
 
 /* [lock] All live bindings, for uvctx_loop_dump() of trees that span
@@ -170,17 +171,18 @@ uvctx_t* uvctx_background(uvctx_loop_t* l) {
   return l != NULL ? &l->background : NULL;
 }
 
-void uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
+int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   if (out == NULL)
-    return;
+    return UVCTX__EINVAL("out is NULL");
   memset(out, 0, sizeof(*out));
   if (l == NULL)
-    return;
+    return UVCTX__EINVAL("the loop binding is NULL");
   uvctx__lock();
   out->contexts = uvctx__live_locked(l);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
   uvctx__unlock();
+  return 0;
 }
 
 void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {

@@ -21,3 +21,7 @@ if(TARGET uvctx-trace)
             $<TARGET_FILE:uvctx-trace> ${CMAKE_CURRENT_LIST_DIR}/trace)
   set_tests_properties(trace_tool PROPERTIES TIMEOUT 60 LABELS tools)
 endif()
+
+# Misuse reports (UVCTX_DEBUG): one line per broken precondition.
+uvctx_add_test(test_misuse SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_misuse.c
+  TIMEOUT 120)

@@ -1,4 +1,4 @@
-/* test_misuse.c pins the misuse reports of the core: every broken
+/* test_ctx_misuse.c pins the misuse reports of the core: every broken
  * precondition of a core public function returns UV_EINVAL, and with
  * UVCTX_DEBUG=1 in the environment also writes one line to stderr naming
  * the function called (not an internal helper) and the precondition;
