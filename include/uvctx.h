@@ -107,10 +107,10 @@ UVCTX_EXTERN int uvctx_loop_close(uvctx_loop_t* l);
 
 /* Writes one line per live context homed on `l` (kind, parent, reference
  * count, state, where it was created) and the pending watch count to `out`.
- * Loop thread only. The report is composed in memory under the library
- * lock and written to `out` after it is released, so a slow or blocking
- * stream stalls only the caller (without memory for that, it is written
- * under the lock). */
+ * Loop thread only. The report is composed in memory, each loop's part
+ * under that loop's lock only, and written to `out` after every lock is
+ * released, so a slow or blocking stream stalls only the caller (without
+ * memory for that, it is written under the locks). */
 UVCTX_EXTERN void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out);
 
 /* The uv_loop_t the binding was made for. */

@@ -71,7 +71,7 @@ failed=0
 : >"$gofile"
 
 # The core programs first, in a fixed order, then every other benchmark.
-core="bench_ctx bench_mem bench_xthread bench_deadline"
+core="bench_ctx bench_mem bench_xthread bench_deadline bench_scaling"
 others=$(for f in $targets; do
   [ "$core_only" = 1 ] && break
   case " $core " in *" $f "*) ;; *) echo "$f" ;; esac
@@ -112,7 +112,7 @@ if [ "$with_go" = 1 ] && command -v go >/dev/null 2>&1; then
   log "running the Go peer ($(go version | cut -d' ' -f3))"
   (cd "$root/bench/peers/go" &&
     go test -count=1 -run '^$' -benchtime="$gotime" \
-      -bench '^Benchmark(WithCancel|WithTimeout|Value|Fanout|Chain)' &&
+      -bench '^Benchmark(WithCancel|WithTimeout|Value|Fanout|Chain|Scaling)' &&
     go test -count=1 -run '^$' -benchtime="$memtime" -bench '^BenchmarkMem') \
     >"$gofile" 2>&1 ||
     { log "Go peer FAILED"; tail -20 "$gofile" >&2; failed=1; }
@@ -174,8 +174,19 @@ BEGIN {
       scen = "cancel_fanout_" substr(name, 17); unit = "ns/child"
     } else if (name ~ /^BenchmarkChain\//) {
       scen = "cancel_chain_" substr(name, 16); unit = "ns/level"
+    } else if (name ~ /^BenchmarkScaling\//) {
+      # BenchmarkScaling/own_root/t2 -> scaling_own_root_t2_ns
+      scen = substr(name, 18); sub(/\//, "_", scen)
+      scen = "scaling_" scen "_ns"; unit = "ns/op"
     } else continue
     for (i = 2; i < n; i++) if (f[i + 1] == unit) go[scen] = f[i]
+  }
+  # Go's own speedups, beside bench_scaling's scaling_<shape>_t<N>.
+  split("own_root branch shared", shapes, " ")
+  for (s in shapes) for (k = 2; k <= 4; k *= 2) {
+    one = "scaling_" shapes[s] "_t1_ns"; many = "scaling_" shapes[s] "_t" k "_ns"
+    if ((one in go) && (many in go) && go[many] > 0)
+      go["scaling_" shapes[s] "_t" k] = go[one] / go[many]
   }
   # The targets of issue 2 (docs: DESIGN.md, Performance targets).
   t["with_cancel_cancel_unref"] = "ratio<=0.3"
@@ -199,6 +210,17 @@ BEGIN {
   t["tls13_copy_aes_128_gcm"] = "ratio>=0.8"
   t["relay_throughput@socat"] = "ratio>=1"
   t["relay_throughput@bare_libuv_relay"] = "ratio>=0.95"
+  # Churn from several loops (bench_scaling): speedups over one
+  # thread; wall ns per operation against Go's (lower is ahead).
+  t["scaling_own_root_t2"] = "value>=1.8"
+  t["scaling_own_root_t4"] = "value>=1.6"
+  t["scaling_branch_t2"] = "value>=1.8"
+  t["scaling_branch_t4"] = "value>=1.6"
+  t["scaling_shared_t2"] = "value>=0.9"
+  t["scaling_shared_t4"] = "value>=0.8"
+  t["scaling_own_root_t2_ns"] = "ratio<=1"
+  t["scaling_branch_t2_ns"] = "ratio<=1"
+  t["scaling_shared_t2_ns"] = "ratio<=0.667"
   printf "%-39s %20s %24s %7s %18s %5s\n", "scenario", "uvctx", "peer",
     "ratio", "target", "met?"
 }

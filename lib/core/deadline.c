@@ -62,12 +62,18 @@ void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
                        now);
 }
 
+void uvctx__deadline_expired(uvctx_loop_t* l) {
+  if (l->deferred != NULL)
+    uvctx__cancel_deferred(l);
+}
+
 /* `now` is the uv_hrtime() the deadline was computed from, or 0 to read the
  * clock after linking. */
 static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
                          int cause, const char* msg, uvctx_t** out,
                          void* site) {
   uvctx__deadline_t* d;
+  uvctx_loop_t* h = parent->home;
   uint64_t inherited;
   int rc = 0;
 
@@ -89,13 +95,15 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   d->deadline = deadline < inherited ? deadline : inherited;
   uvctx_ref(parent);
 
-  uvctx__lock();
+  /* A deadline context shares its parent's home, and so the lock of the
+   * list it goes on. */
+  uvctx__lock_acquire(&h->lock);
   switch (uvctx__register_child_locked(&d->base.link, parent)) {
     case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(&d->base, parent);
       break;
     case UVCTX__PARENT_NEVER_DONE:
-      uvctx__orphan_locked(&d->base, &d->base.link);
+      uvctx__orphan_locked(&d->base);
       rc = arm_locked(d, deadline, inherited, now);
       break;
     case UVCTX__LINKED:
@@ -104,7 +112,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   }
   if (rc != 0) {
     uvctx__unlink(&d->base.link);
-    uvctx__unlock();
+    uvctx__lock_release(&h->lock);
     uvctx__msg_unref(d->dl_msg);
     uvctx__free(d);
     uvctx_unref(parent);
@@ -112,7 +120,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   }
   uvctx__count_live_locked(d->base.home, UVCTX__DEADLINE, 1);
   uvctx__count_created_locked(d->base.home);
-  uvctx__unlock();
+  uvctx__lock_release(&h->lock);
   if (UVCTX__TRACING())
     uvctx__trace_create(&d->base);
   *out = &d->base;

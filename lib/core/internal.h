@@ -1,7 +1,7 @@
-/* Internals of the core layer (lib/core/): the context and loop layouts,
- * the library lock, the timer source, the mailbox and the trace hooks, each
- * section labelled with the file that defines what it declares. Nothing
- * here is part of the public API. */
+/* Internals of the core layer (lib/core/): the locks, the context and loop
+ * layouts, the timer source, the mailbox and the trace hooks, each section
+ * labelled with the file that defines what it declares. Nothing here is
+ * part of the public API. */
 #ifndef UVCTX_INTERNAL_H
 #define UVCTX_INTERNAL_H
 
@@ -15,16 +15,35 @@
 #include "common/debug.h"
 #include "common/list.h"
 
-/* ---- the library lock (core/ctx.c) --------------------------------------- */
+/* ---- locks (core/lock.c: what each guards, and the order) --------------- */
 
-/* One process-wide lock guards the shape of every context tree (children
- * lists, orphan lists), the watch lists, the dispatch queues and the deadline
- * heaps. Readers of err/cause/values/deadline never take it. It is a
- * test-and-test-and-set spinlock that yields after a short spin: critical
- * sections are a few pointer writes, except a cancel, which walks the
- * subtree it cancels. */
+/* A lock word: an atomic exchange to take it, a plain store to release it,
+ * a waiter that backs off to sleeping (see core/lock.c). */
+typedef struct uvctx__lock_s {
+  atomic_int word;
+} uvctx__lock_t;
+
+void uvctx__lock_slow(uvctx__lock_t* k);
+
+static inline void uvctx__lock_acquire(uvctx__lock_t* k) {
+  if (atomic_exchange_explicit(&k->word, 1, memory_order_acquire))
+    uvctx__lock_slow(k);
+}
+
+static inline void uvctx__lock_release(uvctx__lock_t* k) {
+  atomic_store_explicit(&k->word, 0, memory_order_release);
+}
+
+/* The trace lock: the trace rings and their list, nothing else. Taken
+ * last, after any loop lock. */
 void uvctx__lock(void);
 void uvctx__unlock(void);
+
+/* The cross-loop barrier: `d` contexts taken by a cancel to be cancelled
+ * under another loop's lock (d > 0), or done with (d < 0); and the wait,
+ * with no lock held, until none is pending anywhere. */
+void uvctx__barrier_add(long d);
+void uvctx__barrier_wait(void);
 
 /* ---- contexts (core/ctx.c, core/deadline.c, core/value.c) ---------------- */
 
@@ -59,6 +78,15 @@ static inline int uvctx__cancellable_kind(int kind) {
   return kind == UVCTX__CANCEL || kind == UVCTX__DEADLINE || kind == UVCTX__ANY;
 }
 
+/* Where a context's own link is (uvctx_s.where), and so which lock guards
+ * it (core/lock.c). */
+enum {
+  UVCTX__AT_NONE = 0, /* on no list */
+  UVCTX__AT_PARENT,   /* on its parent's children list: the parent's lock */
+  UVCTX__AT_ORPHAN,   /* on its home's orphan list: its home's lock */
+  UVCTX__AT_TAKEN     /* taken by a cancel, which will make it an orphan */
+};
+
 /* Error codes stored in uvctx_s.err, a byte. */
 enum { UVCTX__LIVE = 0, UVCTX__ERR_CANCELED = 1, UVCTX__ERR_TIMEDOUT = 2 };
 
@@ -80,18 +108,19 @@ typedef struct uvctx__msg_s {
 
 /* The common head of every context. Cancel contexts are exactly this struct
  * (72 bytes); the other kinds extend it. Fields marked [lock] change only
- * under the library lock. */
+ * under the loop lock named in core/lock.c. */
 struct uvctx_s {
   atomic_uint refs;
   atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
   uint8_t kind;
-  uint8_t flags;
+  atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
   uint8_t pad_;
   uvctx_t* parent; /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
   /* [lock] Where this context is listed: in the children list of the
    * nearest cancellable ancestor while both are live, else in its home's
-   * orphan list (done contexts, values, children of never-done contexts). */
+   * orphan list (done contexts, values, children of never-done contexts).
+   * `where` says which. */
   uvctx__link_t link;
   /* While live: [lock] the children list. Once done: the cause, written
    * before `err` is published and never again. */
@@ -143,6 +172,7 @@ typedef struct uvctx__any_s {
 typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
 struct uvctx_loop_s {
+  uvctx__lock_t lock; /* the loop lock: see core/lock.c */
   uv_loop_t* uv;
   uvctx_t background;
   /* The mailbox (core/mailbox.c): unreferenced except while callbacks
@@ -164,12 +194,17 @@ struct uvctx_loop_s {
    * mailbox calls `wake_locked` (under the lock) when it wakes up, and
    * `deliver` (without it) for each watch it takes off its queue. */
   void (*expire)(uvctx__deadline_t* d, uint64_t now, uint64_t late);
+  void (*expired)(uvctx_loop_t* l); /* after the expiries, without the lock */
   void (*wake_locked)(uvctx_loop_t* l);
   void (*deliver)(uvctx_watch_t* w, int err);
-  /* [lock] everything below */
-  uvctx_loop_t* next_loop; /* the registry of loops, for dumps */
+  /* [registry lock] The registry of loops, for dumps. */
+  uvctx_loop_t* next_loop;
   uvctx_loop_t** pprev_loop;
+  /* [lock] everything below */
   uvctx__link_t* orphans;
+  /* Contexts of other loops (or merges) that deadlines expiring here took
+   * to cancel once the lock is released, each with a reference. */
+  uvctx__link_t* deferred;
   uvctx_watch_t* queue_head; /* watches whose callbacks are due */
   uvctx_watch_t** queue_tail;
   uint64_t queued;
@@ -216,13 +251,22 @@ enum {
 };
 
 /* ---- defined in core/loop.c ---------------------------------------------- */
+/* The registry of bindings and its lock (core/lock.c for the order). */
+void uvctx__registry_lock(void);
+void uvctx__registry_unlock(void);
 uvctx_loop_t* uvctx__registry_locked(void);
 /* [lock] Contexts homed on `l` still referenced: the sum of n_kind. */
 uint64_t uvctx__live_locked(const uvctx_loop_t* l);
 /* [lock] A context of kind `kind` homed on `l` comes (d = 1) or goes
- * (d = -1). Creation is counted apart, by uvctx__count_created_locked(). */
-void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d);
-void uvctx__count_created_locked(uvctx_loop_t* l);
+ * (d = -1). Creation is counted apart, by uvctx__count_created_locked().
+ * Inline: every create and free counts. */
+static inline void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {
+  l->n_kind[kind] += (uint64_t)(int64_t)d;
+}
+
+static inline void uvctx__count_created_locked(uvctx_loop_t* l) {
+  l->created++;
+}
 int uvctx__on_loop_thread(const uvctx_loop_t* l);
 
 /* ---- defined in core/timer.c: the deadline source ------------------------ */
@@ -258,45 +302,78 @@ void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
 void uvctx__mailbox_unpost_locked(uvctx_watch_t* w);
 
 /* ---- defined in core/ctx.c ----------------------------------------------- */
-/* [lock] Marks `c` and its whole subtree done, iteratively. `now` is the
+/* Marks `c` and its whole subtree done, iteratively, with `err` (stored
+ * form) and the cause; first cancel wins. Called with no lock held;
+ * returns once every descendant, on every loop, is done. `now` is the
  * current uv_hrtime() if the caller has it, else 0. */
+void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
+                   uint64_t now);
+/* [c's home lock, loop thread] The same for a deadline context whose
+ * parent's list is guarded by that lock too; contexts of other loops and
+ * merges it reaches are left on the loop's deferred list, for
+ * uvctx__cancel_deferred() once the lock is released. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now);
-/* [lock] Gives a cancel operation its id, once. */
+void uvctx__cancel_deferred(uvctx_loop_t* l);
+/* Gives a cancel operation its id, once. */
 void uvctx__cancel_op_id(uvctx__cancel_op_t* op);
 uvctx__msg_t* uvctx__msg_new(const char* text);
 void uvctx__msg_unref(uvctx__msg_t* m);
 /* The context whose done state `c` shares: itself for cancellable kinds,
  * the nearest non-value ancestor for values. */
-uvctx_t* uvctx__state_of(const uvctx_t* c);
-int uvctx__err_code(int stored);
+static inline uvctx_t* uvctx__state_of(const uvctx_t* c) {
+  if (c->kind == UVCTX__VALUE)
+    return ((const uvctx__value_t*)c)->anc;
+  return (uvctx_t*)c;
+}
+
+/* The libuv code for a stored error byte (0 while live). */
+static inline int uvctx__err_code(int stored) {
+  switch (stored) {
+    case UVCTX__ERR_CANCELED:
+      return UV_ECANCELED;
+    case UVCTX__ERR_TIMEDOUT:
+      return UV_ETIMEDOUT;
+    default:
+      return 0;
+  }
+}
 /* What uvctx__register_child_locked() did with a new child's link. */
 typedef enum {
   UVCTX__LINKED,           /* listed under the nearest cancellable ancestor */
   UVCTX__PARENT_DONE,      /* not listed: that ancestor is already done */
   UVCTX__PARENT_NEVER_DONE /* not listed: no ancestor can ever be done */
 } uvctx__attach_t;
-/* [lock] Lists `l`, a link of a new child, under the nearest cancellable
- * ancestor of `parent` if that one is live. */
+/* [the lock of parent's home] Lists `l`, a link of a new child, under the
+ * nearest cancellable ancestor of `parent` if that one is live. */
 uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l, uvctx_t* parent);
-/* [lock] Links a new single-parent child into the tree, born done if its
- * parent is, and counts it. */
-void uvctx__attach_locked(uvctx_t* c, uvctx_t* parent);
-void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* link);
+/* Links a new single-parent child into the tree, born done if its parent
+ * is, and counts it; takes the locks it needs. */
+void uvctx__attach(uvctx_t* c, uvctx_t* parent);
+/* [c's home lock] Puts `c` on its home's orphan list. */
+void uvctx__orphan_locked(uvctx_t* c);
 void uvctx__unlink(uvctx__link_t* link);
 uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
                           uvctx_loop_t* home, void* site);
+/* [c's home lock] A new child of a done context copies its error and
+ * cause and becomes an orphan. */
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
-/* [lock] Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a
- * parent that is another loop's background. */
-void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
-int uvctx__valid(const uvctx_t* c);
+/* Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a parent
+ * that is another loop's background, under that loop's lock. */
+void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d);
+
+static inline int uvctx__valid(const uvctx_t* c) {
+  return c != NULL && c->kind <= UVCTX__DETACHED;
+}
 
 /* ---- defined in core/deadline.c ------------------------------------------ */
 uint64_t uvctx__deadline_of(const uvctx_t* c);
 /* [lock, loop thread] The timer source's expire hook: cancels `d`. */
 void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
                                    uint64_t late);
+/* [loop thread] Its expired hook: finishes what the expiries left for
+ * after the lock. */
+void uvctx__deadline_expired(uvctx_loop_t* l);
 
 /* ---- defined in core/watch.c --------------------------------------------- */
 /* [lock] Makes every watch of done context `c` due. */
@@ -309,9 +386,10 @@ void uvctx__watch_deliver(uvctx_watch_t* w, int err);
 
 /* The core calls the hooks only while uvctx__tracing is non-zero (some loop
  * has a trace ring attached), so that they cost one relaxed load when
- * tracing is off. Those marked [lock] run under the library lock and must
- * neither block nor call back into the library. Rings are attached and
- * drained by the trace writer (obs/trace.c). */
+ * tracing is off. Those marked [lock] are called under a loop lock; every
+ * hook takes the trace lock (core/lock.c) to push, and none calls back
+ * into the library. Rings are attached and drained by the trace writer
+ * (obs/trace.c), under the trace lock. */
 extern atomic_int uvctx__tracing;
 #define UVCTX__TRACING() \
   UVCTX__UNLIKELY(atomic_load_explicit(&uvctx__tracing, memory_order_relaxed))

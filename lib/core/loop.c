@@ -10,9 +10,18 @@
 #include "common/debug.h"
 #include "core/internal.h"
 
-/* [lock] All live bindings, for uvctx_loop_dump() of trees that span
- * loops. */
+/* [registry lock] All live bindings, for uvctx_loop_dump() of trees that
+ * span loops. */
 static uvctx_loop_t* registry;
+static uvctx__lock_t registry_lock;
+
+void uvctx__registry_lock(void) {
+  uvctx__lock_acquire(&registry_lock);
+}
+
+void uvctx__registry_unlock(void) {
+  uvctx__lock_release(&registry_lock);
+}
 
 int uvctx__on_loop_thread(const uvctx_loop_t* l) {
   return atomic_load_explicit(&((uvctx_loop_t*)l)->thread,
@@ -33,12 +42,12 @@ int uvctx_loop_adopt(uvctx_loop_t* l) {
    * deadline or callbacks sent through the mailbox) is taken up now: the
    * timer is synced and queued callbacks keep the loop alive until they
    * have run, from the loop, not from this call. */
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   if (l->timer_dirty)
     uvctx__timer_sync_locked(l);
   if (l->queue_head != NULL)
     uvctx__mailbox_wake_locked(l, 1);
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
   return 0;
 }
 
@@ -93,6 +102,7 @@ int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   l->background.link.owner = &l->background;
   atomic_init(&l->thread, (uintptr_t)uv_thread_self());
   l->expire = uvctx__deadline_expire_locked;
+  l->expired = uvctx__deadline_expired;
   l->wake_locked = uvctx__timer_sync_locked;
   l->deliver = uvctx__watch_deliver;
 
@@ -110,9 +120,9 @@ int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   if (rc != 0)
     goto fail_timer;
 
-  uvctx__lock();
+  uvctx__registry_lock();
   UVCTX__LIST_INSERT_HEAD(&registry, l, next_loop, pprev_loop);
-  uvctx__unlock();
+  uvctx__registry_unlock();
   *out = l;
   return 0;
 
@@ -143,19 +153,26 @@ fail_alloc:
 }
 
 int uvctx_loop_close(uvctx_loop_t* l) {
+  int busy;
   if (l == NULL)
     return UVCTX__EINVAL("loop is NULL");
   if (l->closing)
     return UVCTX__EINVAL("loop is already closed");
+  /* The registry, then the loop, then the trace lock (core/lock.c). */
+  uvctx__registry_lock();
+  uvctx__lock_acquire(&l->lock);
   uvctx__lock();
-  if (uvctx__live_locked(l) != 0 || l->n_watches != 0 || l->n_foreign != 0 ||
-      uvctx__trace_attached_locked(l)) {
-    uvctx__unlock();
-    return UV_EBUSY;
-  }
-  UVCTX__LIST_REMOVE(l, next_loop, pprev_loop);
-  l->closing = 1;
+  busy = uvctx__live_locked(l) != 0 || l->n_watches != 0 || l->n_foreign != 0 ||
+         uvctx__trace_attached_locked(l);
   uvctx__unlock();
+  if (!busy) {
+    UVCTX__LIST_REMOVE(l, next_loop, pprev_loop);
+    l->closing = 1;
+  }
+  uvctx__lock_release(&l->lock);
+  uvctx__registry_unlock();
+  if (busy)
+    return UV_EBUSY;
 
   uvctx__mailbox_close(l, close_cb);
   uvctx__timer_close(l, close_cb);
@@ -177,20 +194,12 @@ int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   memset(out, 0, sizeof(*out));
   if (l == NULL)
     return UVCTX__EINVAL("the loop binding is NULL");
-  uvctx__lock();
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
   out->contexts = uvctx__live_locked(l);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
-  uvctx__unlock();
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   return 0;
-}
-
-void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {
-  l->n_kind[kind] += (uint64_t)(int64_t)d;
-}
-
-void uvctx__count_created_locked(uvctx_loop_t* l) {
-  l->created++;
 }
 
 uint64_t uvctx__live_locked(const uvctx_loop_t* l) {

@@ -65,7 +65,7 @@ void uvctx__mailbox_unpost_locked(uvctx_watch_t* w) {
  * wait for the next wake-up, so a callback cannot starve the loop. */
 static void drain(uvctx_loop_t* l) {
   uint64_t n;
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   l->wake_locked(l);
   n = l->queued;
   while (n-- > 0 && l->queue_head != NULL) {
@@ -76,10 +76,10 @@ static void drain(uvctx_loop_t* l) {
     l->n_watches--;
     l->callbacks++;
     uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);
-    uvctx__unlock();
+    uvctx__lock_release(&l->lock);
     /* After this call `w` may be freed or restarted: touch it no more. */
     l->deliver(w, err);
-    uvctx__lock();
+    uvctx__lock_acquire(&l->lock);
   }
   if (l->queue_head != NULL) {
     uv_async_send(&l->mailbox);
@@ -87,7 +87,7 @@ static void drain(uvctx_loop_t* l) {
     uv_unref((uv_handle_t*)&l->mailbox);
     l->mailbox_refd = 0;
   }
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
 }
 
 static void mailbox_cb(uv_async_t* a) {

@@ -9,7 +9,7 @@
 
 static void timer_cb(uv_timer_t* t);
 
-/* ---- the heap (all under the library lock) ------------------------------- */
+/* ---- the heap (all under the loop's lock) -------------------------------- */
 
 static int heap_less(uvctx__deadline_t* a, uvctx__deadline_t* b) {
   return a->deadline < b->deadline;
@@ -226,7 +226,8 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l) {
 
 /* [lock, loop thread] Hands every deadline that has come to the expire
  * hook (which takes it out of the heap), then re-arms the source for the
- * next one. */
+ * next one. The callbacks below then call the expired hook, without the
+ * lock, for what the expiries left to do under other loops' locks. */
 static void expire_locked(uvctx_loop_t* l, uint64_t now) {
   l->timer_due = 0;
   while (l->heap_len > 0 && l->heap[0]->deadline <= now) {
@@ -244,9 +245,10 @@ static void timer_cb(uv_timer_t* t) {
   uint64_t now = uv_hrtime();
   atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
                         memory_order_relaxed);
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   expire_locked(l, now);
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
+  l->expired(l);
 }
 
 static void hires_cb(uv_poll_t* p, int status, int events) {
@@ -262,7 +264,8 @@ static void hires_cb(uv_poll_t* p, int status, int events) {
     expirations = 0;
 #endif
   (void)expirations;
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   expire_locked(l, uv_hrtime());
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
+  l->expired(l);
 }

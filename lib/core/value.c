@@ -7,11 +7,11 @@
 
 static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   uvctx_ref(parent);
-  uvctx__lock();
-  uvctx__orphan_locked(c, &c->link);
+  uvctx__lock_acquire(&c->home->lock);
+  uvctx__orphan_locked(c);
   uvctx__count_live_locked(c->home, c->kind, 1);
   uvctx__count_created_locked(c->home);
-  uvctx__unlock();
+  uvctx__lock_release(&c->home->lock);
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;

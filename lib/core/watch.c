@@ -51,7 +51,7 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
   w->err_ = 0;
   w->flags_ = 0;
 
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   l->n_watches++;
   if (!uvctx__cancellable_kind(s->kind)) {
     /* Never done: armed on no list, it waits for uvctx_watch_stop(). */
@@ -73,29 +73,33 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
         uvctx__timer_touch_locked(l);
     }
   }
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
   return 0;
 }
 
 int uvctx_watch_stop(uvctx_watch_t* w) {
   uvctx_t* c = NULL;
+  uvctx_loop_t* l;
   if (w == NULL)
     return 0;
-  uvctx__lock();
+  /* home_ is set when the watch starts and never changes while it is
+   * pending. */
+  l = w->home_;
+  uvctx__lock_acquire(&l->lock);
   if (w->state_ == UVCTX__W_ARMED) {
     UVCTX__LIST_REMOVE(w, next_, pprev_);
     dl_uncount_locked(w);
   } else if (w->state_ == UVCTX__W_QUEUED) {
     uvctx__mailbox_unpost_locked(w);
   } else {
-    uvctx__unlock();
+    uvctx__lock_release(&l->lock);
     return 0;
   }
   w->state_ = UVCTX__W_IDLE;
   w->home_->n_watches--;
   c = w->ctx_;
   w->ctx_ = NULL;
-  uvctx__unlock();
+  uvctx__lock_release(&l->lock);
   uvctx_unref(c);
   return 1;
 }

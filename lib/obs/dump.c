@@ -1,8 +1,10 @@
 /* dump.c owns uvctx_loop_dump(): the leak report. It lists every live
  * context homed on a loop with its kind, parent, reference count, state and
- * the code that created it. */
+ * the code that created it, reading each loop's lists under that loop's
+ * lock only (core/lock.c). */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <string.h>
 
 #include "core/internal.h"
 #include "obs/obs.h"
@@ -28,35 +30,115 @@ static void print_ctx(FILE* out, const uvctx_t* c) {
           uvctx__site_format(c->site, site, sizeof(site)));
 }
 
-/* A merge is listed once per parent; print it through its first listed
- * link only. */
-static int primary_link(const uvctx__link_t* l) {
-  const uvctx_t* c = l->owner;
-  const uvctx__any_t* a;
-  size_t i;
-  if (c->kind != UVCTX__ANY || l == &c->link)
-    return 1;
-  if (c->link.pprev != NULL)
-    return 0;
-  a = (const uvctx__any_t*)c;
-  for (i = 0; i + 1 < a->n; i++) {
-    if (&a->extra[i].link == l)
-      return 1;
-    if (a->extra[i].link.pprev != NULL)
-      return 0;
+/* A growable array of pointers. */
+typedef struct vec_s {
+  const void** v;
+  size_t len;
+  size_t cap;
+} vec_t;
+
+/* Room for one more; -1 without memory. */
+static int vec_reserve(vec_t* s) {
+  if (s->len == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    const void** v = uvctx__realloc(s->v, cap * sizeof(*v));
+    if (v == NULL)
+      return -1;
+    s->v = v;
+    s->cap = cap;
   }
+  return 0;
+}
+
+typedef struct dump_s {
+  const uvctx_loop_t* l;
+  FILE* out;
+  vec_t stack;    /* links still to visit under the lock held */
+  vec_t frontier; /* contexts homed elsewhere, referenced, to visit later */
+  vec_t merges;   /* merges listed through a link of another parent */
+  int oom;
+} dump_t;
+
+static void push(dump_t* d, vec_t* s, const void* p) {
+  if (vec_reserve(s) != 0)
+    d->oom = 1;
+  else
+    s->v[s->len++] = p;
+}
+
+/* A merge is listed once per parent: it is printed (and its children
+ * visited) through its own link when that is on a list, else through the
+ * first of its other links met. */
+static int first_visit(dump_t* d, const uvctx__link_t* k) {
+  const uvctx_t* c = k->owner;
+  int w;
+  size_t i;
+  if (c->kind != UVCTX__ANY)
+    return 1;
+  w = atomic_load_explicit(&((uvctx_t*)c)->where, memory_order_relaxed);
+  if (w == UVCTX__AT_PARENT || w == UVCTX__AT_ORPHAN)
+    return k == &c->link;
+  for (i = 0; i < d->merges.len; i++)
+    if (d->merges.v[i] == c)
+      return 0;
+  push(d, &d->merges, c);
   return 1;
 }
 
-/* The report is written into memory under the library lock and copied
- * to `out` after it, so that a slow stream (a pipe, a terminal) never
- * holds up cancels on other threads. Without memory for that, it is
- * written to `out` directly, under the lock. */
+/* [h's lock] Visits what the stack holds and what hangs below it on lists
+ * that lock guards; a live context homed on another loop goes on the
+ * frontier, with a reference, for that loop's turn. */
+static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
+  while (d->stack.len > 0 && !d->oom) {
+    const uvctx__link_t* k = d->stack.v[--d->stack.len];
+    uvctx_t* c = k->owner;
+    const uvctx__link_t* ch;
+    unsigned n;
+    if (!first_visit(d, k))
+      continue;
+    if (c->home == d->l)
+      print_ctx(d->out, c);
+    if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE ||
+        !uvctx__cancellable_kind(c->kind))
+      continue;
+    if (c->home == h) {
+      for (ch = c->u1.children; ch != NULL && !d->oom; ch = ch->next)
+        push(d, &d->stack, ch);
+      continue;
+    }
+    /* Listed here, so alive while this lock is held; a count already at
+     * zero means a free waits for the lock to unlink it, and it has no
+     * children to visit. */
+    if (vec_reserve(&d->frontier) != 0) {
+      d->oom = 1;
+      break;
+    }
+    n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+    while (n != 0 && !atomic_compare_exchange_weak_explicit(
+                         &c->refs, &n, n + 1, memory_order_relaxed,
+                         memory_order_relaxed)) {
+    }
+    if (n != 0)
+      d->frontier.v[d->frontier.len++] = c;
+  }
+}
+
+/* The report is composed in memory and copied to `out` after every lock
+ * is released, so that a slow stream (a pipe, a terminal) holds up nobody.
+ * Every live context is either on some loop's orphan list or in the
+ * children list of a live context, so a walk from all orphan lists of all
+ * loops finds each one (trees may span loops). Each loop's lists are read
+ * under that loop's lock alone, one loop at a time: the report stops no
+ * loop for longer than the walk of what that loop guards, and contexts
+ * that move while it runs (a cancel on another thread) may be listed in
+ * their old place or their new one. Without memory for the text, it is
+ * written to `out` directly. */
 void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
-  const uvctx__link_t** stack = NULL;
-  size_t len = 0, cap = 0;
+  dump_t d;
   uvctx_loop_t* it;
-  int oom = 0;
+  uint64_t live, watches, foreign;
+  uint32_t deadlines;
+  size_t i;
   FILE* dest;
   FILE* mem;
   char* text = NULL;
@@ -68,63 +150,55 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
   mem = open_memstream(&text, &text_len);
   if (mem != NULL)
     out = mem;
-  uvctx__lock();
+  memset(&d, 0, sizeof(d));
+  d.l = l;
+  d.out = out;
+
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
+  live = uvctx__live_locked(l);
+  watches = l->n_watches;
+  deadlines = l->heap_len;
+  foreign = l->n_foreign;
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   fprintf(out,
           "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
           " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
           " context(s) of other loops under its background\n",
-          (void*)l, uvctx__live_locked(l), l->n_watches, l->heap_len,
-          l->n_foreign);
-  /* Every live context is either on some loop's orphan list or in the
-   * children list of a live context, so a walk from all orphan lists of all
-   * loops finds each one (trees may span loops). */
-  for (it = uvctx__registry_locked(); it != NULL && !oom; it = it->next_loop) {
+          (const void*)l, live, watches, deadlines, foreign);
+
+  /* The registry lock keeps every binding visited from being freed. */
+  uvctx__registry_lock();
+  for (it = uvctx__registry_locked(); it != NULL && !d.oom;
+       it = it->next_loop) {
     const uvctx__link_t* o;
-    for (o = it->orphans; o != NULL && !oom; o = o->next) {
-      len = 0;
-      if (len == cap) {
-        const uvctx__link_t** s =
-            uvctx__realloc(stack, (cap ? cap * 2 : 64) * sizeof(*stack));
-        if (s == NULL) {
-          oom = 1;
-          break;
-        }
-        stack = s;
-        cap = cap ? cap * 2 : 64;
-      }
-      stack[len++] = o;
-      while (len > 0 && !oom) {
-        const uvctx__link_t* k = stack[--len];
-        const uvctx_t* c = k->owner;
-        const uvctx__link_t* ch;
-        if (!primary_link(k))
-          continue;
-        if (c->home == l)
-          print_ctx(out, c);
-        if (atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed) !=
-                UVCTX__LIVE ||
-            !uvctx__cancellable_kind(c->kind))
-          continue;
-        for (ch = c->u1.children; ch != NULL; ch = ch->next) {
-          if (len == cap) {
-            const uvctx__link_t** s =
-                uvctx__realloc(stack, (cap * 2) * sizeof(*stack));
-            if (s == NULL) {
-              oom = 1;
-              break;
-            }
-            stack = s;
-            cap *= 2;
-          }
-          stack[len++] = ch;
-        }
-      }
+    uvctx__lock_acquire(&it->lock);
+    for (o = it->orphans; o != NULL && !d.oom; o = o->next) {
+      push(&d, &d.stack, o);
+      visit_locked(&d, it);
     }
+    uvctx__lock_release(&it->lock);
   }
-  if (oom)
+  /* Contexts homed on one loop under a parent of another: their children,
+   * under their own loop's lock. The frontier grows as it is worked. */
+  for (i = 0; i < d.frontier.len && !d.oom; i++) {
+    uvctx_t* c = (uvctx_t*)d.frontier.v[i];
+    const uvctx__link_t* ch;
+    uvctx__lock_acquire(&c->home->lock);
+    if (atomic_load_explicit(&c->err, memory_order_relaxed) == UVCTX__LIVE)
+      for (ch = c->u1.children; ch != NULL && !d.oom; ch = ch->next)
+        push(&d, &d.stack, ch);
+    visit_locked(&d, c->home);
+    uvctx__lock_release(&c->home->lock);
+  }
+  uvctx__registry_unlock();
+  if (d.oom)
     fprintf(out, "  (out of memory: the list above is incomplete)\n");
-  uvctx__unlock();
-  uvctx__free(stack);
+  /* No lock is held: dropping the last reference frees as usual. */
+  for (i = 0; i < d.frontier.len; i++)
+    uvctx_unref((uvctx_t*)d.frontier.v[i]);
+  uvctx__free(d.stack.v);
+  uvctx__free(d.frontier.v);
+  uvctx__free(d.merges.v);
   if (mem != NULL) {
     if (fclose(mem) == 0 && text != NULL)
       fwrite(text, 1, text_len, dest);
