@@ -181,7 +181,7 @@ BEGIN {
     } else continue
     for (i = 2; i < n; i++) if (f[i + 1] == unit) go[scen] = f[i]
   }
-  # Go's own speedups, beside bench_scaling's scaling_<shape>_t<N>.
+  # Go speedups, beside the scaling_<shape>_t<N> lines of bench_scaling.
   split("own_root branch shared", shapes, " ")
   for (s in shapes) for (k = 2; k <= 4; k *= 2) {
     one = "scaling_" shapes[s] "_t1_ns"; many = "scaling_" shapes[s] "_t" k "_ns"
@@ -211,7 +211,7 @@ BEGIN {
   t["relay_throughput@socat"] = "ratio>=1"
   t["relay_throughput@bare_libuv_relay"] = "ratio>=0.95"
   # Churn from several loops (bench_scaling): speedups over one
-  # thread; wall ns per operation against Go's (lower is ahead).
+  # thread; wall ns per operation against Go (lower is ahead).
   t["scaling_own_root_t2"] = "value>=1.8"
   t["scaling_own_root_t4"] = "value>=1.6"
   t["scaling_branch_t2"] = "value>=1.8"
