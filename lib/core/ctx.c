@@ -45,6 +45,21 @@ static int try_ref(uvctx_t* c) {
   return 0;
 }
 
+/* [c's home lock] Drops a reference a cancel took, unless it is the last
+ * one (1 if dropped). Dropped under the lock that the watches it queued
+ * are delivered under, it is gone before their callbacks can drop the
+ * caller's: a loop closed right after such a callback finds nothing of
+ * the cancel still holding its contexts. The last reference is left to
+ * uvctx_unref() after the lock, since freeing takes locks. */
+static int unref_locked(uvctx_t* c) {
+  unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+  while (n > 1)
+    if (atomic_compare_exchange_weak_explicit(
+            &c->refs, &n, n - 1, memory_order_acq_rel, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
 /* The loop whose lock guards the children list `parent`'s children are
  * listed on (its nearest cancellable ancestor's home), or NULL when they
  * are listed on none. */
@@ -301,8 +316,10 @@ static int take_from_parent_locked(uvctx_t* c) {
 
 /* Takes every link of merge `m` but `via` (which the caller holds) off its
  * parent's list, one lock at a time, and makes `m` an orphan if its own
- * link is now the caller's or was never listed. */
-static void take_links(uvctx_t* m, const uvctx__link_t* via) {
+ * link is now the caller's or was never listed; then drops the caller's
+ * reference to `m` as unref_locked() does. Returns 1 if the caller must
+ * still uvctx_unref(m). */
+static int take_links(uvctx_t* m, const uvctx__link_t* via) {
   uvctx__any_t* a = (uvctx__any_t*)m;
   uvctx_loop_t* p;
   int own = via == &m->link;
@@ -321,10 +338,13 @@ static void take_links(uvctx_t* m, const uvctx__link_t* via) {
     uvctx__unlink(l);
     uvctx__lock_release(&p->lock);
   }
-  uvctx__lock_acquire(&m->home->lock);
+  p = m->home;
+  uvctx__lock_acquire(&p->lock);
   if (own || where(m) == UVCTX__AT_NONE)
     uvctx__orphan_locked(m);
-  uvctx__lock_release(&m->home->lock);
+  own = unref_locked(m);
+  uvctx__lock_release(&p->lock);
+  return !own;
 }
 
 /* The state a deferred link hung from: done by the walk that took it. */
@@ -353,18 +373,24 @@ static void run_deferred(walk_t* w) {
     w->err = atomic_load_explicit(&((uvctx_t*)from)->err, memory_order_acquire);
     w->cause = from->u1.cause;
     w->msg = from->u2.msg;
+    int merge = k->kind == UVCTX__ANY;
+    int owed = 1;
     uvctx__lock_acquire(&h->lock);
     if (is_live(k))
       walk_locked(w, k);
     else
       w->must_wait = 1;
-    if (k->kind != UVCTX__ANY)
+    if (!merge) {
       uvctx__orphan_locked(k); /* its link was taken by this walk */
+      owed = !unref_locked(k);
+    }
     uvctx__lock_release(&h->lock);
-    if (k->kind == UVCTX__ANY)
-      take_links(k, l);
+    /* Once the reference is dropped, `k` may be gone: touch it no more. */
+    if (merge)
+      owed = take_links(k, l);
     uvctx__barrier_add(-1);
-    uvctx_unref(k);
+    if (owed)
+      uvctx_unref(k);
   }
 }
 
@@ -402,7 +428,12 @@ static void walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg,
 void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
                    uint64_t now) {
   uvctx_loop_t* h = c->home;
-  uvctx_loop_t* p = c->kind == UVCTX__ANY ? NULL : list_home(c->parent);
+  int merge = c->kind == UVCTX__ANY;
+  uvctx_loop_t* p = merge ? NULL : list_home(c->parent);
+  /* What is left to do with `c` once its home's lock is released: its
+   * watches are queued by then, and their callbacks may drop the last
+   * reference the caller relied on, so that work holds one of its own. */
+  int more = merge || (p != NULL && p != h);
   walk_t w;
   int own = 0;
 
@@ -412,23 +443,28 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   uvctx__lock_acquire(&h->lock);
   own = p == h && take_from_parent_locked(c);
   cancel_root_locked(&w, c, own);
+  if (more)
+    uvctx_ref(c);
   uvctx__lock_release(&h->lock);
+  /* From here on, `c` is touched only if `more`. */
 
-  if (c->kind == UVCTX__ANY) {
-    take_links(c, NULL);
-  } else if (p != NULL && p != h) {
+  if (merge) {
+    more = take_links(c, NULL);
+  } else if (more) {
     /* Homed apart from its parent: taken off the parent's list after it
      * is done, so that a cancel of the parent meanwhile still meets it
      * (and waits at the barrier if this walk has work left elsewhere). */
     uvctx__lock_acquire(&p->lock);
     own = take_from_parent_locked(c);
     uvctx__lock_release(&p->lock);
-    if (own) {
-      uvctx__lock_acquire(&h->lock);
+    uvctx__lock_acquire(&h->lock);
+    if (own)
       uvctx__orphan_locked(c);
-      uvctx__lock_release(&h->lock);
-    }
+    more = !unref_locked(c);
+    uvctx__lock_release(&h->lock);
   }
+  if (more)
+    uvctx_unref(c);
   run_deferred(&w);
   if (w.must_wait)
     uvctx__barrier_wait();
