@@ -19,7 +19,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
-  golang-go openssl curl python3 gnutls-bin socat nodejs clang-format)
+  golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
+  postgresql libpq-dev)
 
 install_deps() {
   local missing=() pkg sudo=()
