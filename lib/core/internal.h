@@ -243,7 +243,13 @@ struct uvctx__cancel_op_s {
   uint64_t time; /* uv_hrtime() at the cancel */
 };
 
-/* Watch states (uvctx_watch_t.state_). */
+/* Watch states (uvctx_watch_t.state_): written under the home's loop lock
+ * with release ordering, so that uvctx_watch_stop() can tell an idle watch
+ * (never started, fired, stopped) without touching its home, which may be
+ * gone by then. */
+#define UVCTX__W_STATE(w) __atomic_load_n(&(w)->state_, __ATOMIC_ACQUIRE)
+#define UVCTX__W_SET_STATE(w, s) \
+  __atomic_store_n(&(w)->state_, (s), __ATOMIC_RELEASE)
 enum {
   UVCTX__W_IDLE = 0,
   UVCTX__W_ARMED, /* on a context's watch list (or never-firing) */

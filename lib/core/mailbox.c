@@ -47,7 +47,7 @@ void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
   w->cause_id_ = op->id;
   if (!uvctx__on_loop_thread(l))
     l->remote_wakeups++;
-  w->state_ = UVCTX__W_QUEUED;
+  UVCTX__W_SET_STATE(w, UVCTX__W_QUEUED);
   w->err_ = err;
   UVCTX__QUEUE_INSERT_TAIL(&l->queue_tail, w, next_, pprev_);
   l->queued++;
@@ -72,7 +72,7 @@ static void drain(uvctx_loop_t* l) {
     uvctx_watch_t* w = l->queue_head;
     int err = w->err_;
     uvctx__mailbox_unpost_locked(w);
-    w->state_ = UVCTX__W_IDLE;
+    UVCTX__W_SET_STATE(w, UVCTX__W_IDLE);
     l->n_watches--;
     l->callbacks++;
     uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);

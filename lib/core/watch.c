@@ -55,7 +55,7 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
   l->n_watches++;
   if (!uvctx__cancellable_kind(s->kind)) {
     /* Never done: armed on no list, it waits for uvctx_watch_stop(). */
-    w->state_ = UVCTX__W_ARMED;
+    UVCTX__W_SET_STATE(w, UVCTX__W_ARMED);
   } else if (atomic_load_explicit(&s->err, memory_order_relaxed) !=
              UVCTX__LIVE) {
     /* No cancel caused this one: an id that is never drawn, then 0. */
@@ -65,7 +65,7 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
         &op);
     w->cause_id_ = 0;
   } else {
-    w->state_ = UVCTX__W_ARMED;
+    UVCTX__W_SET_STATE(w, UVCTX__W_ARMED);
     UVCTX__LIST_INSERT_HEAD(&s->u2.watches, w, next_, pprev_);
     if (has_deadline) {
       w->flags_ |= W_DEADLINE;
@@ -80,22 +80,22 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
 int uvctx_watch_stop(uvctx_watch_t* w) {
   uvctx_t* c = NULL;
   uvctx_loop_t* l;
-  if (w == NULL)
+  if (w == NULL || UVCTX__W_STATE(w) == UVCTX__W_IDLE)
     return 0;
-  /* home_ is set when the watch starts and never changes while it is
-   * pending. */
+  /* Pending: home_ was set before the state, and the home cannot close
+   * while the watch is pending. */
   l = w->home_;
   uvctx__lock_acquire(&l->lock);
-  if (w->state_ == UVCTX__W_ARMED) {
+  if (UVCTX__W_STATE(w) == UVCTX__W_ARMED) {
     UVCTX__LIST_REMOVE(w, next_, pprev_);
     dl_uncount_locked(w);
-  } else if (w->state_ == UVCTX__W_QUEUED) {
+  } else if (UVCTX__W_STATE(w) == UVCTX__W_QUEUED) {
     uvctx__mailbox_unpost_locked(w);
   } else {
     uvctx__lock_release(&l->lock);
     return 0;
   }
-  w->state_ = UVCTX__W_IDLE;
+  UVCTX__W_SET_STATE(w, UVCTX__W_IDLE);
   w->home_->n_watches--;
   c = w->ctx_;
   w->ctx_ = NULL;
