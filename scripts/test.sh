@@ -20,7 +20,7 @@ cd "$root"
 
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
   golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
-  postgresql libpq-dev)
+  postgresql libpq-dev prometheus chromium)
 
 install_deps() {
   local missing=() pkg sudo=()

@@ -2,8 +2,9 @@
 # uvctx_loop_trace_start() (issue 6). Its JSON reader is shared with the
 # trace tests.
 uvctx_add_program(uvctx-trace
-  SOURCES tools/trace/uvctx-trace.c tools/trace/json.c
+  SOURCES tools/trace/uvctx-trace.c tools/trace/json.c tools/common/heatmap.c
   LIBS m)
+target_include_directories(uvctx-trace PRIVATE tools/common)
 install(TARGETS uvctx-trace RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # A traced workload for the docs' heatmap (docs/observability.md); its smoke

@@ -1,33 +1,58 @@
-/* dump.c owns uvctx_loop_dump(): the leak report. It lists every live
+/* dump.c owns the leak report: uvctx_loop_dump(), which lists every live
  * context homed on a loop with its kind, parent, reference count, state and
- * the code that created it, reading each loop's lists under that loop's
- * lock only (core/lock.c). */
+ * the code that created it, and uvctx_loop_snapshot(), which copies the
+ * same records for programs that present them themselves. Both walk the
+ * trees with walk(), which reads each loop's lists under that loop's lock
+ * only (core/lock.c), and describe a context with describe(). */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "common/debug.h"
 #include "core/internal.h"
 #include "obs/obs.h"
+#include "uvctx/snapshot.h"
 
-static void print_ctx(FILE* out, const uvctx_t* c) {
-  char site[512];
+/* Under the lock of c's list. */
+static void describe(const uvctx_t* c, uvctx_ctx_info_t* r) {
   int e = atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed);
   const uvctx_t* s = uvctx__state_of(c);
   int se = atomic_load_explicit(&((uvctx_t*)s)->err, memory_order_relaxed);
-  fprintf(out, "  ctx %p kind=%s parent=%p refs=%u state=%s", (void*)c,
-          uvctx__kind_name(c->kind), (void*)c->parent,
-          atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed),
-          (e ? e : se) == UVCTX__ERR_CANCELED   ? "canceled"
-          : (e ? e : se) == UVCTX__ERR_TIMEDOUT ? "timedout"
-                                                : "live");
-  if (c->kind == UVCTX__VALUE) {
-    const uvctx__value_t* v = (const uvctx__value_t*)c;
-    fprintf(out, " key=%s", v->key->name != NULL ? v->key->name : "?");
-  }
-  if (c->kind == UVCTX__DEADLINE)
-    fprintf(out, " deadline=%" PRIu64, ((const uvctx__deadline_t*)c)->deadline);
-  fprintf(out, " created at %s\n",
-          uvctx__site_format(c->site, site, sizeof(site)));
+  int st = e ? e : se;
+
+  r->id = c;
+  r->parent = c->parent;
+  r->kind = uvctx__kind_name(c->kind);
+  r->refs = atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed);
+  r->err = st == UVCTX__ERR_CANCELED   ? UV_ECANCELED
+           : st == UVCTX__ERR_TIMEDOUT ? UV_ETIMEDOUT
+                                       : 0;
+  r->has_deadline = c->kind == UVCTX__DEADLINE;
+  r->deadline_ns =
+      r->has_deadline ? ((const uvctx__deadline_t*)c)->deadline : 0;
+  r->key = NULL;
+  if (c->kind == UVCTX__VALUE)
+    r->key = ((const uvctx__value_t*)c)->key->name;
+  r->site = c->site;
+}
+
+static void print_ctx(FILE* out, const uvctx_t* c) {
+  uvctx_ctx_info_t r;
+  char site[512];
+
+  describe(c, &r);
+  uvctx_site_format(r.site, site, sizeof(site));
+  fprintf(out, "  ctx %p kind=%s parent=%p refs=%u state=%s", r.id, r.kind,
+          r.parent, r.refs,
+          r.err == UV_ECANCELED   ? "canceled"
+          : r.err == UV_ETIMEDOUT ? "timedout"
+                                  : "live");
+  if (c->kind == UVCTX__VALUE)
+    fprintf(out, " key=%s", r.key != NULL ? r.key : "?");
+  if (r.has_deadline)
+    fprintf(out, " deadline=%" PRIu64, r.deadline_ns);
+  fprintf(out, " created at %s\n", site);
 }
 
 /* A growable array of pointers. */
@@ -52,7 +77,8 @@ static int vec_reserve(vec_t* s) {
 
 typedef struct dump_s {
   const uvctx_loop_t* l;
-  FILE* out;
+  int (*visit)(const uvctx_t* c, void* arg); /* under c's home lock */
+  void* arg;
   vec_t stack;    /* links still to visit under the lock held */
   vec_t frontier; /* contexts homed elsewhere, referenced, to visit later */
   vec_t merges;   /* merges listed through a link of another parent */
@@ -96,8 +122,10 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
     unsigned n;
     if (!first_visit(d, k))
       continue;
-    if (c->home == d->l)
-      print_ctx(d->out, c);
+    if (c->home == d->l && d->visit(c, d->arg) != 0) {
+      d->oom = 1;
+      break;
+    }
     if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE ||
         !uvctx__cancellable_kind(c->kind))
       continue;
@@ -123,49 +151,25 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
   }
 }
 
-/* The report is composed in memory and copied to `out` after every lock
- * is released, so that a slow stream (a pipe, a terminal) holds up nobody.
- * Every live context is either on some loop's orphan list or in the
- * children list of a live context, so a walk from all orphan lists of all
- * loops finds each one (trees may span loops). Each loop's lists are read
- * under that loop's lock alone, one loop at a time: the report stops no
- * loop for longer than the walk of what that loop guards, and contexts
- * that move while it runs (a cancel on another thread) may be listed in
- * their old place or their new one. Without memory for the text, it is
- * written to `out` directly. */
-void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
+/* Calls visit(c, arg) for every live context homed on `l`. Every live
+ * context is either on some loop's orphan list or in the children list of
+ * a live context, so a walk from all orphan lists of all loops finds each
+ * one (trees may span loops). Each loop's lists are read under that loop's
+ * lock alone, one loop at a time: the walk stops no loop for longer than
+ * the walk of what that loop guards, and a context that moves while it
+ * runs (a cancel on another thread) may be met in its old place or its new
+ * one. Returns 0, or UV_ENOMEM when the walk's memory could not grow (some
+ * contexts were not visited) or when visit() returned non-zero. */
+static int walk(const uvctx_loop_t* l, int (*visit)(const uvctx_t*, void*),
+                void* arg) {
   dump_t d;
   uvctx_loop_t* it;
-  uint64_t live, watches, foreign;
-  uint32_t deadlines;
   size_t i;
-  FILE* dest;
-  FILE* mem;
-  char* text = NULL;
-  size_t text_len = 0;
 
-  if (l == NULL || out == NULL)
-    return;
-  dest = out;
-  mem = open_memstream(&text, &text_len);
-  if (mem != NULL)
-    out = mem;
   memset(&d, 0, sizeof(d));
   d.l = l;
-  d.out = out;
-
-  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
-  live = uvctx__live_locked(l);
-  watches = l->n_watches;
-  deadlines = l->heap_len;
-  foreign = l->n_foreign;
-  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
-  fprintf(out,
-          "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
-          " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
-          " context(s) of other loops under its background\n",
-          (const void*)l, live, watches, deadlines, foreign);
-
+  d.visit = visit;
+  d.arg = arg;
   /* The registry lock keeps every binding visited from being freed. */
   uvctx__registry_lock();
   for (it = uvctx__registry_locked(); it != NULL && !d.oom;
@@ -191,14 +195,50 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
     uvctx__lock_release(&c->home->lock);
   }
   uvctx__registry_unlock();
-  if (d.oom)
-    fprintf(out, "  (out of memory: the list above is incomplete)\n");
   /* No lock is held: dropping the last reference frees as usual. */
   for (i = 0; i < d.frontier.len; i++)
     uvctx_unref((uvctx_t*)d.frontier.v[i]);
   uvctx__free(d.stack.v);
   uvctx__free(d.frontier.v);
   uvctx__free(d.merges.v);
+  return d.oom ? UV_ENOMEM : 0;
+}
+
+static int visit_print(const uvctx_t* c, void* arg) {
+  print_ctx(arg, c);
+  return 0;
+}
+
+/* The report is composed in memory and copied to `out` after every lock is
+ * released, so that a slow stream (a pipe, a terminal) holds up nobody.
+ * Without memory for the text, it is written to `out` directly. */
+void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
+  uint64_t live, watches, foreign;
+  uint32_t deadlines;
+  FILE* dest;
+  FILE* mem;
+  char* text = NULL;
+  size_t text_len = 0;
+
+  if (l == NULL || out == NULL)
+    return;
+  dest = out;
+  mem = open_memstream(&text, &text_len);
+  if (mem != NULL)
+    out = mem;
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
+  live = uvctx__live_locked(l);
+  watches = l->n_watches;
+  deadlines = l->heap_len;
+  foreign = l->n_foreign;
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
+  fprintf(out,
+          "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
+          " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
+          " context(s) of other loops under its background\n",
+          (const void*)l, live, watches, deadlines, foreign);
+  if (walk(l, visit_print, out) != 0)
+    fprintf(out, "  (out of memory: the list above is incomplete)\n");
   if (mem != NULL) {
     if (fclose(mem) == 0 && text != NULL)
       fwrite(text, 1, text_len, dest);
@@ -207,4 +247,62 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
               (const void*)l);
     free(text);
   }
+}
+
+typedef struct records_s {
+  uvctx_ctx_info_t* v;
+  size_t n, cap;
+} records_t;
+
+static int visit_copy(const uvctx_t* c, void* arg) {
+  records_t* r = arg;
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 256;
+    uvctx_ctx_info_t* v = uvctx__realloc(r->v, cap * sizeof(*v));
+    if (v == NULL)
+      return -1;
+    r->v = v;
+    r->cap = cap;
+  }
+  describe(c, &r->v[r->n++]);
+  return 0;
+}
+
+/* The array is sized from the live count taken under the loop's lock, so
+ * that the walk rarely reallocates while holding a lock. */
+int uvctx_loop_snapshot(const uvctx_loop_t* l, uvctx_ctx_info_t** out,
+                        size_t* n) {
+  records_t r = {NULL, 0, 0};
+  uint64_t live;
+  int rc;
+
+  if (l == NULL)
+    return UVCTX__EINVAL("the loop binding is NULL");
+  if (out == NULL || n == NULL)
+    return UVCTX__EINVAL("out or n is NULL");
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
+  live = uvctx__live_locked(l);
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
+  if (live > 0) {
+    r.cap = (size_t)live + 64;
+    r.v = uvctx__malloc(r.cap * sizeof(*r.v));
+    if (r.v == NULL)
+      return UV_ENOMEM;
+  }
+  rc = walk(l, visit_copy, &r);
+  if (rc != 0) {
+    uvctx__free(r.v);
+    return rc;
+  }
+  if (r.n == 0) {
+    uvctx__free(r.v);
+    r.v = NULL;
+  }
+  *out = r.v;
+  *n = r.n;
+  return 0;
+}
+
+void uvctx_snapshot_free(uvctx_ctx_info_t* records) {
+  uvctx__free(records);
 }

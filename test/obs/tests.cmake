@@ -25,3 +25,8 @@ endif()
 # Misuse reports (UVCTX_DEBUG): one line per broken precondition.
 uvctx_add_test(test_misuse SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_misuse.c
   TIMEOUT 120)
+
+# uvctx_loop_snapshot(): the leak report as records (lib/obs/dump.c).
+uvctx_add_test(test_snapshot SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_snapshot.c
+  TIMEOUT 120)
+set_target_properties(test_snapshot PROPERTIES ENABLE_EXPORTS ON)
