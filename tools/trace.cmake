@@ -1,5 +1,5 @@
 # uvctx-trace: summaries and heatmaps of traces written by
-# uvctx_loop_trace_start() (issue 6). Its JSON reader is shared with the
+# uvctx_loop_trace_start(). Its JSON reader is shared with the
 # trace tests.
 uvctx_add_program(uvctx-trace
   SOURCES tools/trace/uvctx-trace.c tools/trace/json.c tools/common/heatmap.c
