@@ -82,7 +82,11 @@ typedef struct uvctx_copy_s uvctx_copy_t;
 /* status: 0 after EOF (and the destination's shutdown, unless
  * UVCTX_COPY_NO_SHUTDOWN), the context's error (UV_ECANCELED,
  * UV_ETIMEDOUT), UV_ETIMEDOUT for the idle timeout, or the first I/O error
- * of either stream. bytes: bytes written to the destination. */
+ * of either stream. bytes: bytes written to the destination, as its
+ * transport took them: completed writes, plus, when the copy closes the
+ * streams under writes in flight, what the transport had already taken of
+ * those (their bytes minus the destination's write queue at the close; TLS:
+ * to within one record). See docs/copy.md. */
 typedef void (*uvctx_copy_cb)(uvctx_copy_t* c, int status, uint64_t bytes);
 
 /* A copy request, caller-allocated like a libuv request: `data` is yours,

@@ -30,12 +30,14 @@ typedef struct dir_s {
   slot_t* free;
   unsigned nfree;
   unsigned inflight; /* writes whose callback has not run */
+  uint64_t queued;   /* their bytes */
   uint64_t bytes;
   uvctx_shutdown_t shut;
   unsigned reading : 1;
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
+  unsigned cut : 1; /* counted at the close: later writes add nothing */
 } dir_t;
 
 struct op_s {
@@ -197,9 +199,11 @@ static void on_write(uvctx_write_t* req, int status) {
   d = req->data;
   op = d->op;
   d->inflight--;
+  d->queued -= uvctx_write_size(req);
   slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
   if (status == 0) {
-    d->bytes += uvctx_write_size(req);
+    if (!d->cut)
+      d->bytes += uvctx_write_size(req);
     if (op->idle_ms != 0) /* progress only matters to an idle timeout */
       op->last_progress = uv_hrtime();
   } else {
@@ -263,6 +267,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       return;
     }
     d->inflight++;
+    d->queued += (uint64_t)nread;
     if (!may_read(d))
       read_pause(d);
     return;
@@ -344,6 +349,17 @@ static void op_close_timer(op_t* op) {
   uv_close((uv_handle_t*)&op->timer, on_timer_close);
 }
 
+/* The streams are about to be closed under writes in flight. A write the
+ * close cancels may have been partly taken by the transport, and the peer
+ * receives that part: count what the transport took (what the writes in
+ * flight hold minus what the destination still has queued), once, here. */
+static void dir_count_cut(dir_t* d) {
+  uint64_t left = uvctx_stream_write_queue_size(d->dst);
+
+  d->bytes += d->queued > left ? d->queued - left : 0;
+  d->cut = 1;
+}
+
 static void dir_done(dir_t* d) {
   op_t* op;
 
@@ -389,6 +405,8 @@ static void op_fail(op_t* op, int status, int soft) {
     for (i = 0; i < op->ndirs; i++)
       read_pause(&op->dir[i]);
   } else {
+    for (i = 0; i < op->ndirs; i++)
+      dir_count_cut(&op->dir[i]);
     for (i = 0; i < op->nstreams; i++)
       if (!uvctx_stream_is_closing(op->streams[i]))
         op->closes++;
