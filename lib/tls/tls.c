@@ -938,6 +938,11 @@ static void idle_close_cb(uv_handle_t* h) {
   uvctx_tls_t* tls = t->tls;
 
   uvctx_tls_config_unref(t->cfg);
+  /* The reason outlives the session's state: whoever closed the session
+   * (a copy, a pipe) calls back after this, and that is where it is
+   * logged. */
+  memcpy(tls->reason_, t->reason, sizeof(tls->reason_));
+  tls->reason_[sizeof(tls->reason_) - 1] = '\0';
   tls->impl_ = NULL;
   uvctx__free(t);
   uvctx_stream_close_done(&tls->stream);
@@ -1204,6 +1209,8 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
   int rc;
 
   uv_once(&bio_once, bio_method_init);
+  if (tls != NULL)
+    tls->reason_[0] = '\0';
   if (tls == NULL || config == NULL || transport == NULL ||
       uvctx_stream_is_closing(transport))
     return UV_EINVAL;
@@ -1350,7 +1357,10 @@ const char* uvctx_tls_peer_subject(const uvctx_tls_t* tls) {
 }
 
 const char* uvctx_tls_reason(const uvctx_tls_t* tls) {
-  if (tls == NULL || tls->impl_ == NULL || tls->impl_->reason[0] == '\0')
+  const char* r;
+
+  if (tls == NULL)
     return NULL;
-  return tls->impl_->reason;
+  r = tls->impl_ != NULL ? tls->impl_->reason : tls->reason_;
+  return r[0] != '\0' ? r : NULL;
 }

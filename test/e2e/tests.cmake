@@ -24,3 +24,19 @@ if(TARGET uvctx-relay)
     message(STATUS "python3 not found: relay end-to-end tests disabled")
   endif()
 endif()
+
+# Hostile clients and faults (test/e2e/relay/hardening_test.py, built on
+# relay_test.py's plumbing): TLS failure reasons after the handshake.
+if(TARGET uvctx-relay AND Python3_Interpreter_FOUND)
+  foreach(case tls_reasons)
+    add_test(NAME relay_hard_${case}
+      COMMAND ${Python3_EXECUTABLE}
+              ${CMAKE_CURRENT_LIST_DIR}/relay/hardening_test.py
+              --relay $<TARGET_FILE:uvctx-relay>
+              --gen-certs ${CMAKE_CURRENT_LIST_DIR}/../tls/gen-certs.sh
+              --sanitize "${UVCTX_SANITIZE}"
+              ${case})
+    set_tests_properties(relay_hard_${case} PROPERTIES
+      TIMEOUT 180 LABELS "tools;relay" SKIP_RETURN_CODE 77)
+  endforeach()
+endif()

@@ -323,6 +323,27 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
 
 /* ---- the pipe ------------------------------------------------------------ */
 
+/* A TLS failure's detail: the side, the error and OpenSSL's reason when
+ * the session recorded one ("client EPROTO: packet length too long"), in
+ * the handshake and in the pipe alike. */
+static void tls_detail(relay_conn_t* c, const char* side, int status,
+                       const char* why) {
+  snprintf(c->detail, sizeof(c->detail), "%s %s%s%s", side, uv_err_name(status),
+           why != NULL ? ": " : "", why != NULL ? why : "");
+}
+
+/* The detail of a pipe that failed on its own: the side whose TLS session
+ * recorded a reason (a session keeps it past its close, which came before
+ * this callback). Without one the side is unknown: the error alone. */
+static void pipe_detail(relay_conn_t* c, int status) {
+  const char* why;
+
+  if ((c->flags & F_CTLS) && (why = uvctx_tls_reason(&c->ctls)) != NULL)
+    tls_detail(c, "client", status, why);
+  else if ((c->flags & F_UTLS) && (why = uvctx_tls_reason(&c->utls)) != NULL)
+    tls_detail(c, "upstream", status, why);
+}
+
 static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
                     uint64_t b_to_a) {
   relay_conn_t* c = p->data;
@@ -344,6 +365,8 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
   /* A context or the idle timer ending is not an error worth a detail. */
   if (uvctx_err(c->run) != 0 || status == UV_ETIMEDOUT)
     status = 0;
+  else if (status != 0)
+    pipe_detail(c, status);
   conn_end(c, reason, status, NULL);
 }
 
@@ -458,14 +481,12 @@ static void start_preread(relay_conn_t* c) {
 
 static void on_upstream_handshake(uvctx_tls_t* tls, int status) {
   relay_conn_t* c = tls->stream.data;
-  char detail[200];
 
   if (status != 0) {
-    const char* why = uvctx_tls_reason(tls);
     const char* r = reason_of(c->step, status, "upstream-error");
-    snprintf(detail, sizeof(detail), "upstream %s%s%s", uv_err_name(status),
-             why != NULL ? ": " : "", why != NULL ? why : "");
-    conn_end(c, r, status, uvctx_err(c->step) != 0 ? NULL : detail);
+    if (uvctx_err(c->step) == 0)
+      tls_detail(c, "upstream", status, uvctx_tls_reason(tls));
+    conn_end(c, r, status, NULL);
     return;
   }
   uvctx_release(c->step);
@@ -562,19 +583,18 @@ static void start_connect(relay_conn_t* c) {
 
 static void on_client_handshake(uvctx_tls_t* tls, int status) {
   relay_conn_t* c = tls->stream.data;
-  const char* why;
   const char* r;
 
   if (status != 0) {
-    why = uvctx_tls_reason(tls);
     if (uvctx_err(c->step) != 0)
       r = reason_of(c->step, status, "error");
     else if (status == UVCTX_TLS_ETRUNCATED || status == UV_EOF)
       r = "client-gone";
     else
       r = reason_of(NULL, status, "tls-error");
-    conn_end(c, r, uvctx_err(c->step) != 0 ? 0 : status,
-             uvctx_err(c->step) == 0 && why != NULL ? why : NULL);
+    if (uvctx_err(c->step) == 0 && uvctx_tls_reason(tls) != NULL)
+      tls_detail(c, "client", status, uvctx_tls_reason(tls));
+    conn_end(c, r, uvctx_err(c->step) != 0 ? 0 : status, NULL);
     return;
   }
   uvctx_release(c->step);
