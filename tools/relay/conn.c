@@ -164,7 +164,7 @@ static const char* reason_of(uvctx_t* ctx, int status, const char* dflt) {
     case UVCTX_TLS_EALERT:
       return "tls-error";
     case UVCTX_TLS_ETRUNCATED: /* TLS peer left without close_notify */
-      return "reset";
+      return "truncated";
     default:
       return dflt;
   }
@@ -183,7 +183,8 @@ const char* const relay_reasons[RELAY_REASONS] = {
     [RELAY_R_CONNECT_TIMEOUT] = "connect-timeout",
     [RELAY_R_UPSTREAM_ERROR] = "upstream-error",
     [RELAY_R_ERROR] = "error",
-    [RELAY_R_CANCELLED] = "cancelled"};
+    [RELAY_R_CANCELLED] = "cancelled",
+    [RELAY_R_TRUNCATED] = "truncated"};
 
 /* The reason messages are string literals, so the pointer outlives the
  * context it came from; anything unknown is an "error". Returns the

@@ -130,6 +130,7 @@ enum {
   RELAY_R_UPSTREAM_ERROR,
   RELAY_R_ERROR,
   RELAY_R_CANCELLED,
+  RELAY_R_TRUNCATED,
   RELAY_REASONS
 };
 extern const char* const relay_reasons[RELAY_REASONS];

@@ -104,7 +104,8 @@ def one_close(relay):
 
 def case_tls_reasons():
     """TLS failures after the handshake are logged with their side and
-    OpenSSL's reason, like those during it."""
+    OpenSSL's reason, like those during it; a client that leaves without
+    close_notify after its whole response is a truncation, not a reset."""
     d, relay = tls_relay("reasons-record")
     # An oversized application record (2^14 + 2049 bytes announced, past
     # what RFC 8446 allows) after a healthy exchange.
@@ -165,6 +166,22 @@ def case_tls_reasons():
     detail = rec.get("detail", "")
     check(detail.startswith("client ") and ": " in detail,
           "detail %r: no side or no OpenSSL reason" % detail)
+
+    # The whole response received, then a close without close_notify.
+    d, relay = tls_relay("reasons-truncated")
+    c = RawTLS(relay.port, d + "/ca.pem")
+    c.send(b"all of it\n")
+    check(c.recv_exactly(10) == b"all of it\n", "echo")
+    c.close_without_notify()
+    rec = one_close(relay)
+    relay.stop()
+    log("no close_notify: reason=%s detail=%r" %
+        (rec.get("reason"), rec.get("detail")))
+    check(rec.get("reason") == "truncated", "reason %r" % rec.get("reason"))
+    check(rec.get("detail", "").startswith("client ECONNABORTED: "),
+          "detail %r" % rec.get("detail"))
+    check(rec.get("bytes_down") == "10" or rec.get("bytes_down") == 10,
+          "bytes_down %r" % rec.get("bytes_down"))
 
 
 def main():

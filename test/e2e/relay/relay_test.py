@@ -355,8 +355,9 @@ def stop_after_one_close(relay, reason):
 def client_done(reason):
     """How a connection whose client closed on its own may end: "eof", or
     "reset" when the client hung up before our FIN or TLS close_notify
-    reached it (an HTTPS client with its whole body does not wait)."""
-    return reason in ("eof", "reset")
+    reached it (an HTTPS client with its whole body does not wait), or
+    "truncated" when a TLS client closed without close_notify."""
+    return reason in ("eof", "reset", "truncated")
 
 
 # ---- cases -------------------------------------------------------------------
