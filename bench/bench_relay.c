@@ -169,8 +169,7 @@ static int urelay_run(urelay_t* r, int in, int out, uint64_t cancel_ms) {
   return r->status;
 }
 
-/* ---- one throughput run
- * ------------------------------------------------------ */
+/* ---- one throughput run -------------------------------------------------- */
 
 enum { K_UVCTX, K_BARE, K_BLOCKING };
 static const char* kind_name[] = {"uvctx_copy", "bare_libuv", "blocking"};
@@ -317,8 +316,7 @@ static int node_throughput(uint64_t bytes, result_t* res) {
   return 0;
 }
 
-/* ---- abort latency
- * ------------------------------------------------------------ */
+/* ---- abort latency ------------------------------------------------------- */
 
 static int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a;

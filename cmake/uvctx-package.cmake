@@ -47,14 +47,14 @@ install(FILES
   DESTINATION "${UVCTX_CMAKE_DIR}")
 
 # uvctx.pc. The public header includes <uv.h>, so libuv is a public
-# requirement; OpenSSL is one too when the TLS shim is built, for the
-# consumers of its API (and it mirrors the CMake targets, which link it
-# PUBLIC). prefix is derived from ${pcfiledir} unless a directory was
-# configured as an absolute path.
+# requirement. OpenSSL is needed only to link (the TLS API passes no OpenSSL
+# type), so it is private: a consumer of the shared library does not link
+# libssl itself, and `pkg-config --static` still brings it in.
 set(UVCTX_PC_REQUIRES "libuv >= 1.44")
+set(UVCTX_PC_REQUIRES_PRIVATE "")
 set(UVCTX_PC_CFLAGS "")
 if(UVCTX_WITH_TLS)
-  string(APPEND UVCTX_PC_REQUIRES ", libssl >= 3.0, libcrypto >= 3.0")
+  set(UVCTX_PC_REQUIRES_PRIVATE "libssl >= 3.0, libcrypto >= 3.0")
   set(UVCTX_PC_CFLAGS " -DUVCTX_WITH_TLS=1")
 endif()
 set(UVCTX_PC_LIBS_PRIVATE "")
@@ -66,13 +66,10 @@ foreach(lib IN LISTS CMAKE_DL_LIBS)
 endforeach()
 string(STRIP "${UVCTX_PC_LIBS_PRIVATE}" UVCTX_PC_LIBS_PRIVATE)
 
-if(IS_ABSOLUTE "${UVCTX_PKGCONFIG_DIR}")
-  set(UVCTX_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
-else()
-  file(RELATIVE_PATH up "/uvctx-root/${UVCTX_PKGCONFIG_DIR}" "/uvctx-root")
-  string(REGEX REPLACE "/$" "" up "${up}")
-  set(UVCTX_PC_PREFIX "\${pcfiledir}/${up}")
-endif()
+# The directories are written when the file is installed, from the prefix
+# of that install (`cmake --install build --prefix DIR` included), so that
+# they read DIR/include rather than a path through pkgconfig/../..
+# Absolute CMAKE_INSTALL_<dir> values are kept as they are.
 foreach(dir LIBDIR INCLUDEDIR)
   if(IS_ABSOLUTE "${CMAKE_INSTALL_${dir}}")
     set(UVCTX_PC_${dir} "${CMAKE_INSTALL_${dir}}")
@@ -80,8 +77,13 @@ foreach(dir LIBDIR INCLUDEDIR)
     set(UVCTX_PC_${dir} "\${prefix}/${CMAKE_INSTALL_${dir}}")
   endif()
 endforeach()
-
+set(UVCTX_PC_PREFIX "@UVCTX_INSTALL_PREFIX@")
 configure_file("${PROJECT_SOURCE_DIR}/cmake/uvctx.pc.in"
-  "${PROJECT_BINARY_DIR}/uvctx.pc" @ONLY)
+  "${PROJECT_BINARY_DIR}/uvctx.pc.install" @ONLY)
+install(CODE "
+  set(UVCTX_INSTALL_PREFIX \"\${CMAKE_INSTALL_PREFIX}\")
+  configure_file(\"${PROJECT_BINARY_DIR}/uvctx.pc.install\"
+    \"${PROJECT_BINARY_DIR}/uvctx.pc\" @ONLY)
+")
 install(FILES "${PROJECT_BINARY_DIR}/uvctx.pc"
   DESTINATION "${UVCTX_PKGCONFIG_DIR}")

@@ -81,7 +81,7 @@ UVCTX_EXTERN int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out);
  * (not Linux, or a kernel without it), UV_EINVAL for unknown flags. Other
  * timerfd_create() errors are returned as libuv codes (UV_EMFILE,
  * UV_ENOMEM, ...); otherwise as uvctx_loop_init(). */
-#define UVCTX_LOOP_HIRES_DEADLINES 1u
+enum { UVCTX_LOOP_HIRES_DEADLINES = 1u << 0 };
 UVCTX_EXTERN int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags,
                                     uvctx_loop_t** out);
 
@@ -116,14 +116,16 @@ UVCTX_EXTERN void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out);
 /* The uv_loop_t the binding was made for. */
 UVCTX_EXTERN uv_loop_t* uvctx_loop_uv(const uvctx_loop_t* l);
 
-/* Live objects on a loop, for tests and health checks. Any thread. */
+/* Live objects on a loop, for tests and health checks: a subset of
+ * uvctx_loop_stats(), cheaper to take. Any thread. Returns 0, or UV_EINVAL
+ * for a NULL `out` or a NULL `l` (then `out`, if given, is zeroed). */
 typedef struct uvctx_loop_counts_s {
   uint64_t contexts;  /* contexts homed on the loop still referenced */
   uint64_t watches;   /* watches homed on the loop that have not fired */
   uint64_t deadlines; /* armed deadline entries in the loop's heap */
 } uvctx_loop_counts_t;
-UVCTX_EXTERN void uvctx_loop_counts(const uvctx_loop_t* l,
-                                    uvctx_loop_counts_t* out);
+UVCTX_EXTERN int uvctx_loop_counts(const uvctx_loop_t* l,
+                                   uvctx_loop_counts_t* out);
 
 /* A latency histogram in constant memory: 64 log-spaced buckets (two per
  * power of two, from 128 ns up to about 4.6 minutes, then everything

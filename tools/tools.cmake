@@ -10,6 +10,10 @@ function(uvctx_add_program name)
   # -rdynamic, so that uvctx_loop_dump() can name the program's functions
   # that created a leaked context.
   set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON)
+  # Installed, the program finds the library installed beside it, under any
+  # prefix (the build tree's own RPATH serves until then).
+  file(RELATIVE_PATH rel "/p/${CMAKE_INSTALL_BINDIR}" "/p/${CMAKE_INSTALL_LIBDIR}")
+  set_target_properties(${name} PROPERTIES INSTALL_RPATH "$ORIGIN/${rel}")
   uvctx_warnings(${name})
   uvctx_sanitize(${name})
 endfunction()
@@ -35,5 +39,5 @@ if(UVCTX_WITH_TLS)
   install(TARGETS uvctx-relay RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 
-# uvctx-trace (issue 6).
+# uvctx-trace: the trace tool.
 include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake OPTIONAL)

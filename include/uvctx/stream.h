@@ -2,7 +2,7 @@
  * uv_stream_t (read start/stop, write, shutdown, close, bytes queued), with
  * an implementation over any connected libuv stream (uv_tcp_t, uv_pipe_t,
  * uv_tty_t) and a vtable through which other kinds (the TLS session, test
- * doubles) plug in. uvctx_copy() and uvctx_pipe() take any of them.
+ * doubles) plug in. uvctx_copy_start() and uvctx_pipe_start() take any of them.
  *
  * Threading: a stream belongs to the thread running its loop; every
  * function here must be called there, and every callback runs there.
@@ -175,7 +175,7 @@ UVCTX_EXTERN size_t uvctx_stream_writes_pending(const uvctx_stream_t* s);
  * The handle is given back in one of two ways:
  * - uvctx_stream_close() closes the handle itself (uv_close); the memory of
  *   both `h` and `s` may be freed in or after the close callback. This is
- *   the usual end, and what uvctx_copy() does when its context is done.
+ *   the usual end, and what uvctx_copy_start() does when its context is done.
  * - uvctx_stream_uv_detach() gives the handle back open, reading stopped,
  *   with its original h->data restored. It returns 0 or an error, not the
  *   handle, and clears the stored handle: fetch it with

@@ -1,7 +1,7 @@
 /* uvctx TLS: an OpenSSL 3 session over any uvctx stream, client or server,
- * that is itself a uvctx stream, so uvctx_copy() and uvctx_pipe() work over
- * TLS unchanged. Its handshake takes a context: when the context is done
- * mid-handshake, the session stops, closes its transport and reports the
+ * that is itself a uvctx stream, so uvctx_copy_start() and uvctx_pipe_start()
+ * work over TLS unchanged. Its handshake takes a context: when the context is
+ * done mid-handshake, the session stops, closes its transport and reports the
  * context's error (UV_ECANCELED or UV_ETIMEDOUT).
  *
  * Two objects:

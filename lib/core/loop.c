@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/debug.h"
 #include "core/internal.h"
 
 /* [lock] All live bindings, for uvctx_loop_dump() of trees that span
@@ -212,17 +213,18 @@ uvctx_t* uvctx_background(uvctx_loop_t* l) {
   return l != NULL ? &l->background : NULL;
 }
 
-void uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
+int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   if (out == NULL)
-    return;
+    return UVCTX__EINVAL("out is NULL");
   memset(out, 0, sizeof(*out));
   if (l == NULL)
-    return;
+    return UVCTX__EINVAL("the loop binding is NULL");
   uvctx__lock();
   out->contexts = uvctx__live_locked(l);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
   uvctx__unlock();
+  return 0;
 }
 
 uint64_t uvctx__live_locked(const uvctx_loop_t* l) {

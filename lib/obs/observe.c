@@ -8,9 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/debug.h"
 #include "common/text.h"
 #include "core/internal.h"
-#include "uvctx/trace.h"
+#include "uvctx/metrics.h"
 
 /* ---- text sinks ---------------------------------------------------------- */
 
@@ -43,8 +44,7 @@ static void put_escaped(fixed_t* o, const char* s, size_t n) {
   uvctx__text_escape(UVCTX__TEXT_JSON, s, n, fx_sink, o);
 }
 
-/* ---- log fields
- * --------------------------------------------------------------- */
+/* ---- log fields ---------------------------------------------------------- */
 
 /* Is `v` the innermost binding of its key seen from `c`? */
 static int innermost(const uvctx_t* c, const uvctx__value_t* v) {
@@ -137,9 +137,12 @@ int uvctx_log_fields(const uvctx_t* c, int format, char* buf, size_t size) {
   fixed_t o;
   int rc = 0, first = 1;
 
-  if (c == NULL || (format != UVCTX_LOG_LOGFMT && format != UVCTX_LOG_JSON) ||
-      (buf == NULL && size != 0))
-    return UV_EINVAL;
+  if (c == NULL)
+    return UVCTX__EINVAL("the context is NULL");
+  if (format != UVCTX_LOG_LOGFMT && format != UVCTX_LOG_JSON)
+    return UVCTX__EINVAL("unknown format (UVCTX_LOG_LOGFMT or _JSON)");
+  if (buf == NULL && size != 0)
+    return UVCTX__EINVAL("buf is NULL but size is not 0");
   o.buf = buf;
   o.size = size;
   o.len = 0;
@@ -343,9 +346,9 @@ static void max_gauge(prom_t* p, const char* name, const char* help,
   }
 }
 
-int uvctx_loop_stats_format_prometheus(const uvctx_loop_stats_t* const* stats,
-                                       const char* const* labels, size_t n,
-                                       char** out, size_t* len) {
+int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
+                         const char* const* labels, size_t n, char** out,
+                         size_t* len) {
   static const struct {
     const char* kind;
     size_t off;
@@ -359,11 +362,13 @@ int uvctx_loop_stats_format_prometheus(const uvctx_loop_stats_t* const* stats,
   prom_t p;
   size_t i, k;
 
-  if (out == NULL || (stats == NULL && n > 0))
-    return UV_EINVAL;
+  if (out == NULL)
+    return UVCTX__EINVAL("out is NULL");
+  if (stats == NULL && n > 0)
+    return UVCTX__EINVAL("stats is NULL but n is not 0");
   for (i = 0; i < n; i++)
     if (stats[i] == NULL)
-      return UV_EINVAL;
+      return UVCTX__EINVAL("an element of stats is NULL");
   memset(&p, 0, sizeof(p));
   p.stats = stats;
   p.labels = labels;

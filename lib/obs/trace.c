@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "common/debug.h"
 #include "common/text.h"
 #include "core/internal.h"
 #include "obs/obs.h"
@@ -308,8 +309,12 @@ int uvctx_loop_trace_start(uvctx_loop_t* l, FILE* sink,
   unsigned flush_ms = UVCTX_TRACE_DEFAULT_FLUSH_MS;
   int busy, rc;
 
-  if (l == NULL || sink == NULL || l->closing || cap == 0)
-    return UV_EINVAL;
+  if (l == NULL || sink == NULL)
+    return UVCTX__EINVAL("the loop binding or the sink is NULL");
+  if (l->closing)
+    return UVCTX__EINVAL("the loop binding is closing");
+  if (cap == 0)
+    return UVCTX__EINVAL("ring_events out of range");
   if (opts != NULL && opts->flush_ms != 0)
     flush_ms = opts->flush_ms;
   uvctx__lock();
@@ -392,8 +397,12 @@ int uvctx_loop_trace_open(uvctx_loop_t* l, const char* path,
   tracer_t* t;
   /* Every check that can be made before the file is created or truncated
    * is made first: a refused call leaves an existing file alone. */
-  if (l == NULL || path == NULL || l->closing || ring_cap(opts) == 0)
-    return UV_EINVAL;
+  if (l == NULL || path == NULL)
+    return UVCTX__EINVAL("the loop binding or the path is NULL");
+  if (l->closing)
+    return UVCTX__EINVAL("the loop binding is closing");
+  if (ring_cap(opts) == 0)
+    return UVCTX__EINVAL("ring_events out of range");
   uvctx__lock();
   t = find_locked(l);
   uvctx__unlock();
@@ -416,7 +425,7 @@ int uvctx_loop_trace_open(uvctx_loop_t* l, const char* path,
 int uvctx_loop_trace_counts(const uvctx_loop_t* l, uvctx_trace_counts_t* c) {
   tracer_t* t;
   if (l == NULL || c == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the loop binding or out is NULL");
   uvctx__lock();
   t = find_locked(l);
   if (t != NULL) {
@@ -425,7 +434,7 @@ int uvctx_loop_trace_counts(const uvctx_loop_t* l, uvctx_trace_counts_t* c) {
     c->written = atomic_load_explicit(&t->r.written, memory_order_relaxed);
   }
   uvctx__unlock();
-  return t != NULL ? 0 : UV_EINVAL;
+  return t != NULL ? 0 : UVCTX__EINVAL("the loop is not traced");
 }
 
 int uvctx_loop_trace_stop(uvctx_loop_t* l, uvctx_trace_counts_t* counts) {
@@ -434,14 +443,14 @@ int uvctx_loop_trace_stop(uvctx_loop_t* l, uvctx_trace_counts_t* counts) {
   int rc;
 
   if (l == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the loop binding is NULL");
   /* Out of the list first: from here on no hook can reach the ring, so
    * what it holds is all there will ever be. */
   uvctx__lock();
   t = (tracer_t*)uvctx__trace_ring_detach_locked(l);
   uvctx__unlock();
   if (t == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the loop is not traced");
 
   drain(t);
   flush_slices(t);

@@ -15,6 +15,7 @@ if(UVCTX_SANITIZE STREQUAL "" AND NOT IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
       "-DPKG_CONFIG=${PKG_CONFIG_EXECUTABLE}"
       "-DLIBDIR=${CMAKE_INSTALL_LIBDIR}"
       "-DBUILD_TYPE=${CMAKE_BUILD_TYPE}"
+      "-DEXPECT_PROGRAMS=$<BOOL:$<TARGET_EXISTS:uvctx-relay>>"
       -P "${CMAKE_CURRENT_LIST_DIR}/consumer/check-install.cmake")
   set_tests_properties(install_consumer PROPERTIES TIMEOUT 300
     LABELS install)

@@ -668,8 +668,7 @@ START_TEST(test_idle_slow_steady_reader) {
 }
 END_TEST
 
-/* ---- a terminal at either end
- * ------------------------------------------------ */
+/* ---- a terminal at either end -------------------------------------------- */
 
 /* Into a tty: the copy writes a pty's slave, the sink reads its master.
  * A tty has no write half to shut down, hence UVCTX_COPY_NO_SHUTDOWN. */

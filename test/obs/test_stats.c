@@ -8,10 +8,10 @@
 #include <math.h>
 
 #include "helpers.h"
+#include "uvctx/metrics.h"
 #include "uvctx/trace.h"
 
-/* ---- histograms
- * --------------------------------------------------------------- */
+/* ---- histograms ---------------------------------------------------------- */
 
 START_TEST(histogram_bounds) {
   unsigned i;
@@ -70,8 +70,7 @@ START_TEST(histogram_buckets_and_quantiles) {
 }
 END_TEST
 
-/* ---- loop stats
- * --------------------------------------------------------------- */
+/* ---- loop stats ---------------------------------------------------------- */
 
 static int fired;
 static void count_cb(uvctx_watch_t* w, int err) {
@@ -165,8 +164,7 @@ START_TEST(loop_stats_move) {
 }
 END_TEST
 
-/* ---- Prometheus text
- * ------------------------------------------------------------ */
+/* ---- Prometheus text ----------------------------------------------------- */
 
 /* A checker for the text exposition format 0.0.4, strict enough to catch
  * what Prometheus would reject: metric and label names, quoted and escaped
@@ -402,14 +400,10 @@ START_TEST(prometheus_text) {
   for (i = 0; i < 5; i++)
     uvctx_histogram_record(&b.propagation, 100);
 
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(NULL, NULL, 1, &text, &len),
-      UV_EINVAL);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(both, labels, 2, NULL, &len),
-      UV_EINVAL);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(both, labels, 2, &text, &len), 0);
+  ck_assert_int_eq(uvctx_metrics_format(NULL, NULL, 1, &text, &len), UV_EINVAL);
+  ck_assert_int_eq(uvctx_metrics_format(both, labels, 2, NULL, &len),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_metrics_format(both, labels, 2, &text, &len), 0);
   ck_assert_ptr_nonnull(text);
   ck_assert_uint_eq(strlen(text), len);
   why = check_exposition(text);
@@ -475,8 +469,7 @@ START_TEST(prometheus_text) {
                                       "x_total{a=\"b\",c=\"d f\"} 1\n"));
 
   /* No loops, no labels: families only. */
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(NULL, NULL, 0, &text, NULL), 0);
+  ck_assert_int_eq(uvctx_metrics_format(NULL, NULL, 0, &text, NULL), 0);
   ck_assert_ptr_null(check_exposition(text));
   ck_assert_ptr_nonnull(strstr(text, "# TYPE uvctx_watches gauge\n"));
   uvctx_metrics_free(text);
@@ -497,8 +490,7 @@ START_TEST(prometheus_real_loop) {
   uvctx_release(c);
   UVT_RUN_UNTIL(fired == 1);
   ck_assert_int_eq(uvctx_loop_stats(uvt_l, &s), 0);
-  ck_assert_int_eq(
-      uvctx_loop_stats_format_prometheus(one, NULL, 1, &text, NULL), 0);
+  ck_assert_int_eq(uvctx_metrics_format(one, NULL, 1, &text, NULL), 0);
   ck_assert_ptr_null(check_exposition(text));
   ck_assert_ptr_nonnull(strstr(text, "uvctx_callbacks_total{loop=\"0\"} 1\n"));
   ck_assert_ptr_nonnull(
@@ -509,8 +501,7 @@ START_TEST(prometheus_real_loop) {
 }
 END_TEST
 
-/* ---- log fields
- * ------------------------------------------------------------------ */
+/* ---- log fields ---------------------------------------------------------- */
 
 static int fmt_str(const void* v, char* buf, size_t size) {
   return snprintf(buf, size, "%s", (const char*)v);

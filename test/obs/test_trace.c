@@ -400,8 +400,7 @@ START_TEST(deadline_and_leak) {
 }
 END_TEST
 
-/* ---- the contract
- * ------------------------------------------------------------ */
+/* ---- the contract -------------------------------------------------------- */
 
 START_TEST(start_stop_contract) {
   uvctx_trace_options_t o = {0, 0};
@@ -481,8 +480,7 @@ START_TEST(write_error_is_reported) {
 }
 END_TEST
 
-/* ---- cross-thread stress
- * ------------------------------------------------------ */
+/* ---- cross-thread stress ------------------------------------------------- */
 
 #define STRESS_THREADS 4
 
@@ -588,8 +586,7 @@ START_TEST(cross_thread_stress) {
 }
 END_TEST
 
-/* ---- waiting for the core
- * ----------------------------------------------------- */
+/* ---- waiting for the core ------------------------------------------------ */
 
 /* The callback event names the context whose watch fired, which the
  * summary needs for its delay-by-depth table. */

@@ -27,3 +27,7 @@ uvctx_add_test(test_json
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_json.c ${PROJECT_SOURCE_DIR}/tools/trace/json.c
   TIMEOUT 60)
 target_include_directories(test_json PRIVATE ${PROJECT_SOURCE_DIR}/tools/trace)
+
+# Misuse reports (UVCTX_DEBUG): one line per broken precondition.
+uvctx_add_test(test_misuse SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_misuse.c
+  TIMEOUT 120)

@@ -119,8 +119,7 @@ void cp_sender_pump(cp_sender_t* x);
 void cp_sender_start(cp_sender_t* x, uv_stream_t* s, uint64_t total,
                      size_t max_chunk, uint64_t seed, int shutdown_at_end);
 
-/* ---- the sink
- * ----------------------------------------------------------------- */
+/* ---- the sink ------------------------------------------------------------ */
 
 typedef struct cp_sink_s {
   uv_stream_t* s;

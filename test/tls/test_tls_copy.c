@@ -12,8 +12,7 @@
 #include "copy_peers.h"
 #include "tlsutil.h"
 
-/* ---- TLS-capable ends
- * -------------------------------------------------------- */
+/* ---- TLS-capable ends ---------------------------------------------------- */
 
 /* One end of a TCP connection: the handle, its uvctx stream and, when
  * `tls`, a session over it. `s` is what is read and written. */
@@ -73,8 +72,7 @@ static void tend_close_wait(tend_t* e) {
   UVT_RUN_UNTIL(e->closed == 1);
 }
 
-/* ---- a sender and a sink over uvctx streams
- * ---------------------------------- */
+/* ---- a sender and a sink over uvctx streams ------------------------------ */
 
 typedef struct ts_sender_s {
   uvctx_stream_t* s;
@@ -294,8 +292,7 @@ static void tc_teardown(void) {
   uvt_teardown();
 }
 
-/* ---- copy: sender -> [in | copy | out] -> sink
- * ------------------------------- */
+/* ---- copy: sender -> [in | copy | out] -> sink --------------------------- */
 
 enum { M_TLS_SRC, M_TLS_DST, M_TLS_BOTH, M_N };
 static const char* const mode_names[] = {"tls src", "tls dst", "tls both"};
@@ -471,8 +468,7 @@ static void world_end(void) {
   ck_assert_uint_eq(uvctx__tls_live_ssl(), 0);
 }
 
-/* ---- byte-exact transfers
- * ------------------------------------------------------- */
+/* ---- byte-exact transfers ------------------------------------------------ */
 
 #define BIG_PLAIN (64ull << 20)
 #define BIG_SANITIZED (8ull << 20)
@@ -519,8 +515,7 @@ START_TEST(test_transfer) {
 }
 END_TEST
 
-/* ---- cancel and deadline mid-transfer
- * ------------------------------------------ */
+/* ---- cancel and deadline mid-transfer ------------------------------------ */
 
 static void cancel_when_flowing(ts_sink_t* k) {
   if (k->received >= 100000 && uvctx_err(W.ctx) == 0)
@@ -604,8 +599,7 @@ START_TEST(test_ctx_done_before_start) {
 }
 END_TEST
 
-/* ---- the high-water mark with a TLS destination
- * ------------------------------- */
+/* ---- the high-water mark with a TLS destination -------------------------- */
 
 static size_t max_queue;
 static uint64_t samples;
@@ -671,8 +665,7 @@ START_TEST(test_high_water_tls_dst) {
 }
 END_TEST
 
-/* ---- pipe: a TLS-terminating proxy
- * ---------------------------------------------- */
+/* ---- pipe: a TLS-terminating proxy --------------------------------------- */
 
 /* Client P (TLS) <-> [a: TLS server | pipe | b: plain] <-> Q (plain). */
 typedef struct proxy_s {

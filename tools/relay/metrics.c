@@ -207,8 +207,7 @@ static char* scrape(relay_server_t* srv, size_t* len) {
     ptrs[i] = &stats[i];
     labels[i] = names[i];
   }
-  if (uvctx_loop_stats_format_prometheus(ptrs, labels, n, &loops, &loops_len) !=
-      0)
+  if (uvctx_metrics_format(ptrs, labels, n, &loops, &loops_len) != 0)
     goto done;
   text_add(&t, "%s", loops);
   relay_families(srv, &t);

@@ -28,6 +28,7 @@
 
 #include <uvctx.h>
 #include <uvctx/copy.h>
+#include <uvctx/metrics.h>
 #include <uvctx/tls.h>
 #include <uvctx/trace.h>
 

@@ -436,8 +436,7 @@ static int summary(trace_t* t, double late_us, size_t top) {
   return 0;
 }
 
-/* ---- heatmap
- * ------------------------------------------------------------------ */
+/* ---- heatmap ------------------------------------------------------------- */
 
 #define ROWS 24 /* delay buckets: <= 2^(k+7) ns for k < ROWS-1, then more */
 
@@ -600,8 +599,7 @@ static int heatmap(trace_t* t, const char* out_path, int cols) {
   return 0;
 }
 
-/* ---- main
- * -------------------------------------------------------------------- */
+/* ---- main ---------------------------------------------------------------- */
 
 static int usage(void) {
   fprintf(stderr, "usage: uvctx-trace summary FILE [--late-us N] [--top N]\n"

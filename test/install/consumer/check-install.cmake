@@ -5,7 +5,8 @@
 # and compiles each installed header on its own (twice, for the guards).
 #
 # Inputs (-D): BUILD_DIR, WORK_DIR, GENERATOR, C_COMPILER, PKG_CONFIG,
-# LIBDIR (CMAKE_INSTALL_LIBDIR of the build, relative), BUILD_TYPE.
+# LIBDIR (CMAKE_INSTALL_LIBDIR of the build, relative), BUILD_TYPE,
+# EXPECT_PROGRAMS (the programs were built and must be installed).
 
 foreach(var BUILD_DIR WORK_DIR GENERATOR C_COMPILER PKG_CONFIG LIBDIR)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
@@ -88,6 +89,16 @@ get_filename_component(want_libdir "${prefix}/${LIBDIR}" REALPATH)
 if(NOT pc_libdir STREQUAL want_libdir)
   message(FATAL_ERROR "uvctx.pc libdir ${pc_libdir} is not ${want_libdir}")
 endif()
+# Paths as a user reads them: no detour through pkgconfig/../..
+step("pkg-config includedir" "${PKG_CONFIG}" --variable=includedir uvctx)
+if(step_output MATCHES "\\.\\.")
+  message(FATAL_ERROR "uvctx.pc includedir is not a plain path: ${step_output}")
+endif()
+# OpenSSL is a private requirement: only static links see it.
+step("pkg-config requires" "${PKG_CONFIG}" --print-requires uvctx)
+if(step_output MATCHES "libssl|libcrypto")
+  message(FATAL_ERROR "uvctx.pc makes every consumer require OpenSSL")
+endif()
 set(pc "${WORK_DIR}/pkg-config")
 file(MAKE_DIRECTORY "${pc}")
 step("compile with pkg-config" "${C_COMPILER}" -std=gnu11 -Wall -Wextra
@@ -108,5 +119,19 @@ foreach(h IN LISTS headers)
   step("header ${h}" "${C_COMPILER}" -std=gnu11 -Wall -Wextra
     -Wstrict-prototypes -Werror ${pc_cflags} -fsyntax-only "${pc}/${name}.c")
 endforeach()
+# 5. The installed programs start from this prefix (no LD_LIBRARY_PATH:
+# they find the installed library through their RPATH).
+unset(ENV{LD_LIBRARY_PATH})
+if(EXISTS "${prefix}/bin/uvctx-relay")
+  step("run uvctx-relay --help" "${prefix}/bin/uvctx-relay" --help)
+  if(NOT step_output MATCHES "usage: uvctx-relay")
+    message(FATAL_ERROR "uvctx-relay --help printed no usage")
+  endif()
+  step("run uvctx-trace summary" "${prefix}/bin/uvctx-trace" summary
+    "${consumer_dir}/../../obs/trace/sample.json")
+elseif(EXPECT_PROGRAMS)
+  message(FATAL_ERROR "not installed: bin/uvctx-relay")
+endif()
+
 message(STATUS "install test passed: find_package (shared, static) and "
                "pkg-config consumers built and ran against ${prefix}")

@@ -1,0 +1,88 @@
+/* uvctx metrics: what a loop knows, in the forms monitoring takes: log
+ * fields made of context values (logfmt and JSON) and the Prometheus text
+ * exposition of uvctx_loop_stats() (uvctx_metrics_format(), whose text
+ * uvctx_metrics_free() frees).
+ *
+ * Include <uvctx/metrics.h>; it includes <uvctx.h>. See
+ * docs/observability.md for the guide. */
+#ifndef UVCTX_METRICS_H
+#define UVCTX_METRICS_H
+
+#include <uvctx.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Log fields                                                               */
+/* ------------------------------------------------------------------------ */
+
+enum {
+  UVCTX_LOG_LOGFMT = 1, /* name=value name2="two words" */
+  UVCTX_LOG_JSON = 2    /* "name":"value","name2":"two words" */
+};
+
+/* Formats the values visible from `c` whose keys have a `format` callback:
+ * the innermost binding of each key, outermost key first (the order in which
+ * the request bound them). A key bound innermost to NULL, or whose format
+ * callback returns a negative number, is left out.
+ *
+ * LOGFMT writes `name=value` pairs separated by one space; a value is
+ * quoted when empty or when it holds a space, '=', '"', a backslash or a
+ * control character, and inside quotes '"' '\\' and control characters are
+ * escaped (\n \r \t \u00XX). Characters of a name that logfmt cannot carry
+ * (space, '=', '"', control characters) become '_'.
+ *
+ * JSON writes `"name":"value"` members separated by ',' and no braces, so
+ * that they can be spliced into an object; names and values are escaped
+ * as RFC 8259 requires. In both formats a byte sequence that is not valid
+ * UTF-8 is replaced by U+FFFD.
+ *
+ * snprintf-style: writes at most `size` bytes including a terminating NUL
+ * (buf may be NULL when size is 0) and returns the length the whole text
+ * needs, excluding the NUL. Returns UV_EINVAL for a NULL context, an unknown
+ * format or a NULL buf with a non-zero size, UV_ENOMEM if a value longer
+ * than 1 KiB could not be formatted for lack of memory, or UV_E2BIG if the
+ * text would exceed INT_MAX. Any thread; the format callbacks run on the
+ * calling thread. */
+UVCTX_EXTERN int uvctx_log_fields(const uvctx_t* c, int format, char* buf,
+                                  size_t size);
+
+/* ------------------------------------------------------------------------ */
+/* Metrics                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Formats the stats of `n` loops (n may be 0) in the Prometheus text
+ * exposition format 0.0.4, each sample labelled loop="labels[i]" (escaped
+ * as the format requires; a NULL labels array, or a NULL element, labels
+ * loop i with its index). Families, each with # HELP and # TYPE:
+ *
+ *   uvctx_contexts{kind=...}              gauge, by kind
+ *   uvctx_watches, uvctx_deadlines_armed  gauges
+ *   uvctx_contexts_created_total, uvctx_cancels_total,
+ *   uvctx_remote_wakeups_total, uvctx_callbacks_total,
+ *   uvctx_deadlines_fired_total           counters
+ *   uvctx_cancel_propagation_seconds,
+ *   uvctx_deadline_lateness_seconds       histograms: cumulative
+ *                                         _bucket{le=...} (the 63 finite
+ *                                         bounds and +Inf), _sum, _count
+ *   uvctx_cancel_propagation_max_seconds,
+ *   uvctx_deadline_lateness_max_seconds   gauges
+ *
+ * On success stores a NUL-terminated text in *out (free it with
+ * uvctx_metrics_free()) and its length in *len (len may be NULL), and
+ * returns 0. UV_EINVAL for a NULL out, a NULL stats with n > 0 or a NULL
+ * element; UV_ENOMEM. Any thread. */
+UVCTX_EXTERN int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
+                                      const char* const* labels, size_t n,
+                                      char** out, size_t* len);
+
+/* Frees a text returned by uvctx_metrics_format(). NULL is ignored. */
+UVCTX_EXTERN void uvctx_metrics_free(char* text);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVCTX_METRICS_H */

@@ -1,0 +1,208 @@
+/* output.c owns the way out: encrypting queued plaintext within the chunk
+ * budget, flushing ciphertext to the transport, completing user writes in
+ * order as their last byte is written, and the transport's shutdown. */
+#include <limits.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "tls/session.h"
+
+void uvctx__tls_complete_writes(tls_t* t) {
+  uvctx_write_t* w;
+
+  while ((w = t->wf_head) != NULL && W_SEQ(w) <= t->done_seq) {
+    t->wf_head = w->next_;
+    if (t->wf_head == NULL)
+      t->wf_tail = &t->wf_head;
+    uvctx_stream_write_done(w, 0);
+  }
+}
+
+static void maybe_shutdown_transport(tls_t* t);
+
+static void tx_cb(uvctx_write_t* req, int status) {
+  tx_t* tx = UVCTX__CONTAINER_OF(req, tx_t, req);
+  tls_t* t = tx->t;
+  uint64_t seq = tx->seq;
+  tx_t** pp = &t->fl_head;
+
+  /* Transport writes complete in order: this is fl_head. */
+  while (*pp != tx)
+    pp = &(*pp)->next;
+  *pp = tx->next;
+  if (*pp == NULL)
+    t->fl_tail = pp;
+  t->fl_bytes -= tx->len;
+  uvctx__tls_tx_put(t, tx);
+  if (status != 0) {
+    /* UV_ECANCELED here means we closed the transport: the session's own
+     * error is already set and the close callback finishes the rest. */
+    if (status != UV_ECANCELED || t->err == 0)
+      uvctx__tls_fail(t, status, UVCTX__TLS_QUIET);
+    return;
+  }
+  t->done_seq = seq;
+  uvctx__tls_complete_writes(t);
+  maybe_shutdown_transport(t);
+  /* A chunk is free again: encrypt what waited for one. */
+  if (t->wq_head != NULL && !dead(t))
+    uvctx__tls_cycle(t);
+}
+
+/* Hands every chunk of ciphertext to the transport, one write each. */
+void uvctx__tls_flush(tls_t* t) {
+  tx_t* tx;
+  uv_buf_t buf;
+  int rc;
+
+  uvctx__tls_seal(t);
+  while ((tx = t->ready_head) != NULL) {
+    if (t->tr_state != TR_OPEN)
+      return; /* freed with the engine */
+    t->ready_head = tx->next;
+    if (t->ready_head == NULL)
+      t->ready_tail = &t->ready_head;
+    tx->next = NULL;
+    t->out_pending -= tx->len;
+    t->out_plain -= tx->plain;
+    tx->seq = t->flush_seq + 1;
+    buf = uv_buf_init(tx->data, (unsigned)tx->len);
+    rc = uvctx_stream_write(&tx->req, t->tr, &buf, 1, tx_cb);
+    if (rc != 0) {
+      uvctx__tls_tx_put(t, tx);
+      uvctx__tls_fail(t, rc, UVCTX__TLS_QUIET);
+      return;
+    }
+    *t->fl_tail = tx;
+    t->fl_tail = &tx->next;
+    t->fl_bytes += tx->len;
+    t->flush_seq = tx->seq;
+  }
+}
+
+/* After a flush: writes encrypted since the last one (and
+ * close_notify) complete with the last transport write issued, which carries
+ * their last byte; so do writes with no ciphertext of their own (empty ones).
+ */
+void uvctx__tls_settle_seqs(tls_t* t) {
+  uvctx_write_t* w;
+
+  for (w = t->wf_head; w != NULL; w = w->next_)
+    if (W_SEQ(w) > t->flush_seq)
+      W_SET_SEQ(w, t->flush_seq);
+  if (t->sd_state == SD_NOTIFY && t->sd_seq > t->flush_seq)
+    t->sd_seq = t->flush_seq;
+  if (t->wf_head != NULL && W_SEQ(t->wf_head) <= t->done_seq)
+    uvctx__tls_schedule(t);
+  maybe_shutdown_transport(t);
+}
+
+/* Bytes of ciphertext the chunk pool can still take. */
+static size_t tx_room(const tls_t* t) {
+  size_t room = t->out != NULL ? t->out->cap - t->out->len : 0;
+
+  room += (size_t)t->nspare * TX_SIZE;
+  if (t->nchunks < TX_MAX)
+    room += (size_t)(TX_MAX - t->nchunks) * TX_SIZE;
+  return room;
+}
+
+/* How much of `left` plaintext bytes to encrypt now: all of it if it fits
+ * in the pool, else whole records that fit, else nothing (wait for a
+ * transport write to complete). */
+static size_t tx_budget(const tls_t* t, size_t left) {
+  size_t room = tx_room(t);
+  size_t recs = (left + REC_MAX - 1) / REC_MAX;
+  size_t n;
+
+  if (left <= room && room - left >= recs * REC_OVERHEAD)
+    return left;
+  n = room / (REC_MAX + REC_OVERHEAD) * REC_MAX;
+  return n < left ? n : left;
+}
+
+/* Encrypts queued writes, in order, as far as the chunk pool allows. A
+ * write whose ciphertext is all in chunks moves to `wf`. Returns -1 if
+ * the session failed. */
+int uvctx__tls_encrypt_queued(tls_t* t) {
+  uvctx_write_t* w;
+
+  while ((w = t->wq_head) != NULL) {
+    while (t->wq_idx < W_NBUFS(w)) {
+      uv_buf_t b = w_buf(w, t->wq_idx);
+      size_t n = 0;
+      size_t want;
+      if (t->wq_off == b.len) {
+        t->wq_idx++;
+        t->wq_off = 0;
+        continue;
+      }
+      want = tx_budget(t, b.len - t->wq_off);
+      if (want == 0)
+        return 0;
+      /* Without SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_write_ex writes all
+       * or fails; our BIO never asks to retry. */
+      ERR_clear_error();
+      t->last_tx = NULL;
+      if (SSL_write_ex(t->ssl, b.base + t->wq_off, want, &n) != 1) {
+        uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), UVCTX__TLS_ALERT);
+        return -1;
+      }
+      t->wq_off += want;
+      t->queued_plain -= want;
+      if (t->last_tx != NULL) {
+        t->last_tx->plain += want;
+        t->out_plain += want;
+      }
+    }
+    t->wq_idx = 0;
+    t->wq_off = 0;
+    t->wq_head = w->next_;
+    if (t->wq_head == NULL)
+      t->wq_tail = &t->wq_head;
+    uvctx__free(w->impl_[0]);
+    w->impl_[0] = NULL;
+    W_SET_SEQ(w, SEQ_UNSET);
+    w->next_ = NULL;
+    *t->wf_tail = w;
+    t->wf_tail = &w->next_;
+  }
+  if (t->sd_state == SD_QUEUED) {
+    int r;
+    ERR_clear_error();
+    r = SSL_shutdown(t->ssl);
+    if (r < 0) {
+      uvctx__tls_fail(t, uvctx__tls_map_error(t, r), UVCTX__TLS_QUIET);
+      return -1;
+    }
+    t->sd_state = SD_NOTIFY;
+    t->sd_seq = SEQ_UNSET;
+  }
+  return 0;
+}
+
+static void tr_shutdown_cb(uvctx_shutdown_t* req, int status) {
+  tls_t* t = req->data;
+  uvctx_shutdown_t* sd = t->sd_req;
+
+  t->sd_state = SD_DONE;
+  if (sd == NULL)
+    return;
+  t->sd_req = NULL;
+  uvctx_stream_shutdown_done(sd, status == 0 ? 0 : (t->err ? t->err : status));
+}
+
+/* Graceful shutdown, second half: once the write carrying close_notify is
+ * done, shut the transport's write side. */
+static void maybe_shutdown_transport(tls_t* t) {
+  int rc;
+
+  if (t->sd_state != SD_NOTIFY || t->done_seq < t->sd_seq || dead(t))
+    return;
+  t->sd_state = SD_TRANSPORT;
+  t->tr_sd.data = t;
+  rc = uvctx_stream_shutdown(&t->tr_sd, t->tr, tr_shutdown_cb);
+  if (rc != 0)
+    uvctx__tls_fail(t, rc, UVCTX__TLS_QUIET);
+}
