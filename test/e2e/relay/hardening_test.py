@@ -303,6 +303,15 @@ def active(relay):
     return rt.metric(samples, "uvctx_relay_connections_active")
 
 
+def live(relay):
+    """What the relay holds: open connections, and the library's live
+    contexts and pending watches over every loop (from /metrics)."""
+    _, samples = rt.scrape(relay)
+    return (rt.metric(samples, "uvctx_relay_connections_active"),
+            rt.metric(samples, "uvctx_contexts"),
+            rt.metric(samples, "uvctx_watches"))
+
+
 # ---- slowhttptest ----------------------------------------------------------------
 
 # Each attack: (name, slowhttptest flags, the reasons the relay may give
@@ -375,6 +384,7 @@ def case_slowhttp():
         check(get(relay.port, "/", tls_ca=ca)[0] == 200, "warm-up request")
         time.sleep(0.2)
         fds0 = relay.fds()
+        live0 = live(relay)
         for name, flags, why, deadline in ATTACKS:
             before = len(relay.closes())
             healthy = attack(relay, "%s://localhost:%d/" % (scheme,
@@ -386,8 +396,9 @@ def case_slowhttp():
                  worst))
             check(len(healthy) > 0 and len(ok) == len(healthy),
                   "%s: healthy requests failed: %r" % (name, healthy))
-            rt.wait_until(lambda: active(relay) == 0, 30,
-                          "%s: every connection closed" % name)
+            rt.wait_until(lambda: live(relay) == live0, 30,
+                          "%s: connections, contexts and watches back to %r "
+                          "(now %r)" % (name, live0, live(relay)))
             ended = relay.closes()[before:]
             cut = [c for c in ended if why is None or c.get("reason") in why]
             log("  reasons: %r" % sorted(set(c.get("reason") for c in ended)))
@@ -428,6 +439,7 @@ def case_backend_faults():
     check(get(relay.port)[0] == 200, "warm-up request")
     time.sleep(0.2)
     fds0 = relay.fds()
+    live0 = live(relay)
     load = rt.spawn(["wrk", "-t1", "-c16", "-d6s", "--timeout", "2s",
                      "http://127.0.0.1:%d/" % relay.port],
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -443,7 +455,9 @@ def case_backend_faults():
         (m.group(1) if m else "?", down))
     check(m is not None and int(m.group(1)) > 0, "wrk moved nothing")
     check(get(relay.port)[0] == 200, "served after the restart")
-    rt.wait_until(lambda: active(relay) == 0, 20, "every connection closed")
+    rt.wait_until(lambda: live(relay) == live0, 20,
+                  "connections, contexts and watches back to %r (now %r)" %
+                  (live0, live(relay)))
     rs = [c.get("reason") for c in relay.closes()]
     counts = {r: rs.count(r) for r in set(rs)}
     log("close reasons under load: %r" % counts)
