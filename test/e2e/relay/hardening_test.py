@@ -13,16 +13,13 @@ nothing.
 Exit status: 0 passed, 1 failed, 77 skipped (a tool is missing and
 UVCTX_REQUIRE_PEERS is not set).
 """
-import argparse
 import os
 import re
 import resource
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -512,42 +509,5 @@ def case_backend_faults():
 case_backend_faults.tools = ("curl", "wrk")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--relay", required=True)
-    ap.add_argument("--gen-certs", required=True)
-    ap.add_argument("--sanitize", default="")
-    ap.add_argument("case")
-    rt.ARGS = ap.parse_args()
-    fn = globals().get("case_" + rt.ARGS.case)
-    if fn is None:
-        print("unknown case %r" % rt.ARGS.case)
-        return 1
-    need = getattr(fn, "tools", ("openssl",))
-    for tool in need:
-        if shutil.which(tool) is None:
-            if os.environ.get("UVCTX_REQUIRE_PEERS"):
-                print("FAIL: %s is not installed (UVCTX_REQUIRE_PEERS is set)"
-                      % tool)
-                return 1
-            print("SKIP: %s is not installed" % tool)
-            return rt.SKIP
-    rt.TMP = tempfile.mkdtemp(prefix="relay-hard-")
-    t0 = time.monotonic()
-    try:
-        fn()
-    except Fail as e:
-        print("FAIL: %s" % e, flush=True)
-        for r in rt.RELAYS:
-            print("--- last lines of %s" % os.path.basename(r.log_path))
-            print("\n".join(r.text().splitlines()[-25:]), flush=True)
-        return 1
-    finally:
-        rt.kill_all()
-        shutil.rmtree(rt.TMP, ignore_errors=True)
-    print("PASS %s in %.1fs" % (rt.ARGS.case, time.monotonic() - t0))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(rt.main(globals(), ("openssl", "curl"), "relay-hard-"))
