@@ -96,8 +96,8 @@ void cp_small_buffers(cp_handle_t* x, int bytes) {
   uv_recv_buffer_size(&x->h, &v);
 }
 
-void cp_sender_write_cb__(uv_write_t* r, int status) {
-  cp_wreq_t* w = CP_CONTAINER_OF(r, cp_wreq_t, req);
+/* A write of either kind completed. */
+static void sender_done(cp_wreq_t* w, int status) {
   cp_sender_t* x = w->snd;
   x->inflight--;
   x->writes_done++;
@@ -109,16 +109,36 @@ void cp_sender_write_cb__(uv_write_t* r, int status) {
   cp_sender_pump(x);
 }
 
-void cp_sender_shutdown_cb__(uv_shutdown_t* r, int status) {
-  cp_sender_t* x = CP_CONTAINER_OF(r, cp_sender_t, shut_req);
+void cp_sender_write_cb__(uv_write_t* r, int status) {
+  sender_done(CP_CONTAINER_OF(r, cp_wreq_t, req), status);
+}
+
+void cp_sender_uwrite_cb__(uvctx_write_t* r, int status) {
+  sender_done(CP_CONTAINER_OF(r, cp_wreq_t, ureq), status);
+}
+
+static void sender_shut(cp_sender_t* x, int status) {
   x->shut_state = 2;
   x->shut_status = status;
   if (x->on_shutdown != NULL)
     x->on_shutdown(x);
 }
 
+void cp_sender_shutdown_cb__(uv_shutdown_t* r, int status) {
+  sender_shut(CP_CONTAINER_OF(r, cp_sender_t, shut_req), status);
+}
+
+void cp_sender_ushutdown_cb__(uvctx_shutdown_t* r, int status) {
+  sender_shut(CP_CONTAINER_OF(r, cp_sender_t, ushut_req), status);
+}
+
+static int sender_closing(const cp_sender_t* x) {
+  return x->st != NULL ? uvctx_stream_is_closing(x->st)
+                       : uv_is_closing((const uv_handle_t*)x->s);
+}
+
 void cp_sender_pump(cp_sender_t* x) {
-  while (x->err == 0 && !x->stopped && !uv_is_closing((uv_handle_t*)x->s) &&
+  while (x->err == 0 && !x->stopped && !sender_closing(x) &&
          x->inflight < x->max_inflight && x->queued < x->total) {
     uint64_t left = x->total - x->queued;
     size_t len = 1 + (size_t)uvt_rand_below(&x->rng, x->max_chunk);
@@ -133,7 +153,10 @@ void cp_sender_pump(cp_sender_t* x) {
     w->len = len;
     cp_fill(w->bytes, x->queued, len);
     b = uv_buf_init(w->bytes, (unsigned)len);
-    rc = uv_write(&w->req, x->s, &b, 1, cp_sender_write_cb__);
+    if (x->st != NULL)
+      rc = uvctx_stream_write(&w->ureq, x->st, &b, 1, cp_sender_uwrite_cb__);
+    else
+      rc = uv_write(&w->req, x->s, &b, 1, cp_sender_write_cb__);
     if (rc != 0) {
       free(w);
       x->err = rc;
@@ -144,18 +167,24 @@ void cp_sender_pump(cp_sender_t* x) {
     x->queued += len;
   }
   if (x->err == 0 && !x->stopped && x->shutdown_at_end && x->shut_state == 0 &&
-      x->queued == x->total && x->inflight == 0 &&
-      !uv_is_closing((uv_handle_t*)x->s)) {
-    ck_assert_int_eq(uv_shutdown(&x->shut_req, x->s, cp_sender_shutdown_cb__),
-                     0);
+      x->queued == x->total && x->inflight == 0 && !sender_closing(x)) {
+    if (x->st != NULL)
+      ck_assert_int_eq(
+          uvctx_stream_shutdown(&x->ushut_req, x->st, cp_sender_ushutdown_cb__),
+          0);
+    else
+      ck_assert_int_eq(uv_shutdown(&x->shut_req, x->s, cp_sender_shutdown_cb__),
+                       0);
     x->shut_state = 1;
   }
 }
 
-void cp_sender_start(cp_sender_t* x, uv_stream_t* s, uint64_t total,
-                     size_t max_chunk, uint64_t seed, int shutdown_at_end) {
+static void sender_start(cp_sender_t* x, uv_stream_t* s, uvctx_stream_t* st,
+                         uint64_t total, size_t max_chunk, uint64_t seed,
+                         int shutdown_at_end) {
   memset(x, 0, sizeof(*x));
   x->s = s;
+  x->st = st;
   x->total = total;
   x->max_chunk = max_chunk;
   x->max_inflight = 4;
@@ -164,13 +193,44 @@ void cp_sender_start(cp_sender_t* x, uv_stream_t* s, uint64_t total,
   cp_sender_pump(x);
 }
 
-void cp_sink_alloc__(uv_handle_t* h, size_t sugg, uv_buf_t* b) {
-  cp_sink_t* k = h->data;
+void cp_sender_start(cp_sender_t* x, uv_stream_t* s, uint64_t total,
+                     size_t max_chunk, uint64_t seed, int shutdown_at_end) {
+  sender_start(x, s, NULL, total, max_chunk, seed, shutdown_at_end);
+}
+
+void cp_sender_start_stream(cp_sender_t* x, uvctx_stream_t* s, uint64_t total,
+                            size_t max_chunk, uint64_t seed,
+                            int shutdown_at_end) {
+  sender_start(x, NULL, s, total, max_chunk, seed, shutdown_at_end);
+}
+
+/* Sinks on uvctx streams, found from their stream. */
+static cp_sink_t* stream_sinks[CP_STREAM_SINKS];
+
+static cp_sink_t* sink_of(const uvctx_stream_t* s) {
+  size_t i;
+  for (i = 0; i < CP_STREAM_SINKS; i++)
+    if (stream_sinks[i] != NULL && stream_sinks[i]->st == s)
+      return stream_sinks[i];
+  ck_abort_msg("no sink reads this stream");
+  return NULL;
+}
+
+static void sink_buf(cp_sink_t* k, uv_buf_t* b) {
   size_t n = k->max_read;
-  (void)sugg;
   if (k->rng != 0)
     n = 1 + (size_t)uvt_rand_below(&k->rng, k->max_read);
   *b = uv_buf_init(k->buf, (unsigned)n);
+}
+
+void cp_sink_ualloc__(uvctx_stream_t* s, size_t sugg, uv_buf_t* b) {
+  (void)sugg;
+  sink_buf(sink_of(s), b);
+}
+
+void cp_sink_alloc__(uv_handle_t* h, size_t sugg, uv_buf_t* b) {
+  (void)sugg;
+  sink_buf(h->data, b);
 }
 
 void cp_verify(uint64_t* bad, uint64_t at, const char* p, size_t n) {
@@ -184,17 +244,15 @@ void cp_verify(uint64_t* bad, uint64_t at, const char* p, size_t n) {
     }
 }
 
-void cp_sink_read__(uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
-  cp_sink_t* k = s->data;
+/* A read of either kind: verify, count, apply the rate limit. */
+static void sink_read(cp_sink_t* k, ssize_t n, const uv_buf_t* b) {
   if (n > 0) {
     cp_verify(&k->bad, k->received, b->base, (size_t)n);
     k->received += (uint64_t)n;
     if (k->limited) {
       k->budget -= n;
-      if (k->budget <= 0 && k->reading) {
-        uv_read_stop(s);
-        k->reading = 0;
-      }
+      if (k->budget <= 0)
+        cp_sink_pause(k);
     }
     if (k->on_data != NULL)
       k->on_data(k);
@@ -211,17 +269,37 @@ void cp_sink_read__(uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
     k->on_end(k);
 }
 
+void cp_sink_read__(uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  sink_read(s->data, n, b);
+}
+
+void cp_sink_uread__(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  sink_read(sink_of(s), n, b);
+}
+
 void cp_sink_resume(cp_sink_t* k) {
-  if (k->reading || k->eof || k->err || uv_is_closing((uv_handle_t*)k->s))
+  if (k->reading || k->eof || k->err)
     return;
-  ck_assert_int_eq(uv_read_start(k->s, cp_sink_alloc__, cp_sink_read__), 0);
+  if (k->st != NULL) {
+    if (uvctx_stream_is_closing(k->st))
+      return;
+    ck_assert_int_eq(
+        uvctx_stream_read_start(k->st, cp_sink_ualloc__, cp_sink_uread__), 0);
+  } else {
+    if (uv_is_closing((uv_handle_t*)k->s))
+      return;
+    ck_assert_int_eq(uv_read_start(k->s, cp_sink_alloc__, cp_sink_read__), 0);
+  }
   k->reading = 1;
 }
 
 void cp_sink_pause(cp_sink_t* k) {
   if (!k->reading)
     return;
-  uv_read_stop(k->s);
+  if (k->st != NULL)
+    uvctx_stream_read_stop(k->st);
+  else
+    uv_read_stop(k->s);
   k->reading = 0;
 }
 
@@ -247,6 +325,23 @@ void cp_sink_init(cp_sink_t* k, uv_stream_t* s, size_t max_read, uint64_t seed,
     cp_sink_resume(k);
 }
 
+void cp_sink_init_stream(cp_sink_t* k, uvctx_stream_t* s, size_t max_read,
+                         uint64_t seed, int start) {
+  size_t i;
+  memset(k, 0, sizeof(*k));
+  k->st = s;
+  k->max_read = max_read;
+  k->rng = seed;
+  k->buf = malloc(max_read);
+  ck_assert_ptr_nonnull(k->buf);
+  for (i = 0; i < CP_STREAM_SINKS && stream_sinks[i] != NULL; i++)
+    ;
+  ck_assert_uint_lt(i, CP_STREAM_SINKS);
+  stream_sinks[i] = k;
+  if (start)
+    cp_sink_resume(k);
+}
+
 void cp_sink_limit(cp_sink_t* k, uint64_t bytes_per_sec) {
   k->limited = 1;
   k->per_tick = (int64_t)(bytes_per_sec / 100);
@@ -257,8 +352,12 @@ void cp_sink_limit(cp_sink_t* k, uint64_t bytes_per_sec) {
 }
 
 void cp_sink_free(cp_sink_t* k) {
+  size_t i;
   if (k->limited)
     cp_close_h((uv_handle_t*)&k->timer);
   free(k->buf);
   k->buf = NULL;
+  for (i = 0; i < CP_STREAM_SINKS; i++)
+    if (stream_sinks[i] == k)
+      stream_sinks[i] = NULL;
 }

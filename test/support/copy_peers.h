@@ -3,7 +3,9 @@
  * (a Unix socketpair), a sender writing a position-dependent pattern with
  * random chunking, a sink verifying it (optionally rate-limited), and a
  * handle close counter. Plain libuv on purpose: the peers must not share
- * code with what they test.
+ * code with what they test. The sender and the sink also run over a uvctx
+ * stream, for suites whose peers must be TLS sessions (the TLS shim is then
+ * the peer, not what is tested).
  *
  * Part of the test-support library (copy_peers.c), like helpers.h. */
 #ifndef UVCTX_TEST_COPY_PEERS_H
@@ -81,8 +83,12 @@ void cp_small_buffers(cp_handle_t* x, int bytes);
 
 /* ---- the sender ---------------------------------------------------------- */
 
+/* A sender or a sink runs over a raw libuv stream (`s`, the copy suites'
+ * peers: plain libuv on purpose) or over a uvctx stream (`st`, for peers
+ * that are TLS sessions); one of the two is set. */
 typedef struct cp_sender_s {
   uv_stream_t* s;
+  uvctx_stream_t* st;
   uint64_t total; /* UINT64_MAX: until stopped */
   uint64_t queued;
   uint64_t written;
@@ -98,19 +104,25 @@ typedef struct cp_sender_s {
   int err;
   int stopped;
   uv_shutdown_t shut_req;
+  uvctx_shutdown_t ushut_req;
   void (*on_shutdown)(struct cp_sender_s* x);
   void* data;
 } cp_sender_t;
 
 typedef struct cp_wreq_s {
-  uv_write_t req;
+  union {
+    uv_write_t req;
+    uvctx_write_t ureq;
+  };
   cp_sender_t* snd;
   size_t len;
   char bytes[];
 } cp_wreq_t;
 
 void cp_sender_write_cb__(uv_write_t* r, int status);
+void cp_sender_uwrite_cb__(uvctx_write_t* r, int status);
 void cp_sender_shutdown_cb__(uv_shutdown_t* r, int status);
+void cp_sender_ushutdown_cb__(uvctx_shutdown_t* r, int status);
 
 void cp_sender_pump(cp_sender_t* x);
 
@@ -119,10 +131,16 @@ void cp_sender_pump(cp_sender_t* x);
 void cp_sender_start(cp_sender_t* x, uv_stream_t* s, uint64_t total,
                      size_t max_chunk, uint64_t seed, int shutdown_at_end);
 
+/* The same over a uvctx stream. */
+void cp_sender_start_stream(cp_sender_t* x, uvctx_stream_t* s, uint64_t total,
+                            size_t max_chunk, uint64_t seed,
+                            int shutdown_at_end);
+
 /* ---- the sink ------------------------------------------------------------ */
 
 typedef struct cp_sink_s {
   uv_stream_t* s;
+  uvctx_stream_t* st;
   uint64_t received;
   uint64_t bad; /* first wrong offset + 1; 0 while all is well */
   int eof;
@@ -149,6 +167,8 @@ void cp_sink_alloc__(uv_handle_t* h, size_t sugg, uv_buf_t* b);
 void cp_verify(uint64_t* bad, uint64_t at, const char* p, size_t n);
 
 void cp_sink_read__(uv_stream_t* s, ssize_t n, const uv_buf_t* b);
+void cp_sink_ualloc__(uvctx_stream_t* s, size_t sugg, uv_buf_t* b);
+void cp_sink_uread__(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b);
 
 void cp_sink_resume(cp_sink_t* k);
 
@@ -161,6 +181,13 @@ void cp_sink_tick__(uv_timer_t* t);
  * cp_sink_resume() later). */
 void cp_sink_init(cp_sink_t* k, uv_stream_t* s, size_t max_read, uint64_t seed,
                   int start);
+
+/* The same over a uvctx stream, whose `data` stays its owner's: the sink
+ * finds itself from the stream in a small table (at most CP_STREAM_SINKS
+ * at a time, until cp_sink_free()). */
+#define CP_STREAM_SINKS 8
+void cp_sink_init_stream(cp_sink_t* k, uvctx_stream_t* s, size_t max_read,
+                         uint64_t seed, int start);
 
 /* Limits the sink to `bytes_per_sec` (in 10 ms ticks). */
 void cp_sink_limit(cp_sink_t* k, uint64_t bytes_per_sec);

@@ -1,12 +1,12 @@
-/* test_tls_copy.c owns the Check suite of copy and pipe over TLS (issue 4):
+/* test_tls_copy.c owns the Check suite of copy and pipe over TLS:
  * the copy suite's byte-exact transfers with a TLS session as the source,
  * the destination or both, over real loopback TCP; a TLS-terminating echo
  * proxy and half-close through uvctx_pipe_start(); cancellation and
  * deadlines mid-transfer; and the high-water mark with a TLS destination.
  * Plain peers are the copy suites' raw libuv peers (copy_peers.h); TLS
- * peers are sessions of the shim driven by the small sender and sink
- * below. Every test ends with the helpers.h teardown (nothing leaked, no
- * SSL object left). */
+ * peers are sessions of the shim driven by the same sender and sink in
+ * their uvctx-stream form. Every test ends with the helpers.h teardown (nothing
+ * leaked, no SSL object left). */
 #include <signal.h>
 
 #include "copy_peers.h"
@@ -72,201 +72,6 @@ static void tend_close_wait(tend_t* e) {
   UVT_RUN_UNTIL(e->closed == 1);
 }
 
-/* ---- a sender and a sink over uvctx streams ------------------------------ */
-
-typedef struct ts_sender_s {
-  uvctx_stream_t* s;
-  uint64_t total; /* UINT64_MAX: until it fails */
-  uint64_t queued;
-  uint64_t written;
-  uint64_t rng;
-  size_t max_chunk;
-  unsigned inflight;
-  uint64_t started;
-  uint64_t done;
-  int shutdown_at_end;
-  int shut_state; /* 0 none, 1 requested, 2 its callback ran */
-  int shut_status;
-  int err;
-  uvctx_shutdown_t sd;
-} ts_sender_t;
-
-typedef struct {
-  uvctx_write_t req;
-  ts_sender_t* x;
-  size_t len;
-  char bytes[];
-} ts_wreq_t;
-
-static void ts_pump(ts_sender_t* x);
-
-static void ts_write_cb(uvctx_write_t* req, int status) {
-  ts_wreq_t* w = (ts_wreq_t*)req;
-  ts_sender_t* x = w->x;
-  x->inflight--;
-  x->done++;
-  if (status == 0)
-    x->written += w->len;
-  else if (x->err == 0)
-    x->err = status;
-  free(w);
-  ts_pump(x);
-}
-
-static void ts_shutdown_cb(uvctx_shutdown_t* req, int status) {
-  ts_sender_t* x = req->data;
-  x->shut_state = 2;
-  x->shut_status = status;
-}
-
-static void ts_pump(ts_sender_t* x) {
-  while (x->err == 0 && !uvctx_stream_is_closing(x->s) && x->inflight < 4 &&
-         x->queued < x->total) {
-    uint64_t left = x->total - x->queued;
-    size_t len = 1 + (size_t)uvt_rand_below(&x->rng, x->max_chunk);
-    ts_wreq_t* w;
-    uv_buf_t b;
-    int rc;
-    if (len > left)
-      len = (size_t)left;
-    w = malloc(sizeof(*w) + len);
-    ck_assert_ptr_nonnull(w);
-    w->x = x;
-    w->len = len;
-    cp_fill(w->bytes, x->queued, len);
-    b = uv_buf_init(w->bytes, (unsigned)len);
-    rc = uvctx_stream_write(&w->req, x->s, &b, 1, ts_write_cb);
-    if (rc != 0) {
-      free(w);
-      x->err = rc;
-      break;
-    }
-    x->inflight++;
-    x->started++;
-    x->queued += len;
-  }
-  if (x->err == 0 && x->shutdown_at_end && x->shut_state == 0 &&
-      x->queued == x->total && x->inflight == 0 &&
-      !uvctx_stream_is_closing(x->s)) {
-    x->sd.data = x;
-    ck_assert_int_eq(uvctx_stream_shutdown(&x->sd, x->s, ts_shutdown_cb), 0);
-    x->shut_state = 1;
-  }
-}
-
-static void ts_sender_start(ts_sender_t* x, uvctx_stream_t* s, uint64_t total,
-                            size_t max_chunk, uint64_t seed,
-                            int shutdown_at_end) {
-  memset(x, 0, sizeof(*x));
-  x->s = s;
-  x->total = total;
-  x->max_chunk = max_chunk;
-  x->rng = seed;
-  x->shutdown_at_end = shutdown_at_end;
-  ts_pump(x);
-}
-
-typedef struct ts_sink_s {
-  uvctx_stream_t* s;
-  uint64_t received;
-  uint64_t bad; /* first wrong offset + 1 */
-  int eof;
-  int err;
-  int reading;
-  uint64_t rng;
-  size_t max_read;
-  char* buf;
-  int limited;
-  uv_timer_t timer;
-  int64_t budget;
-  int64_t per_tick;
-  void (*on_data)(struct ts_sink_s* k);
-  void (*on_end)(struct ts_sink_s* k);
-} ts_sink_t;
-
-static void ts_sink_alloc(uvctx_stream_t* s, size_t sug, uv_buf_t* b) {
-  ts_sink_t* k = ((tend_t*)s->data)->owner;
-  size_t n = k->max_read;
-  (void)sug;
-  if (k->rng != 0)
-    n = 1 + (size_t)uvt_rand_below(&k->rng, k->max_read);
-  *b = uv_buf_init(k->buf, (unsigned)n);
-}
-
-static void ts_sink_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
-  ts_sink_t* k = ((tend_t*)s->data)->owner;
-  if (n > 0) {
-    cp_verify(&k->bad, k->received, b->base, (size_t)n);
-    k->received += (uint64_t)n;
-    if (k->limited) {
-      k->budget -= n;
-      if (k->budget <= 0 && k->reading) {
-        uvctx_stream_read_stop(s);
-        k->reading = 0;
-      }
-    }
-    if (k->on_data != NULL)
-      k->on_data(k);
-    return;
-  }
-  if (n == 0)
-    return;
-  k->reading = 0;
-  if (n == UV_EOF)
-    k->eof = 1;
-  else
-    k->err = (int)n;
-  if (k->on_end != NULL)
-    k->on_end(k);
-}
-
-static void ts_sink_resume(ts_sink_t* k) {
-  if (k->reading || k->eof || k->err || uvctx_stream_is_closing(k->s))
-    return;
-  ck_assert_int_eq(uvctx_stream_read_start(k->s, ts_sink_alloc, ts_sink_read),
-                   0);
-  k->reading = 1;
-}
-
-static void ts_sink_tick(uv_timer_t* t) {
-  ts_sink_t* k = t->data;
-  k->budget += k->per_tick;
-  if (k->budget > k->per_tick)
-    k->budget = k->per_tick;
-  if (k->budget > 0)
-    ts_sink_resume(k);
-}
-
-/* Reads and checks everything arriving on e->s (e->owner becomes k). */
-static void ts_sink_init(ts_sink_t* k, tend_t* e, size_t max_read,
-                         uint64_t seed) {
-  memset(k, 0, sizeof(*k));
-  k->s = e->s;
-  k->max_read = max_read;
-  k->rng = seed;
-  k->buf = malloc(max_read);
-  ck_assert_ptr_nonnull(k->buf);
-  e->owner = k;
-  ts_sink_resume(k);
-}
-
-/* At most bytes_per_sec, in 10 ms ticks. */
-static void ts_sink_limit(ts_sink_t* k, uint64_t bytes_per_sec) {
-  k->limited = 1;
-  k->per_tick = (int64_t)(bytes_per_sec / 100);
-  k->budget = k->per_tick;
-  ck_assert_int_eq(uv_timer_init(uvt_loop, &k->timer), 0);
-  k->timer.data = k;
-  ck_assert_int_eq(uv_timer_start(&k->timer, ts_sink_tick, 10, 10), 0);
-}
-
-static void ts_sink_free(ts_sink_t* k) {
-  if (k->limited)
-    cp_close_h((uv_handle_t*)&k->timer);
-  free(k->buf);
-  k->buf = NULL;
-}
-
 /* ---- fixture ------------------------------------------------------------- */
 
 static cp_listener_t L;
@@ -316,8 +121,8 @@ typedef struct {
   tend_t sink;
   cp_sender_t psnd;
   cp_sink_t psink;
-  ts_sender_t tsnd;
-  ts_sink_t tsink;
+  cp_sender_t tsnd;
+  cp_sink_t tsink;
   uvctx_t* ctx;
   uint64_t alloc_base;
 } world_t;
@@ -395,7 +200,7 @@ static void world_start_copy(uvctx_t* ctx, const uvctx_copy_options_t* o) {
 static void world_start_sink(size_t max_read, uint64_t seed) {
   if (W.sink.is_tls) {
     tend_handshake(&W.sink);
-    ts_sink_init(&W.tsink, &W.sink, max_read, seed);
+    cp_sink_init_stream(&W.tsink, W.sink.s, max_read, seed, 1);
   } else {
     cp_sink_init(&W.psink, &W.sink.h.s, max_read, seed, 1);
   }
@@ -405,7 +210,7 @@ static void world_start_sender(uint64_t total, size_t max_chunk,
                                uint64_t seed) {
   if (W.snd.is_tls) {
     tend_handshake(&W.snd);
-    ts_sender_start(&W.tsnd, W.snd.s, total, max_chunk, seed, 1);
+    cp_sender_start_stream(&W.tsnd, W.snd.s, total, max_chunk, seed, 1);
   } else {
     cp_sender_start(&W.psnd, &W.snd.h.s, total, max_chunk, seed, 1);
   }
@@ -447,7 +252,7 @@ static void world_end(void) {
     cp_close(&W.snd.h);
   if (W.sink.is_tls) {
     tend_close_wait(&W.sink);
-    ts_sink_free(&W.tsink);
+    cp_sink_free(&W.tsink);
   } else {
     cp_close(&W.sink.h);
     cp_sink_free(&W.psink);
@@ -455,7 +260,7 @@ static void world_end(void) {
   cp_wait_closed();
   UVT_RUN_UNTIL(W.released);
   if (W.snd.is_tls)
-    ck_assert_uint_eq(W.tsnd.started, W.tsnd.done);
+    ck_assert_uint_eq(W.tsnd.writes_started, W.tsnd.writes_done);
   else
     ck_assert_uint_eq(W.psnd.writes_started, W.psnd.writes_done);
   uvctx_release(W.ctx);
@@ -517,7 +322,7 @@ END_TEST
 
 /* ---- cancel and deadline mid-transfer ------------------------------------ */
 
-static void cancel_when_flowing(ts_sink_t* k) {
+static void cancel_when_flowing(cp_sink_t* k) {
   if (k->received >= 100000 && uvctx_err(W.ctx) == 0)
     ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
 }
@@ -620,7 +425,7 @@ static void qcheck_cb(uv_check_t* c) {
   sample_queue();
 }
 
-static void sink_sample(ts_sink_t* k) {
+static void sink_sample(cp_sink_t* k) {
   (void)k;
   sample_queue();
 }
@@ -648,7 +453,7 @@ START_TEST(test_high_water_tls_dst) {
   world_start_copy(W.ctx, &o);
   world_start_sink(8 * 1024, 0);
   W.tsink.on_data = sink_sample;
-  ts_sink_limit(&W.tsink, 4u << 20);
+  cp_sink_limit(&W.tsink, 4u << 20);
   world_start_sender(total, 64 * 1024, 11);
   UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
   fprintf(stderr,
@@ -782,13 +587,13 @@ START_TEST(test_terminating_echo_proxy) {
   uint64_t seed = uvt_seed("test_terminating_echo_proxy");
   uint64_t base = uvctx_live_allocations();
   uvctx_t* c;
-  ts_sender_t snd;
-  ts_sink_t sink;
+  cp_sender_t snd;
+  cp_sink_t sink;
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
   proxy_begin(c);
   echo_start();
-  ts_sink_init(&sink, &P, 64 * 1024, seed | 1);
-  ts_sender_start(&snd, P.s, total, 100000, seed, 1);
+  cp_sink_init_stream(&sink, P.s, 64 * 1024, seed | 1, 1);
+  cp_sender_start_stream(&snd, P.s, total, 100000, seed, 1);
   UVT_RUN_UNTIL(pcalls == 1 && sink.eof && echo_done);
   ck_assert_msg(pstatus == 0, "pipe: %s", uv_err_name(pstatus));
   ck_assert_int_eq(echo_status, 0);
@@ -799,9 +604,9 @@ START_TEST(test_terminating_echo_proxy) {
   ck_assert_uint_eq(sink.bad, 0);
   UVT_RUN_UNTIL(snd.shut_state == 2);
   ck_assert_int_eq(snd.shut_status, 0);
-  ts_sink_free(&sink);
+  cp_sink_free(&sink);
   proxy_end(c, base);
-  ck_assert_uint_eq(snd.started, snd.done);
+  ck_assert_uint_eq(snd.writes_started, snd.writes_done);
 }
 END_TEST
 
@@ -823,16 +628,16 @@ START_TEST(test_half_close_tls) {
   const uint64_t first = 200000;
   uint64_t base = uvctx_live_allocations();
   uvctx_t* c;
-  ts_sender_t snd;
-  ts_sink_t sink;
+  cp_sender_t snd;
+  cp_sink_t sink;
   second_total = 300000;
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
   proxy_begin(c);
   cp_sink_init(&q_sink, &Q_h.s, 8192, 5, 1);
   q_sink.on_end = q_on_end;
   memset(&q_snd, 0, sizeof(q_snd));
-  ts_sink_init(&sink, &P, 8192, 3);
-  ts_sender_start(&snd, P.s, first, 9000, 7, 1);
+  cp_sink_init_stream(&sink, P.s, 8192, 3, 1);
+  cp_sender_start_stream(&snd, P.s, first, 9000, 7, 1);
   UVT_RUN_UNTIL(pcalls == 1 && sink.eof);
   ck_assert_msg(pstatus == 0, "pipe: %s", uv_err_name(pstatus));
   ck_assert_uint_eq(a_to_b, first);
@@ -841,7 +646,7 @@ START_TEST(test_half_close_tls) {
   ck_assert_uint_eq(sink.received, second_total);
   ck_assert_uint_eq(q_sink.bad + sink.bad, 0);
   ck_assert_int_eq(snd.shut_status, 0);
-  ts_sink_free(&sink);
+  cp_sink_free(&sink);
   cp_sink_free(&q_sink);
   proxy_end(c, base);
 }
@@ -858,14 +663,14 @@ static void cancel_pipe_when_flowing(cp_sink_t* k) {
 
 START_TEST(test_pipe_cancel_mid_transfer) {
   uint64_t base = uvctx_live_allocations();
-  ts_sender_t snd;
-  ts_sink_t sink;
+  cp_sender_t snd;
+  cp_sink_t sink;
   ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &pctx), 0);
   proxy_begin(pctx);
   cp_sink_init(&q_sink, &Q_h.s, 8192, 0, 1);
   q_sink.on_data = cancel_pipe_when_flowing;
-  ts_sink_init(&sink, &P, 8192, 0);
-  ts_sender_start(&snd, P.s, UINT64_MAX, 60000, 1, 0);
+  cp_sink_init_stream(&sink, P.s, 8192, 0, 1);
+  cp_sender_start_stream(&snd, P.s, UINT64_MAX, 60000, 1, 0);
   cp_sender_start(&q_snd, &Q_h.s, UINT64_MAX, 60000, 2, 0);
   UVT_RUN_UNTIL(pcalls == 1);
   ck_assert_msg(pstatus == UV_ECANCELED, "pipe: %s", uv_err_name(pstatus));
@@ -875,10 +680,10 @@ START_TEST(test_pipe_cancel_mid_transfer) {
   /* The proxy went away without close_notify. */
   ck_assert_int_ne(sink.eof, 1);
   UVT_RUN_UNTIL(snd.inflight == 0);
-  ts_sink_free(&sink);
+  cp_sink_free(&sink);
   cp_sink_free(&q_sink);
   proxy_end(pctx, base);
-  ck_assert_uint_eq(snd.started, snd.done);
+  ck_assert_uint_eq(snd.writes_started, snd.writes_done);
   ck_assert_uint_eq(q_snd.writes_started, q_snd.writes_done);
 }
 END_TEST
