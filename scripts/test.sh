@@ -23,7 +23,7 @@ cd "$root"
 
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
   golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
-  clang libclang-rt-14-dev slowhttptest wrk)
+  postgresql libpq-dev clang libclang-rt-14-dev slowhttptest wrk)
 
 install_deps() {
   local missing=() pkg sudo=()

@@ -41,3 +41,17 @@ endif()
 
 # uvctx-trace: the trace tool.
 include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake OPTIONAL)
+
+# uvctx-pg-demo: request handlers with deadlines on a pg pool, a slow query
+# cut by its deadline and cancelled on the server (examples/pg_demo.c). Its
+# smoke test runs on the pg suite's private cluster.
+if(UVCTX_WITH_PG)
+  uvctx_add_program(uvctx-pg-demo SOURCES examples/pg_demo.c)
+  if(UVCTX_BUILD_TESTS)
+    add_test(NAME demo_pg COMMAND sh -c
+      ". \"$0\"; [ -n \"$PG_CONNINFO\" ] || exit \${UVCTX_REQUIRE_PEERS:+1}77; exec \"$1\" \"$PG_CONNINFO\""
+      ${PROJECT_BINARY_DIR}/pg-cluster.env $<TARGET_FILE:uvctx-pg-demo>)
+    set_tests_properties(demo_pg PROPERTIES TIMEOUT 60 LABELS tools
+      SKIP_RETURN_CODE 77 FIXTURES_REQUIRED pg_cluster)
+  endif()
+endif()

@@ -78,7 +78,40 @@ UVCTX_EXTERN int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
                                       const char* const* labels, size_t n,
                                       char** out, size_t* len);
 
-/* Frees a text returned by uvctx_metrics_format(). NULL is ignored. */
+/* The kinds of family of uvctx_metrics_format_table(). */
+enum {
+  UVCTX_METRIC_GAUGE = 1,     /* a uint64_t */
+  UVCTX_METRIC_COUNTER = 2,   /* a uint64_t; name it ..._total */
+  UVCTX_METRIC_HISTOGRAM = 3, /* a uvctx_histogram_t of nanoseconds, in
+                                 seconds: _bucket{le=...}, _sum, _count */
+  UVCTX_METRIC_MAX_GAUGE = 4  /* the max_ns of a uvctx_histogram_t, a gauge
+                                 in seconds */
+};
+
+/* One family of a table: the field at `offset` of every row. */
+typedef struct uvctx_metric_s {
+  const char* name; /* a Prometheus metric name, used as it is */
+  const char* help; /* one line */
+  int type;         /* UVCTX_METRIC_* */
+  size_t offset;    /* of the uint64_t or uvctx_histogram_t in a row */
+} uvctx_metric_t;
+
+/* The formatter behind uvctx_metrics_format(), for the stats structs of
+ * other modules (the connection pool's, yours): writes each of the
+ * `nmetrics` families, in order, with one sample per row labelled
+ * <label>="labels[i]" (escaped; a NULL labels array or element: the row's
+ * index). `label` must be a valid label name. Output, errors and freeing
+ * as uvctx_metrics_format(); UV_EINVAL also for a NULL or empty label,
+ * NULL metrics with nmetrics > 0, a NULL name or help, or an unknown type.
+ * Any thread. */
+UVCTX_EXTERN int uvctx_metrics_format_table(const uvctx_metric_t* metrics,
+                                            size_t nmetrics, const char* label,
+                                            const void* const* rows,
+                                            const char* const* labels, size_t n,
+                                            char** out, size_t* len);
+
+/* Frees a text returned by uvctx_metrics_format() or
+ * uvctx_metrics_format_table(). NULL is ignored. */
 UVCTX_EXTERN void uvctx_metrics_free(char* text);
 
 #ifdef __cplusplus

@@ -264,7 +264,8 @@ static void tx_seconds(text_t* t, uint64_t ns) {
 
 typedef struct prom_s {
   text_t t;
-  const uvctx_loop_stats_t* const* stats;
+  const void* const* rows;
+  const char* label; /* the name of the label that tells rows apart */
   const char* const* labels;
   size_t n;
 } prom_t;
@@ -274,9 +275,11 @@ static void family(prom_t* p, const char* name, const char* type,
   tx_printf(&p->t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* name{loop="...",<extra>} — extra is a preformatted label or NULL. */
+/* name{<label>="...",<extra>} — extra is a preformatted label or NULL. */
 static void series(prom_t* p, const char* name, size_t i, const char* extra) {
-  tx_printf(&p->t, "%s{loop=\"", name);
+  tx_printf(&p->t, "%s{", name);
+  tx_put(&p->t, p->label, strlen(p->label));
+  tx_put(&p->t, "=\"", 2);
   if (p->labels != NULL && p->labels[i] != NULL)
     tx_label(&p->t, p->labels[i]);
   else
@@ -295,7 +298,7 @@ static void scalar(prom_t* p, const char* name, const char* type,
   family(p, name, type, help);
   for (i = 0; i < p->n; i++) {
     series(p, name, i, NULL);
-    tx_printf(&p->t, "%" PRIu64 "\n", FIELD(p->stats[i], off));
+    tx_printf(&p->t, "%" PRIu64 "\n", FIELD(p->rows[i], off));
   }
 }
 
@@ -309,7 +312,7 @@ static void histogram(prom_t* p, const char* name, const char* help,
   family(p, name, "histogram", help);
   for (i = 0; i < p->n; i++) {
     const uvctx_histogram_t* h =
-        (const uvctx_histogram_t*)((const char*)p->stats[i] + off);
+        (const uvctx_histogram_t*)((const char*)p->rows[i] + off);
     uint64_t cum = 0;
     snprintf(sub, sizeof(sub), "%s_bucket", name);
     /* The last bucket has no finite bound: it is the +Inf one. */
@@ -339,12 +342,99 @@ static void max_gauge(prom_t* p, const char* name, const char* help,
   family(p, name, "gauge", help);
   for (i = 0; i < p->n; i++) {
     const uvctx_histogram_t* h =
-        (const uvctx_histogram_t*)((const char*)p->stats[i] + off);
+        (const uvctx_histogram_t*)((const char*)p->rows[i] + off);
     series(p, name, i, NULL);
     tx_seconds(&p->t, h->max_ns);
     tx_put(&p->t, "\n", 1);
   }
 }
+
+/* The index of the first NULL row, or n. */
+static size_t first_null(const void* const* rows, size_t n) {
+  size_t i;
+  for (i = 0; i < n && rows[i] != NULL; i++)
+    ;
+  return i;
+}
+
+/* Starts the text (an empty exposition is still a string). */
+static void prom_begin(prom_t* p, const char* label, const void* const* rows,
+                       const char* const* labels, size_t n) {
+  memset(p, 0, sizeof(*p));
+  p->rows = rows;
+  p->label = label;
+  p->labels = labels;
+  p->n = n;
+  tx_grow(&p->t, 1);
+  if (!p->t.oom)
+    p->t.p[0] = '\0';
+}
+
+static void prom_table(prom_t* p, const uvctx_metric_t* m, size_t nm) {
+  size_t i;
+  for (i = 0; i < nm; i++) {
+    switch (m[i].type) {
+      case UVCTX_METRIC_GAUGE:
+        scalar(p, m[i].name, "gauge", m[i].help, m[i].offset);
+        break;
+      case UVCTX_METRIC_COUNTER:
+        scalar(p, m[i].name, "counter", m[i].help, m[i].offset);
+        break;
+      case UVCTX_METRIC_HISTOGRAM:
+        histogram(p, m[i].name, m[i].help, m[i].offset);
+        break;
+      default:
+        max_gauge(p, m[i].name, m[i].help, m[i].offset);
+        break;
+    }
+  }
+}
+
+static int prom_end(prom_t* p, char** out, size_t* len) {
+  if (p->t.oom) {
+    uvctx__free(p->t.p);
+    return UV_ENOMEM;
+  }
+  *out = p->t.p;
+  if (len != NULL)
+    *len = p->t.len;
+  return 0;
+}
+
+#define LOOP_FIELD(f) offsetof(uvctx_loop_stats_t, f)
+
+static const uvctx_metric_t loop_metrics[] = {
+    {"uvctx_watches", "Watches homed on the loop whose callback has not run.",
+     UVCTX_METRIC_GAUGE, LOOP_FIELD(watches)},
+    {"uvctx_deadlines_armed",
+     "Deadline entries armed in the loop's timer heap.", UVCTX_METRIC_GAUGE,
+     LOOP_FIELD(deadlines)},
+    {"uvctx_contexts_created_total", "Contexts created homed on the loop.",
+     UVCTX_METRIC_COUNTER, LOOP_FIELD(created)},
+    {"uvctx_cancels_total", "Contexts homed on the loop that became done.",
+     UVCTX_METRIC_COUNTER, LOOP_FIELD(cancels)},
+    {"uvctx_remote_wakeups_total",
+     "Watch callbacks queued on the loop by other threads.",
+     UVCTX_METRIC_COUNTER, LOOP_FIELD(remote_wakeups)},
+    {"uvctx_callbacks_total", "Watch callbacks run on the loop.",
+     UVCTX_METRIC_COUNTER, LOOP_FIELD(callbacks)},
+    {"uvctx_deadlines_fired_total",
+     "Deadline entries that expired on the loop.", UVCTX_METRIC_COUNTER,
+     LOOP_FIELD(deadlines_fired)},
+    {"uvctx_cancel_propagation_seconds",
+     "From a cancel or deadline expiry to the start of each watch callback "
+     "it caused.",
+     UVCTX_METRIC_HISTOGRAM, LOOP_FIELD(propagation)},
+    {"uvctx_cancel_propagation_max_seconds",
+     "Largest cancel propagation delay seen on the loop.",
+     UVCTX_METRIC_MAX_GAUGE, LOOP_FIELD(propagation)},
+    {"uvctx_deadline_lateness_seconds",
+     "From a deadline to the timer callback that cancelled it.",
+     UVCTX_METRIC_HISTOGRAM, LOOP_FIELD(lateness)},
+    {"uvctx_deadline_lateness_max_seconds",
+     "Largest deadline lateness seen on the loop.", UVCTX_METRIC_MAX_GAUGE,
+     LOOP_FIELD(lateness)},
+};
 
 int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
                          const char* const* labels, size_t n, char** out,
@@ -353,11 +443,11 @@ int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
     const char* kind;
     size_t off;
   } kinds[] = {
-      {"cancel", offsetof(uvctx_loop_stats_t, contexts_cancel)},
-      {"deadline", offsetof(uvctx_loop_stats_t, contexts_deadline)},
-      {"any", offsetof(uvctx_loop_stats_t, contexts_any)},
-      {"value", offsetof(uvctx_loop_stats_t, contexts_value)},
-      {"without_cancel", offsetof(uvctx_loop_stats_t, contexts_without_cancel)},
+      {"cancel", LOOP_FIELD(contexts_cancel)},
+      {"deadline", LOOP_FIELD(contexts_deadline)},
+      {"any", LOOP_FIELD(contexts_any)},
+      {"value", LOOP_FIELD(contexts_value)},
+      {"without_cancel", LOOP_FIELD(contexts_without_cancel)},
   };
   prom_t p;
   size_t i, k;
@@ -366,17 +456,9 @@ int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
     return UVCTX__EINVAL("out is NULL");
   if (stats == NULL && n > 0)
     return UVCTX__EINVAL("stats is NULL but n is not 0");
-  for (i = 0; i < n; i++)
-    if (stats[i] == NULL)
-      return UVCTX__EINVAL("an element of stats is NULL");
-  memset(&p, 0, sizeof(p));
-  p.stats = stats;
-  p.labels = labels;
-  p.n = n;
-  tx_grow(&p.t, 1); /* an empty exposition is still a string */
-  if (!p.t.oom)
-    p.t.p[0] = '\0';
-
+  if (n > 0 && first_null((const void* const*)stats, n) != n)
+    return UVCTX__EINVAL("an element of stats is NULL");
+  prom_begin(&p, "loop", (const void* const*)stats, labels, n);
   family(&p, "uvctx_contexts", "gauge",
          "Contexts homed on the loop that are still referenced, by kind.");
   for (i = 0; i < n; i++) {
@@ -387,49 +469,34 @@ int uvctx_metrics_format(const uvctx_loop_stats_t* const* stats,
       tx_printf(&p.t, "%" PRIu64 "\n", FIELD(stats[i], kinds[k].off));
     }
   }
-  scalar(&p, "uvctx_watches", "gauge",
-         "Watches homed on the loop whose callback has not run.",
-         offsetof(uvctx_loop_stats_t, watches));
-  scalar(&p, "uvctx_deadlines_armed", "gauge",
-         "Deadline entries armed in the loop's timer heap.",
-         offsetof(uvctx_loop_stats_t, deadlines));
-  scalar(&p, "uvctx_contexts_created_total", "counter",
-         "Contexts created homed on the loop.",
-         offsetof(uvctx_loop_stats_t, created));
-  scalar(&p, "uvctx_cancels_total", "counter",
-         "Contexts homed on the loop that became done.",
-         offsetof(uvctx_loop_stats_t, cancels));
-  scalar(&p, "uvctx_remote_wakeups_total", "counter",
-         "Watch callbacks queued on the loop by other threads.",
-         offsetof(uvctx_loop_stats_t, remote_wakeups));
-  scalar(&p, "uvctx_callbacks_total", "counter",
-         "Watch callbacks run on the loop.",
-         offsetof(uvctx_loop_stats_t, callbacks));
-  scalar(&p, "uvctx_deadlines_fired_total", "counter",
-         "Deadline entries that expired on the loop.",
-         offsetof(uvctx_loop_stats_t, deadlines_fired));
-  histogram(&p, "uvctx_cancel_propagation_seconds",
-            "From a cancel or deadline expiry to the start of each watch "
-            "callback it caused.",
-            offsetof(uvctx_loop_stats_t, propagation));
-  max_gauge(&p, "uvctx_cancel_propagation_max_seconds",
-            "Largest cancel propagation delay seen on the loop.",
-            offsetof(uvctx_loop_stats_t, propagation));
-  histogram(&p, "uvctx_deadline_lateness_seconds",
-            "From a deadline to the timer callback that cancelled it.",
-            offsetof(uvctx_loop_stats_t, lateness));
-  max_gauge(&p, "uvctx_deadline_lateness_max_seconds",
-            "Largest deadline lateness seen on the loop.",
-            offsetof(uvctx_loop_stats_t, lateness));
+  prom_table(&p, loop_metrics, sizeof(loop_metrics) / sizeof(loop_metrics[0]));
+  return prom_end(&p, out, len);
+}
 
-  if (p.t.oom) {
-    uvctx__free(p.t.p);
-    return UV_ENOMEM;
-  }
-  *out = p.t.p;
-  if (len != NULL)
-    *len = p.t.len;
-  return 0;
+int uvctx_metrics_format_table(const uvctx_metric_t* metrics, size_t nmetrics,
+                               const char* label, const void* const* rows,
+                               const char* const* labels, size_t n, char** out,
+                               size_t* len) {
+  prom_t p;
+  size_t i;
+  if (out == NULL)
+    return UVCTX__EINVAL("out is NULL");
+  if (rows == NULL && n > 0)
+    return UVCTX__EINVAL("rows is NULL but n is not 0");
+  if (n > 0 && first_null(rows, n) != n)
+    return UVCTX__EINVAL("an element of rows is NULL");
+  if (label == NULL || label[0] == '\0')
+    return UVCTX__EINVAL("label is NULL or empty");
+  if (metrics == NULL && nmetrics > 0)
+    return UVCTX__EINVAL("metrics is NULL but nmetrics is not 0");
+  for (i = 0; i < nmetrics; i++)
+    if (metrics[i].name == NULL || metrics[i].help == NULL ||
+        metrics[i].type < UVCTX_METRIC_GAUGE ||
+        metrics[i].type > UVCTX_METRIC_MAX_GAUGE)
+      return UVCTX__EINVAL("a metric has no name or help, or a bad type");
+  prom_begin(&p, label, rows, labels, n);
+  prom_table(&p, metrics, nmetrics);
+  return prom_end(&p, out, len);
 }
 
 void uvctx_metrics_free(char* text) {
