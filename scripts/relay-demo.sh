@@ -121,7 +121,8 @@ up_port=$(wait_line "$tmp/http.out" 'port [0-9]+' |
 "$relay" --listen 127.0.0.1:0 --connect "127.0.0.1:$up_port" \
   --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
   --handshake-timeout 1s --idle-timeout 2s --drain-timeout 10s \
-  --metrics 127.0.0.1:0 >"$tmp/relay.out" 2>"$tmp/relay.log" &
+  --metrics 127.0.0.1:0 --log-level open >"$tmp/relay.out" \
+  2>"$tmp/relay.log" &
 relay_pid=$!
 pids+=("$relay_pid")
 port=$(wait_line "$tmp/relay.out" '^listening on' |
@@ -173,11 +174,12 @@ echo "[3/4] openssl s_client, handshake done, then silence -> closed after" \
 # ---- the relay's own view ---------------------------------------------------
 scrape=$(curl -sS --max-time 5 "http://127.0.0.1:$metrics_port/metrics") ||
   die "GET /metrics failed"
-accepted=$(sed -nE 's/^uvctx_relay_connections_accepted_total ([0-9]+)$/\1/p' \
-  <<<"$scrape")
-by_reason='s/^uvctx_relay_connections_closed_total\{reason="([^"]+)"\} '
-by_reason+='([1-9][0-9]*)$/\1=\2/p'
-closed=$(sed -nE "$by_reason" <<<"$scrape" | tr '\n' ' ')
+# The relay's counters are per worker (loop="worker-N"): sum them.
+accepted=$(awk '/^uvctx_relay_connections_accepted_total[{ ]/ { n += $2 }
+  END { print n + 0 }' <<<"$scrape")
+closed=$(awk 'match($0, /^uvctx_relay_connections_closed_total\{.*reason="[^"]+"/) {
+    r = $0; sub(/.*reason="/, "", r); sub(/".*/, "", r); n[r] += $2 }
+  END { for (r in n) if (n[r] > 0) printf "%s=%d ", r, n[r] }' <<<"$scrape")
 echo "      GET http://127.0.0.1:$metrics_port/metrics -> accepted $accepted," \
   "closed by reason: ${closed% }"
 

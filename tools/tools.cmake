@@ -36,6 +36,7 @@ if(UVCTX_WITH_TLS)
     tools/relay/server.c
     tools/relay/conn.c
     tools/relay/metrics.c)
+  include(tools/relay/debug.cmake)
   install(TARGETS uvctx-relay RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 

@@ -5,9 +5,11 @@
 # (lib/common/text.c, a leaf with no state), compiled in: the shared
 # library does not export it.
 uvctx_add_program(uvctx-trace
-  SOURCES tools/trace/uvctx-trace.c tools/trace/json.c lib/common/text.c
+  SOURCES tools/trace/uvctx-trace.c tools/trace/json.c tools/common/heatmap.c
+          lib/common/text.c
   LIBS m)
-target_include_directories(uvctx-trace PRIVATE ${PROJECT_SOURCE_DIR}/lib)
+target_include_directories(uvctx-trace PRIVATE tools/common
+                           ${PROJECT_SOURCE_DIR}/lib)
 install(TARGETS uvctx-trace RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # A traced workload for the docs' heatmap (docs/observability.md); its smoke

@@ -13,10 +13,19 @@
 #                sudo, unless --no-install; otherwise skipped with a reason)
 #   connrate     CONNS tiny requests (connect, 5 bytes each way, close),
 #                relay with 2 workers, beside socat in fork mode
+#   scrape       the throughput and connrate runs of uvctx-relay with
+#                --metrics scraped every second (obs-load.py scrape, one
+#                keep-alive connection, as Prometheus does) beside the same
+#                runs without --metrics, in rotating order
+#   contexts     LIVE (default 10000) connections held through a relay with
+#                2 workers; GET /debug/contexts back to back for 2 s against
+#                2 s without, ROUNDS (--runs) times: the request's wall time,
+#                and the workers' p99 busy time per loop iteration (from
+#                /debug/loops) during the requests beside before them
 #
 #   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--bytes N]
-#       [--tls-bytes N] [--conns N] [--runs N] [--no-install]
-#       [throughput] [tls] [connrate]
+#       [--tls-bytes N] [--conns N] [--live N] [--runs N] [--no-install]
+#       [throughput] [tls] [connrate] [scrape] [contexts]
 #
 # PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
 # the bare relay to bench/bare_relay in the relay's build tree. --runs N
@@ -37,6 +46,7 @@ bare=""
 bytes=$((2 * 1024 * 1024 * 1024))
 tls_bytes=""
 conns=5000
+live=10000
 runs=1
 install=1
 what=()
@@ -47,15 +57,16 @@ while [ $# -gt 0 ]; do
     --bytes) bytes=$2; shift ;;
     --tls-bytes) tls_bytes=$2; shift ;;
     --conns) conns=$2; shift ;;
+    --live) live=$2; shift ;;
     --runs) runs=$2; shift ;;
     --no-install) install=0 ;;
-    throughput | tls | connrate) what+=("$1") ;;
-    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    throughput | tls | connrate | scrape | contexts) what+=("$1") ;;
+    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "relay-bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#what[@]} -eq 0 ] && what=(throughput tls connrate)
+[ ${#what[@]} -eq 0 ] && what=(throughput tls connrate scrape contexts)
 [ -n "$tls_bytes" ] || tls_bytes=$((bytes / 2))
 if [ -z "$relay" ]; then
   for cand in "$root/build/uvctx-relay" "$root/build/bench/uvctx-relay" \
@@ -133,6 +144,8 @@ line() { # name unit value peer peer_value [extra fields]
 start_listener() {
   local name=$1
   shift
+  # Emptied first: the poll below must not read the last run's port.
+  : >"$tmp/$name.out"
   "$@" >"$tmp/$name.out" 2>"$tmp/$name.log" &
   lpid=$!
   pids+=("$lpid")
@@ -168,19 +181,36 @@ r = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write("%.3f" % (r.ru_utime + r.ru_stime))' "$@"
 }
 
-# The sink: one connection read to EOF; it times first byte to EOF itself.
-start_sink() {
-  python3 -u "$here/load.py" sink >"$tmp/sink.out" &
-  sink_pid=$!
-  pids+=("$sink_pid")
-  local i
+# Starts a helper that prints "port N" first (NAME, then its command);
+# sets hport and hpid. Its output file is emptied first, so that the poll
+# never reads the last run's port.
+start_helper() {
+  local name=$1 i
+  shift
+  : >"$tmp/$name.out"
+  "$@" >"$tmp/$name.out" &
+  hpid=$!
+  pids+=("$hpid")
   for i in $(seq 250); do
-    sink_port=$(sed -nE 's/^port ([0-9]+)$/\1/p' "$tmp/sink.out")
-    [ -n "$sink_port" ] && return 0
+    hport=$(sed -nE 's/^port ([0-9]+)$/\1/p' "$tmp/$name.out")
+    [ -n "$hport" ] && return 0
     sleep 0.02
   done
-  die "the sink did not start"
+  die "$name did not start"
 }
+# The sink: one connection read to EOF; it times first byte to EOF itself.
+start_sink() {
+  start_helper sink python3 -u "$here/load.py" sink
+  sink_port=$hport
+  sink_pid=$hpid
+}
+# The asyncio echo server of connrate.py; sets echo_port and echo_pid.
+start_echo() {
+  start_helper echo python3 -u "$here/connrate.py" echo
+  echo_port=$hport
+  echo_pid=$hpid
+}
+
 # Sends $2 bytes to port $1 (TLS with $3 = CA file), waits for the sink and
 # sets secs (the sink's first byte to EOF) and cipher; fails the run unless
 # every byte arrived.
@@ -388,15 +418,7 @@ bench_tls() {
 
 bench_connrate() {
   local echo_port echo_pid s out r_rate s_rate socat_pid
-  python3 -u "$here/connrate.py" echo >"$tmp/echo.out" &
-  echo_pid=$!
-  pids+=("$echo_pid")
-  for _ in $(seq 250); do
-    echo_port=$(sed -nE 's/^port ([0-9]+)$/\1/p' "$tmp/echo.out")
-    [ -n "$echo_port" ] && break
-    sleep 0.02
-  done
-  [ -n "$echo_port" ] || die "the echo server did not start"
+  start_echo
   start_listener relay "$relay" --listen 127.0.0.1:0 \
     --connect "127.0.0.1:$echo_port" --workers 2
   out=$(python3 "$here/connrate.py" client "$lport" "$conns" 32)
@@ -413,6 +435,106 @@ bench_connrate() {
   stop "$socat_pid"
   stop "$echo_pid"
   line relay_connrate conn/s "$r_rate" socat "$s_rate"
+}
+
+# ---- observability costs --------------------------------------------------
+
+
+# The relay's metrics port, from its second line.
+metrics_port() {
+  local i mp
+  for i in $(seq 250); do
+    mp=$(sed -nE 's/^metrics on .*:([0-9]+)$/\1/p' "$tmp/relay.out")
+    [ -n "$mp" ] && echo "$mp" && return 0
+    sleep 0.02
+  done
+  die "the relay printed no metrics port"
+}
+# Starts a scraper of metrics port $1 for at most $2 seconds; sets spid.
+start_scraper() {
+  python3 "$here/obs-load.py" scrape "$1" "$2" >"$tmp/scrape.out" &
+  spid=$!
+  pids+=("$spid")
+}
+# One throughput run with --metrics scraped every second: sets cpu, secs.
+tput_scraped() {
+  local c0
+  start_sink
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$sink_port" --idle-timeout 0 --metrics 127.0.0.1:0
+  start_scraper "$(metrics_port)" 600
+  c0=$(cpu_of "$lpid")
+  transfer "$lport" "$bytes"
+  cpu=$(calc "$(cpu_of "$lpid") - $c0")
+  stop "$spid"
+  stop "$lpid"
+}
+# One connrate run ($1 = scraped or plain) against echo port $2: sets rate.
+connrate_run() {
+  local extra=() out
+  [ "$1" = scraped ] && extra=(--metrics 127.0.0.1:0)
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$2" --workers 2 ${extra[@]+"${extra[@]}"}
+  [ "$1" = scraped ] && start_scraper "$(metrics_port)" 600
+  out=$(python3 "$here/connrate.py" client "$lport" "$conns" 32)
+  rate=$(sed -nE 's/.*rate=([0-9.]+).*/\1/p' <<<"$out")
+  [ "$1" = scraped ] && stop "$spid"
+  stop "$lpid"
+}
+
+bench_scrape() {
+  local mb i k p echo_port echo_pid
+  local -A tput=() crate=()
+  mb=$(calc "$bytes / 1000000")
+  start_echo
+  for i in $(seq "$runs"); do
+    # Rotate which goes first, so that neither always meets a warm cache.
+    for k in 0 1; do
+      p=plain
+      [ $(((i + k) % 2)) = 1 ] && p=scraped
+      if [ "$p" = plain ]; then tput_uvctx; else tput_scraped; fi
+      tput[$p]+=" $(calc "$mb / $secs")"
+      connrate_run "$p" "$echo_port"
+      crate[$p]+=" $rate"
+      note "run $i $p: $(calc "$mb / $secs") MB/s, $rate conn/s"
+    done
+  done
+  stop "$echo_pid"
+  line relay_throughput_scraped MB/s "$(median "${tput[scraped]}")" \
+    unscraped "$(median "${tput[plain]}")"
+  line relay_connrate_scraped conn/s "$(median "${crate[scraped]}")" \
+    unscraped "$(median "${crate[plain]}")"
+}
+
+bench_contexts() {
+  local echo_port echo_pid mp out
+  # LIVE connections are 2 * LIVE descriptors in the relay, LIVE in the
+  # load and LIVE in the echo server; the relay needs a few dozen more.
+  ulimit -n $((2 * live + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  if [ "$(ulimit -n)" != unlimited ] &&
+    [ "$(ulimit -n)" -lt $((2 * live + 64)) ]; then
+    note "descriptor limit $(ulimit -n): --live $live lowered to" \
+      "$((($(ulimit -n) - 64) / 2))"
+    live=$((($(ulimit -n) - 64) / 2))
+  fi
+  start_echo
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$echo_port" --workers 2 --idle-timeout 0 \
+    --max-connections $((live + 100)) --metrics 127.0.0.1:0
+  mp=$(metrics_port)
+  out=$(python3 "$here/obs-load.py" contexts "$lport" "$mp" "$live" "$runs")
+  echo "$out" >&2
+  stop "$lpid"
+  stop "$echo_pid"
+  field() { sed -nE "s/.* $1=([0-9.]+).*/\1/p" <<<"$out" | tr '\n' ' '; }
+  line debug_contexts_wall ms "$(median "$(field wall_ms)")" none 0 \
+    "contexts=$(median "$(field contexts)") live=$live"
+  line debug_contexts_copy us "$(median "$(field copy_us)")" none 0
+  line debug_contexts_stall_p99 ns "$(median "$(field busy_p99_ns)")" \
+    no_request "$(median "$(field quiet_p99_ns)")"
+  line debug_contexts_stall_max_bucket ns \
+    "$(median "$(field busy_max_bucket_ns)")" no_request \
+    "$(median "$(field quiet_max_bucket_ns)")"
 }
 
 for w in "${what[@]}"; do

@@ -63,7 +63,15 @@ enum {
  *              high_water of one buffer means resuming on an empty queue).
  * idle_timeout_ms  fail with UV_ETIMEDOUT when no byte is read or written in
  *              any direction for this long: 0 = no idle timeout.
- * flags        UVCTX_COPY_* flags above. */
+ * flags        UVCTX_COPY_* flags above.
+ * half_close_timeout_ms  pipes only (a copy ignores it): once one direction
+ *              has finished (its EOF read and passed on), the idle timeout
+ *              of the other becomes [0] when a -> b finished first (a
+ *              half-closed: waiting for b), [1] when b -> a did (waiting
+ *              for a), counted from that moment and reset by progress; 0
+ *              keeps idle_timeout_ms. HAProxy's `timeout server-fin` and
+ *              `timeout client-fin` for a client on `a`. Its expiry is
+ *              UV_ETIMEDOUT, told apart by uvctx_pipe_error_at(). */
 typedef struct uvctx_copy_options_s {
   size_t buffer_size;
   unsigned buffers;
@@ -71,6 +79,7 @@ typedef struct uvctx_copy_options_s {
   size_t low_water;
   uint64_t idle_timeout_ms;
   unsigned flags;
+  uint64_t half_close_timeout_ms[2];
 } uvctx_copy_options_t;
 
 /* ------------------------------------------------------------------------ */
@@ -155,6 +164,8 @@ struct uvctx_pipe_s {
   uvctx_pipe_cb cb_;
   void* state_;
   uint64_t bytes_[2];
+  int err_at_;
+  int err_side_;
 };
 
 /* Two copies in opposite directions, a -> b and b -> a, as one operation:
@@ -176,6 +187,26 @@ UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
  * pointer may be NULL. */
 UVCTX_EXTERN void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
                                    uint64_t* b_to_a);
+
+/* What a pipe was doing when the I/O error that ended it happened. */
+enum {
+  UVCTX_PIPE_AT_NONE = 0,   /* no I/O error: EOF, the context or the idle
+                               timeout ended it */
+  UVCTX_PIPE_AT_READ,       /* reading from the stream */
+  UVCTX_PIPE_AT_WRITE,      /* writing to it */
+  UVCTX_PIPE_AT_SHUTDOWN,   /* shutting its write half down */
+  UVCTX_PIPE_AT_HALF_CLOSED /* not an I/O error: the half-close timeout
+                               expired while waiting for the stream */
+};
+
+/* Where the I/O error a finished pipe reported happened, for logs that
+ * must say which peer failed: returns UVCTX_PIPE_AT_READ, _WRITE or
+ * _SHUTDOWN (or _HALF_CLOSED for a half-close timeout) and sets *side (if
+ * not NULL) to 0 for stream `a`, 1 for `b`; UVCTX_PIPE_AT_NONE (side
+ * untouched) when the status was 0, the context's error or the idle
+ * timeout, or while the pipe runs. In or after the callback, on the loop
+ * thread; NULL is UVCTX_PIPE_AT_NONE. */
+UVCTX_EXTERN int uvctx_pipe_error_at(const uvctx_pipe_t* p, int* side);
 
 #ifdef __cplusplus
 }

@@ -56,17 +56,25 @@ struct op_s {
   unsigned flags;
   uint64_t idle_ms;
   uint64_t last_progress; /* uv_hrtime() of the last byte in or out */
+  uint64_t fin_ms[2];     /* half-close timeouts (pipes) */
+  int fin_wait;           /* 1 + the stream index a half-close timeout
+                             waits for; 0 while none runs */
   uv_timer_t timer;
   unsigned timer_on : 1;
   unsigned watching : 1;
   unsigned finishing : 1;
   int status;
+  int err_at;      /* UVCTX_PIPE_AT_* of the I/O error that ended it */
+  int err_stream;  /* its index in streams[] */
   unsigned closes; /* close callbacks still due: streams and timer */
   dir_t dir[2];
 };
 
 static void op_fail(op_t* op, int status, int soft);
 static void op_abort(op_t* op, int status, int soft);
+static void on_idle_timer(uv_timer_t* t);
+static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at);
+static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at);
 static void op_maybe_complete(op_t* op);
 
 /* ---- options ------------------------------------------------------------- */
@@ -78,6 +86,7 @@ typedef struct {
   size_t low;
   uint64_t idle_ms;
   unsigned flags;
+  uint64_t fin_ms[2];
 } conf_t;
 
 static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
@@ -108,6 +117,8 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
   }
   c->idle_ms = o->idle_timeout_ms;
   c->flags = o->flags;
+  c->fin_ms[0] = o->half_close_timeout_ms[0];
+  c->fin_ms[1] = o->half_close_timeout_ms[1];
   if (c->flags &
       ~(unsigned)(UVCTX_COPY_NO_SHUTDOWN | UVCTX_COPY_KEEP_OPEN_IDLE))
     return UV_EINVAL;
@@ -207,7 +218,7 @@ static void on_write(uvctx_write_t* req, int status) {
     if (op->idle_ms != 0) /* progress only matters to an idle timeout */
       op->last_progress = uv_hrtime();
   } else {
-    op_fail(op, status, 0);
+    op_fail_io(op, status, d->dst, UVCTX_PIPE_AT_WRITE);
   }
   if (op->finishing) {
     op_maybe_complete(op);
@@ -227,7 +238,7 @@ static void on_write(uvctx_write_t* req, int status) {
       (uvctx_stream_write_queue_size(d->dst) <= op->low && may_read(d))) {
     rc = read_resume(d);
     if (rc != 0)
-      op_abort(op, rc, 0);
+      op_abort_io(op, rc, d->src, UVCTX_PIPE_AT_READ);
   }
 }
 
@@ -263,7 +274,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
     if (rc != 0) {
       slot_put(d, sl);
-      op_abort(op, rc, 0);
+      op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
       return;
     }
     d->inflight++;
@@ -287,7 +298,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       dir_drained(d);
     return;
   }
-  op_abort(op, (int)nread, 0);
+  op_abort_io(op, (int)nread, d->src, UVCTX_PIPE_AT_READ);
 }
 
 static void on_shutdown(uvctx_shutdown_t* req, int status) {
@@ -306,7 +317,7 @@ static void on_shutdown(uvctx_shutdown_t* req, int status) {
   if (op->kind == OP_PIPE && (status == UV_ENOTCONN || status == UV_EPIPE))
     status = 0;
   if (!op->finishing && status != 0)
-    op_fail(op, status, 0);
+    op_fail_io(op, status, d->dst, UVCTX_PIPE_AT_SHUTDOWN);
   if (op->finishing) {
     op_maybe_complete(op);
     return;
@@ -360,13 +371,32 @@ static void dir_count_cut(dir_t* d) {
   d->cut = 1;
 }
 
+/* A pipe's first direction has finished: the half-close timeout, if
+ * set, replaces the idle timeout from now on (the idle timer machinery
+ * re-arms itself from idle_ms and last_progress). */
+static void half_closed(op_t* op, unsigned i) {
+  if (op->fin_ms[i] == 0)
+    return;
+  op->idle_ms = op->fin_ms[i];
+  op->fin_wait = 1 + (int)(1 - i);
+  op->last_progress = uv_hrtime();
+  if (!op->timer_on) {
+    uv_timer_init(op->loop, &op->timer);
+    op->timer_on = 1;
+  }
+  uv_timer_start(&op->timer, on_idle_timer, op->idle_ms, 0);
+}
+
 static void dir_done(dir_t* d) {
   op_t* op;
 
   op = d->op;
   d->done = 1;
-  if (++op->ndone < op->ndirs)
+  if (++op->ndone < op->ndirs) {
+    if (op->kind == OP_PIPE)
+      half_closed(op, (unsigned)(d - op->dir));
     return;
+  }
   op->finishing = 1;
   op->status = 0;
   op_stop_watch(op);
@@ -391,8 +421,10 @@ static void op_fail(op_t* op, int status, int soft) {
    * I/O error or the idle timeout: the caller cancelled first, and an
    * error from the peer noticing that is not news. The watch still holds
    * the context. (`soft` decides only whether idle streams stay open.) */
-  if (op->watching && uvctx_err(op->ctx) != 0)
+  if (op->watching && uvctx_err(op->ctx) != 0) {
     status = uvctx_err(op->ctx);
+    op->err_at = UVCTX_PIPE_AT_NONE;
+  }
   op->finishing = 1;
   op->status = status;
   op_stop_watch(op);
@@ -423,6 +455,22 @@ static void op_abort(op_t* op, int status, int soft) {
   op_maybe_complete(op);
 }
 
+/* An I/O error on `s` while doing `at`: remembered for
+ * uvctx_pipe_error_at() when it is the one that ends the operation (not
+ * once it is finishing, and not when the context's error wins). */
+static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at) {
+  if (!op->finishing) {
+    op->err_at = at;
+    op->err_stream = s == op->streams[0] ? 0 : 1;
+  }
+  op_fail(op, status, 0);
+}
+
+static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at) {
+  op_fail_io(op, status, s, at);
+  op_maybe_complete(op);
+}
+
 static void op_complete(op_t* op) {
   uvctx_copy_t* c;
   uvctx_pipe_t* p;
@@ -447,6 +495,8 @@ static void op_complete(op_t* op) {
     p->state_ = NULL;
     p->bytes_[0] = b0;
     p->bytes_[1] = b1;
+    p->err_at_ = status != 0 ? op->err_at : UVCTX_PIPE_AT_NONE;
+    p->err_side_ = op->err_stream;
     uvctx__free(op);
     p->cb_(p, status, b0, b1);
   }
@@ -487,6 +537,10 @@ static void on_idle_timer(uv_timer_t* t) {
   idle = uv_hrtime() - op->last_progress;
   limit = op->idle_ms * 1000000;
   if (idle >= limit) {
+    if (op->fin_wait != 0) {
+      op->err_at = UVCTX_PIPE_AT_HALF_CLOSED;
+      op->err_stream = op->fin_wait - 1;
+    }
     op_abort(op, UV_ETIMEDOUT, 1);
     return;
   }
@@ -550,6 +604,8 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   op->low = cf.low;
   op->flags = cf.flags;
   op->idle_ms = cf.idle_ms;
+  op->fin_ms[0] = kind == OP_PIPE ? cf.fin_ms[0] : 0;
+  op->fin_ms[1] = kind == OP_PIPE ? cf.fin_ms[1] : 0;
   op->last_progress = uv_hrtime();
   for (i = 0; i < ndirs; i++) {
     d = &op->dir[i];
@@ -639,11 +695,21 @@ int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx, uvctx_stream_t* a,
   p->cb_ = cb;
   p->bytes_[0] = 0;
   p->bytes_[1] = 0;
+  p->err_at_ = UVCTX_PIPE_AT_NONE;
+  p->err_side_ = 0;
   p->state_ = NULL;
   rc = op_start(p, OP_PIPE, &p->watch_, ctx, a, b, opts, &op);
   if (rc == 0)
     p->state_ = op;
   return rc;
+}
+
+int uvctx_pipe_error_at(const uvctx_pipe_t* p, int* side) {
+  if (p == NULL || p->state_ != NULL || p->err_at_ == UVCTX_PIPE_AT_NONE)
+    return UVCTX_PIPE_AT_NONE;
+  if (side != NULL)
+    *side = p->err_side_;
+  return p->err_at_;
 }
 
 void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,

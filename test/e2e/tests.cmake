@@ -6,7 +6,8 @@ if(TARGET uvctx-relay)
   find_package(Python3 COMPONENTS Interpreter)
   if(Python3_Interpreter_FOUND)
     foreach(case cli plain tls upstream_tls slow deadlines drain workers
-                 emfile metrics trace)
+                 emfile metrics trace debug page rules
+                 prometheus logs halfclose)
       add_test(NAME relay_${case}
         COMMAND ${Python3_EXECUTABLE}
                 ${CMAKE_CURRENT_LIST_DIR}/relay/relay_test.py

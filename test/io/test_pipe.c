@@ -58,6 +58,8 @@ static void proxy_closed(uvctx_stream_t* s) {
 
 /* uvctx_pipe_bytes() as read inside the completion callback. */
 static uint64_t final_up, final_down;
+/* uvctx_pipe_error_at() as read inside the completion callback. */
+static int err_at, err_side;
 
 static void on_pipe(uvctx_pipe_t* p, int st, uint64_t ab, uint64_t ba) {
   proxy_t* x = p->data;
@@ -66,6 +68,8 @@ static void on_pipe(uvctx_pipe_t* p, int st, uint64_t ab, uint64_t ba) {
   a_to_b = ab;
   b_to_a = ba;
   uvctx_pipe_bytes(p, &final_up, &final_down);
+  err_side = -1;
+  err_at = uvctx_pipe_error_at(p, &err_side);
   a_closing = uvctx_stream_is_closing(&x->a);
   b_closing = uvctx_stream_is_closing(&x->b);
   ck_assert_uint_eq(uvctx_stream_writes_pending(&x->a), 0);
@@ -290,6 +294,8 @@ START_TEST(test_cancel_mid_transfer) {
   cp_sender_start(&q_snd, &q_h.s, UINT64_MAX, 60000, 2, 0);
   UVT_RUN_UNTIL(calls == 1);
   ck_assert_int_eq(status, UV_ECANCELED);
+  ck_assert_int_eq(err_at, UVCTX_PIPE_AT_NONE); /* the context, no I/O */
+  ck_assert_int_eq(err_side, -1);
   ck_assert_uint_ge(a_to_b, 100000);
   ck_assert(a_closing && b_closing);
   /* The peers see the proxy go away. */
@@ -321,6 +327,10 @@ START_TEST(test_peer_reset) {
   if (status != UV_ECONNRESET && status != UV_EPIPE)
     ck_abort_msg("status %s", uv_err_name(status));
   ck_assert(a_closing && b_closing);
+  /* P, behind stream a, reset: the error is a's, met reading (or writing
+   * back, had anything flowed that way), never b's. */
+  ck_assert_int_eq(err_side, 0);
+  ck_assert(err_at == UVCTX_PIPE_AT_READ || err_at == UVCTX_PIPE_AT_WRITE);
   UVT_RUN_UNTIL(q_sink.eof || q_sink.err);
   cp_sink_free(&q_sink);
   proxy_end();
@@ -395,6 +405,73 @@ static void bad_pipe_cb(uvctx_pipe_t* p, int st, uint64_t x, uint64_t y) {
   ck_abort_msg("a failed start must not call back");
 }
 
+/* Half-close timeouts: one peer sends 1000 bytes and half-closes, the
+ * other reads them and stays silent. The timeout of the direction that
+ * finished ends the pipe (the 60 s idle timeout and the other direction's
+ * 60 s would not), and uvctx_pipe_error_at() names the silent stream.
+ * _i = 0: P (on a) half-closes, waiting for Q (b); _i = 1: the reverse. */
+#define FIN_MS UVT_SCALE(100, 300)
+
+START_TEST(test_half_close_timeout) {
+  uvctx_copy_options_t o;
+  cp_handle_t* talker = _i == 0 ? &p_h : &q_h;
+  cp_handle_t* silent = _i == 0 ? &q_h : &p_h;
+  uint64_t t0;
+  uint64_t ms;
+
+  memset(&o, 0, sizeof(o));
+  o.idle_timeout_ms = 60000;
+  o.half_close_timeout_ms[_i] = FIN_MS;
+  o.half_close_timeout_ms[1 - _i] = 60000;
+  proxy_begin(0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
+  proxy_start(ctx, &o);
+  cp_sink_init(&q_sink, &silent->s, 8192, 0, 1);
+  cp_sender_start(&p_snd, &talker->s, 1000, 1000, 3, 1);
+  UVT_RUN_UNTIL(q_sink.eof); /* the silent peer has the FIN */
+  t0 = uv_hrtime();
+  UVT_RUN_UNTIL(calls == 1);
+  ms = (uv_hrtime() - t0) / 1000000;
+  ck_assert_int_eq(status, UV_ETIMEDOUT);
+  ck_assert_int_eq(err_at, UVCTX_PIPE_AT_HALF_CLOSED);
+  ck_assert_int_eq(err_side, 1 - _i);
+  ck_assert_uint_eq(_i == 0 ? a_to_b : b_to_a, 1000);
+  ck_assert_uint_eq(q_sink.received, 1000);
+  ck_assert_uint_eq(q_sink.bad, 0);
+  /* Never early (it is counted from the half-close, which came before
+   * the sink saw the FIN). */
+  ck_assert_uint_le(ms, 60000);
+  cp_sink_free(&q_sink);
+  proxy_end();
+}
+END_TEST
+
+/* Without a half-close timeout for the direction that finished, the idle
+ * timeout still governs: a half-closed pipe with a silent peer lives on
+ * past the other direction's (unused) half-close timeout. */
+START_TEST(test_half_close_timeout_other_direction_unused) {
+  uvctx_copy_options_t o;
+
+  memset(&o, 0, sizeof(o));
+  o.idle_timeout_ms = 60000;
+  o.half_close_timeout_ms[1] = FIN_MS; /* only if b half-closes first */
+  proxy_begin(0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &ctx), 0);
+  proxy_start(ctx, &o);
+  cp_sink_init(&q_sink, &q_h.s, 8192, 0, 1);
+  cp_sender_start(&p_snd, &p_h.s, 1000, 1000, 3, 1);
+  UVT_RUN_UNTIL(q_sink.eof);
+  uvt_run_for(3 * FIN_MS);
+  ck_assert_int_eq(calls, 0);
+  ck_assert_int_eq(uvctx_cancel(ctx), 0);
+  UVT_RUN_UNTIL(calls == 1);
+  ck_assert_int_eq(status, UV_ECANCELED);
+  ck_assert_int_eq(err_at, UVCTX_PIPE_AT_NONE);
+  cp_sink_free(&q_sink);
+  proxy_end();
+}
+END_TEST
+
 START_TEST(test_invalid_arguments) {
   uvctx_pipe_t p;
   proxy_begin(0);
@@ -408,6 +485,8 @@ START_TEST(test_invalid_arguments) {
   proxy_start(ctx, NULL);
   ck_assert_int_eq(uvctx_pipe_start(&p, ctx, &X->a, &X->b, NULL, bad_pipe_cb),
                    UV_EBUSY);
+  ck_assert_int_eq(uvctx_pipe_error_at(&X->pipe, NULL), UVCTX_PIPE_AT_NONE);
+  ck_assert_int_eq(uvctx_pipe_error_at(NULL, NULL), UVCTX_PIPE_AT_NONE);
   uvctx_cancel(ctx);
   proxy_end();
   ck_assert_int_eq(status, UV_ECANCELED);
@@ -424,6 +503,8 @@ static Suite* pipe_suite(void) {
   tcase_add_test(tc, test_cancel_mid_transfer);
   tcase_add_test(tc, test_peer_reset);
   tcase_add_test(tc, test_idle_either_direction);
+  tcase_add_loop_test(tc, test_half_close_timeout, 0, 2);
+  tcase_add_test(tc, test_half_close_timeout_other_direction_unused);
   tcase_add_test(tc, test_invalid_arguments);
   suite_add_tcase(s, tc);
   return s;

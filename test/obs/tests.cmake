@@ -31,3 +31,8 @@ target_include_directories(test_json PRIVATE ${PROJECT_SOURCE_DIR}/tools/trace)
 # Misuse reports (UVCTX_DEBUG): one line per broken precondition.
 uvctx_add_test(test_misuse SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_misuse.c
   TIMEOUT 120)
+
+# uvctx_loop_snapshot(): the leak report as records (lib/obs/dump.c).
+uvctx_add_test(test_snapshot SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_snapshot.c
+  TIMEOUT 120)
+set_target_properties(test_snapshot PROPERTIES ENABLE_EXPORTS ON)

@@ -22,11 +22,22 @@ static const char usage[] =
     "  --handshake-timeout DUR          client TLS handshake (default 10s)\n"
     "  --idle-timeout DUR               no bytes either way (default 60s)\n"
     "  --max-lifetime DUR               whole connection (default none)\n"
+    "  --client-fin-timeout DUR         idle limit for the client once the\n"
+    "                                   upstream has half-closed\n"
+    "  --server-fin-timeout DUR         idle limit for the upstream once the\n"
+    "                                   client has half-closed (both: default\n"
+    "                                   the idle timeout)\n"
     "  --drain-timeout DUR              on SIGTERM/SIGINT (default 30s)\n"
     "  --max-connections N              refuse above N (default 10000)\n"
     "  --workers N                      event loops on N threads "
     "(default 1)\n"
     "  --log-format logfmt|json         one line per event on stderr\n"
+    "  --log-level open|close|error|summary\n"
+    "                                   per-connection lines: open and\n"
+    "                                   close, close (default), only\n"
+    "                                   unexpected closes, or none and a\n"
+    "                                   summary per worker each interval\n"
+    "  --log-interval DUR               summary period (default 10s)\n"
     "  --metrics HOST:PORT              serve Prometheus text at /metrics\n"
     "  --trace FILE                     trace each worker loop (Chrome JSON;\n"
     "                                   FILE.N per worker when N > 1)\n"
@@ -197,6 +208,8 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
   cfg->max_connections = 10000;
   cfg->workers = 1;
   cfg->log_format = RELAY_LOG_LOGFMT;
+  cfg->log_level = RELAY_LEVEL_CLOSE;
+  cfg->log_interval_ms = 10000;
 
   for (i = 1; i < argc; i++) {
     const char* a = argv[i];
@@ -267,6 +280,24 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
         cfg->log_format = RELAY_LOG_JSON;
       else
         return fail("bad --log-format '%s' (logfmt or json)%s", v, "");
+    } else if (strcmp(a, "--log-level") == 0) {
+      static const char* const levels[] = {"open", "close", "error", "summary"};
+      int k;
+      for (k = 0; k < 4 && strcmp(v, levels[k]) != 0; k++)
+        ;
+      if (k == 4)
+        return fail("bad --log-level '%s' (open, close, error or summary)%s", v,
+                    "");
+      cfg->log_level = RELAY_LEVEL_OPEN + k;
+    } else if (strcmp(a, "--client-fin-timeout") == 0) {
+      if (duration_opt(a, v, &cfg->client_fin_timeout_ms, 1) != 0)
+        return -1;
+    } else if (strcmp(a, "--server-fin-timeout") == 0) {
+      if (duration_opt(a, v, &cfg->server_fin_timeout_ms, 1) != 0)
+        return -1;
+    } else if (strcmp(a, "--log-interval") == 0) {
+      if (duration_opt(a, v, &cfg->log_interval_ms, 0) != 0)
+        return -1;
     } else if (strcmp(a, "--metrics") == 0) {
       metrics = v;
     } else if (strcmp(a, "--trace") == 0) {

@@ -104,6 +104,12 @@ typedef struct relay_conn_s {
   const char* reason;
   int reason_idx; /* RELAY_R_* of `reason` */
   char detail[200];
+  /* Where the connection was when it ended (accept, handshake, connect,
+   * upstream-handshake, flush, pipe), and which side's I/O error ended it
+   * when that is known from the operation itself (else side_of() decides
+   * from the reason and the phase). */
+  const char* phase;
+  const char* err_side;
   int closing; /* close callbacks outstanding */
   int ended;
   int counted; /* holds a slot in srv->active */
@@ -115,9 +121,35 @@ static void start_connect(relay_conn_t* c);
 
 /* ---- logging ------------------------------------------------------------- */
 
+/* Who ended the connection: "client" or "upstream" (a peer closed,
+ * reset, refused or timed out), "relay" (a deadline of its own, the drain,
+ * a local error), or "both" for an ordinary end in both directions. */
+static const char* side_of(const relay_conn_t* c) {
+  const char* r = c->reason != NULL ? c->reason : "";
+
+  if (c->err_side != NULL)
+    return c->err_side;
+  if (strcmp(r, "eof") == 0)
+    return "both";
+  if (strcmp(r, "client-gone") == 0 || strcmp(r, "handshake-timeout") == 0)
+    return "client";
+  if (strcmp(r, "upstream-refused") == 0 || strcmp(r, "connect-timeout") == 0 ||
+      strcmp(r, "upstream-error") == 0)
+    return "upstream";
+  if (strcmp(r, "reset") == 0 || strcmp(r, "tls-error") == 0)
+    return strcmp(c->phase, "accept") == 0 || strcmp(c->phase, "handshake") == 0
+               ? "client"
+               : "upstream";
+  return "relay";
+}
+
 static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_line_t ln;
   const relay_tag_t* tag = NULL;
+  int is_close = strcmp(event, "close") == 0;
+
+  if (!relay_log_wants(is_close ? RELAY_LOG_CLOSE : RELAY_LOG_OPEN, c->reason))
+    return;
 
   /* The tag is read back through the context, as a library user would. */
   if (c->vctx != NULL)
@@ -133,6 +165,10 @@ static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_u64(&ln, "bytes_down", c->bytes_down);
   relay_log_u64(&ln, "duration_ms", (uv_hrtime() - c->start_ns) / 1000000);
   relay_log_str(&ln, "reason", c->reason != NULL ? c->reason : "none");
+  if (is_close) {
+    relay_log_str(&ln, "side", side_of(c));
+    relay_log_str(&ln, "phase", c->phase);
+  }
   if (c->detail[0] != '\0')
     relay_log_str(&ln, "detail", c->detail);
   relay_log_end(&ln);
@@ -184,6 +220,7 @@ const char* const relay_reasons[RELAY_REASONS] = {
     [RELAY_R_UPSTREAM_ERROR] = "upstream-error",
     [RELAY_R_ERROR] = "error",
     [RELAY_R_CANCELLED] = "cancelled",
+    [RELAY_R_HALF_CLOSE_TIMEOUT] = "half-close-timeout",
     [RELAY_R_TRUNCATED] = "truncated"};
 
 /* The reason messages are string literals, so the pointer outlives the
@@ -301,7 +338,8 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
   if (detail != NULL)
     snprintf(c->detail, sizeof(c->detail), "%s", detail);
   else if (status != 0 && c->detail[0] == '\0')
-    snprintf(c->detail, sizeof(c->detail), "%s", uv_err_name(status));
+    snprintf(c->detail, sizeof(c->detail), "%s %s", side_of(c),
+             uv_err_name(status));
   if (c->ctx != NULL)
     uvctx_cancel_cause(c->ctx, UV_ECANCELED, c->reason);
 
@@ -333,18 +371,6 @@ static void tls_detail(relay_conn_t* c, const char* side, int status,
            why != NULL ? ": " : "", why != NULL ? why : "");
 }
 
-/* The detail of a pipe that failed on its own: the side whose TLS session
- * recorded a reason (a session keeps it past its close, which came before
- * this callback). Without one the side is unknown: the error alone. */
-static void pipe_detail(relay_conn_t* c, int status) {
-  const char* why;
-
-  if ((c->flags & F_CTLS) && (why = uvctx_tls_reason(&c->ctls)) != NULL)
-    tls_detail(c, "client", status, why);
-  else if ((c->flags & F_UTLS) && (why = uvctx_tls_reason(&c->utls)) != NULL)
-    tls_detail(c, "upstream", status, why);
-}
-
 static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
                     uint64_t b_to_a) {
   relay_conn_t* c = p->data;
@@ -363,11 +389,40 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
     reason = "idle-timeout"; /* the copy's own timer, not a context */
   else
     reason = reason_of(NULL, status, "error");
+  if (status == UV_ETIMEDOUT && uvctx_err(c->run) == 0) {
+    int side = 0;
+    if (uvctx_pipe_error_at(p, &side) == UVCTX_PIPE_AT_HALF_CLOSED) {
+      /* One side had half-closed; the other stayed silent too long. */
+      reason = "half-close-timeout";
+      c->err_side = side == 0 ? "client" : "upstream";
+      snprintf(c->detail, sizeof(c->detail), "%s half-closed, %s silent",
+               side == 0 ? "upstream" : "client", c->err_side);
+    }
+  }
   /* A context or the idle timer ending is not an error worth a detail. */
   if (uvctx_err(c->run) != 0 || status == UV_ETIMEDOUT)
     status = 0;
-  else if (status != 0)
-    pipe_detail(c, status);
+  if (status != 0) {
+    int side = 0;
+    int at = uvctx_pipe_error_at(p, &side);
+    if (at != UVCTX_PIPE_AT_NONE) {
+      /* Stream a is the client's, b the upstream's. A TLS session of that
+       * side keeps OpenSSL's reason past its close (which came before this
+       * callback): add it. */
+      const char* why = NULL;
+      if (side == 0 && (c->flags & F_CTLS))
+        why = uvctx_tls_reason(&c->ctls);
+      else if (side != 0 && (c->flags & F_UTLS))
+        why = uvctx_tls_reason(&c->utls);
+      c->err_side = side == 0 ? "client" : "upstream";
+      snprintf(c->detail, sizeof(c->detail), "%s %s %s%s%s", c->err_side,
+               at == UVCTX_PIPE_AT_READ    ? "read"
+               : at == UVCTX_PIPE_AT_WRITE ? "write"
+                                           : "shutdown",
+               uv_err_name(status), why != NULL ? ": " : "",
+               why != NULL ? why : "");
+    }
+  }
   conn_end(c, reason, status, NULL);
 }
 
@@ -377,6 +432,10 @@ static void start_pipe(relay_conn_t* c) {
 
   memset(&opts, 0, sizeof(opts));
   opts.idle_timeout_ms = c->cfg->idle_timeout_ms;
+  /* a is the client: a -> b finished means the client half-closed. */
+  opts.half_close_timeout_ms[0] = c->cfg->server_fin_timeout_ms;
+  opts.half_close_timeout_ms[1] = c->cfg->client_fin_timeout_ms;
+  c->phase = "pipe";
   c->pipe.data = c;
   rc = uvctx_pipe_start(&c->pipe, c->run, c->a, c->b, &opts, on_pipe);
   if (rc != 0) {
@@ -425,6 +484,7 @@ static void upstream_ready(relay_conn_t* c) {
     return;
   }
   buf = uv_buf_init(c->pre, (unsigned)c->pre_len);
+  c->phase = "flush";
   c->flush_req.data = c;
   rc = uvctx_stream_write(&c->flush_req, c->b, &buf, 1, on_flushed);
   if (rc != 0)
@@ -466,8 +526,9 @@ static void preread_cb(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   c->prereading = 0;
   if (nread == UV_ENOBUFS)
     return; /* full, or out of memory: wait for the upstream */
+  c->err_side = "client";
   if (nread != UV_EOF)
-    snprintf(c->detail, sizeof(c->detail), "client %s",
+    snprintf(c->detail, sizeof(c->detail), "client read %s",
              uv_err_name((int)nread));
   uvctx_cancel_cause(c->ctx, UV_ECANCELED,
                      nread == UV_EOF ? "client-gone" : "reset");
@@ -538,6 +599,7 @@ static void on_connect(uv_connect_t* req, int status) {
     c->flags |= F_UTLS;
     c->utls.stream.data = c;
     c->b = &c->utls.stream;
+    c->phase = "upstream-handshake";
     /* The connect timeout covers the upstream handshake too. */
     rc = uvctx_tls_handshake(&c->utls, c->step, on_upstream_handshake);
     if (rc != 0)
@@ -553,6 +615,7 @@ static void start_connect(relay_conn_t* c) {
   uv_loop_t* loop = &c->w->loop;
   int rc;
 
+  c->phase = "connect";
   rc = uvctx_with_timeout_cause(c->run, c->cfg->connect_timeout_ms,
                                 UV_ETIMEDOUT, "connect-timeout", &c->step);
   if (rc != 0) {
@@ -637,6 +700,7 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
   c->cfg = srv->cfg;
   c->counted = 1;
   c->start_ns = uv_hrtime();
+  c->phase = "accept";
   w->nconns++;
   atomic_fetch_add_explicit(&w->counters.accepted, 1, memory_order_relaxed);
 
@@ -707,6 +771,7 @@ void relay_conn_start(relay_worker_t* w, int fd, const struct sockaddr* peer) {
   c->flags |= F_CTLS;
   c->ctls.stream.data = c;
   c->a = &c->ctls.stream;
+  c->phase = "handshake";
   rc = uvctx_with_timeout_cause(c->run, c->cfg->handshake_timeout_ms,
                                 UV_ETIMEDOUT, "handshake-timeout", &c->step);
   if (rc != 0) {

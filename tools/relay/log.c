@@ -14,9 +14,33 @@
 #include "relay.h"
 
 static int log_format = RELAY_LOG_LOGFMT;
+static int log_level = RELAY_LEVEL_CLOSE;
 
-void relay_log_init(int format) {
+void relay_log_init(int format, int level) {
   log_format = format;
+  log_level = level;
+}
+
+int relay_log_wants(int kind, const char* reason) {
+  static const char* const expected[] = {"eof", "idle-timeout", "lifetime",
+                                         "drained", "half-close-timeout"};
+  size_t i;
+
+  switch (log_level) {
+    case RELAY_LEVEL_OPEN:
+      return 1;
+    case RELAY_LEVEL_CLOSE:
+      return kind == RELAY_LOG_CLOSE;
+    case RELAY_LEVEL_ERROR:
+      if (kind != RELAY_LOG_CLOSE)
+        return 0;
+      for (i = 0; i < sizeof(expected) / sizeof(expected[0]); i++)
+        if (reason != NULL && strcmp(reason, expected[i]) == 0)
+          return 0;
+      return 1;
+    default:
+      return 0;
+  }
 }
 
 /* Room kept for the closing "}\n". */

@@ -20,14 +20,21 @@
  * while an answer is written). A connection with no complete request for
  * METRICS_IDLE_MS since it opened or since its last answer is closed,
  * whatever it is doing; at most METRICS_MAX_CONNS are open at once, and
- * the ones above are closed at once. On drain the listener closes (new
- * scrapes are refused by the kernel) and open connections are still
- * answered; at exit everything is closed. */
+ * the ones above are closed at once. The listener stays open during a
+ * drain (Prometheus must see it) and everything is closed at exit.
+ *
+ * Paths other than /metrics (the index page and /debug/...) are debug.c's;
+ * a debug answer that takes time (a listing, a recording) suspends the
+ * connection (no reading, no idle timeout) until debug_done(). */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+
+#include <arpa/inet.h>
 
 #include "relay.h"
 
@@ -72,6 +79,8 @@ struct mconn_s {
   int writing;    /* an answer is being written: reading is stopped */
   int keep_alive; /* after this answer */
   int lingering;  /* answered for the last time: discarding until EOF */
+  int debug;      /* a debug endpoint's answer is being prepared */
+  int head_only;  /* of the request being answered */
   size_t used;    /* bytes of buf taken by the request being answered */
   size_t len;
   char buf[METRICS_REQ_MAX];
@@ -79,17 +88,24 @@ struct mconn_s {
 
 /* ---- the text ------------------------------------------------------------ */
 
-typedef struct text_s {
+/* Room for `need` more bytes; 0 (and oom) if there is none to be had. */
+static int grow(relay_text_t* t, size_t need) {
+  size_t cap = t->cap == 0 ? 4096 : t->cap * 2;
   char* p;
-  size_t len;
-  size_t cap;
-  int oom;
-} text_t;
 
-static void text_add(text_t* t, const char* fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+  while (cap - t->len < need)
+    cap *= 2;
+  p = realloc(t->p, cap);
+  if (p == NULL) {
+    t->oom = 1;
+    return 0;
+  }
+  t->p = p;
+  t->cap = cap;
+  return 1;
+}
 
-static void text_add(text_t* t, const char* fmt, ...) {
+void relay_text_add(relay_text_t* t, const char* fmt, ...) {
   va_list ap;
   int n;
 
@@ -108,69 +124,173 @@ static void text_add(text_t* t, const char* fmt, ...) {
       t->len += (size_t)n;
       return;
     }
-    size_t cap = t->cap == 0 ? 4096 : t->cap * 2;
-    while (cap - t->len <= (size_t)n)
-      cap *= 2;
-    char* p = realloc(t->p, cap);
-    if (p == NULL) {
-      t->oom = 1;
+    if (!grow(t, (size_t)n + 1))
       return;
-    }
-    t->p = p;
-    t->cap = cap;
   }
 }
 
-static void family(text_t* t, const char* name, const char* type,
-                   const char* help) {
-  text_add(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+void relay_text_raw(relay_text_t* t, const char* s, size_t n) {
+  if (t->oom || (t->cap - t->len <= n && !grow(t, n + 1)))
+    return;
+  memcpy(t->p + t->len, s, n);
+  t->len += n;
+  t->p[t->len] = '\0';
 }
 
-/* The relay's own families, after the loops'. Each counter is the sum of
- * the workers' (read one by one: the sum is not atomic, but every term
- * only grows, so a scrape is never lower than the one before). */
-static void relay_families(relay_server_t* srv, text_t* t) {
-  uint64_t accepted = 0, refused = 0, up = 0, down = 0;
-  uint64_t closed[RELAY_REASONS] = {0};
-  unsigned i;
-  unsigned r;
+/* Control characters as \u00XX; bytes above 0x7f pass (the texts escaped
+ * here are paths and symbol names, taken as UTF-8). */
+void relay_text_json(relay_text_t* t, const char* s) {
+  for (; *s != '\0'; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      relay_text_add(t, "\\%c", ch);
+    else if (ch < 0x20)
+      relay_text_add(t, "\\u%04x", ch);
+    else
+      relay_text_raw(t, s, 1);
+  }
+}
 
+void relay_text_html(relay_text_t* t, const char* s) {
+  for (; *s != '\0'; s++) {
+    switch (*s) {
+      case '<':
+        relay_text_raw(t, "&lt;", 4);
+        break;
+      case '>':
+        relay_text_raw(t, "&gt;", 4);
+        break;
+      case '&':
+        relay_text_raw(t, "&amp;", 5);
+        break;
+      case '"':
+        relay_text_raw(t, "&quot;", 6);
+        break;
+      default:
+        relay_text_raw(t, s, 1);
+    }
+  }
+}
+
+uint64_t relay_max_fds(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return 0;
+  return (uint64_t)rl.rlim_cur;
+}
+
+static void family(relay_text_t* t, const char* name, const char* type,
+                   const char* help) {
+  relay_text_add(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void relay_totals(relay_server_t* srv, relay_totals_t* out) {
+  unsigned i, r;
+
+  memset(out, 0, sizeof(*out));
   for (i = 0; i < srv->nworkers; i++) {
     relay_counters_t* n = &srv->workers[i].counters;
-    accepted += atomic_load_explicit(&n->accepted, memory_order_relaxed);
-    refused += atomic_load_explicit(&n->refused, memory_order_relaxed);
-    up += atomic_load_explicit(&n->bytes_up, memory_order_relaxed);
-    down += atomic_load_explicit(&n->bytes_down, memory_order_relaxed);
+    out->accepted += atomic_load_explicit(&n->accepted, memory_order_relaxed);
+    out->refused += atomic_load_explicit(&n->refused, memory_order_relaxed);
+    out->bytes_up += atomic_load_explicit(&n->bytes_up, memory_order_relaxed);
+    out->bytes_down +=
+        atomic_load_explicit(&n->bytes_down, memory_order_relaxed);
     for (r = 0; r < RELAY_REASONS; r++)
-      closed[r] += atomic_load_explicit(&n->closed[r], memory_order_relaxed);
+      out->closed[r] +=
+          atomic_load_explicit(&n->closed[r], memory_order_relaxed);
   }
+}
+
+/* One sample per worker of the counter at `offset` in relay_counters_t
+ * (an array index `r` for the closed counters), labelled as the loop
+ * stats are: loop="worker-N". */
+static void per_worker(relay_server_t* srv, relay_text_t* t, const char* name,
+                       const char* extra, size_t offset) {
+  unsigned i;
+
+  for (i = 0; i < srv->nworkers; i++) {
+    atomic_uint_fast64_t* v =
+        (atomic_uint_fast64_t*)((char*)&srv->workers[i].counters + offset);
+    relay_text_add(
+        t, "%s{loop=\"worker-%u\"%s} %llu\n", name, i, extra,
+        (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
+  }
+}
+
+/* The relay's own families, after the loops'. Counters are per worker,
+ * so that rates can be compared between workers; a sum over workers is
+ * never lower than the one before, since every term only grows. */
+static void relay_families(relay_server_t* srv, relay_text_t* t) {
+  char extra[64];
+  unsigned r;
+
   family(t, "uvctx_relay_connections_accepted_total", "counter",
          "Client connections the relay took on.");
-  text_add(t, "uvctx_relay_connections_accepted_total %llu\n",
-           (unsigned long long)accepted);
+  per_worker(srv, t, "uvctx_relay_connections_accepted_total", "",
+             offsetof(relay_counters_t, accepted));
   family(t, "uvctx_relay_connections_active", "gauge",
          "Client connections open (or closing) over all workers.");
-  text_add(t, "uvctx_relay_connections_active %u\n", atomic_load(&srv->active));
+  relay_text_add(t, "uvctx_relay_connections_active %u\n",
+                 atomic_load(&srv->active));
+  family(t, "uvctx_relay_connections_max", "gauge",
+         "The --max-connections limit.");
+  relay_text_add(t, "uvctx_relay_connections_max %u\n",
+                 srv->cfg->max_connections);
   family(t, "uvctx_relay_connections_refused_total", "counter",
          "Client connections closed at once: over --max-connections, or "
          "out of memory.");
-  text_add(t, "uvctx_relay_connections_refused_total %llu\n",
-           (unsigned long long)refused);
+  per_worker(srv, t, "uvctx_relay_connections_refused_total", "",
+             offsetof(relay_counters_t, refused));
   family(t, "uvctx_relay_connections_closed_total", "counter",
          "Connections ended, by the reason in their close log line.");
-  for (r = 0; r < RELAY_REASONS; r++)
-    text_add(t, "uvctx_relay_connections_closed_total{reason=\"%s\"} %llu\n",
-             relay_reasons[r], (unsigned long long)closed[r]);
+  for (r = 0; r < RELAY_REASONS; r++) {
+    snprintf(extra, sizeof(extra), ",reason=\"%s\"", relay_reasons[r]);
+    per_worker(srv, t, "uvctx_relay_connections_closed_total", extra,
+               offsetof(relay_counters_t, closed) +
+                   r * sizeof(atomic_uint_fast64_t));
+  }
   family(t, "uvctx_relay_bytes_total", "counter",
          "Bytes relayed; up is client to upstream. Open connections' "
          "bytes are added each second.");
-  text_add(t, "uvctx_relay_bytes_total{direction=\"up\"} %llu\n",
-           (unsigned long long)up);
-  text_add(t, "uvctx_relay_bytes_total{direction=\"down\"} %llu\n",
-           (unsigned long long)down);
+  per_worker(srv, t, "uvctx_relay_bytes_total", ",direction=\"up\"",
+             offsetof(relay_counters_t, bytes_up));
+  per_worker(srv, t, "uvctx_relay_bytes_total", ",direction=\"down\"",
+             offsetof(relay_counters_t, bytes_down));
   family(t, "uvctx_relay_draining", "gauge",
          "1 once SIGTERM or SIGINT has started the drain.");
-  text_add(t, "uvctx_relay_draining %d\n", srv->signals > 0);
+  relay_text_add(t, "uvctx_relay_draining %d\n", srv->signals > 0);
+  family(t, "uvctx_relay_drain_deadline_seconds", "gauge",
+         "The --drain-timeout, in seconds.");
+  relay_text_add(t, "uvctx_relay_drain_deadline_seconds %.3f\n",
+                 srv->cfg->drain_timeout_ms / 1000.0);
+  family(t, "uvctx_relay_drain_started_seconds", "gauge",
+         "When the drain started (Unix time), 0 before.");
+  relay_text_add(t, "uvctx_relay_drain_started_seconds %.3f\n",
+                 srv->drain_wall_s);
+  /* Not the descriptors open: counting them means opening /proc/self/fd,
+   * a descriptor number a worker may just have closed (ThreadSanitizer
+   * reports that reuse). Each connection holds two, which the alert on
+   * the limit uses. */
+  family(t, "uvctx_relay_max_fds", "gauge",
+         "The soft limit on file descriptors (RLIMIT_NOFILE); each "
+         "connection holds two.");
+  relay_text_add(t, "uvctx_relay_max_fds %llu\n",
+                 (unsigned long long)relay_max_fds());
+}
+
+void relay_loop_stats(relay_server_t* srv, uvctx_loop_stats_t* out) {
+  size_t i;
+
+  uv_mutex_lock(&srv->stats_lock);
+  for (i = 0; i < srv->nworkers; i++) {
+    relay_worker_t* w = &srv->workers[i];
+    if (w->closed)
+      out[i] = w->final_stats;
+    else
+      uvctx_loop_stats(w->l, &out[i]);
+  }
+  uv_mutex_unlock(&srv->stats_lock);
+  uvctx_loop_stats(srv->l, &out[srv->nworkers]);
 }
 
 /* The whole exposition: loop="worker-N" for each worker, loop="control"
@@ -184,21 +304,12 @@ static char* scrape(relay_server_t* srv, size_t* len) {
   char(*names)[24] = malloc(n * sizeof(*names));
   char* loops = NULL;
   size_t loops_len = 0;
-  text_t t = {NULL, 0, 0, 0};
+  relay_text_t t = {NULL, 0, 0, 0};
   size_t i;
 
   if (stats == NULL || ptrs == NULL || labels == NULL || names == NULL)
     goto done;
-  uv_mutex_lock(&srv->stats_lock);
-  for (i = 0; i < srv->nworkers; i++) {
-    relay_worker_t* w = &srv->workers[i];
-    if (w->closed)
-      stats[i] = w->final_stats;
-    else
-      uvctx_loop_stats(w->l, &stats[i]);
-  }
-  uv_mutex_unlock(&srv->stats_lock);
-  uvctx_loop_stats(srv->l, &stats[n - 1]);
+  relay_loop_stats(srv, stats);
   for (i = 0; i < n; i++) {
     if (i < srv->nworkers)
       snprintf(names[i], sizeof(names[i]), "worker-%u", (unsigned)i);
@@ -209,7 +320,7 @@ static char* scrape(relay_server_t* srv, size_t* len) {
   }
   if (uvctx_metrics_format(ptrs, labels, n, &loops, &loops_len) != 0)
     goto done;
-  text_add(&t, "%s", loops);
+  relay_text_raw(&t, loops, loops_len);
   relay_families(srv, &t);
   if (t.oom) {
     free(t.p);
@@ -246,6 +357,8 @@ static void conn_close(mconn_t* c) {
   if (c->closing)
     return;
   c->closing = 1;
+  if (c->debug)
+    relay_debug_detach(c->m->srv, c);
   *c->pprev = c->next;
   if (c->next != NULL)
     c->next->pprev = c->pprev;
@@ -340,8 +453,8 @@ static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 }
 
 static void respond(mconn_t* c, int code, const char* reason, const char* extra,
-                    const char* body, size_t body_len, int head_only,
-                    int keep_alive) {
+                    const char* ctype, const char* body, size_t body_len,
+                    int head_only, int keep_alive) {
   char head[512];
   uv_buf_t bufs[2];
   int n;
@@ -354,10 +467,7 @@ static void respond(mconn_t* c, int code, const char* reason, const char* extra,
                "Content-Length: %zu\r\n"
                "%s"
                "Connection: %s\r\n\r\n",
-               code, reason,
-               code == 200 ? "text/plain; version=0.0.4; charset=utf-8"
-                           : "text/plain; charset=utf-8",
-               body_len, extra != NULL ? extra : "",
+               code, reason, ctype, body_len, extra != NULL ? extra : "",
                keep_alive ? "keep-alive" : "close");
   if (head_only)
     body_len = 0;
@@ -386,7 +496,8 @@ static void respond(mconn_t* c, int code, const char* reason, const char* extra,
 static void respond_text(mconn_t* c, int code, const char* reason,
                          const char* extra, const char* body, int head_only,
                          int keep_alive) {
-  respond(c, code, reason, extra, body, strlen(body), head_only, keep_alive);
+  respond(c, code, reason, extra, "text/plain; charset=utf-8", body,
+          strlen(body), head_only, keep_alive);
 }
 
 /* The end of the request head in buf (just past its blank line), or 0. */
@@ -450,6 +561,103 @@ static int has_token(const char* list, const char* token) {
   return 0;
 }
 
+static const char* status_text(int code) {
+  switch (code) {
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 409:
+      return "Conflict";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Internal Server Error";
+  }
+}
+
+static void debug_done(void* conn, relay_http_reply_t* reply) {
+  mconn_t* c = conn;
+
+  c->debug = 0;
+  c->writing = 0;
+  if (reply->body == NULL) {
+    respond_text(c, 500, "Internal Server Error", NULL, "out of memory\n", 0,
+                 0);
+    return;
+  }
+  respond(c, reply->code, status_text(reply->code), NULL, reply->ctype,
+          reply->body, reply->len, c->head_only, c->keep_alive);
+  free(reply->body);
+}
+
+static int is_loopback(const struct sockaddr_storage* ss) {
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in* a = (const struct sockaddr_in*)ss;
+    return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6* a = (const struct sockaddr_in6*)ss;
+    const uint8_t* b = a->sin6_addr.s6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
+           (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && b[12] == 127);
+  }
+  return 0;
+}
+
+static int is_wildcard(const struct sockaddr_storage* ss) {
+  if (ss->ss_family == AF_INET)
+    return ((const struct sockaddr_in*)ss)->sin_addr.s_addr ==
+           htonl(INADDR_ANY);
+  if (ss->ss_family == AF_INET6)
+    return IN6_IS_ADDR_UNSPECIFIED(
+        &((const struct sockaddr_in6*)ss)->sin6_addr);
+  return 0;
+}
+
+/* The debug endpoints reveal peers and symbols: served when the request
+ * came in on a loopback address, or when --metrics names one address
+ * (not a wildcard), which is then the operator's choice. */
+static int debug_allowed(mconn_t* c) {
+  struct sockaddr_storage local;
+  int len = sizeof(local);
+
+  if (!is_wildcard(&c->m->srv->cfg->metrics.ss))
+    return 1;
+  if (uv_tcp_getsockname(&c->tcp, (struct sockaddr*)&local, &len) != 0)
+    return 0;
+  return is_loopback(&local);
+}
+
+static void debug_request(mconn_t* c, const char* path, const char* query,
+                          int head_only, int keep_alive) {
+  relay_http_reply_t reply = {0, NULL, NULL, 0};
+  int rc;
+
+  c->head_only = head_only;
+  c->keep_alive = keep_alive;
+  rc = relay_debug_request(c->m->srv, path, query, debug_allowed(c), c,
+                           debug_done, &reply);
+  if (rc < 0) {
+    respond_text(c, 404, "Not Found", NULL,
+                 "not found; try /metrics, /debug/contexts or /\n", head_only,
+                 keep_alive);
+    return;
+  }
+  if (rc == 0) {
+    debug_done(c, &reply);
+    return;
+  }
+  /* Later (a recording takes seconds): no reading, no idle timeout. */
+  c->debug = 1;
+  c->writing = 1;
+  c->reading = 0;
+  uv_read_stop((uv_stream_t*)&c->tcp);
+  uv_timer_stop(&c->timer);
+}
+
 static void handle(mconn_t* c, const char* head, size_t len) {
   char method[16];
   char target[256];
@@ -490,16 +698,15 @@ static void handle(mconn_t* c, const char* head, size_t len) {
 
   q = strchr(target, '?');
   if (q != NULL)
-    *q = '\0';
+    *q++ = '\0';
   head_only = strcmp(method, "HEAD") == 0; /* headers, never a body */
-  if (strcmp(target, "/metrics") != 0) {
-    respond_text(c, 404, "Not Found", NULL, "not found; try /metrics\n",
-                 head_only, keep_alive);
-    return;
-  }
   if (!head_only && strcmp(method, "GET") != 0) {
     respond_text(c, 405, "Method Not Allowed", "Allow: GET, HEAD\r\n",
                  "method not allowed\n", 0, keep_alive);
+    return;
+  }
+  if (strcmp(target, "/metrics") != 0) {
+    debug_request(c, target, q != NULL ? q : "", head_only, keep_alive);
     return;
   }
   body = scrape(c->m->srv, &body_len);
@@ -508,7 +715,8 @@ static void handle(mconn_t* c, const char* head, size_t len) {
                  0);
     return;
   }
-  respond(c, 200, "OK", NULL, body, body_len, head_only, keep_alive);
+  respond(c, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", body,
+          body_len, head_only, keep_alive);
   free(body);
 }
 
@@ -633,9 +841,21 @@ int relay_metrics_listen(relay_server_t* srv) {
   }
   m->srv = srv;
   srv->metrics = m;
+  srv->start_ns = uv_hrtime();
+  /* The workers' sockets are bound (port 0 resolved) and not yet served:
+   * read the address now, not from a socket a worker may be closing. */
+  relay_listen_addr(srv, srv->listen_addr, sizeof(srv->listen_addr));
+  rc = relay_debug_open(srv);
+  if (rc != 0) {
+    fprintf(stderr, RELAY_NAME ": --metrics: %s\n", uv_strerror(rc));
+    srv->metrics = NULL;
+    free(m);
+    return -1;
+  }
   rc = uv_tcp_init(&srv->loop, &m->listener);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": --metrics: %s\n", uv_strerror(rc));
+    relay_debug_close(srv);
     srv->metrics = NULL;
     free(m);
     return -1;
@@ -656,6 +876,17 @@ int relay_metrics_listen(relay_server_t* srv) {
   return 0;
 }
 
+void relay_listen_addr(relay_server_t* srv, char* out, size_t len) {
+  struct sockaddr_storage ss;
+  socklen_t slen = sizeof(ss);
+
+  if (srv->nworkers == 0 || srv->workers[0].listen_fd < 0 ||
+      getsockname(srv->workers[0].listen_fd, (struct sockaddr*)&ss, &slen) != 0)
+    snprintf(out, len, "%s", srv->cfg->listen.text);
+  else
+    relay_format_addr((struct sockaddr*)&ss, out, len);
+}
+
 void relay_metrics_addr(relay_server_t* srv, char* out, size_t len) {
   struct sockaddr_storage ss;
   int slen = sizeof(ss);
@@ -669,10 +900,19 @@ void relay_metrics_addr(relay_server_t* srv, char* out, size_t len) {
   relay_format_addr((struct sockaddr*)&ss, out, len);
 }
 
+/* The drain has started. The listener stays open until the last worker
+ * is done: a drain is what an operator most wants to watch, and the
+ * alert on a drain that overruns its deadline needs scrapes during it. */
 void relay_metrics_stop_accepting(relay_server_t* srv) {
-  relay_metrics_t* m = srv->metrics;
+  uv_timeval64_t now;
 
-  if (m == NULL || !m->listening)
+  if (srv->drain_wall_s == 0 && uv_gettimeofday(&now) == 0)
+    srv->drain_wall_s = (double)now.tv_sec + now.tv_usec / 1e6;
+  relay_debug_draining(srv);
+}
+
+static void close_listener(relay_metrics_t* m) {
+  if (!m->listening)
     return;
   m->listening = 0;
   uv_close((uv_handle_t*)&m->listener, on_listener_closed);
@@ -684,7 +924,8 @@ void relay_metrics_close(relay_server_t* srv) {
   if (m == NULL || m->closed)
     return;
   m->closed = 1;
-  relay_metrics_stop_accepting(srv);
+  relay_debug_close(srv);
+  close_listener(m);
   while (m->conns != NULL)
     conn_close(m->conns);
   maybe_free_metrics(m); /* nothing left open: now */

@@ -8,6 +8,9 @@
  *              per-worker traces
  *   conn.c     one connection: handshake, upstream connect, pipe, close
  *   metrics.c  the /metrics HTTP endpoint on the control loop
+ *   debug.c    /debug/contexts, /debug/trace, /debug/heatmap on the same
+ *              listener, and the jobs they post to the workers
+ *   page.c     the index page (/) of that listener
  *   main.c     main()
  *
  * Threads: the main thread runs the control loop; each worker runs its own
@@ -39,6 +42,20 @@ enum { RELAY_EXIT_OK = 0, RELAY_EXIT_FAILURE = 1, RELAY_EXIT_CONFIG = 2 };
 
 enum { RELAY_LOG_LOGFMT = 0, RELAY_LOG_JSON = 1 };
 
+/* --log-level: which per-connection lines are written. Server events
+ * (start, draining, exit, accept-paused, ...) are always written. */
+enum {
+  RELAY_LEVEL_OPEN = 0, /* open and close lines */
+  RELAY_LEVEL_CLOSE,    /* close lines (the default) */
+  RELAY_LEVEL_ERROR,    /* close lines of connections that did not end as
+                           configured (not eof, idle-timeout, lifetime,
+                           drained or half-close-timeout) */
+  RELAY_LEVEL_SUMMARY   /* none: a summary line per worker each
+                           --log-interval instead */
+};
+/* The kinds of per-connection line. */
+enum { RELAY_LOG_OPEN, RELAY_LOG_CLOSE };
+
 typedef struct relay_addr_s {
   char text[300]; /* as given on the command line */
   char host[256]; /* host part, without brackets */
@@ -58,12 +75,18 @@ typedef struct relay_config_s {
   const char* alpn;
   uint64_t connect_timeout_ms;
   uint64_t handshake_timeout_ms;
-  uint64_t idle_timeout_ms;  /* 0: none */
-  uint64_t max_lifetime_ms;  /* 0: none */
-  uint64_t drain_timeout_ms; /* 0: cancel at once */
+  uint64_t idle_timeout_ms; /* 0: none */
+  uint64_t max_lifetime_ms; /* 0: none */
+  /* Once one side has half-closed: how long the other may stay idle
+   * (HAProxy's timeout client-fin / server-fin); 0: --idle-timeout. */
+  uint64_t client_fin_timeout_ms; /* the upstream has closed its side */
+  uint64_t server_fin_timeout_ms; /* the client has closed its side */
+  uint64_t drain_timeout_ms;      /* 0: cancel at once */
   unsigned max_connections;
   unsigned workers;
   int log_format;
+  int log_level;            /* RELAY_LEVEL_* */
+  uint64_t log_interval_ms; /* summary lines, with RELAY_LEVEL_SUMMARY */
   int has_metrics;
   relay_addr_t metrics; /* --metrics HOST:PORT */
   const char* trace;    /* --trace FILE */
@@ -93,7 +116,11 @@ void relay_format_addr(const struct sockaddr* sa, char* out, size_t len);
 
 /* ---- logging ------------------------------------------------------------- */
 
-void relay_log_init(int format);
+void relay_log_init(int format, int level);
+/* Whether a per-connection line of `kind` (RELAY_LOG_OPEN or _CLOSE) for a
+ * connection that ended with `reason` (NULL for an open line) is wanted
+ * at the configured level. Any thread. */
+int relay_log_wants(int kind, const char* reason);
 
 /* A line under construction: begin, add fields, end (one write(2), so
  * lines from several threads never interleave). */
@@ -131,6 +158,7 @@ enum {
   RELAY_R_UPSTREAM_ERROR,
   RELAY_R_ERROR,
   RELAY_R_CANCELLED,
+  RELAY_R_HALF_CLOSE_TIMEOUT,
   RELAY_R_TRUNCATED,
   RELAY_REASONS
 };
@@ -155,6 +183,36 @@ typedef struct relay_counters_s {
 
 typedef struct relay_server_s relay_server_t;
 typedef struct relay_worker_s relay_worker_t;
+typedef struct relay_debug_s relay_debug_t;
+typedef struct relay_debug_job_s relay_debug_job_t;
+
+/* A worker's side of the debug endpoints (debug.c): jobs the control loop
+ * posts, run on the worker's thread. */
+typedef struct relay_debug_worker_s {
+  uv_async_t async;         /* unreferenced: wakes the worker for `queue` */
+  int open;                 /* [srv->stats_lock] the worker takes jobs */
+  relay_debug_job_t* queue; /* [srv->stats_lock] */
+  /* A /debug/trace recording (worker thread only, until `open` is 0). */
+  FILE* sink;
+  struct relay_debug_buf_s* buf;
+  int recording;
+  /* A recording the worker stopped itself at exit, for the control loop
+   * to take ([srv->stats_lock]). */
+  struct relay_debug_buf_s* left;
+  int left_rc;
+  uvctx_trace_counts_t left_counts;
+  /* The loop's busy time per iteration (wall time between two check
+   * callbacks less the time spent waiting for events): recorded here by
+   * the worker, published to `busy_pub` every RELAY_PROBE_PUBLISH_MS. */
+  uv_check_t probe;
+  int probing;
+  uint64_t probe_last_ns;
+  uint64_t probe_last_idle;
+  uint64_t probe_published_ns;
+  uvctx_histogram_t busy;
+  uvctx_histogram_t busy_pub; /* [srv->stats_lock] */
+} relay_debug_worker_t;
+#define RELAY_PROBE_PUBLISH_MS 100
 
 struct relay_worker_s {
   relay_server_t* srv;
@@ -185,6 +243,7 @@ struct relay_worker_s {
   uvctx_loop_stats_t final_stats;
   int closed;
   int exit_status;
+  relay_debug_worker_t dbg; /* with --metrics */
 };
 
 typedef struct relay_metrics_s relay_metrics_t;
@@ -210,6 +269,11 @@ struct relay_server_s {
   uint64_t drain_start_ns;
   uv_mutex_t stats_lock;    /* a worker closing its loop vs. a scrape */
   relay_metrics_t* metrics; /* NULL without --metrics */
+  relay_debug_t* debug;     /* NULL without --metrics */
+  uint64_t start_ns;        /* when the relay started serving */
+  char listen_addr[96];     /* the bound --listen address, for the page */
+  double drain_wall_s;      /* Unix time the drain started, 0 before */
+  struct relay_summary_s* summary; /* with --log-level summary */
 };
 
 /* Runs the relay until it has drained. Returns the exit status. */
@@ -238,12 +302,101 @@ void relay_conn_sample(relay_worker_t* w);
  * -1 after one line on stderr (the caller exits 2 and runs the control
  * loop to close what was opened). Control loop thread, before serving. */
 int relay_metrics_listen(relay_server_t* srv);
+/* The workers' bound --listen address (--listen's text if unknown).
+ * Before the workers run. */
+void relay_listen_addr(relay_server_t* srv, char* out, size_t len);
 /* The bound address, "127.0.0.1:9464". */
 void relay_metrics_addr(relay_server_t* srv, char* out, size_t len);
-/* Draining: close the listener; open scrapes are still answered. */
+/* Draining has started: noted for the drain gauges. The listener stays
+ * open (scrapes during a drain feed its alert) until relay_metrics_close(). */
 void relay_metrics_stop_accepting(relay_server_t* srv);
 /* Exit: close the listener and every connection; freed once the control
  * loop has run their close callbacks. */
 void relay_metrics_close(relay_server_t* srv);
+
+/* ---- summaries (summary.c) --------------------------------------------- */
+
+/* With --log-level summary: a timer on the control loop that logs, every
+ * --log-interval, one `summary` line per worker with what changed (from
+ * the workers' counters); relay_summary_stop() logs the last ones and
+ * closes it. Control loop. */
+int relay_summary_start(relay_server_t* srv);
+void relay_summary_stop(relay_server_t* srv);
+
+/* ---- debug endpoints -------------------------------------------------- */
+
+/* An answer of the metrics listener: status, content type and a body the
+ * receiver frees with free(). */
+typedef struct relay_http_reply_s {
+  int code;
+  const char* ctype;
+  char* body;
+  size_t len;
+} relay_http_reply_t;
+
+/* Control loop: the state of the debug endpoints, made before the
+ * workers start and closed with the metrics listener (after the last
+ * worker is done, or on a failed setup). 0 or UV_ENOMEM. */
+int relay_debug_open(relay_server_t* srv);
+void relay_debug_close(relay_server_t* srv);
+
+/* Main thread, before worker `w` runs: its job queue. 0 or a libuv error. */
+int relay_debug_worker_init(relay_worker_t* w);
+/* Worker thread, once its loop has stopped and its contexts are released,
+ * before uvctx_loop_close(): takes no more jobs, runs the queued ones,
+ * stops a recording in progress and closes the queue's handle. */
+void relay_debug_worker_exit(relay_worker_t* w);
+
+/* A request for `path` ("/", "/debug/...") with `query` (after '?', or
+ * ""). Returns 0 with *reply filled (answer now), 1 when the answer comes
+ * later through done(conn, reply) on the control loop (unless
+ * relay_debug_detach(conn) was called first), or -1 when the path is not
+ * one of the debug endpoints. `loopback` says whether the request came in
+ * on a loopback address. Control loop. */
+typedef void (*relay_debug_done_cb)(void* conn, relay_http_reply_t* reply);
+int relay_debug_request(relay_server_t* srv, const char* path,
+                        const char* query, int loopback, void* conn,
+                        relay_debug_done_cb done, relay_http_reply_t* reply);
+/* The drain has started: a recording in progress ends now and is
+ * answered with what it holds. */
+void relay_debug_draining(relay_server_t* srv);
+/* The connection `conn` is closing: its pending answer is dropped. */
+void relay_debug_detach(relay_server_t* srv, void* conn);
+
+/* page.c: the index page, HTML with the live counters. 0 or UV_ENOMEM. */
+int relay_page_index(relay_server_t* srv, relay_http_reply_t* reply);
+
+/* ---- shared by metrics.c, debug.c, page.c ------------------------------ */
+
+/* The relay's counters summed over the workers (each term read with a
+ * relaxed load: the sum is not atomic, but every term only grows). */
+typedef struct relay_totals_s {
+  uint64_t accepted;
+  uint64_t refused;
+  uint64_t bytes_up;
+  uint64_t bytes_down;
+  uint64_t closed[RELAY_REASONS];
+} relay_totals_t;
+void relay_totals(relay_server_t* srv, relay_totals_t* out);
+/* The soft limit on descriptors (0 if none). */
+uint64_t relay_max_fds(void);
+
+/* Each worker's loop stats, in worker order, then the control loop's
+ * (n = nworkers + 1), read as a scrape does. */
+void relay_loop_stats(relay_server_t* srv, uvctx_loop_stats_t* out);
+
+/* A growing text; `oom` sticks once an allocation failed. */
+typedef struct relay_text_s {
+  char* p;
+  size_t len;
+  size_t cap;
+  int oom;
+} relay_text_t;
+void relay_text_add(relay_text_t* t, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void relay_text_raw(relay_text_t* t, const char* s, size_t n);
+/* `s` as the inside of a JSON string, or as HTML text (escaped). */
+void relay_text_json(relay_text_t* t, const char* s);
+void relay_text_html(relay_text_t* t, const char* s);
 
 #endif /* UVCTX_RELAY_H */

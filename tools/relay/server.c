@@ -35,8 +35,10 @@
  * uvctx_loop_close(). The control loop (server root, drain deadline) is
  * not traced: callbacks caused by the drain name its op without an arrow.
  *
- * --metrics: metrics.c, on the control loop; closed on the first signal
- * (listener) and when the last worker is done (connections). */
+ * --metrics: metrics.c and debug.c, on the control loop; closed when the
+ * last worker is done. Each worker runs debug.c's jobs (listings, traces)
+ * on its own thread, and relay_debug_worker_exit() ends them before the
+ * worker's loop closes. */
 #define _GNU_SOURCE /* accept4() */
 #include <errno.h>
 #include <signal.h>
@@ -264,6 +266,7 @@ static void worker_main(void* arg) {
   uvctx_release(w->root);
   w->accepting = NULL;
   w->root = NULL;
+  relay_debug_worker_exit(w);
   if (w->tracing && stop_trace(w) != 0)
     w->exit_status = RELAY_EXIT_FAILURE;
   /* From here on a scrape reads these stats instead of the binding. */
@@ -405,6 +408,7 @@ static void on_worker_done(uv_async_t* a) {
   srv->drain = srv->accepting = srv->root = NULL;
   uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
   uv_close((uv_handle_t*)&srv->worker_done, NULL);
+  relay_summary_stop(srv);
   relay_metrics_close(srv);
 }
 
@@ -504,6 +508,9 @@ static int start_workers(relay_server_t* srv) {
       uv_timer_start(&w->sample_timer, on_sample, RELAY_SAMPLE_MS,
                      RELAY_SAMPLE_MS);
       uv_unref((uv_handle_t*)&w->sample_timer);
+      rc = relay_debug_worker_init(w);
+      if (rc != 0)
+        return rc;
     }
     rc = uv_poll_start(&w->poll, UV_READABLE, on_acceptable);
     if (rc != 0)
@@ -570,6 +577,8 @@ static int run(relay_server_t* srv, relay_config_t* cfg) {
   srv->worker_done.data = srv;
 
   rc = start_workers(srv);
+  if (rc == 0)
+    rc = relay_summary_start(srv);
   if (rc != 0) {
     fprintf(stderr, RELAY_NAME ": starting workers: %s\n", uv_strerror(rc));
     status = RELAY_EXIT_FAILURE;

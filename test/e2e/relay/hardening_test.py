@@ -118,10 +118,8 @@ def case_tls_reasons():
     log("oversized record: reason=%s detail=%r" %
         (rec.get("reason"), rec.get("detail")))
     check(rec.get("reason") == "tls-error", "reason %r" % rec.get("reason"))
-    detail = rec.get("detail", "")
-    check(detail.startswith("client EPROTO: ") and
-          len(detail) > len("client EPROTO: "),
-          "detail %r: no side or no OpenSSL reason" % detail)
+    check(re.match(r"client read EPROTO: .+", rec.get("detail", "")),
+          "detail %r: no side or no OpenSSL reason" % rec.get("detail"))
 
     # The same record before the handshake: the same shape of detail.
     d, relay = tls_relay("reasons-early")
@@ -134,7 +132,7 @@ def case_tls_reasons():
     log("oversized first record: reason=%s detail=%r" %
         (rec.get("reason"), rec.get("detail")))
     check(rec.get("reason") == "tls-error" and
-          rec.get("detail", "").startswith("client EPROTO: "),
+          re.match(r"client EPROTO: .+", rec.get("detail", "")),
           "handshake-phase close %r" % rec)
 
     # A renegotiation attempt (TLS 1.2; the relay refuses renegotiation).
@@ -162,9 +160,9 @@ def case_tls_reasons():
     log("renegotiation: reason=%s detail=%r" %
         (rec.get("reason"), rec.get("detail")))
     check(rec.get("reason") == "tls-error", "reason %r" % rec.get("reason"))
-    detail = rec.get("detail", "")
-    check(detail.startswith("client ") and ": " in detail,
-          "detail %r: no side or no OpenSSL reason" % detail)
+    check(re.match(r"client (read|write|shutdown) E[A-Z]+: .+",
+                   rec.get("detail", "")),
+          "detail %r: no side or no OpenSSL reason" % rec.get("detail"))
 
     # The whole response received, then a close without close_notify.
     d, relay = tls_relay("reasons-truncated")
@@ -177,8 +175,8 @@ def case_tls_reasons():
     log("no close_notify: reason=%s detail=%r" %
         (rec.get("reason"), rec.get("detail")))
     check(rec.get("reason") == "truncated", "reason %r" % rec.get("reason"))
-    check(rec.get("detail", "").startswith("client ECONNABORTED: "),
-          "detail %r" % rec.get("detail"))
+    check(re.match(r"client read ECONNABORTED: .*close_notify",
+                   rec.get("detail", "")), "detail %r" % rec.get("detail"))
     check(rec.get("bytes_down") == "10" or rec.get("bytes_down") == 10,
           "bytes_down %r" % rec.get("bytes_down"))
 

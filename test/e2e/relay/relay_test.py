@@ -4,7 +4,9 @@
     relay_test.py --relay PATH --gen-certs PATH [--sanitize MODE] CASE
 
 CASE is one of the functions named case_* below (cli, plain, tls,
-upstream_tls, slow, deadlines, drain, workers, emfile, metrics, trace).
+upstream_tls, slow, deadlines, drain, workers, emfile, metrics, trace,
+debug, page, rules, prometheus, logs,
+halfclose).
 Each starts its own
 upstreams and relays, bounds every wait, and kills what it started on the
 way out. Timing windows are asserted only when --sanitize is empty (plain
@@ -117,10 +119,12 @@ class Relay:
             raise Fail("relay did not exit within %.1fs" % timeout)
 
     def stop(self, timeout=30):
-        """SIGTERM, then demand exit status 0 (and no leak report)."""
+        """SIGTERM, then demand exit status 0 (and no leak report), and
+        that every close line named its side and phase."""
         self.signal()
         rc = self.wait(timeout)
         check(rc == 0, "relay exit status %d, log:\n%s" % (rc, self.text()))
+        check_close_lines(self)
 
     def text(self):
         self.log_file.flush()
@@ -203,17 +207,18 @@ def http_upstream(root):
     return int(m.group(1))
 
 
-class EchoServer:
-    """A threaded echo server on 127.0.0.1:0."""
+class LoopbackServer:
+    """Listens on 127.0.0.1:0 and runs serve(conn) on a thread of its own
+    for every connection."""
 
-    def __init__(self):
+    def __init__(self, backlog=64):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
+        self.conns = []
         self.accepted = 0
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
         while True:
@@ -221,11 +226,19 @@ class EchoServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            self.conns.append(c)
             self.accepted += 1
-            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+
+class EchoServer(LoopbackServer):
+    """A threaded echo server on 127.0.0.1:0."""
+
+    def __init__(self):
+        super().__init__(backlog=512)
 
     @staticmethod
-    def _echo(c):
+    def serve(c):
         try:
             while True:
                 d = c.recv(65536)
@@ -769,7 +782,8 @@ def case_drain():
     size = 24 << 20
     digests = make_files(root, [size])
     up = http_upstream(root)
-    relay = Relay(up, "--drain-timeout", "10s", name="drain")
+    relay = Relay(up, "--drain-timeout", "10s", "--log-level", "open",
+                  name="drain")
     outs = []
     procs = []
     for i in range(3):
@@ -993,8 +1007,11 @@ def parse_exposition(text):
 
 
 def promtool_check(text):
-    """`promtool check metrics` (parsing and lint) when it is installed."""
+    """`promtool check metrics` (parsing and lint). scripts/test.sh installs
+    it (package prometheus): missing, it fails under UVCTX_REQUIRE_PEERS."""
     if shutil.which("promtool") is None:
+        check(not os.environ.get("UVCTX_REQUIRE_PEERS"),
+              "promtool is not installed (UVCTX_REQUIRE_PEERS is set)")
         log("promtool not installed: lint skipped")
         return
     r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
@@ -1058,7 +1075,7 @@ def http_raw(port, data, timeout=10):
 
 def case_metrics():
     """--metrics: valid exposition, counters that move, 404/405/431, idle
-    connections closed, the listener closed on drain, exit 0."""
+    connections closed, scrapes answered during the drain, exit 0."""
     import http.client
     echo = EchoServer()
     # The idle timeout must outlast the wait for sampled bytes below, which
@@ -1213,9 +1230,9 @@ def case_metrics():
                        capture_output=True, timeout=30)
     check(r.stdout == b"405", "curl -X DELETE: %r" % r.stdout)
     r = subprocess.run(["curl", "-s", "-o", os.devnull, "-w", "%{http_code}",
-                        "http://127.0.0.1:%d/" % mp],
+                        "http://127.0.0.1:%d/nothing" % mp],
                        capture_output=True, timeout=30)
-    check(r.stdout == b"404", "curl /: %r" % r.stdout)
+    check(r.stdout == b"404", "curl /nothing: %r" % r.stdout)
     two = (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
            b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     got = http_raw(mp, two)
@@ -1283,10 +1300,11 @@ def case_metrics():
     check(len(echoed) > 0, "no echo went through during the scrapes")
     log("10 scrapes during traffic: %d echoes through" % len(echoed))
 
-    # Drain with one connection still open: the metrics listener closes,
-    # a scrape already connected is still answered (the idle worker has
-    # closed its loop by then: its last stats are served), and at exit the
-    # relay closes that scrape connection itself. Exit 0 (ASan: no leak).
+    # Drain with one connection still open: the metrics listener stays
+    # open (the drain alert needs scrapes), a scrape already connected is
+    # answered too (the idle worker has closed its loop by then: its last
+    # stats are served), and at exit the relay closes that scrape
+    # connection itself. Exit 0 (ASan: no leak).
     held = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
     hc = http.client.HTTPConnection("127.0.0.1", mp, timeout=10)
     hc.request("GET", "/metrics")
@@ -1298,12 +1316,12 @@ def case_metrics():
     relay.signal(signal.SIGTERM)
     wait_until(lambda: relay.events("draining"), 5, "draining line")
     time.sleep(0.3)
-    refused = False
-    try:
-        socket.create_connection(("127.0.0.1", mp), timeout=5).close()
-    except ConnectionRefusedError:
-        refused = True
-    check(refused, "metrics still accepting while draining")
+    text, m5 = scrape(relay)
+    check(metric(m5, "uvctx_relay_draining") == 1, "new scrape: draining")
+    started = metric(m5, "uvctx_relay_drain_started_seconds")
+    check(abs(started - time.time()) < 60, "drain started at %r" % started)
+    check(metric(m5, "uvctx_relay_drain_deadline_seconds") == 5,
+          "drain deadline")
     hc.request("GET", "/metrics")
     r = hc.getresponse()
     text = r.read().decode()
@@ -1312,7 +1330,7 @@ def case_metrics():
     check(metric(m4, "uvctx_relay_draining") == 1, "draining gauge")
     for loop in ("worker-0", "worker-1"):
         metric(m4, "uvctx_contexts_created_total", loop=loop)
-    log("while draining: new scrapes refused, an open one answered "
+    log("while draining: new and open scrapes answered "
         "(active %d)" % metric(m4, "uvctx_relay_connections_active"))
     held.close()
     rc = relay.wait(30)
@@ -1440,6 +1458,751 @@ def case_trace():
     check(opened == 16, "%d connection tags over both traces" % opened)
     log("two workers: %s.0 and %s.1, 16 connections between them" %
         (os.path.basename(path2), os.path.basename(path2)))
+
+
+
+# ---- debug endpoints ----------------------------------------------------------
+
+def http_get(port, path, method="GET", timeout=30):
+    """One request on its own connection; returns (status, headers, body)."""
+    import http.client
+    hc = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        hc.request(method, path)
+        r = hc.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        hc.close()
+
+
+def contexts_text(relay):
+    st, hd, body = http_get(relay.metrics_port, "/debug/contexts")
+    check(st == 200, "/debug/contexts: %d %r" % (st, body[:200]))
+    check(hd["content-type"].startswith("text/plain"), "type %r" % hd)
+    return body.decode()
+
+
+def check_contexts_text(text):
+    """The text's own accounting: the total on the first line equals the
+    site counts and the listed lines; site counts are sorted, most first.
+    Returns (total, {site: count}, [ctx lines])."""
+    lines = text.split("\n")
+    m = re.match(r"uvctx-relay: (\d+) live context\(s\) on (\d+) worker",
+                 lines[0])
+    check(m is not None, "first line %r" % lines[0])
+    total = int(m.group(1))
+    check(lines[2] == "by creation site:", "no site table: %r" % lines[:4])
+    sites = {}
+    counts = []
+    i = 3
+    while lines[i].strip():
+        mm = re.match(r"\s*(\d+)  (.+)$", lines[i])
+        check(mm is not None, "site line %r" % lines[i])
+        sites[mm.group(2)] = int(mm.group(1))
+        counts.append(int(mm.group(1)))
+        i += 1
+    check(counts == sorted(counts, reverse=True), "sites not sorted: %r" %
+          counts)
+    ctx = [ln for ln in lines if ln.startswith("  ctx ")]
+    check(sum(counts) == total == len(ctx),
+          "total %d, sites %d, lines %d" % (total, sum(counts), len(ctx)))
+    for ln in ctx:
+        check(re.match(r"  ctx 0x[0-9a-f]+ kind=\w+ parent=(0x[0-9a-f]+|"
+                       r"\(nil\)) refs=\d+ state=(live|canceled|timedout)"
+                       r"( key=\S+)?( deadline=\d+)? created at .+$", ln)
+              is not None, "ctx line %r" % ln)
+        site = ln.split(" created at ", 1)[1]
+        check(site in sites, "site %r not counted" % site)
+    return total, sites, ctx
+
+
+def case_debug():
+    """/debug/contexts (text and JSON), /debug/trace, /debug/heatmap and
+    the index page: what they list follows the connections held, one
+    recording at a time (409), bad parameters 400, a recording cut by a
+    drain or by its client, exit 0."""
+    echo = EchoServer()
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  "--idle-timeout", "60s", metrics=True, name="listing")
+    mp = relay.metrics_port
+    total0, _, _ = check_contexts_text(contexts_text(relay))
+
+    # 20 connections held open: each has a value context bound to its
+    # peer, created at one site of relay_conn_start.
+    held = []
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+        s.sendall(b"h")
+        check(s.recv(1) == b"h", "echo %d" % i)
+        held.append(s)
+    total, sites, ctx = check_contexts_text(contexts_text(relay))
+    peers = [ln for ln in ctx if " key=peer " in ln]
+    check(len(peers) == 20, "%d peer contexts for 20 connections" %
+          len(peers))
+    top = max(sites.items(), key=lambda kv: kv[1])
+    check(top[1] >= 20 and "relay_conn_start" in top[0],
+          "top site %r" % (top,))
+    check(total > total0 + 20, "total %d, before %d" % (total, total0))
+    for w in ("worker-0", "worker-1", "control"):
+        check(re.search(r"^%s: \d+ live context" % w, "\n".join(
+            [""] + contexts_text(relay).split("\n")), re.M) is not None,
+            "no section for %s" % w)
+
+    st, hd, body = http_get(mp, "/debug/contexts?format=json")
+    check(st == 200 and hd["content-type"] == "application/json",
+          "json: %d %r" % (st, hd))
+    doc = json.loads(body)
+    listed = [c for lp in doc["loops"] for c in lp["contexts"]]
+    check(doc["contexts"] == len(listed) == sum(x["count"] for x in
+                                                 doc["sites"]),
+          "json totals %d, %d" % (doc["contexts"], len(listed)))
+    check([lp["loop"] for lp in doc["loops"]] ==
+          ["worker-0", "worker-1", "control"], "loops %r" % doc["loops"])
+    check(sum(1 for c in listed if c.get("key") == "peer") == 20,
+          "json peer contexts")
+    check(all(c["state"] in ("live", "canceled", "timedout") and
+              c["ctx"].startswith("0x") and c["site"] for c in listed),
+          "json context fields")
+    log("/debug/contexts: %d contexts, top site %s x%d; copies %s us" %
+        (total, top[0].split(" in ")[0], top[1],
+         [lp["copy_us"] for lp in doc["loops"][:2]]))
+
+    for s in held:
+        s.close()
+    wait_until(lambda: len(relay.closes()) == 20, 10, "20 close lines")
+    _, _, ctx = check_contexts_text(contexts_text(relay))
+    check(not [ln for ln in ctx if " key=peer " in ln],
+          "peer contexts left after the closes")
+
+    # The workers' busy-time histograms: published every 100 ms, each one
+    # consistent (buckets add up to the iterations, p50 <= p99 <= max).
+    def loops():
+        st, hd, body = http_get(mp, "/debug/loops")
+        check(st == 200 and hd["content-type"] == "application/json",
+              "/debug/loops: %d" % st)
+        return json.loads(body)
+    wait_until(lambda: all(lp["iterations"] > 0 for lp in loops()["loops"]),
+               10, "busy-time histograms published", step=0.1)
+    lj = loops()
+    check([lp["loop"] for lp in lj["loops"]] == ["worker-0", "worker-1"] and
+          len(lj["bounds_ns"]) == 63, "loops %r" % lj["loops"])
+    for lp in lj["loops"]:
+        check(sum(lp["buckets"]) == lp["iterations"] and
+              lp["p50_ns"] <= lp["p99_ns"] <= max(lp["max_ns"],
+                                                  lp["p99_ns"]),
+              "histogram %r" % {k: lp[k] for k in lp if k != "buckets"})
+    log("/debug/loops: %r" % [(lp["loop"], lp["iterations"], lp["p99_ns"])
+                              for lp in lj["loops"]])
+
+    # Parameters, methods, unknown paths.
+    for q in ("seconds=0", "seconds=61", "seconds=x", "seconds=2s"):
+        st, _, _ = http_get(mp, "/debug/trace?" + q)
+        check(st == 400, "trace?%s: %d" % (q, st))
+    check(http_get(mp, "/debug/nothing")[0] == 404, "unknown path")
+    check(http_get(mp, "/debug/contexts", method="POST")[0] == 405, "POST")
+    st, hd, body = http_get(mp, "/debug/contexts", method="HEAD")
+    check(st == 200 and body == b"" and int(hd["content-length"]) > 0,
+          "HEAD: %d %r" % (st, hd))
+
+    relay.stop()
+
+    # A trace during traffic that --max-lifetime cuts: deadlines fire and
+    # the pipes' watches run. A second recording meanwhile is refused.
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  "--max-lifetime", "400ms" if timed() else "1500ms",
+                  "--idle-timeout", "20s", metrics=True, name="recording")
+    mp = relay.metrics_port
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            busy_until_cut(relay.port, limit=5)
+    threads = [threading.Thread(target=traffic, daemon=True)
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    res = {}
+
+    def record():
+        t0 = time.monotonic()
+        res["trace"] = http_get(mp, "/debug/trace?seconds=3", timeout=60)
+        res["secs"] = time.monotonic() - t0
+    rt = threading.Thread(target=record)
+    rt.start()
+    time.sleep(0.5)
+    for path in ("/debug/trace?seconds=1", "/debug/heatmap?seconds=1"):
+        st, _, body = http_get(mp, path)
+        check(st == 409, "%s during a recording: %d %r" % (path, st, body))
+    rt.join(60)
+    st, hd, body = res["trace"]
+    check(st == 200 and hd["content-type"] == "application/json",
+          "trace: %d %r" % (st, body[:200]))
+    check(res["secs"] >= 2.9, "a 3 s trace answered after %.2fs" %
+          res["secs"])
+    doc = json.loads(body)
+    evs = doc["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in evs
+             if e.get("name") == "process_name"}
+    check(names == {0: "uvctx-relay worker 0", 1: "uvctx-relay worker 1"},
+          "process tracks %r" % names)
+    check({e["pid"] for e in evs} == {0, 1}, "pids %r" %
+          {e["pid"] for e in evs})
+    meta = doc["metadata"]
+    check(meta["uvctx-events-emitted"] == meta["uvctx-events-written"] +
+          meta["uvctx-events-dropped"], "counts %r" % meta)
+    created = sum(1 for e in evs if e.get("cat") == "uvctx.ctx" and
+                  e["ph"] == "b")
+    callbacks = sum(1 for e in evs if e.get("name") == "callback")
+    check(created > 0 and callbacks > 0, "created %d, callbacks %d" %
+          (created, callbacks))
+    log("/debug/trace?seconds=3: %d events over 2 tracks (%d contexts, "
+        "%d callbacks) in %.2fs" % (len(evs), created, callbacks,
+                                    res["secs"]))
+
+    st, hd, body = http_get(mp, "/debug/heatmap?seconds=2", timeout=60)
+    stop.set()
+    for t in threads:
+        t.join(20)
+    check(st == 200 and hd["content-type"] == "image/svg+xml",
+          "heatmap: %d %r" % (st, body[:200]))
+    import xml.etree.ElementTree as ET
+    svg = ET.fromstring(body)
+    ns = "{http://www.w3.org/2000/svg}"
+    title = [t.text for t in svg.iter(ns + "text")][0]
+    m = re.match(r"uvctx cancel propagation: (\d+) callbacks", title or "")
+    check(m is not None, "heatmap title %r" % title)
+    cells = [int(r.find(ns + "title").text) for r in svg.iter(ns + "rect")
+             if r.find(ns + "title") is not None]
+    check(int(m.group(1)) > 0 and sum(cells) == int(m.group(1)),
+          "heatmap: %s callbacks, cells hold %d" % (m.group(1), sum(cells)))
+    log("/debug/heatmap?seconds=2: %s callbacks in %d cells" %
+        (m.group(1), len(cells)))
+
+    # A recording whose client hangs up is finished and dropped; the next
+    # one is accepted once it has ended.
+    s = socket.create_connection(("127.0.0.1", mp), timeout=10)
+    s.sendall(b"GET /debug/trace?seconds=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    s.close()
+    wait_until(lambda: http_get(mp, "/debug/heatmap?seconds=1")[0] == 200,
+               15, "a recording after an abandoned one", step=0.2)
+
+    # The index page: every endpoint linked, counters as /metrics has them.
+    st, hd, body = http_get(mp, "/")
+    check(st == 200 and hd["content-type"].startswith("text/html"),
+          "index: %d %r" % (st, hd))
+    page = body.decode()
+    for link in ('href="/metrics"', 'href="/debug/contexts"',
+                 'href="/debug/loops"',
+                 'href="/debug/contexts?format=json"',
+                 'action="/debug/trace"', 'action="/debug/heatmap"'):
+        check(link in page, "index lacks %s" % link)
+    check("<script" not in page, "index uses a script")
+    _, m1 = scrape(relay)
+    acc = int(metric(m1, "uvctx_relay_connections_accepted_total"))
+    check(re.search(r"<td>accepted</td><td class=\"n\">%d</td>" % acc, page)
+          is not None, "index accepted != %d" % acc)
+
+    # A drain in the middle of a recording ends it early: the client gets
+    # what was recorded, and the relay exits 0 (under ASan: nothing
+    # leaked).
+    res.clear()
+    rt = threading.Thread(target=lambda: res.update(
+        r=http_raw(mp, b"GET /debug/trace?seconds=30 HTTP/1.1\r\n"
+                   b"Host: x\r\n\r\n", timeout=60)))
+    rt.start()
+    time.sleep(0.5)
+    relay.stop()
+    rt.join(60)
+    got = res.get("r", b"")
+    check(got.startswith(b"HTTP/1.1 200"), "recording cut by the drain: %r"
+          % got[:100])
+    doc = json.loads(got.split(b"\r\n\r\n", 1)[1])
+    check({e["pid"] for e in doc["traceEvents"]} == {0, 1},
+          "drained recording's tracks")
+    log("drain during a recording: answered at once (%d events), exit 0" %
+        len(doc["traceEvents"]))
+
+    # With --trace, the workers are traced already: 409.
+    path = os.path.join(TMP, "t.json")
+    r2 = Relay(echo.port, "--metrics", "127.0.0.1:0", "--trace", path,
+               metrics=True, name="traced")
+    st, _, body = http_get(r2.metrics_port, "/debug/trace?seconds=1")
+    check(st == 409 and b"--trace" in body, "with --trace: %d %r" %
+          (st, body))
+    r2.stop()
+
+
+
+# ---- the index page in a browser ----------------------------------------------
+
+def png_pixels(path):
+    """Decodes an 8-bit RGB or RGBA PNG (what Chromium writes): returns
+    (width, height, rows) with rows[y][x] = (r, g, b)."""
+    import struct
+    import zlib
+    with open(path, "rb") as f:
+        data = f.read()
+    check(data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG")
+    pos, idat, hdr = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            hdr = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    w, h, depth, ctype = hdr[0], hdr[1], hdr[2], hdr[3]
+    check(depth == 8 and ctype in (2, 6), "PNG depth %d type %d" %
+          (depth, ctype))
+    bpp = 3 if ctype == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    rows, prev, i = [], bytearray(stride), 0
+    for _ in range(h):
+        ft, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = prev[x]
+            c = prev[x - bpp] if x >= bpp else 0
+            if ft == 1:
+                line[x] = (line[x] + a) & 255
+            elif ft == 2:
+                line[x] = (line[x] + b) & 255
+            elif ft == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif ft == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pr = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[x] = (line[x] + pr) & 255
+        rows.append([tuple(line[x:x + 3]) for x in range(0, stride, bpp)])
+        prev = line
+    return w, h, rows
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def case_page():
+    """The index page in headless Chromium (Debian's): a screenshot of the
+    size asked for, with the page's header band, cards and text drawn, and
+    the rendered DOM holding the live counters; no script involved."""
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("UVCTX_REQUIRE_PEERS"):
+            raise Fail("chromium is not installed (UVCTX_REQUIRE_PEERS)")
+        log("SKIP: chromium is not installed")
+        sys.exit(SKIP)
+    echo = EchoServer()
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  metrics=True)
+    for i in range(7):
+        check(echo_roundtrip(relay.port, b"page %d" % i) == b"page %d" % i,
+              "echo")
+    wait_until(lambda: len(relay.closes()) == 7, 10, "7 close lines")
+    url = "http://127.0.0.1:%d/" % relay.metrics_port
+    shot = os.path.join(TMP, "index.png")
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu",
+            "--no-first-run", "--user-data-dir=" + os.path.join(TMP, "chr"),
+            "--disable-javascript", "--window-size=1200,800"]
+    r = subprocess.run(base + ["--dump-dom", url], capture_output=True,
+                       timeout=120)
+    check(r.returncode == 0, "chromium --dump-dom: %s" % r.stderr[-500:])
+    dom = r.stdout.decode()
+    check(re.search(r"<td>accepted</td><td class=\"n\">7</td>", dom)
+          is not None, "rendered page lacks accepted=7: %r" % dom[:300])
+    check(re.search(r"<td>eof</td><td class=\"n\">7</td>", dom) is not None,
+          "rendered page lacks eof=7")
+    r = subprocess.run(base + ["--screenshot=" + shot, url],
+                       capture_output=True, timeout=120)
+    check(r.returncode == 0 and os.path.exists(shot),
+          "chromium --screenshot: %s" % r.stderr[-500:])
+    if os.environ.get("UVCTX_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["UVCTX_KEEP_SCREENSHOT"])
+    w, h, px = png_pixels(shot)
+    check((w, h) == (1200, 800), "screenshot %dx%d" % (w, h))
+    # The header band (#1d2330) across the top, the page background
+    # (#f5f6f8) below it, white cards, and text: many distinct colours
+    # from anti-aliased glyphs.
+    check(px[8][600] == (0x1d, 0x23, 0x30), "header pixel %r" %
+          (px[8][600],))
+    check(px[790][5] == (0xf5, 0xf6, 0xf8), "background pixel %r" %
+          (px[790][5],))
+    white = sum(1 for y in range(100, 400, 10) for x in range(0, 1200, 10)
+                if px[y][x] == (255, 255, 255))
+    colours = {c for row in px[:400] for c in row[::3]}
+    check(white > 500 and len(colours) > 40, "white samples %d, colours %d" %
+          (white, len(colours)))
+    relay.stop()
+    log("index page: %dx%d screenshot, %d colours, counters rendered" %
+        (w, h, len(colours)))
+
+
+
+# ---- Prometheus: the shipped rules, and a real server ------------------------
+
+DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                      "..", "deploy", "prometheus")
+
+
+def need_tool(name):
+    if shutil.which(name) is not None:
+        return
+    if os.environ.get("UVCTX_REQUIRE_PEERS"):
+        raise Fail("%s is not installed (UVCTX_REQUIRE_PEERS is set)" % name)
+    log("SKIP: %s is not installed" % name)
+    sys.exit(SKIP)
+
+
+def case_rules():
+    """deploy/prometheus: the example configuration and the rules pass
+    `promtool check`, and the rules' unit tests pass `promtool test
+    rules`."""
+    need_tool("promtool")
+    for argv in (["promtool", "check", "config", "prometheus.yml"],
+                 ["promtool", "check", "rules", "uvctx-relay.rules.yml"],
+                 ["promtool", "test", "rules",
+                  os.path.join("tests", "uvctx-relay.test.yml")]):
+        r = subprocess.run(argv, cwd=DEPLOY, capture_output=True, timeout=120)
+        out = (r.stdout + r.stderr).decode()
+        check(r.returncode == 0, "%s:\n%s" % (" ".join(argv[:3]), out))
+        log("%s: %s" % (" ".join(argv[:3]), out.strip().splitlines()[-1]))
+
+
+def free_port():
+    """A port free right now on 127.0.0.1 (for a program that cannot be
+    told to bind port 0 and report it)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def prom_query(port, expr):
+    import urllib.parse
+    import urllib.request
+    url = "http://127.0.0.1:%d/api/v1/query?%s" % (
+        port, urllib.parse.urlencode({"query": expr}))
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc = json.loads(r.read())
+    check(doc.get("status") == "success", "query %s: %r" % (expr, doc))
+    return [(x["metric"], float(x["value"][1]))
+            for x in doc["data"]["result"]]
+
+
+def case_prometheus():
+    """Debian's Prometheus server scrapes a running relay every second
+    with the shipped rules loaded: through its query API the relay is up,
+    the accepted-connections counter shows the traffic driven, and the
+    recording rules yield values."""
+    need_tool("prometheus")
+    import urllib.request
+    echo = EchoServer()
+    relay = Relay(echo.port, "--metrics", "127.0.0.1:0", "--workers", "2",
+                  metrics=True)
+    conf = os.path.join(TMP, "prometheus.yml")
+    with open(conf, "w") as f:
+        f.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                "rule_files:\n  - %s\n"
+                "scrape_configs:\n  - job_name: uvctx-relay\n"
+                "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" %
+                (os.path.join(DEPLOY, "uvctx-relay.rules.yml"),
+                 relay.metrics_port))
+    port = free_port()
+    plog = open(os.path.join(TMP, "prometheus.log"), "wb")
+    prom = spawn(["prometheus", "--config.file=" + conf,
+                  "--storage.tsdb.path=" + os.path.join(TMP, "tsdb"),
+                  "--web.listen-address=127.0.0.1:%d" % port],
+                 stdout=plog, stderr=subprocess.STDOUT)
+
+    def ready():
+        check(prom.poll() is None, "prometheus exited: %s" %
+              open(os.path.join(TMP, "prometheus.log")).read()[-2000:])
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/-/ready" % port,
+                                        timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_until(ready, 60, "prometheus ready", step=0.2)
+
+    def value(expr):
+        got = prom_query(port, expr)
+        return got[0][1] if len(got) == 1 else None
+    # Scraped once before the traffic, so that a rate sees it move.
+    wait_until(lambda: value('up{job="uvctx-relay"}') == 1, 60,
+               "up == 1", step=0.5)
+    n = 25
+    for i in range(n):
+        check(echo_roundtrip(relay.port, b"prom %d" % i) == b"prom %d" % i,
+              "echo %d" % i)
+    wait_until(lambda: len(relay.closes()) == n, 10, "close lines")
+    wait_until(lambda: value('sum(uvctx_relay_connections_accepted_total)')
+               == n, 60, "accepted == %d in Prometheus" % n, step=0.5)
+    wait_until(lambda: (value('sum(instance:uvctx_relay_connections_'
+                              'accepted:rate5m)') or 0) > 0, 60,
+               "recording rule instance:...accepted:rate5m", step=0.5)
+    rate = value('sum(instance:uvctx_relay_connections_accepted:rate5m)')
+    wait_until(lambda: (value('sum(loop_reason:uvctx_relay_connections_'
+                              'closed:rate5m{reason="eof"})') or 0) > 0, 60,
+               "recording rule loop_reason:...closed:rate5m", step=0.5)
+    per_loop = prom_query(port, "loop:uvctx_relay_connections_accepted:rate5m")
+    check({m["loop"] for m, _ in per_loop} == {"worker-0", "worker-1"},
+          "per-worker rule: %r" % per_loop)
+    with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/targets" % port,
+                                timeout=10) as r:
+        targets = json.loads(r.read())["data"]["activeTargets"]
+    check(len(targets) == 1 and targets[0]["health"] == "up" and
+          targets[0]["lastError"] == "", "targets %r" % targets)
+    with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/rules" % port,
+                                timeout=10) as r:
+        groups = json.loads(r.read())["data"]["groups"]
+    bad = [(g["name"], x.get("name"), x.get("lastError")) for g in groups
+           for x in g["rules"] if x.get("health") not in ("ok", None) or
+           x.get("lastError")]
+    check(not bad, "rules with errors: %r" % bad)
+    log("prometheus: up, accepted %d, accepted rate %.3f/s over %d rules "
+        "without errors" % (n, rate, sum(len(g["rules"]) for g in groups)))
+    prom.send_signal(signal.SIGTERM)
+    prom.wait(timeout=30)
+    relay.stop()
+
+
+
+# ---- close lines and log levels ---------------------------------------------
+
+SIDES = ("client", "upstream", "relay", "both")
+PHASES = ("accept", "handshake", "connect", "upstream-handshake", "flush",
+          "pipe")
+
+
+def check_close_lines(relay):
+    """Every close line names the side that ended the connection and the
+    phase it was in; an error's detail starts with that side."""
+    for c in relay.closes():
+        check(c.get("side") in SIDES and c.get("phase") in PHASES,
+              "close line without side/phase: %r" % c)
+        if c.get("detail") and c["reason"] in ("reset", "error",
+                                               "upstream-error"):
+            check(c["detail"].split(" ")[0] in ("client", "upstream"),
+                  "detail does not name the side: %r" % c)
+
+
+class ResetServer(LoopbackServer):
+    """Reads `n` bytes, then resets (SO_LINGER 0) the connection."""
+
+    def __init__(self, n):
+        self.n = n
+        super().__init__()
+
+    def serve(self, c):
+        import struct
+        got = 0
+        while got < self.n:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += len(d)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        c.close()
+
+
+def reset_client(port):
+    """Connects, gets an echo through, then resets the connection."""
+    import struct
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"x")
+    check(s.recv(1) == b"x", "echo before the reset")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def case_logs():
+    """Close lines name the side and phase of a reset (client or upstream,
+    read or write); --log-level open|close|error|summary select the lines;
+    summary lines add up to the connections made."""
+    echo = EchoServer()
+    # Default level: close lines only.
+    relay = Relay(echo.port, "--workers", "2", name="close")
+    check(echo_roundtrip(relay.port, b"one") == b"one", "echo")
+    reset_client(relay.port)
+    wait_until(lambda: len(relay.closes()) == 2, 10, "2 close lines")
+    check(not relay.events("open"), "open lines at the default level")
+    by = {c["reason"]: c for c in relay.closes()}
+    check(by["eof"]["side"] == "both" and by["eof"]["phase"] == "pipe",
+          "eof line %r" % by["eof"])
+    r = by.get("reset")
+    check(r is not None and r["side"] == "client" and r["phase"] == "pipe"
+          and r["detail"] in ("client read ECONNRESET",
+                              "client write EPIPE",
+                              "client write ECONNRESET"),
+          "client reset line %r" % r)
+    relay.stop()
+
+    # The upstream resets in the middle of the pipe.
+    rs = ResetServer(1000)
+    relay = Relay(rs.port, name="upreset")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    try:
+        s.sendall(b"u" * 4000)
+    except OSError:
+        pass
+    wait_closed(s, 10)
+    s.close()
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    c = relay.closes()[0]
+    check(c["reason"] == "reset" and c["side"] == "upstream" and
+          c["phase"] == "pipe" and c["detail"].startswith("upstream "),
+          "upstream reset line %r" % c)
+    log("reset lines: client %r, upstream %r" % (r["detail"], c["detail"]))
+    relay.stop()
+
+    # error: the ordinary ends are not logged, the reset is.
+    relay = Relay(echo.port, "--log-level", "error", name="error")
+    for i in range(3):
+        check(echo_roundtrip(relay.port, b"e%d" % i) == b"e%d" % i, "echo")
+    reset_client(relay.port)
+    wait_until(lambda: len(relay.closes()) == 1, 10, "the reset's line")
+    time.sleep(0.3)
+    check([c["reason"] for c in relay.closes()] == ["reset"],
+          "error level: %r" % relay.closes())
+    relay.stop()
+
+    # open: both lines per connection.
+    relay = Relay(echo.port, "--log-level", "open", name="open")
+    check(echo_roundtrip(relay.port, b"o") == b"o", "echo")
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    check(len(relay.events("open")) == 1, "open level: no open line")
+    relay.stop()
+
+    # summary: no per-connection line; per-worker summaries every 300 ms
+    # whose counts add up to the connections made, by reason.
+    relay = Relay(echo.port, "--log-level", "summary", "--log-interval",
+                  "300ms", "--workers", "2", "--log-format", "json",
+                  name="summary")
+    n = 20
+    for i in range(n):
+        check(echo_roundtrip(relay.port, b"s%d" % i) == b"s%d" % i, "echo")
+    reset_client(relay.port)
+
+    def totals():
+        sums = {"accepted": 0, "closed": 0, "eof": 0, "reset": 0}
+        for e in relay.events("summary"):
+            for k in sums:
+                sums[k] += e.get(k, 0)
+        return sums
+    wait_until(lambda: totals()["closed"] == n + 1, 10, "summaries")
+    relay.stop()
+    t = totals()
+    check(t == {"accepted": n + 1, "closed": n + 1, "eof": n, "reset": 1},
+          "summary totals %r" % t)
+    check(not relay.closes() and not relay.events("open"),
+          "per-connection lines in summary mode")
+    workers = {e["worker"] for e in relay.events("summary")}
+    check(workers <= {0, 1} and all(isinstance(e["interval_ms"], int)
+                                    for e in relay.events("summary")),
+          "summary lines %r" % relay.events("summary")[:2])
+    log("summary: %d lines over workers %r, totals %r" %
+        (len(relay.events("summary")), sorted(workers), t))
+
+
+
+class HoldServer(LoopbackServer):
+    """Reads everything and never answers; with `bye`, first sends it and
+    half-closes."""
+
+    def __init__(self, bye=None):
+        self.bye = bye
+        super().__init__()
+
+    def serve(self, c):
+        try:
+            if self.bye is not None:
+                c.sendall(self.bye)
+                c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+def case_halfclose():
+    """--server-fin-timeout and --client-fin-timeout end a half-closed
+    connection whose other side stays silent (reason half-close-timeout,
+    the silent side named), and a drain waits for such a connection only
+    that long, not for the idle timeout."""
+    fin = 0.3 if timed() else 1.0
+    fin_arg = "%dms" % (fin * 1000)
+    # The client half-closes; the upstream reads and stays silent.
+    hold = HoldServer()
+    relay = Relay(hold.port, "--server-fin-timeout", fin_arg,
+                  "--idle-timeout", "30s", name="serverfin")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.sendall(b"request")
+    s.shutdown(socket.SHUT_WR)
+    closed_within(s, fin * 0.9, fin + 2, "client half-closed, silent upstream "
+                  "cut")
+    wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
+    c = relay.closes()[0]
+    check(c["reason"] == "half-close-timeout" and c["side"] == "upstream" and
+          c["phase"] == "pipe" and
+          c["detail"] == "client half-closed, upstream silent",
+          "server-fin close line %r" % c)
+    check(int(c["bytes_up"]) == 7, "bytes up %r" % c["bytes_up"])
+
+    # A drain waits for a half-closed connection only until its half-close
+    # timeout, although --drain-timeout and --idle-timeout are far longer.
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.sendall(b"again")
+    s.shutdown(socket.SHUT_WR)
+    wait_until(lambda: len(hold.conns) == 2, 10, "second upstream connection")
+    t0 = time.monotonic()
+    relay.signal(signal.SIGTERM)
+    rc = relay.wait(30)
+    took = time.monotonic() - t0
+    check(rc == 0, "exit status %d" % rc)
+    check(relay.closes()[1]["reason"] == "half-close-timeout",
+          "drained connection ended by %r" % relay.closes()[1])
+    log("drain with a half-closed connection: exit 0 after %.2fs" % took)
+    if timed():
+        check(took < fin + 2, "drain took %.2fs" % took)
+    s.close()
+
+    # The upstream says bye and half-closes; the client stays silent.
+    bye = HoldServer(bye=b"bye")
+    relay = Relay(bye.port, "--client-fin-timeout", fin_arg,
+                  "--idle-timeout", "30s", name="clientfin")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    got = b""
+    while len(got) < 3:
+        d = s.recv(10)
+        check(d, "bye from the upstream")
+        got += d
+    check(got == b"bye", "got %r" % got)
+    # The relay passed the upstream's FIN on (EOF here at once); the
+    # client-fin timeout then ends the connection: its close line says
+    # when.
+    wait_until(lambda: len(relay.closes()) == 1, fin + 10, "close line")
+    c = relay.closes()[0]
+    log("upstream half-closed, silent client cut after %sms" %
+        c["duration_ms"])
+    if timed():
+        check(fin * 900 <= int(c["duration_ms"]) <= fin * 1000 + 2000,
+              "client-fin cut at %sms" % c["duration_ms"])
+    check(c["reason"] == "half-close-timeout" and c["side"] == "client" and
+          c["detail"] == "upstream half-closed, client silent",
+          "client-fin close line %r" % c)
+    relay.stop()
 
 
 def main(cases=None, tools=("curl", "openssl"), prefix="relay-test-"):
