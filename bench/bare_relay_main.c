@@ -1,12 +1,13 @@
-/* bare_relay_main.c owns bare_relay: the bare libuv relay of relay_peers.c
- * (relay_bare(): 64 KiB recycled buffers, the copy's high/low marks) as a
+/* bare_relay_main.c owns bare_relay: the bare libuv relays of relay_peers.c
+ * (relay_bare(): 64 KiB recycled buffers, the copy's high/low marks; with
+ * --try-write relay_bare_try(): one buffer, uv_try_write() first) as a
  * standalone listening process, so that bench/relay/relay-bench.sh can put
  * it beside uvctx-relay and socat in the same run, driven by the same
  * sender and sink. No uvctx code on purpose.
  *
  *   bare_relay --listen HOST:PORT --connect HOST:PORT [--count N]
- *              [--no-nodelay]
- *   bare_relay [--quick] [--self-check BYTES]
+ *              [--no-nodelay] [--try-write]
+ *   bare_relay [--quick] [--self-check BYTES] [--try-write]
  *
  * With --listen it prints "listening on ADDR:PORT" (the real port for port
  * 0) as its first line on stdout, like uvctx-relay, then serves one
@@ -121,6 +122,9 @@ static int accept_one(int lfd) {
  * the benchmark, and a loop per connection (relay_bare() makes its own)
  * keeps this program as small as the peer it stands for. Setup (accept,
  * the blocking upstream connect) is outside the measured transfer. */
+/* The relay the flags chose: relay_bare() or relay_bare_try(). */
+static void (*relay_fn)(uv_os_sock_t, uv_os_sock_t, double*) = relay_bare;
+
 static int serve(const char* listen_s, const char* connect_s, long count,
                  int nodelay) {
   struct sockaddr_storage la;
@@ -160,7 +164,7 @@ static int serve(const char* listen_s, const char* connect_s, long count,
      * its peer, so that the two differ only in how they relay. */
     setsockopt(in, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
     setsockopt(out, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
-    relay_bare(in, out, &cpu); /* closes both */
+    relay_fn(in, out, &cpu); /* closes both */
     served++;
     fprintf(stderr, "bare_relay: connection %ld done, relay cpu %.3f s\n",
             served, cpu);
@@ -281,7 +285,7 @@ static int self_check(uint64_t bytes) {
   t0 = uv_hrtime();
   if (uv_thread_create(&st, sender_main, &sender) != 0)
     die("thread", EAGAIN);
-  relay_bare(in, out, &cpu);
+  relay_fn(in, out, &cpu);
   uv_thread_join(&st);
   uv_thread_join(&kt);
   secs = (double)(uv_hrtime() - t0) / 1e9;
@@ -303,8 +307,9 @@ static int self_check(uint64_t bytes) {
 
 static void usage(void) {
   fprintf(stderr, "usage: bare_relay --listen HOST:PORT --connect HOST:PORT "
-                  "[--count N] [--no-nodelay]\n"
-                  "       bare_relay [--quick] [--self-check BYTES]\n");
+                  "[--count N] [--no-nodelay] [--try-write]\n"
+                  "       bare_relay [--quick] [--self-check BYTES] "
+                  "[--try-write]\n");
 }
 
 int main(int argc, char** argv) {
@@ -322,6 +327,10 @@ int main(int argc, char** argv) {
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--quick") == 0) {
       check = 1ull << 20;
+      continue;
+    }
+    if (strcmp(a, "--try-write") == 0) {
+      relay_fn = relay_bare_try;
       continue;
     }
     if (strcmp(a, "--no-nodelay") == 0) {

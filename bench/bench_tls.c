@@ -32,6 +32,7 @@
 
 #include "uvctx.h"
 #include "uvctx/copy.h"
+#include "uvctx/stream_impl.h"
 #include "uvctx/tls.h"
 
 static int quick;
@@ -232,7 +233,7 @@ typedef struct mend_s {
   size_t in_off;
   size_t in_len;
   /* Writes not yet moved whole: the first has moved `w_buf` bufs and
-   * `w_off` bytes of the next. Bufs are copied into impl_[0]. */
+   * `w_off` bytes of the next. Bufs are copied into impl_.slot[0]. */
   uvctx_write_t* wq_head;
   uvctx_write_t** wq_tail;
   uvctx_write_t* done_head; /* moved, to complete on the next turn */
@@ -272,8 +273,8 @@ static void mend_move(mend_t* e) {
   uvctx_write_t* w;
 
   while ((w = e->wq_head) != NULL) {
-    const uv_buf_t* b = w->impl_[0];
-    unsigned nb = (unsigned)(uintptr_t)w->impl_[1];
+    const uv_buf_t* b = w->impl_.slot[0].p;
+    unsigned nb = (unsigned)w->impl_.slot[1].u;
     while (e->w_buf < nb) {
       size_t n = b[e->w_buf].len - e->w_off;
       size_t room;
@@ -303,8 +304,8 @@ static void mend_move(mend_t* e) {
     if (e->wq_head == NULL)
       e->wq_tail = &e->wq_head;
     e->w_buf = 0;
-    free(w->impl_[0]);
-    w->impl_[0] = NULL;
+    free(w->impl_.slot[0].p);
+    w->impl_.slot[0].p = NULL;
     w->next_ = NULL;
     *e->done_tail = w;
     e->done_tail = &w->next_;
@@ -331,8 +332,8 @@ static int mend_write(uvctx_stream_t* s, uvctx_write_t* req,
   if (copy == NULL)
     return UV_ENOMEM;
   memcpy(copy, bufs, sizeof(*copy) * n);
-  req->impl_[0] = copy;
-  req->impl_[1] = (void*)(uintptr_t)n;
+  req->impl_.slot[0].p = copy;
+  req->impl_.slot[1].u = n;
   req->next_ = NULL;
   *e->wq_tail = req;
   e->wq_tail = &req->next_;
@@ -367,7 +368,7 @@ static size_t mend_wqs(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t mend_ops = {
     "mem",         mend_read_start, mend_read_stop, mend_write,
-    mend_shutdown, mend_close,      mend_wqs};
+    mend_shutdown, mend_close,      mend_wqs,       NULL};
 
 /* One end's turn. */
 static void mend_pump(mend_t* e) {
@@ -377,8 +378,8 @@ static void mend_pump(mend_t* e) {
   if (e->closing) {
     while ((w = e->wq_head) != NULL) {
       e->wq_head = w->next_;
-      free(w->impl_[0]);
-      w->impl_[0] = (void*)1; /* cancelled */
+      free(w->impl_.slot[0].p);
+      w->impl_.slot[0].p = (void*)1; /* cancelled */
       w->next_ = NULL;
       *e->done_tail = w;
       e->done_tail = &w->next_;
@@ -390,7 +391,7 @@ static void mend_pump(mend_t* e) {
     mend_move(e);
   }
   while ((w = e->done_head) != NULL) {
-    int status = w->impl_[0] == (void*)1 ? UV_ECANCELED : 0;
+    int status = w->impl_.slot[0].p == (void*)1 ? UV_ECANCELED : 0;
     e->done_head = w->next_;
     if (e->done_head == NULL)
       e->done_tail = &e->done_head;
@@ -614,7 +615,7 @@ static size_t gen_wqs(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t gen_ops = {
     "gen",        gen_read_start, gen_read_stop, gen_write,
-    gen_shutdown, gen_close,      gen_wqs};
+    gen_shutdown, gen_close,      gen_wqs,       NULL};
 
 static uint64_t sink_bytes;
 static int sink_eof;

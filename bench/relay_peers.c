@@ -1,9 +1,11 @@
 /* relay_peers.c owns the peer relays of bench_relay: a bare libuv relay of
- * the same shape as uvctx_copy (64 KiB buffers, the same high/low marks)
- * and a blocking read/write relay. No uvctx code on purpose. */
+ * the same shape as uvctx_copy (64 KiB buffers, the same high/low marks),
+ * its try-write variant (one buffer, uv_try_write first) and a blocking
+ * read/write relay. No uvctx code on purpose. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -136,6 +138,109 @@ static void bare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     return;
   }
   bare_close_all(b);
+}
+
+/* ---- the try-write variant ----------------------------------------------
+ * What a careful libuv relay does: every read lands in one reused buffer
+ * and goes out at once with uv_try_write(); only when the socket is full
+ * is the unwritten tail handed to uv_write(), and reading pauses until it
+ * has completed (the buffer is the tail's until then). */
+
+typedef struct tbare_s {
+  char* buf;
+  uv_loop_t loop;
+  uv_tcp_t in;
+  uv_tcp_t out;
+  uv_write_t wreq;
+  uv_shutdown_t shut;
+  int eof;
+} tbare_t;
+
+static void tbare_close_all(tbare_t* b) {
+  if (uv_is_closing((uv_handle_t*)&b->in))
+    return;
+  uv_close((uv_handle_t*)&b->in, NULL);
+  uv_close((uv_handle_t*)&b->out, NULL);
+}
+
+static void tbare_alloc(uv_handle_t* h, size_t n, uv_buf_t* buf) {
+  tbare_t* b = h->data;
+  (void)n;
+  *buf = uv_buf_init(b->buf, RELAY_BUF);
+}
+
+static void tbare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+
+static void tbare_write_cb(uv_write_t* req, int status) {
+  tbare_t* b = req->data;
+  if (status != 0) {
+    tbare_close_all(b);
+    return;
+  }
+  if (!b->eof && !uv_is_closing((uv_handle_t*)&b->in))
+    uv_read_start((uv_stream_t*)&b->in, tbare_alloc, tbare_read);
+}
+
+static void tbare_shutdown_cb(uv_shutdown_t* req, int status) {
+  (void)status;
+  tbare_close_all(req->data);
+}
+
+static void tbare_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+  tbare_t* b = s->data;
+  uv_buf_t out;
+  int w;
+  if (n > 0) {
+    out = uv_buf_init(buf->base, (unsigned)n);
+    w = uv_try_write((uv_stream_t*)&b->out, &out, 1);
+    if (w == n)
+      return;
+    if (w < 0 && w != UV_EAGAIN) {
+      tbare_close_all(b);
+      return;
+    }
+    if (w > 0) {
+      out.base += w;
+      out.len -= (size_t)w;
+    }
+    b->wreq.data = b;
+    if (uv_write(&b->wreq, (uv_stream_t*)&b->out, &out, 1, tbare_write_cb)) {
+      tbare_close_all(b);
+      return;
+    }
+    uv_read_stop(s);
+    return;
+  }
+  if (n == 0)
+    return;
+  uv_read_stop(s);
+  if (n == UV_EOF) {
+    b->eof = 1;
+    b->shut.data = b;
+    if (uv_shutdown(&b->shut, (uv_stream_t*)&b->out, tbare_shutdown_cb))
+      tbare_close_all(b);
+    return;
+  }
+  tbare_close_all(b);
+}
+
+void relay_bare_try(uv_os_sock_t in, uv_os_sock_t out, double* cpu) {
+  tbare_t b;
+  double c0 = relay_thread_cpu();
+  memset(&b, 0, sizeof(b));
+  b.buf = malloc(RELAY_BUF);
+  uv_loop_init(&b.loop);
+  uv_tcp_init(&b.loop, &b.in);
+  uv_tcp_init(&b.loop, &b.out);
+  uv_tcp_open(&b.in, in);
+  uv_tcp_open(&b.out, out);
+  b.in.data = &b;
+  b.out.data = &b;
+  uv_read_start((uv_stream_t*)&b.in, tbare_alloc, tbare_read);
+  uv_run(&b.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&b.loop);
+  *cpu = relay_thread_cpu() - c0;
+  free(b.buf);
 }
 
 static void bare_open(bare_t* b, uv_os_sock_t in, uv_os_sock_t out) {

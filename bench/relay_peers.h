@@ -21,6 +21,12 @@ double relay_thread_cpu(void);
  * RELAY_LOW; EOF shuts the output down. */
 void relay_bare(uv_os_sock_t in, uv_os_sock_t out, double* cpu);
 
+/* The try-write variant of a bare libuv relay: every read lands in one
+ * reused 64 KiB buffer and goes out at once with uv_try_write(); only the
+ * tail a full socket refuses is handed to uv_write(), and reading pauses
+ * until that write completes. EOF shuts the output down. */
+void relay_bare_try(uv_os_sock_t in, uv_os_sock_t out, double* cpu);
+
 /* A blocking read/write relay with one 64 KiB buffer. */
 void relay_blocking(uv_os_sock_t in, uv_os_sock_t out, double* cpu);
 

@@ -3,8 +3,12 @@
 #
 #   throughput   BYTES (default 2 GiB) through one plain TCP connection:
 #                MB/s and relay CPU-seconds per GB, beside the bare libuv
-#                relay (bench/bare_relay_main.c, a listening process) and
-#                `socat -b 65536`
+#                relay (bench/bare_relay_main.c, a listening process) in
+#                both its variants (uv_write; --try-write: uv_try_write
+#                first), compared as peer=bare_libuv_relay with the faster
+#                of the two (variant= says which) and each on its own, and
+#                `socat -b 65536`; ratio_min/ratio_max: the spread of the
+#                per-run ratios
 #   tls          TLS_BYTES (default BYTES/2: 1 GiB) from a TLS 1.3 client
 #                through a TLS-terminating server to a plain sink: MB/s and
 #                server CPU-seconds per GB, uvctx-relay --tls-cert/--tls-key
@@ -91,16 +95,8 @@ for tool in socat python3 openssl ss; do
   fi
 done
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
-  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=common.sh
+. "$here/common.sh"
 
 # Waits for a process we started (in the background, so that a signal to
 # this script is acted on at once), forgets its PID, so that the trap never
@@ -119,10 +115,6 @@ stop() { kill -TERM "$1" 2>/dev/null || true; reap "$1" || true; }
 die() { echo "relay-bench: $*" >&2; exit 1; }
 note() { echo "relay-bench: $*" >&2; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket()
-s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 # CPU seconds (user+system, every thread) of a live process.
 cpu_of() {
   awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " ");
@@ -238,16 +230,17 @@ tput_uvctx() {
   cpu=$(calc "$(cpu_of "$lpid") - $c0")
   stop "$lpid"
 }
-tput_bare() {
+tput_bare() { # [--try-write]
   local c0
   start_sink
   start_listener bare "$bare" --listen 127.0.0.1:0 \
-    --connect "127.0.0.1:$sink_port"
+    --connect "127.0.0.1:$sink_port" "$@"
   c0=$(cpu_of "$lpid")
   transfer "$lport" "$bytes"
   cpu=$(calc "$(cpu_of "$lpid") - $c0")
   stop "$lpid"
 }
+tput_baretry() { tput_bare --try-write; }
 tput_socat() { # one connection: it exits when the connection ends
   local s p
   start_sink
@@ -262,34 +255,56 @@ tput_socat() { # one connection: it exits when the connection ends
   cpu=$(cat "$tmp/socat.cpu")
 }
 
+# The per-run ratios of each peer, and the name of each bare variant.
+declare -A ratios=()
+declare -A variant=([bare]=write [baretry]=try_write)
+# name-of-peer key [extra fields]: the throughput line against one peer,
+# with the spread of its per-run ratios.
+tput_line() {
+  local lo hi
+  lo=$(tr ' ' '\n' <<<"${ratios[$2]}" | grep . | sort -g | head -1)
+  hi=$(tr ' ' '\n' <<<"${ratios[$2]}" | grep . | sort -g | tail -1)
+  line relay_throughput MB/s "$(median "${rate[uvctx]}")" "$1" \
+    "$(median "${rate[$2]}")" "ratio_min=$lo ratio_max=$hi runs=$runs${3:+ $3}"
+}
+
 bench_throughput() {
-  local mb peers=(uvctx bare socat) i k p
-  local -A rate=() cpugb=()
+  local mb peers=(uvctx bare baretry socat) i k p best
+  local -A rate=() cpugb=() run_rate=()
   mb=$(calc "$bytes / 1000000")
   if [ -z "$bare" ]; then
     note "no bare_relay binary (--bare; built as bench/bare_relay):" \
       "no peer=bare_libuv_relay lines"
     peers=(uvctx socat)
   fi
+  # The ratios of each run, ours over the peer's of the same run.
   for ((i = 0; i < runs; i++)); do
     for ((k = 0; k < ${#peers[@]}; k++)); do
       p=${peers[(i + k) % ${#peers[@]}]}
       "tput_$p"
-      rate[$p]+=" $(calc "$mb / $secs")"
+      run_rate[$p]=$(calc "$mb / $secs")
+      rate[$p]+=" ${run_rate[$p]}"
       cpugb[$p]+=" $(calc "$cpu * 1000 / $mb")"
       note "throughput run $((i + 1)) $p: $(calc "$mb / $secs") MB/s," \
         "cpu $cpu s"
     done
+    for p in "${peers[@]}"; do
+      [ "$p" = uvctx ] && continue
+      ratios[$p]+=" $(calc "${run_rate[uvctx]} / ${run_rate[$p]}")"
+    done
   done
   if [ -n "$bare" ]; then
-    line relay_throughput MB/s "$(median "${rate[uvctx]}")" bare_libuv_relay \
-      "$(median "${rate[bare]}")"
+    best=bare
+    if awk "BEGIN { exit !($(median "${rate[baretry]}") >= \
+        $(median "${rate[bare]}")) }"; then best=baretry; fi
+    tput_line bare_libuv_relay "$best" "variant=${variant[$best]}"
+    tput_line bare_libuv_relay_write bare
+    tput_line bare_libuv_relay_try baretry
   fi
-  line relay_throughput MB/s "$(median "${rate[uvctx]}")" socat \
-    "$(median "${rate[socat]}")"
+  tput_line socat socat
   if [ -n "$bare" ]; then
     line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" \
-      bare_libuv_relay "$(median "${cpugb[bare]}")"
+      bare_libuv_relay "$(median "${cpugb[$best]}")" "variant=${variant[$best]}"
   fi
   line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" socat \
     "$(median "${cpugb[socat]}")"

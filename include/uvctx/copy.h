@@ -43,15 +43,48 @@ enum {
   UVCTX_COPY_KEEP_OPEN_IDLE = 1 << 1
 };
 
+/* ------------------------------------------------------------------------ */
+/* Buffer pool                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* A pool of copy buffers shared by the copies and pipes of one loop that
+ * name it in their options, with a budget: beyond `max_bytes` of buffers
+ * lent out, a copy that needs one more stops reading until one comes back
+ * (a relay-wide memory bound: reading pauses, TCP flow control does the
+ * rest). A copy takes buffers only as data flows and gives them back when
+ * it has nothing to read for now; the pool keeps a few returned ones (at
+ * most 16) for reuse and frees the rest. Opaque; loop thread only. */
+typedef struct uvctx_copy_pool_s uvctx_copy_pool_t;
+
+/* Makes a pool of `buffer_size` buffers (0: 64 KiB; 1 KiB .. 16 MiB) for
+ * copies on `loop`; max_bytes 0 means no budget, else at least one buffer.
+ * UV_EINVAL, UV_ENOMEM. */
+UVCTX_EXTERN int uvctx_copy_pool_init(uvctx_copy_pool_t** out, uv_loop_t* loop,
+                                      size_t buffer_size, size_t max_bytes);
+
+/* Frees the pool. UV_EBUSY while a copy or pipe that uses it has not run
+ * its callback (then nothing is freed); UV_EINVAL for NULL. */
+UVCTX_EXTERN int uvctx_copy_pool_close(uvctx_copy_pool_t* p);
+
+/* Bytes of buffers lent out now (0 for NULL). */
+UVCTX_EXTERN size_t uvctx_copy_pool_bytes(const uvctx_copy_pool_t* p);
+
 /* Options; zero-initialize, then set what you need. A zero field takes its
  * default.
- * buffer_size  bytes per buffer: 64 KiB; 1 KiB .. 16 MiB.
- * buffers      buffers in the pool, per direction: 8; 1 .. 1024. The pool is
- *              allocated once when the copy starts and freed before its
- *              callback: a copy never holds more than buffers*buffer_size.
+ * buffer_size  bytes per buffer: 64 KiB (or the pool's); 1 KiB .. 16 MiB;
+ *              with a pool, the pool's size.
+ * buffers      buffers per direction at most: 8; 1 .. 1024. Buffers are
+ *              taken only while data flows: a direction with nothing to
+ *              read holds none and a stalled one only those its queued
+ *              writes carry; without a pool a direction keeps what it has
+ *              taken until the copy ends. Never more than
+ *              buffers*buffer_size per direction.
+ * pool         take buffers from this pool (same loop), under its budget;
+ *              NULL: from the allocator, one at a time.
  * high_water   reading stops while the destination's write queue
  *              (uvctx_stream_write_queue_size()) could exceed it after one
- *              more buffer: 4 buffers; at least buffer_size. The queue then
+ *              more buffer: 4 buffers, or buffers*buffer_size if less; at
+ *              least buffer_size, at most buffers*buffer_size. The queue then
  *              never exceeds it if it holds only the copy's writes and is
  *              empty once they have completed (libuv streams, uvctx TLS
  *              sessions). Bytes someone else queued can take it past the
@@ -63,6 +96,11 @@ enum {
  *              high_water of one buffer means resuming on an empty queue).
  * idle_timeout_ms  fail with UV_ETIMEDOUT when no byte is read or written in
  *              any direction for this long: 0 = no idle timeout.
+ * send_timeout_ms  fail with UV_ETIMEDOUT when a destination keeps its
+ *              queue above the high-water mark (reading stopped for it)
+ *              this long without interruption: a reader too slow to keep
+ *              up (nginx's send_timeout). 0 = none. uvctx_copy_send_timed_out()
+ *              tells it from the idle timeout.
  * flags        UVCTX_COPY_* flags above.
  * half_close_timeout_ms  pipes only (a copy ignores it): once one direction
  *              has finished (its EOF read and passed on), the idle timeout
@@ -80,6 +118,8 @@ typedef struct uvctx_copy_options_s {
   uint64_t idle_timeout_ms;
   unsigned flags;
   uint64_t half_close_timeout_ms[2];
+  uvctx_copy_pool_t* pool;
+  uint64_t send_timeout_ms;
 } uvctx_copy_options_t;
 
 /* ------------------------------------------------------------------------ */
@@ -90,12 +130,14 @@ typedef struct uvctx_copy_s uvctx_copy_t;
 
 /* status: 0 after EOF (and the destination's shutdown, unless
  * UVCTX_COPY_NO_SHUTDOWN), the context's error (UV_ECANCELED,
- * UV_ETIMEDOUT), UV_ETIMEDOUT for the idle timeout, or the first I/O error
- * of either stream. bytes: bytes written to the destination, as its
- * transport took them: completed writes, plus, when the copy closes the
- * streams under writes in flight, what the transport had already taken of
- * those (their bytes minus the destination's write queue at the close; TLS:
- * to within one record). See docs/copy.md. */
+ * UV_ETIMEDOUT), UV_ETIMEDOUT for the idle or the send timeout, UV_ENOMEM
+ * when a buffer could not be allocated, or the first I/O error of either
+ * stream. bytes: bytes written to the destination, as its transport took
+ * them: a try-write counts at once, a queued write when it completes, and,
+ * when the copy closes the streams under writes in flight, what the
+ * transport had already taken of those (their bytes minus the
+ * destination's write queue at the close; TLS: to within one record). See
+ * docs/copy.md. */
 typedef void (*uvctx_copy_cb)(uvctx_copy_t* c, int status, uint64_t bytes);
 
 /* A copy request, caller-allocated like a libuv request: `data` is yours,
@@ -108,6 +150,7 @@ struct uvctx_copy_s {
   uvctx_copy_cb cb_;
   void* state_;
   uint64_t bytes_;
+  int send_timed_out_;
 };
 
 /* Copies `src` to `dst` until EOF, an error, or `ctx` is done.
@@ -131,12 +174,13 @@ struct uvctx_copy_s {
  * completes before that watch runs still ends with 0.
  *
  * Returns 0; UV_EINVAL for NULL arguments, closing streams, invalid options
- * or a context homed on another loop than the streams'; UV_EBUSY if a
- * stream is already used by a copy or pipe; UV_ENOMEM (the pool is one
- * allocation); or the error of starting to read. On error nothing was started,
- * cb never runs, and the streams are untouched. `opts` may be NULL (all
- * defaults) and is copied. The copy does not need `ctx` after this call beyond
- * its watch's reference. */
+ * or a context homed on another loop than the streams' (or a pool of
+ * another loop); UV_EBUSY if a stream is already used by a copy or pipe;
+ * UV_ENOMEM (the state is one allocation; a buffer the allocator refuses
+ * later ends the copy with UV_ENOMEM); or the error of starting to read. On
+ * error nothing was started, cb never runs, and the streams are untouched.
+ * `opts` may be NULL (all defaults) and is copied. The copy does not need `ctx`
+ * after this call beyond its watch's reference. */
 UVCTX_EXTERN int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx,
                                   uvctx_stream_t* src, uvctx_stream_t* dst,
                                   const uvctx_copy_options_t* opts,
@@ -145,6 +189,10 @@ UVCTX_EXTERN int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx,
 /* Bytes written to the destination so far (the final count once done).
  * Loop thread. 0 for NULL. */
 UVCTX_EXTERN uint64_t uvctx_copy_bytes(const uvctx_copy_t* c);
+
+/* 1 if the copy ended (UV_ETIMEDOUT) by its send timeout, else 0 (also
+ * for NULL). Valid in and after the callback. Loop thread. */
+UVCTX_EXTERN int uvctx_copy_send_timed_out(const uvctx_copy_t* c);
 
 /* ------------------------------------------------------------------------ */
 /* Pipe                                                                     */
@@ -166,6 +214,7 @@ struct uvctx_pipe_s {
   uint64_t bytes_[2];
   int err_at_;
   int err_side_;
+  int send_timed_out_;
 };
 
 /* Two copies in opposite directions, a -> b and b -> a, as one operation:
@@ -174,9 +223,12 @@ struct uvctx_pipe_s {
  * finished (streams left open: you close them), or at the first error in
  * either direction, the idle timeout (progress in either direction resets
  * it) or the context (both streams closed, callback after their close
- * callbacks, as for uvctx_copy_start()). The options apply to each
- * direction (so the pool is 2 * buffers). a != b. Errors as for
- * uvctx_copy_start(). */
+ * callbacks, as for uvctx_copy_start()). A half-close of one side that
+ * fails with UV_ENOTCONN or UV_EPIPE (the peer closed its whole socket;
+ * every write of that direction had completed) counts as that direction
+ * finished, not failed; a one-way copy reports such a shutdown error. The
+ * options apply to each direction (so the pool is 2 * buffers). a != b.
+ * Errors as for uvctx_copy_start(). */
 UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
                                   uvctx_stream_t* a, uvctx_stream_t* b,
                                   const uvctx_copy_options_t* opts,
@@ -184,9 +236,12 @@ UVCTX_EXTERN int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx,
 
 /* Bytes written each way so far (the final counts once done), for progress
  * reports and metrics while a long transfer runs. Loop thread. Either
- * pointer may be NULL. */
+ * pointer may be NULL; a NULL `p` stores nothing. */
 UVCTX_EXTERN void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
                                    uint64_t* b_to_a);
+
+/* As uvctx_copy_send_timed_out(), for either direction of a pipe. */
+UVCTX_EXTERN int uvctx_pipe_send_timed_out(const uvctx_pipe_t* p);
 
 /* What a pipe was doing when the I/O error that ended it happened. */
 enum {

@@ -70,6 +70,9 @@ UVCTX_EXTERN int uvctx_log_fields(const uvctx_t* c, int format, char* buf,
  *   uvctx_cancel_propagation_max_seconds,
  *   uvctx_deadline_lateness_max_seconds   gauges
  *
+ * Bucket bounds are exact decimals of the nanosecond bounds of
+ * uvctx_histogram_bound(), in seconds.
+ *
  * On success stores a NUL-terminated text in *out (free it with
  * uvctx_metrics_free()) and its length in *len (len may be NULL), and
  * returns 0. UV_EINVAL for a NULL out, a NULL stats with n > 0 or a NULL

@@ -1,8 +1,9 @@
 /* uvctx streams: a small byte-stream interface shaped after libuv's
  * uv_stream_t (read start/stop, write, shutdown, close, bytes queued), with
  * an implementation over any connected libuv stream (uv_tcp_t, uv_pipe_t,
- * uv_tty_t) and a vtable through which other kinds (the TLS session, test
- * doubles) plug in. uvctx_copy_start() and uvctx_pipe_start() take any of them.
+ * uv_tty_t); other kinds (the TLS session, test doubles) plug in through
+ * the vtable of <uvctx/stream_impl.h>. This header is for users of
+ * streams. uvctx_copy_start() and uvctx_pipe_start() take any of them.
  *
  * Threading: a stream belongs to the thread running its loop; every
  * function here must be called there, and every callback runs there.
@@ -18,6 +19,8 @@
  *   requests' memory and everything they borrow may be reused only in or
  *   after the close callback (the requests: in or after their own
  *   callbacks).
+ *
+ * Implementing a stream kind of your own: <uvctx/stream_impl.h>.
  *
  * See docs/copy.md for the guide. */
 #ifndef UVCTX_STREAM_H
@@ -59,6 +62,37 @@ typedef void (*uvctx_write_cb)(uvctx_write_t* req, int status);
 typedef void (*uvctx_shutdown_cb)(uvctx_shutdown_t* req, int status);
 typedef void (*uvctx_stream_close_cb)(uvctx_stream_t* s);
 
+/* Private storage that a stream kind keeps in a stream and in its
+ * requests, typed as libuv's private fields are: a member for each kind
+ * uvctx ships (the libuv stream, the TLS session) and, for other kinds,
+ * slots that hold a pointer or a 64-bit integer each. The members never
+ * make the storage larger than its slots (checked when the library is
+ * built), so the layout is the same whatever kinds exist. Nothing but the
+ * stream's own kind touches it. */
+typedef union uvctx_stream_slot_u {
+  void* p;
+  uint64_t u;
+} uvctx_stream_slot_t;
+typedef union uvctx_stream_storage_u {
+  struct {
+    uv_stream_t* handle;
+    void* saved_data; /* the handle's data, given back by a detach */
+  } uv;
+  uvctx_stream_slot_t slot[2];
+} uvctx_stream_storage_t;
+typedef union uvctx_write_storage_u {
+  struct {
+    uv_buf_t* bufs; /* a copied array, or NULL for one buffer at `base` */
+    char* base;
+    uint64_t seq; /* the transport write carrying its last byte */
+    unsigned nbufs;
+  } tls;
+  uvctx_stream_slot_t slot[4];
+} uvctx_write_storage_t;
+typedef union uvctx_shutdown_storage_u {
+  uvctx_stream_slot_t slot[2];
+} uvctx_shutdown_storage_t;
+
 /* A stream. Caller-allocated (embedded in a larger struct by
  * implementations); `data` is yours, the rest is private. */
 struct uvctx_stream_s {
@@ -71,8 +105,8 @@ struct uvctx_stream_s {
   uvctx_stream_close_cb close_cb_;
   size_t writes_pending_;
   unsigned flags_;
-  void* impl_[2]; /* for the implementation (libuv: the handle) */
-  void* owner_;   /* the library operation driving it (copy, pipe) */
+  uvctx_stream_storage_t impl_; /* the kind's (libuv: the handle) */
+  void* owner_; /* the library operation driving it (copy, pipe) */
 };
 
 /* A write request, caller-allocated like uv_write_t: `data` is yours, the
@@ -84,7 +118,7 @@ struct uvctx_write_s {
   uvctx_write_cb cb_;
   size_t size_;                /* bytes in the request */
   struct uvctx_write_s* next_; /* free for the implementation (queues) */
-  void* impl_[4];              /* free for the implementation */
+  uvctx_write_storage_t impl_; /* the kind's */
   uv_write_t uv_; /* the libuv implementation's request; others may use it */
 };
 
@@ -94,8 +128,8 @@ struct uvctx_shutdown_s {
   /* private */
   uvctx_stream_t* stream_;
   uvctx_shutdown_cb cb_;
-  void* impl_[2];    /* free for the implementation */
-  uv_shutdown_t uv_; /* the libuv implementation's request */
+  uvctx_shutdown_storage_t impl_; /* the kind's */
+  uv_shutdown_t uv_;              /* the libuv implementation's request */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -128,6 +162,21 @@ UVCTX_EXTERN int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
                                     const uv_buf_t bufs[], unsigned nbufs,
                                     uvctx_write_cb cb);
 
+/* Writes as much of `nbufs` buffers as the transport takes at once,
+ * without queuing anything and without a callback, as uv_try_write() does:
+ * the fast path of a relay that hands the bytes it just read straight to
+ * the kernel and queues only what is left with uvctx_stream_write().
+ * Returns the number of bytes written (> 0; the rest was not written), or
+ * UV_EAGAIN when nothing could be written now, which is also the answer
+ * while earlier writes of this stream are still pending (so the order of
+ * the bytes is kept); UV_ENOSYS when the stream kind offers no try-write
+ * (a TLS session: its records are written by its own queue); UV_EINVAL
+ * for NULL s/bufs, nbufs == 0 or a closing stream; UV_EPIPE after a
+ * shutdown; else the transport's error (UV_EPIPE, UV_ECONNRESET, ...).
+ * The bytes are not borrowed beyond the call. */
+UVCTX_EXTERN int uvctx_stream_try_write(uvctx_stream_t* s,
+                                        const uv_buf_t bufs[], unsigned nbufs);
+
 /* Shuts the write half down once every earlier write has been written
  * (TLS: close_notify first). cb(req, status) runs exactly once, from the
  * loop. UV_EINVAL for NULL s/req or a closing stream; UV_ENOTCONN if a
@@ -147,7 +196,8 @@ UVCTX_EXTERN void uvctx_stream_close(uvctx_stream_t* s,
 
 /* Bytes accepted by uvctx_stream_write() that the stream has not yet handed
  * to the operating system (libuv: uv_stream_get_write_queue_size(); TLS:
- * plaintext not yet encrypted plus ciphertext not yet written). Still asked
+ * plaintext bytes, those not yet encrypted plus those whose records are not
+ * yet all written, so a copy's high-water mark holds exactly). Still asked
  * of the implementation while the stream is closing; 0 for NULL and once the
  * implementation has reported the close done. */
 UVCTX_EXTERN size_t uvctx_stream_write_queue_size(const uvctx_stream_t* s);
@@ -204,79 +254,6 @@ UVCTX_EXTERN uv_stream_t* uvctx_stream_uv_handle(const uvctx_stream_t* s);
  * (their callbacks still reference `s`); UV_EINVAL for NULL, other kinds, or
  * a closing or already detached stream. On error nothing is changed. */
 UVCTX_EXTERN int uvctx_stream_uv_detach(uvctx_stream_t* s);
-
-/* ------------------------------------------------------------------------ */
-/* Implementing a stream kind                                               */
-/* ------------------------------------------------------------------------ */
-
-/* The operations of a stream kind. The generic functions above check their
- * arguments and the stream's state, record the callbacks and request fields,
- * then call these. Once the stream is closing, only write_queue_size is
- * still called (until the implementation calls uvctx_stream_close_done()),
- * so every kind must answer it while closing; no other op is called on a
- * closing stream (the implementation may call its own read_stop as part of
- * closing).
- *
- * read_start  Begin delivering data: call uvctx_stream_emit_alloc() then
- *             uvctx_stream_emit_read() from the loop, never inside
- *             read_start. Called again while reading: the generic layer
- *             has already swapped in the new callbacks; keep reading and
- *             return 0. On an error, start nothing: the generic layer puts
- *             the previous callbacks and reading state back.
- * read_stop   Stop delivering at once (no emit_read after it returns).
- * write       Take req (req->stream_, cb_, size_ are set; bufs is copied
- *             if kept); return 0 and later call uvctx_stream_write_done()
- *             exactly once, or return an error and never call it. The
- *             bytes stay borrowed until write_done.
- * shutdown    After queued writes, shut the write half; later call
- *             uvctx_stream_shutdown_done() exactly once (or return an
- *             error).
- * close       Stop reading; complete every pending write and shutdown
- *             (UV_ECANCELED unless already done; this may happen inside
- *             close or later); then, from the loop, call
- *             uvctx_stream_close_done(). The generic layer holds the close
- *             callback back until every write_done and shutdown_done has
- *             run, so the user's close callback is always last.
- * write_queue_size  Bytes accepted and not yet handed to the OS. Also
- *             called while the stream is closing, until close_done.
- */
-struct uvctx_stream_ops_s {
-  const char* name; /* "uv", "tls", ...: for dumps and errors */
-  int (*read_start)(uvctx_stream_t* s);
-  int (*read_stop)(uvctx_stream_t* s);
-  int (*write)(uvctx_stream_t* s, uvctx_write_t* req, const uv_buf_t bufs[],
-               unsigned nbufs);
-  int (*shutdown)(uvctx_stream_t* s, uvctx_shutdown_t* req);
-  void (*close)(uvctx_stream_t* s);
-  size_t (*write_queue_size)(const uvctx_stream_t* s);
-};
-
-/* Initializes the generic part of a stream of kind `ops` on `loop`.
- * Every op must be set. UV_EINVAL for NULL arguments or a missing op. */
-UVCTX_EXTERN int uvctx_stream_init(uvctx_stream_t* s,
-                                   const uvctx_stream_ops_t* ops,
-                                   uv_loop_t* loop);
-
-/* For implementations: run the user's alloc/read callbacks. emit_read
- * after UV_EOF or an error marks the read side finished. Both do nothing
- * when the stream is closing or not reading (emit_alloc then yields a
- * zero-length buffer). */
-UVCTX_EXTERN void uvctx_stream_emit_alloc(uvctx_stream_t* s, size_t suggested,
-                                          uv_buf_t* buf);
-UVCTX_EXTERN void uvctx_stream_emit_read(uvctx_stream_t* s, ssize_t nread,
-                                         const uv_buf_t* buf);
-
-/* For implementations: complete a request or the close. Each runs the
- * user's callback (close_done may defer it until pending writes are done).
- * Never call them inside the op that started the request. */
-UVCTX_EXTERN void uvctx_stream_write_done(uvctx_write_t* req, int status);
-UVCTX_EXTERN void uvctx_stream_shutdown_done(uvctx_shutdown_t* req, int status);
-UVCTX_EXTERN void uvctx_stream_close_done(uvctx_stream_t* s);
-
-/* For implementations: the request's stream and byte count (the sum of
- * its buffers' lengths). `req` must not be NULL. */
-UVCTX_EXTERN uvctx_stream_t* uvctx_write_stream(const uvctx_write_t* req);
-UVCTX_EXTERN size_t uvctx_write_size(const uvctx_write_t* req);
 
 #ifdef __cplusplus
 }

@@ -92,7 +92,8 @@ UVCTX_EXTERN int uvctx_tls_config_cert_mem(uvctx_tls_config_t* c,
  * system defaults, or an earlier call). A client verifies servers against
  * them; a server verifies client certificates against them (see
  * uvctx_tls_config_client_auth(); a server also names them to clients as
- * acceptable issuers). Errors as above. */
+ * acceptable issuers). Errors as above: a certificate that cannot be read
+ * inside the bundle is an error, not the end of the list. */
 UVCTX_EXTERN int uvctx_tls_config_ca_file(uvctx_tls_config_t* c,
                                           const char* path);
 UVCTX_EXTERN int uvctx_tls_config_ca_mem(uvctx_tls_config_t* c, const char* pem,
@@ -177,16 +178,34 @@ struct uvctx_tls_s {
  * memory must stay valid until the session's close callback has run.
  *
  * `server_name` (clients only; NULL for servers) is sent as SNI when it is
- * a host name and is what the certificate must match (a DNS name, or an
- * IPv4/IPv6 address matched against IP SANs). A verifying client needs
- * it: UV_EINVAL without. Also UV_EINVAL for NULL tls/config/transport or a
- * server configuration without a certificate; UV_ENOMEM.
+ * a host name and is what the certificate must match: a host name against
+ * DNS SANs only (no partial wildcards, never the subject CN), an IPv4/IPv6
+ * literal against IP SANs (and then no SNI is sent). A verifying client
+ * needs it: UV_EINVAL without (or for ""). Also UV_EINVAL for NULL
+ * tls/config/transport, a closing or detached transport, or a server
+ * configuration without a certificate, with a server_name, or asking for
+ * client certificates without CAs; UV_ENOMEM.
  *
  * Nothing is sent until uvctx_tls_handshake(), or until the first read or
  * write, which start the handshake without a context. Plaintext writes are
  * queued until the handshake completes. The session must be closed with
  * uvctx_stream_close(&tls->stream, cb) whatever happens (a failed
- * handshake closes the transport, not the session). Loop thread only. */
+ * handshake closes the transport, not the session); the session's memory
+ * may be reused in or after cb. Loop thread only.
+ *
+ * As a stream: a write's callback runs once the transport has written the
+ * ciphertext carrying its last byte. Each read fills the reader's buffer
+ * with as many records as have arrived; the transport is not read while
+ * 128 KiB of received ciphertext waits for a reader that stopped.
+ * uvctx_stream_shutdown() sends close_notify after the queued writes, then
+ * shuts the transport's write half down. A peer's close_notify reads as
+ * UV_EOF; an end of stream without it as UVCTX_TLS_ETRUNCATED.
+ * uvctx_stream_close() is abortive: pending callbacks get UV_ECANCELED. On
+ * a fatal error the session hands OpenSSL's alert to the transport before
+ * closing it. OpenSSL's per-thread error queue is cleared around every
+ * operation, so one session's failure never shows in another's. A session
+ * that has moved bulk data holds up to about 400 KiB of buffers until it is
+ * closed. */
 UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
                                 uvctx_stream_t* transport,
                                 const char* server_name);
@@ -200,10 +219,12 @@ UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
  * before cb runs; then close the session.
  *
  * `ctx` must be homed on the session's loop; the session holds a reference
- * to it until cb has run. Once the handshake is done the context no longer
- * matters to the session. UV_EINVAL for NULL tls/cb or a context homed
- * elsewhere; UV_EALREADY if a handshake was already started (by this call
- * or implicitly by a read or write); the session's error if it failed. */
+ * to it until cb has returned, so the caller may drop its own at once and
+ * cb may still read its cause and values. Once the handshake is done the
+ * context no longer matters to the session. UV_EINVAL for NULL tls/cb, a
+ * session closed or closing, or a context homed elsewhere; UV_EALREADY if a
+ * handshake was already started (by this call or implicitly by a read or
+ * write); the session's error if it failed. */
 UVCTX_EXTERN int uvctx_tls_handshake(uvctx_tls_t* tls, uvctx_t* ctx,
                                      uvctx_tls_handshake_cb cb);
 

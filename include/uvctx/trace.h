@@ -6,11 +6,16 @@
  *
  * Tracing is off by default and costs one relaxed atomic load per traced
  * operation while off. Switched on for a loop, every context homed on it
- * records its creation, cancellation and freeing, and every watch homed on
- * it the dispatch of its callback, into a fixed-size ring that the loop's
- * thread drains to the sink. Producers never block: when the ring is full
- * the event is counted as dropped, and the count is written into the trace
- * when it stops.
+ * records its creation and freeing, every cancel whose root is homed on it
+ * and every deadline of it that fires record an event, and every watch
+ * homed on it the dispatch of its callback, into a fixed-size ring that the
+ * loop's thread drains to the sink. Events go to the tracer of the home
+ * loop only; a loop that is not traced records nothing. Producers on any
+ * thread never block: when the ring is full the event is counted as
+ * dropped, and the count is written into the trace when it stops. Writing
+ * happens on the loop's thread, so a slow sink slows that loop, not the
+ * threads that cancel. One sink per loop: trace each loop into its own
+ * file.
  *
  * See docs/observability.md for the guide: counters, tracing, Perfetto, the
  * uvctx-trace tool, log fields and a scrape configuration. */

@@ -1,7 +1,9 @@
 /* copy.c owns uvctx_copy_start() and uvctx_pipe_start(): one engine (an
  * "op") running one direction (copy) or two (pipe) over any uvctx stream,
- * with a fixed buffer pool, high/low-water flow control, an idle timer and
- * a context watch, and the rules for finishing exactly once. */
+ * with buffers taken only as data flows (from a shared pool or the
+ * allocator), the try-write fast path, high/low-water flow control, an
+ * idle and send timer and a context watch, and the rules for finishing
+ * exactly once. */
 #include <stddef.h>
 #include <string.h>
 
@@ -11,11 +13,14 @@
 
 enum { OP_COPY, OP_PIPE };
 
-/* One pool buffer and the write request that carries it. A buffer is on
- * its direction's free stack, lent to the source's read, or in a write. */
+/* One buffer slot and the write request that carries it. A slot is on its
+ * direction's free stack, lent to the source's read, or in a write; its
+ * buffer (`base`) is taken when a read needs it and given back when the
+ * direction has nothing more to read for now, so an idle direction holds
+ * none and a stalled one only what its queued writes carry. */
 typedef struct slot_s {
   uvctx_write_t req;
-  char* base;
+  char* base; /* NULL while the slot holds no buffer */
   struct slot_s* next;
 } slot_t;
 
@@ -26,14 +31,18 @@ typedef struct dir_s {
   uvctx_stream_t* src;
   uvctx_stream_t* dst;
   slot_t* slots; /* `buffers` of them */
-  char* mem;     /* their buffers, contiguous: slot i at mem + i * bufsize */
   slot_t* free;
+  slot_t* lent; /* the slot whose buffer the source is reading into */
   unsigned nfree;
   unsigned inflight; /* writes whose callback has not run */
   uint64_t queued;   /* their bytes */
   uint64_t bytes;
+  uint64_t blocked_since;      /* uv_hrtime() when the queue stopped reading */
+  uvctx__pool_waiter_t waiter; /* waiting for a pool buffer */
+  int starved;                 /* why on_alloc gave no buffer */
   uvctx_shutdown_t shut;
   unsigned reading : 1;
+  unsigned try_write : 1; /* dst may offer a try-write (until UV_ENOSYS) */
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
@@ -50,11 +59,14 @@ struct op_s {
   unsigned nstreams;
   unsigned ndirs;
   unsigned ndone;
+  unsigned nslots; /* per direction */
   size_t bufsize;
   size_t high;
   size_t low;
   unsigned flags;
+  uvctx_copy_pool_t* pool; /* NULL: buffers from the allocator */
   uint64_t idle_ms;
+  uint64_t send_ms;
   uint64_t last_progress; /* uv_hrtime() of the last byte in or out */
   uint64_t fin_ms[2];     /* half-close timeouts (pipes) */
   int fin_wait;           /* 1 + the stream index a half-close timeout
@@ -63,6 +75,7 @@ struct op_s {
   unsigned timer_on : 1;
   unsigned watching : 1;
   unsigned finishing : 1;
+  unsigned send_timed_out : 1;
   int status;
   int err_at;      /* UVCTX_PIPE_AT_* of the I/O error that ended it */
   int err_stream;  /* its index in streams[] */
@@ -70,9 +83,15 @@ struct op_s {
   dir_t dir[2];
 };
 
-static void op_fail(op_t* op, int status, int soft);
-static void op_abort(op_t* op, int status, int soft);
-static void on_idle_timer(uv_timer_t* t);
+/* How an operation that ends early treats its streams: CLOSE them (an I/O
+ * error, memory), or LEAVE_IDLE_OPEN, which keeps streams with nothing in
+ * flight open when UVCTX_COPY_KEEP_OPEN_IDLE asks for it (the context's
+ * end, the idle timeout). */
+typedef enum { OP_END_CLOSE = 0, OP_END_LEAVE_IDLE_OPEN } op_end_t;
+
+static void op_fail(op_t* op, int status, op_end_t how);
+static void op_abort(op_t* op, int status, op_end_t how);
+static void on_timer(uv_timer_t* t);
 static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at);
 static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at);
 static void op_maybe_complete(op_t* op);
@@ -85,7 +104,9 @@ typedef struct {
   size_t high;
   size_t low;
   uint64_t idle_ms;
+  uint64_t send_ms;
   unsigned flags;
+  uvctx_copy_pool_t* pool;
   uint64_t fin_ms[2];
 } conf_t;
 
@@ -96,15 +117,23 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
     memset(&z, 0, sizeof(z));
     o = &z;
   }
-  c->bufsize = o->buffer_size ? o->buffer_size : UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  c->pool = o->pool;
+  c->bufsize = o->buffer_size ? o->buffer_size
+               : c->pool      ? uvctx__pool_bufsize(c->pool)
+                              : UVCTX_COPY_DEFAULT_BUFFER_SIZE;
   c->buffers = o->buffers ? o->buffers : UVCTX_COPY_DEFAULT_BUFFERS;
   if (c->bufsize < UVCTX_COPY_MIN_BUFFER_SIZE ||
       c->bufsize > UVCTX_COPY_MAX_BUFFER_SIZE ||
-      c->buffers > UVCTX_COPY_MAX_BUFFERS)
+      c->buffers > UVCTX_COPY_MAX_BUFFERS ||
+      (c->pool != NULL && c->bufsize != uvctx__pool_bufsize(c->pool)))
     return UV_EINVAL;
+  /* The high-water mark respects the cap on buffers: a queue past it could
+   * never be filled from them. */
   c->high = o->high_water ? o->high_water
                           : c->bufsize * UVCTX_COPY_DEFAULT_HIGH_BUFFERS;
-  if (c->high < c->bufsize)
+  if (!o->high_water && c->high > c->bufsize * c->buffers)
+    c->high = c->bufsize * c->buffers;
+  if (c->high < c->bufsize || c->high > c->bufsize * c->buffers)
     return UV_EINVAL;
   if (o->low_water) {
     c->low = o->low_water;
@@ -116,6 +145,7 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
       c->low = c->high - c->bufsize;
   }
   c->idle_ms = o->idle_timeout_ms;
+  c->send_ms = o->send_timeout_ms;
   c->flags = o->flags;
   c->fin_ms[0] = o->half_close_timeout_ms[0];
   c->fin_ms[1] = o->half_close_timeout_ms[1];
@@ -133,6 +163,58 @@ static void slot_put(dir_t* d, slot_t* s) {
   d->nfree++;
 }
 
+static char* buf_take(op_t* op, int* err) {
+  char* b;
+
+  if (op->pool != NULL)
+    return uvctx__pool_take(op->pool, err);
+  b = uvctx__malloc(op->bufsize);
+  if (b == NULL)
+    *err = UV_ENOMEM;
+  return b;
+}
+
+static void buf_give(op_t* op, char* b) {
+  if (op->pool != NULL)
+    uvctx__pool_give(op->pool, b);
+  else
+    uvctx__free(b);
+}
+
+/* Gives back the buffers of the free slots to the pool: the direction has
+ * nothing to read for now (the source said so, reading paused, or it
+ * ended), or a write completed. While a burst goes on (full reads straight
+ * out through the fast path) the same buffer serves read after read
+ * instead. Without a pool a direction keeps the buffers it has taken (at
+ * most `buffers`) until the copy ends: handing them to the allocator and
+ * taking them back at every write or readable event made glibc trim and
+ * regrow its heap each time; a pool keeps returned buffers itself, shared
+ * by its copies, so with one a direction keeps none. */
+static void dir_trim(dir_t* d) {
+  slot_t* sl;
+
+  if (d->op->pool == NULL)
+    return;
+  for (sl = d->free; sl != NULL; sl = sl->next)
+    if (sl->base != NULL) {
+      buf_give(d->op, sl->base);
+      sl->base = NULL;
+    }
+}
+
+/* The end: every slot's buffer goes back. */
+static void dir_release(dir_t* d) {
+  op_t* op;
+  unsigned i;
+
+  op = d->op;
+  for (i = 0; i < op->nslots; i++)
+    if (d->slots[i].base != NULL) {
+      buf_give(op, d->slots[i].base);
+      d->slots[i].base = NULL;
+    }
+}
+
 static void on_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   dir_t* d;
   slot_t* sl;
@@ -140,14 +222,24 @@ static void on_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   (void)suggested;
   d = s->owner_;
   sl = d->free;
+  /* No slot: not reached with libuv (reading stops when the slots run
+   * out). No buffer: the pool's budget is spent, or the allocator failed
+   * (`starved` says which). Either way a zero-length buffer makes the read
+   * callback see UV_ENOBUFS. */
   if (sl == NULL) {
-    /* Not reached with libuv (reading stops when the pool runs dry); a
-     * zero-length buffer makes the read callback see UV_ENOBUFS. */
     *buf = uv_buf_init(NULL, 0);
     return;
   }
+  if (sl->base == NULL) {
+    sl->base = buf_take(d->op, &d->starved);
+    if (sl->base == NULL) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+  }
   d->free = sl->next;
   d->nfree--;
+  d->lent = sl;
   *buf = uv_buf_init(sl->base, (unsigned)d->op->bufsize);
 }
 
@@ -166,9 +258,23 @@ static int read_resume(dir_t* d) {
   if (d->reading || d->eof || d->op->finishing)
     return 0;
   rc = uvctx_stream_read_start(d->src, on_alloc, on_read);
-  if (rc == 0)
+  if (rc == 0) {
     d->reading = 1;
+    d->blocked_since = 0;
+  }
   return rc;
+}
+
+/* A pool buffer came back: try again (on_alloc may find the budget spent
+ * again, and then the direction waits again, at the back). */
+static void on_pool_wake(uvctx__pool_waiter_t* w) {
+  dir_t* d;
+  int rc;
+
+  d = UVCTX__CONTAINER_OF(w, dir_t, waiter);
+  rc = read_resume(d);
+  if (rc != 0)
+    op_abort(d->op, rc, OP_END_CLOSE);
 }
 
 /* Reading may go on while a free buffer exists and one more full buffer
@@ -196,7 +302,7 @@ static void dir_drained(dir_t* d) {
   d->shut.data = d;
   rc = uvctx_stream_shutdown(&d->shut, d->dst, on_shutdown);
   if (rc != 0) {
-    op_abort(op, rc, 0);
+    op_abort(op, rc, OP_END_CLOSE);
     return;
   }
   d->shutting = 1;
@@ -224,6 +330,10 @@ static void on_write(uvctx_write_t* req, int status) {
     op_maybe_complete(op);
     return;
   }
+  /* The buffer just written goes back at once (the next read takes one
+   * again), so that a direction whose source is idle by the time its
+   * queue drains holds none. */
+  dir_trim(d);
   if (d->eof) {
     if (d->inflight == 0)
       dir_drained(d);
@@ -231,6 +341,10 @@ static void on_write(uvctx_write_t* req, int status) {
   }
   if (d->reading)
     return;
+  /* Waiting for a pool buffer while one of ours was in this write: it is
+   * back in the pool now, and this direction competes for it anew. */
+  if (d->waiter.waiting)
+    uvctx__pool_unwait(op->pool, &d->waiter);
   /* Resume below the low-water mark; an empty pipeline always resumes, so
    * a destination whose queue does not drain with its writes (it should)
    * cannot stall the copy forever. */
@@ -251,9 +365,14 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 
   d = s->owner_;
   op = d->op;
-  sl = NULL;
-  if (buf != NULL && buf->base != NULL)
-    sl = &d->slots[(size_t)(buf->base - d->mem) / op->bufsize];
+  /* The slot lent by on_alloc comes back with this read; a kind that
+   * reports an error with a buffer of its own still gives it back. */
+  sl = d->lent;
+  d->lent = NULL;
+  if (sl != NULL && (buf == NULL || buf->base != sl->base)) {
+    slot_put(d, sl);
+    sl = NULL;
+  }
   /* The context's state is set the moment it is cancelled, its watch
    * callback comes a loop turn later: checking here (one atomic load)
    * stops the copy without moving another buffer in that turn. Bytes just
@@ -263,13 +382,40 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   if (op->watching && uvctx_err(op->ctx) != 0) {
     if (sl != NULL)
       slot_put(d, sl);
-    op_abort(op, uvctx_err(op->ctx), nread <= 0);
+    op_abort(op, uvctx_err(op->ctx),
+             nread <= 0 ? OP_END_LEAVE_IDLE_OPEN : OP_END_CLOSE);
     return;
   }
   if (nread > 0) {
     if (op->idle_ms != 0)
       op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
+    /* The fast path: straight from the buffer just read to the kernel,
+     * when nothing of ours is queued ahead (the stream answers UV_EAGAIN
+     * then, to keep the order). Only the rest is queued, and the buffer
+     * goes back to the pool at once when nothing is left. */
+    if (d->try_write) {
+      rc = uvctx_stream_try_write(d->dst, &b, 1);
+      if (rc > 0) {
+        d->bytes += (uint64_t)rc;
+        if ((size_t)rc == b.len) {
+          slot_put(d, sl);
+          /* A short read ends libuv's burst: nothing more until the next
+           * readiness, so the buffer goes back now. */
+          if ((size_t)nread < op->bufsize)
+            dir_trim(d);
+          return;
+        }
+        b.base += rc;
+        b.len -= (size_t)rc;
+      } else if (rc == UV_ENOSYS) {
+        d->try_write = 0;
+      } else if (rc != UV_EAGAIN) {
+        slot_put(d, sl);
+        op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
+        return;
+      }
+    }
     sl->req.data = d;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
     if (rc != 0) {
@@ -278,17 +424,32 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       return;
     }
     d->inflight++;
-    d->queued += (uint64_t)nread;
-    if (!may_read(d))
+    d->queued += b.len; /* what the queued write holds */
+    if (!may_read(d)) {
       read_pause(d);
+      if (d->blocked_since == 0)
+        d->blocked_since = uv_hrtime();
+      dir_trim(d);
+    }
     return;
   }
   if (sl != NULL)
     slot_put(d, sl);
+  /* Nothing more to read for now (libuv: EAGAIN), or the end: the free
+   * slots' buffers go back. */
+  dir_trim(d);
   if (nread == 0)
     return;
   if (nread == UV_ENOBUFS) {
     read_pause(d);
+    if (d->starved == UV_ENOMEM) {
+      op_abort(op, UV_ENOMEM, OP_END_CLOSE);
+    } else if (d->starved == UV_ENOBUFS) {
+      /* The pool's budget is spent: read again when a buffer comes back
+       * (one is out, since the budget holds at least one). */
+      d->starved = 0;
+      uvctx__pool_wait(op->pool, &d->waiter);
+    }
     return;
   }
   d->reading = 0;
@@ -371,6 +532,16 @@ static void dir_count_cut(dir_t* d) {
   d->cut = 1;
 }
 
+/* Leaves the pool's waiting list: nothing more is read. */
+static void op_unwait(op_t* op) {
+  unsigned i;
+
+  if (op->pool == NULL)
+    return;
+  for (i = 0; i < op->ndirs; i++)
+    uvctx__pool_unwait(op->pool, &op->dir[i].waiter);
+}
+
 /* A pipe's first direction has finished: the half-close timeout, if
  * set, replaces the idle timeout from now on (the idle timer machinery
  * re-arms itself from idle_ms and last_progress). */
@@ -384,7 +555,7 @@ static void half_closed(op_t* op, unsigned i) {
     uv_timer_init(op->loop, &op->timer);
     op->timer_on = 1;
   }
-  uv_timer_start(&op->timer, on_idle_timer, op->idle_ms, 0);
+  uv_timer_start(&op->timer, on_timer, op->idle_ms, 0);
 }
 
 static void dir_done(dir_t* d) {
@@ -401,17 +572,18 @@ static void dir_done(dir_t* d) {
   op->status = 0;
   op_stop_watch(op);
   op_close_timer(op);
+  op_unwait(op);
   op_maybe_complete(op);
 }
 
 /* Ends the operation with `status`: the context's error or the idle
- * timeout (soft), or an I/O error. A libuv write cannot be recalled, so
- * the streams are closed; their pending write callbacks then run with
- * UV_ECANCELED, and the operation completes after the last close callback.
- * Every close is counted before the first is started, so that a stream
- * kind which completes writes inside its close cannot make us complete
+ * timeout (which may leave idle streams open), or an I/O error. A libuv write
+ * cannot be recalled, so the streams are closed; their pending write callbacks
+ * then run with UV_ECANCELED, and the operation completes after the last close
+ * callback. Every close is counted before the first is started, so that a
+ * stream kind which completes writes inside its close cannot make us complete
  * early. */
-static void op_fail(op_t* op, int status, int soft) {
+static void op_fail(op_t* op, int status, op_end_t how) {
   unsigned i;
   int idle;
 
@@ -420,7 +592,7 @@ static void op_fail(op_t* op, int status, int soft) {
   /* A context done before its watch callback had its turn wins over an
    * I/O error or the idle timeout: the caller cancelled first, and an
    * error from the peer noticing that is not news. The watch still holds
-   * the context. (`soft` decides only whether idle streams stay open.) */
+   * the context. (`how` decides only whether idle streams stay open.) */
   if (op->watching && uvctx_err(op->ctx) != 0) {
     status = uvctx_err(op->ctx);
     op->err_at = UVCTX_PIPE_AT_NONE;
@@ -429,11 +601,13 @@ static void op_fail(op_t* op, int status, int soft) {
   op->status = status;
   op_stop_watch(op);
   op_close_timer(op);
+  op_unwait(op);
   idle = 1;
   for (i = 0; i < op->ndirs; i++)
     if (op->dir[i].inflight != 0 || op->dir[i].shutting)
       idle = 0;
-  if (soft && idle && (op->flags & UVCTX_COPY_KEEP_OPEN_IDLE)) {
+  if (how == OP_END_LEAVE_IDLE_OPEN && idle &&
+      (op->flags & UVCTX_COPY_KEEP_OPEN_IDLE)) {
     for (i = 0; i < op->ndirs; i++)
       read_pause(&op->dir[i]);
   } else {
@@ -450,8 +624,8 @@ static void op_fail(op_t* op, int status, int soft) {
 
 /* op_fail() and, if nothing is left in flight, the completion: the caller
  * must not touch the operation afterwards. */
-static void op_abort(op_t* op, int status, int soft) {
-  op_fail(op, status, soft);
+static void op_abort(op_t* op, int status, op_end_t how) {
+  op_fail(op, status, how);
   op_maybe_complete(op);
 }
 
@@ -463,7 +637,7 @@ static void op_fail_io(op_t* op, int status, uvctx_stream_t* s, int at) {
     op->err_at = at;
     op->err_stream = s == op->streams[0] ? 0 : 1;
   }
-  op_fail(op, status, 0);
+  op_fail(op, status, OP_END_CLOSE);
 }
 
 static void op_abort_io(op_t* op, int status, uvctx_stream_t* s, int at) {
@@ -484,10 +658,18 @@ static void op_complete(op_t* op) {
   b1 = op->ndirs > 1 ? op->dir[1].bytes : 0;
   for (i = 0; i < op->nstreams; i++)
     op->streams[i]->owner_ = NULL;
+  /* Every write has completed: every buffer is in a free slot. Giving one
+   * to the pool may wake another copy's direction (it only starts
+   * reading); this operation left the waiting list when it finished. */
+  for (i = 0; i < op->ndirs; i++)
+    dir_release(&op->dir[i]);
+  if (op->pool != NULL)
+    uvctx__pool_detach(op->pool);
   if (op->kind == OP_COPY) {
     c = op->req;
     c->state_ = NULL;
     c->bytes_ = b0;
+    c->send_timed_out_ = op->send_timed_out;
     uvctx__free(op);
     c->cb_(c, status, b0);
   } else {
@@ -495,6 +677,7 @@ static void op_complete(op_t* op) {
     p->state_ = NULL;
     p->bytes_[0] = b0;
     p->bytes_[1] = b1;
+    p->send_timed_out_ = op->send_timed_out;
     p->err_at_ = status != 0 ? op->err_at : UVCTX_PIPE_AT_NONE;
     p->err_side_ = op->err_stream;
     uvctx__free(op);
@@ -521,32 +704,63 @@ static void on_watch(uvctx_watch_t* w, int err) {
 
   op = w->data;
   op->watching = 0;
-  op_abort(op, err != 0 ? err : UV_ECANCELED, 1);
+  op_abort(op, err != 0 ? err : UV_ECANCELED, OP_END_LEAVE_IDLE_OPEN);
 }
 
-/* Instead of restarting the timer on every read and write, progress only
- * stamps last_progress (uv_hrtime()) and the timer, when it fires, re-arms
- * itself for what is left. libuv timers count whole cached milliseconds and
+/* One timer serves the idle timeout and the send timeout. Instead of
+ * restarting it on every read and write, progress only stamps
+ * last_progress (uv_hrtime()), a stalled queue stamps its direction's
+ * blocked_since, and the timer, when it fires, re-arms itself for the
+ * nearest deadline left. libuv timers count whole cached milliseconds and
  * can fire a fraction of one early by the real clock, so the elapsed time
- * is judged with uv_hrtime(): an idle timeout never fires early. */
-static void on_idle_timer(uv_timer_t* t) {
+ * is judged with uv_hrtime(): neither timeout ever fires early. */
+static uint64_t timer_first_ms(const op_t* op) {
+  if (op->idle_ms == 0)
+    return op->send_ms;
+  if (op->send_ms == 0)
+    return op->idle_ms;
+  return op->idle_ms < op->send_ms ? op->idle_ms : op->send_ms;
+}
+
+static void on_timer(uv_timer_t* t) {
   op_t* op;
-  uint64_t idle, limit;
+  uint64_t now, el, limit, next;
+  unsigned i;
 
   op = UVCTX__CONTAINER_OF(t, op_t, timer);
-  idle = uv_hrtime() - op->last_progress;
-  limit = op->idle_ms * 1000000;
-  if (idle >= limit) {
-    if (op->fin_wait != 0) {
-      op->err_at = UVCTX_PIPE_AT_HALF_CLOSED;
-      op->err_stream = op->fin_wait - 1;
+  now = uv_hrtime();
+  next = UINT64_MAX;
+  if (op->idle_ms != 0) {
+    el = now - op->last_progress;
+    limit = op->idle_ms * 1000000;
+    if (el >= limit) {
+      if (op->fin_wait != 0) {
+        op->err_at = UVCTX_PIPE_AT_HALF_CLOSED;
+        op->err_stream = op->fin_wait - 1;
+      }
+      op_abort(op, UV_ETIMEDOUT, OP_END_LEAVE_IDLE_OPEN);
+      return;
     }
-    op_abort(op, UV_ETIMEDOUT, 1);
-    return;
+    next = limit - el;
+  }
+  if (op->send_ms != 0) {
+    limit = op->send_ms * 1000000;
+    for (i = 0; i < op->ndirs; i++) {
+      el = op->dir[i].blocked_since ? now - op->dir[i].blocked_since : 0;
+      /* A reader that keeps the queue above the mark this long is too
+       * slow: it is closed, as nginx's send_timeout does. */
+      if (el >= limit) {
+        op->send_timed_out = 1;
+        op_abort(op, UV_ETIMEDOUT, OP_END_CLOSE);
+        return;
+      }
+      if (limit - el < next)
+        next = limit - el;
+    }
   }
   /* At least 1 ms: a 0 ms timer started from a timer callback runs again
    * in the same pass in libuv 1.44. */
-  uv_timer_start(t, on_idle_timer, (limit - idle + 999999) / 1000000, 0);
+  uv_timer_start(t, on_timer, (next + 999999) / 1000000, 0);
 }
 
 static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
@@ -555,7 +769,6 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   conf_t cf;
   op_t* op;
   dir_t* d;
-  size_t head;
   size_t total;
   unsigned ndirs;
   unsigned i;
@@ -579,13 +792,12 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   rc = resolve(opts, &cf);
   if (rc != 0)
     return rc;
+  if (cf.pool != NULL && uvctx__pool_loop(cf.pool) != uvctx_stream_loop(a))
+    return UV_EINVAL;
 
+  /* One block for the state and the slots; buffers come as data flows. */
   ndirs = kind == OP_PIPE ? 2 : 1;
-  head = sizeof(op_t) + (size_t)ndirs * cf.buffers * sizeof(slot_t);
-  head = (head + 63) & ~(size_t)63;
-  if (cf.bufsize > (SIZE_MAX - head) / ((size_t)ndirs * cf.buffers))
-    return UV_ENOMEM;
-  total = head + (size_t)ndirs * cf.buffers * cf.bufsize;
+  total = sizeof(op_t) + (size_t)ndirs * cf.buffers * sizeof(slot_t);
   op = uvctx__malloc(total);
   if (op == NULL)
     return UV_ENOMEM;
@@ -600,10 +812,13 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   op->nstreams = a == b ? 1 : 2;
   op->ndirs = ndirs;
   op->bufsize = cf.bufsize;
+  op->nslots = cf.buffers;
   op->high = cf.high;
   op->low = cf.low;
   op->flags = cf.flags;
+  op->pool = cf.pool;
   op->idle_ms = cf.idle_ms;
+  op->send_ms = cf.send_ms;
   op->fin_ms[0] = kind == OP_PIPE ? cf.fin_ms[0] : 0;
   op->fin_ms[1] = kind == OP_PIPE ? cf.fin_ms[1] : 0;
   op->last_progress = uv_hrtime();
@@ -613,9 +828,10 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     d->src = i == 0 ? a : b;
     d->dst = i == 0 ? b : a;
     d->slots = (slot_t*)(op + 1) + (size_t)i * cf.buffers;
-    d->mem = (char*)op + head + (size_t)i * cf.buffers * cf.bufsize;
+    d->try_write = 1;
+    d->waiter.wake = on_pool_wake;
     for (j = cf.buffers; j-- > 0;) {
-      d->slots[j].base = d->mem + (size_t)j * cf.bufsize;
+      d->slots[j].base = NULL;
       slot_put(d, &d->slots[j]);
     }
   }
@@ -639,11 +855,13 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     }
   }
   /* Last, because a timer cannot be released without a loop turn. */
-  if (cf.idle_ms != 0) {
+  if (cf.idle_ms != 0 || cf.send_ms != 0) {
     uv_timer_init(op->loop, &op->timer);
     op->timer_on = 1;
-    uv_timer_start(&op->timer, on_idle_timer, cf.idle_ms, 0);
+    uv_timer_start(&op->timer, on_timer, timer_first_ms(op), 0);
   }
+  if (op->pool != NULL)
+    uvctx__pool_attach(op->pool);
   *out = op;
   return 0;
 
@@ -668,6 +886,7 @@ int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx, uvctx_stream_t* src,
     return UV_EINVAL;
   c->cb_ = cb;
   c->bytes_ = 0;
+  c->send_timed_out_ = 0;
   c->state_ = NULL;
   rc = op_start(c, OP_COPY, &c->watch_, ctx, src, dst, opts, &op);
   if (rc == 0)
@@ -695,6 +914,7 @@ int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx, uvctx_stream_t* a,
   p->cb_ = cb;
   p->bytes_[0] = 0;
   p->bytes_[1] = 0;
+  p->send_timed_out_ = 0;
   p->err_at_ = UVCTX_PIPE_AT_NONE;
   p->err_side_ = 0;
   p->state_ = NULL;
@@ -723,4 +943,22 @@ void uvctx_pipe_bytes(const uvctx_pipe_t* p, uint64_t* a_to_b,
     *a_to_b = op != NULL ? op->dir[0].bytes : p->bytes_[0];
   if (b_to_a != NULL)
     *b_to_a = op != NULL ? op->dir[1].bytes : p->bytes_[1];
+}
+
+int uvctx_copy_send_timed_out(const uvctx_copy_t* c) {
+  const op_t* op;
+
+  if (c == NULL)
+    return 0;
+  op = c->state_;
+  return op != NULL ? op->send_timed_out : c->send_timed_out_;
+}
+
+int uvctx_pipe_send_timed_out(const uvctx_pipe_t* p) {
+  const op_t* op;
+
+  if (p == NULL)
+    return 0;
+  op = p->state_;
+  return op != NULL ? op->send_timed_out : p->send_timed_out_;
 }

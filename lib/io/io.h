@@ -4,10 +4,34 @@
 #ifndef UVCTX_IO_H
 #define UVCTX_IO_H
 
-#include "uvctx/stream.h"
+#include "uvctx/copy.h"
+#include "uvctx/stream_impl.h"
 
 /* 1 if the stream cannot take new operations: closing, detached from its
  * handle, or never initialized. */
 int uvctx__stream_unusable(const uvctx_stream_t* s);
+
+/* ---- the copy buffer pool (io/bufpool.c) --------------------------------- */
+
+/* A copy direction waiting for a buffer of a pool: wake() runs, from the
+ * loop, once a buffer has come back, with the waiter already unlinked. */
+typedef struct uvctx__pool_waiter_s {
+  struct uvctx__pool_waiter_s* next;
+  struct uvctx__pool_waiter_s* prev;
+  void (*wake)(struct uvctx__pool_waiter_s* w);
+  unsigned waiting;
+} uvctx__pool_waiter_t;
+
+size_t uvctx__pool_bufsize(const uvctx_copy_pool_t* p);
+uv_loop_t* uvctx__pool_loop(const uvctx_copy_pool_t* p);
+void uvctx__pool_attach(uvctx_copy_pool_t* p);
+void uvctx__pool_detach(uvctx_copy_pool_t* p);
+/* A buffer, or NULL with *err UV_ENOBUFS (the budget is spent: wait) or
+ * UV_ENOMEM. */
+char* uvctx__pool_take(uvctx_copy_pool_t* p, int* err);
+/* Gives a buffer back and wakes the first waiter, if any. */
+void uvctx__pool_give(uvctx_copy_pool_t* p, char* b);
+void uvctx__pool_wait(uvctx_copy_pool_t* p, uvctx__pool_waiter_t* w);
+void uvctx__pool_unwait(uvctx_copy_pool_t* p, uvctx__pool_waiter_t* w);
 
 #endif /* UVCTX_IO_H */

@@ -3,13 +3,24 @@
  * the callback order every kind promises, and the implementation over a
  * libuv stream (uv_tcp_t, uv_pipe_t, uv_tty_t). */
 #include <stddef.h>
+#include <string.h>
 #ifndef _WIN32
 #include <sys/socket.h>
 #endif
 
 #include "common/alloc.h"
 #include "io/io.h"
-#include "uvctx/stream.h"
+#include "uvctx/stream_impl.h"
+
+/* The kinds' typed members never grow the private storage past its slots:
+ * the layout of the public structs does not depend on them. */
+#define CHECK_STORAGE(type, n)                                        \
+  _Static_assert(sizeof(type) == (n) * sizeof(uvctx_stream_slot_t) && \
+                     _Alignof(type) == _Alignof(uvctx_stream_slot_t), \
+                 #type " grew past its slots")
+CHECK_STORAGE(uvctx_stream_storage_t, 2);
+CHECK_STORAGE(uvctx_write_storage_t, 4);
+CHECK_STORAGE(uvctx_shutdown_storage_t, 2);
 
 enum {
   S_READING = 1u << 0,
@@ -36,8 +47,7 @@ int uvctx_stream_init(uvctx_stream_t* s, const uvctx_stream_ops_t* ops,
   s->close_cb_ = NULL;
   s->writes_pending_ = 0;
   s->flags_ = 0;
-  s->impl_[0] = NULL;
-  s->impl_[1] = NULL;
+  memset(&s->impl_, 0, sizeof(s->impl_));
   s->owner_ = NULL;
   return 0;
 }
@@ -107,6 +117,20 @@ int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
   if (rc != 0)
     s->writes_pending_--;
   return rc;
+}
+
+int uvctx_stream_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                           unsigned nbufs) {
+  if (s == NULL || bufs == NULL || nbufs == 0 || unusable(s))
+    return UV_EINVAL;
+  if (s->flags_ & S_SHUT)
+    return UV_EPIPE;
+  if (s->ops_->try_write == NULL)
+    return UV_ENOSYS;
+  /* Bytes written now would overtake the queued ones. */
+  if (s->writes_pending_ != 0)
+    return UV_EAGAIN;
+  return s->ops_->try_write(s, bufs, nbufs);
 }
 
 int uvctx_stream_shutdown(uvctx_shutdown_t* req, uvctx_stream_t* s,
@@ -223,7 +247,8 @@ void uvctx_stream_close_done(uvctx_stream_t* s) {
 
 /* ---- the libuv implementation -------------------------------------------- */
 
-#define UVS_HANDLE(s) ((uv_stream_t*)(s)->impl_[0])
+#define UVS(s) (&(s)->impl_.uv)
+#define UVS_HANDLE(s) (UVS(s)->handle)
 
 static void uvs_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) {
   uvctx_stream_emit_alloc(h->data, suggested, buf);
@@ -304,9 +329,15 @@ static size_t uvs_write_queue_size(const uvctx_stream_t* s) {
   return uv_stream_get_write_queue_size(UVS_HANDLE(s));
 }
 
+/* libuv answers UV_EAGAIN itself while its own queue is not empty. */
+static int uvs_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                         unsigned nbufs) {
+  return uv_try_write(UVS_HANDLE(s), bufs, nbufs);
+}
+
 static const uvctx_stream_ops_t uvs_ops = {
-    "uv",         uvs_read_start, uvs_read_stop,       uvs_write,
-    uvs_shutdown, uvs_close,      uvs_write_queue_size};
+    "uv",         uvs_read_start, uvs_read_stop,        uvs_write,
+    uvs_shutdown, uvs_close,      uvs_write_queue_size, uvs_try_write};
 
 int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h) {
   uv_handle_type t;
@@ -321,8 +352,8 @@ int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h) {
   if (uv_is_closing((uv_handle_t*)h) || uv_is_active((uv_handle_t*)h))
     return UV_EINVAL;
   uvctx_stream_init(s, &uvs_ops, h->loop);
-  s->impl_[0] = h;
-  s->impl_[1] = h->data;
+  UVS(s)->handle = h;
+  UVS(s)->saved_data = h->data;
   h->data = s;
   return 0;
 }
@@ -342,9 +373,9 @@ int uvctx_stream_uv_detach(uvctx_stream_t* s) {
     return UV_EBUSY;
   h = UVS_HANDLE(s);
   uv_read_stop(h);
-  h->data = s->impl_[1];
+  h->data = UVS(s)->saved_data;
   s->flags_ = S_DETACHED;
-  s->impl_[0] = NULL;
-  s->impl_[1] = NULL;
+  UVS(s)->handle = NULL;
+  UVS(s)->saved_data = NULL;
   return 0;
 }

@@ -378,8 +378,8 @@ static void finish_pending(tls_t* t) {
     t->wq_head = w->next_;
     if (t->wq_head == NULL)
       t->wq_tail = &t->wq_head;
-    uvctx__free(w->impl_[0]);
-    w->impl_[0] = NULL;
+    uvctx__free(W(w)->bufs);
+    W(w)->bufs = NULL;
     uvctx_stream_write_done(w, err);
   }
   if (t->sd_req != NULL) {

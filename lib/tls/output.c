@@ -161,8 +161,8 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
     t->wq_head = w->next_;
     if (t->wq_head == NULL)
       t->wq_tail = &t->wq_head;
-    uvctx__free(w->impl_[0]);
-    w->impl_[0] = NULL;
+    uvctx__free(W(w)->bufs);
+    W(w)->bufs = NULL;
     W_SET_SEQ(w, SEQ_UNSET);
     w->next_ = NULL;
     *t->wf_tail = w;

@@ -62,11 +62,11 @@ static int op_write(uvctx_stream_t* s, uvctx_write_t* req,
       return UV_ENOMEM;
     memcpy(copy, bufs, sizeof(*copy) * nbufs);
   } else {
-    req->impl_[3] = bufs[0].base;
+    W(req)->base = bufs[0].base;
   }
-  req->impl_[0] = copy;
-  req->impl_[1] = (void*)(uintptr_t)nbufs;
-  req->impl_[2] = NULL;
+  W(req)->bufs = copy;
+  W(req)->nbufs = nbufs;
+  W(req)->seq = 0;
   req->next_ = NULL;
   *t->wq_tail = req;
   t->wq_tail = &req->next_;
@@ -136,8 +136,8 @@ static size_t op_write_queue_size(const uvctx_stream_t* s) {
 }
 
 static const uvctx_stream_ops_t tls_ops = {
-    "tls",       op_read_start, op_read_stop,       op_write,
-    op_shutdown, op_close,      op_write_queue_size};
+    "tls",       op_read_start, op_read_stop,        op_write,
+    op_shutdown, op_close,      op_write_queue_size, NULL /* no try-write */};
 
 /* ---- public -------------------------------------------------------------- */
 

@@ -141,7 +141,7 @@ struct uvctx__tls_s {
 
   /* Plaintext writes: `wq` not yet encrypted (before the handshake ends),
    * `wf` encrypted and waiting for the transport write that carries their
-   * last byte (sequence number in impl_[2]). Transport writes complete in
+   * last byte (its seq, see W() below). Transport writes complete in
    * order, so completing `wf` is a prefix walk. */
   uvctx_write_t* wq_head;
   uvctx_write_t** wq_tail;
@@ -166,20 +166,21 @@ struct uvctx__tls_s {
   char reason[UVCTX__TLS_REASON];
 };
 
-/* A queued plaintext write keeps its buffers in impl_[0] (a copied array)
- * and impl_[1] (their count), or, for the usual single buffer, without an
- * allocation: impl_[0] NULL and the base in impl_[3] (the length is the
- * request's size). impl_[2] is its sequence number. */
-#define W_NBUFS(w) ((unsigned)(uintptr_t)(w)->impl_[1])
-#define W_SEQ(w) ((uint64_t)(uintptr_t)(w)->impl_[2])
-#define W_SET_SEQ(w, v) ((w)->impl_[2] = (void*)(uintptr_t)(v))
+/* A queued plaintext write keeps its buffers, and its sequence number, in
+ * the request's private storage (impl_.tls): a copied array of them, or,
+ * for the usual single buffer, without an allocation: `bufs` NULL and the
+ * base in `base` (the length is the request's size). */
+#define W(w) (&(w)->impl_.tls)
+#define W_NBUFS(w) (W(w)->nbufs)
+#define W_SEQ(w) (W(w)->seq)
+#define W_SET_SEQ(w, v) (W(w)->seq = (v))
 
 static inline uv_buf_t w_buf(const uvctx_write_t* w, unsigned i) {
   uv_buf_t b;
 
-  if (w->impl_[0] != NULL)
-    return ((const uv_buf_t*)w->impl_[0])[i];
-  b.base = w->impl_[3];
+  if (W(w)->bufs != NULL)
+    return W(w)->bufs[i];
+  b.base = W(w)->base;
   b.len = uvctx_write_size(w);
   return b;
 }

@@ -276,7 +276,7 @@ static size_t mem_queued(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t mem_ops = {
     "fuzz-mem",   mem_read_start, mem_read_stop, mem_write,
-    mem_shutdown, mem_close,      mem_queued};
+    mem_shutdown, mem_close,      mem_queued,    NULL /* no try-write */};
 
 int fz_mem_init(fz_mem_t* m, uv_loop_t* loop) {
   memset(m, 0, sizeof(*m));

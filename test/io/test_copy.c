@@ -10,6 +10,7 @@
 #include <termios.h>
 
 #include "copy_peers.h"
+#include "uvctx/stream_impl.h"
 
 /* ---- the world: sender -> relay (copy) -> sink --------------------------- */
 
@@ -270,6 +271,265 @@ START_TEST(test_one_allocation) {
   cp_sink_init(&W.sink, &W.sink_h.s, 4096, 0, 1);
   cp_sender_start(&W.snd, &W.snd_h.s, 1000, 100, 7, 1);
   world_end();
+}
+END_TEST
+
+/* ---- memory: buffers only while data flows --------------------------------
+ */
+
+static uvctx_copy_pool_t* ppool;
+static size_t pool_max; /* most lent at once, sampled every loop turn */
+static uv_check_t pcheck;
+
+static void pcheck_cb(uv_check_t* c) {
+  (void)c;
+  if (uvctx_copy_pool_bytes(ppool) > pool_max)
+    pool_max = uvctx_copy_pool_bytes(ppool);
+}
+
+static void pool_sampling(int on) {
+  if (on) {
+    pool_max = 0;
+    ck_assert_int_eq(uv_check_init(uvt_loop, &pcheck), 0);
+    ck_assert_int_eq(uv_check_start(&pcheck, pcheck_cb), 0);
+  } else {
+    cp_close_h((uv_handle_t*)&pcheck);
+  }
+}
+
+/* A copy on a pool holds no buffer before data comes and none once it has
+ * gone out; behind a stalled reader, with a high-water mark of one buffer,
+ * it holds one (the queued write's), however long the sender pushes.
+ * Without a pool it keeps the buffers it took, `buffers` at most. */
+START_TEST(test_buffers_only_while_data_flows) {
+  uvctx_copy_options_t o;
+  const size_t bs = UVCTX_COPY_DEFAULT_BUFFER_SIZE;
+  uint64_t base;
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, 0, 0), 0);
+  memset(&o, 0, sizeof(o));
+  o.high_water = bs;
+  o.pool = ppool;
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 32 * 1024);
+  cp_small_buffers(&W.sink_h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, &o);
+  pool_sampling(1);
+  uvt_run_for(20);
+  ck_assert_uint_eq(pool_max, 0);
+  /* A little data goes through; then nothing is held. */
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, 300000, 30000, 13, 0);
+  UVT_RUN_UNTIL(W.sink.received == 300000);
+  uvt_run_for(20);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_uint_ge(pool_max, bs); /* a buffer was taken while it flowed */
+  /* The sink stops reading; the sender goes on. */
+  cp_sink_pause(&W.sink);
+  pool_max = 0;
+  W.snd.total = UINT64_MAX;
+  cp_sender_pump(&W.snd);
+  uvt_run_for(300);
+  ck_assert_int_eq(W.res.calls, 0);
+  ck_assert_uint_eq(pool_max, bs);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), bs);
+  ck_assert_uint_gt(uvctx_stream_write_queue_size(&W.r->out), 0);
+  pool_sampling(0);
+  uvctx_cancel(W.ctx);
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  ck_assert_int_eq(W.res.status, UV_ECANCELED);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), 0);
+  world_end();
+  /* Without a pool: none before data, and the direction's own buffers
+   * (at most `buffers`) kept once data has gone through. */
+  world_begin(0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  o.pool = NULL;
+  world_start_copy(W.ctx, &o);
+  base = uvctx_live_allocations();
+  uvt_run_for(20);
+  ck_assert_uint_eq(uvctx_live_allocations(), base);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, 300000, 30000, 17, 0);
+  UVT_RUN_UNTIL(W.sink.received == 300000);
+  uvt_run_for(20);
+  ck_assert_uint_ge(uvctx_live_allocations(), base + 1);
+  ck_assert_uint_le(uvctx_live_allocations(),
+                    base + UVCTX_COPY_DEFAULT_BUFFERS);
+  uvctx_cancel(W.ctx);
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  world_end();
+}
+END_TEST
+
+/* The pool's budget binds across copies: three copies behind stalled
+ * readers never have more than the budget lent between them; reading
+ * resumes for each as buffers come back, every byte arrives in order, and
+ * the pool ends with nothing lent. Sampled on every loop turn. */
+typedef struct pworld_s {
+  cp_handle_t snd_h, in_h, out_h, sink_h;
+  uvctx_stream_t in, out;
+  uvctx_copy_t copy;
+  cp_sender_t snd;
+  cp_sink_t sink;
+  int calls;
+  int status;
+} pworld_t;
+
+static void pw_copy_cb(uvctx_copy_t* c, int status, uint64_t bytes) {
+  pworld_t* w = c->data;
+  (void)bytes;
+  w->calls++;
+  w->status = status;
+}
+
+START_TEST(test_pool_budget_across_copies) {
+  enum { N = 3 };
+  pworld_t* w = calloc(N, sizeof(*w));
+  const size_t bs = 16 * 1024;
+  const uint64_t total = 1u << 20;
+  uvctx_copy_options_t o;
+  int i, done;
+  ck_assert_ptr_nonnull(w);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, 1000, 0), UV_EINVAL);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, bs, bs - 1),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_copy_pool_init(&ppool, uvt_loop, bs, 2 * bs), 0);
+  memset(&o, 0, sizeof(o));
+  o.pool = ppool;
+  o.buffer_size = 2 * bs;
+  cp_listen(&W.L);
+  W.listening = 1;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  pool_sampling(1);
+  for (i = 0; i < N; i++) {
+    cp_tcp_pair(&W.L, &w[i].snd_h, &w[i].in_h);
+    cp_tcp_pair(&W.L, &w[i].out_h, &w[i].sink_h);
+    cp_small_buffers(&w[i].out_h, 16 * 1024);
+    cp_small_buffers(&w[i].sink_h, 16 * 1024);
+    ck_assert_int_eq(uvctx_stream_init_uv(&w[i].in, &w[i].in_h.s), 0);
+    ck_assert_int_eq(uvctx_stream_init_uv(&w[i].out, &w[i].out_h.s), 0);
+    w[i].copy.data = &w[i];
+    /* A buffer size other than the pool's is refused. */
+    ck_assert_int_eq(uvctx_copy_start(&w[i].copy, W.ctx, &w[i].in, &w[i].out,
+                                      &o, pw_copy_cb),
+                     UV_EINVAL);
+    o.buffer_size = 0;
+    ck_assert_int_eq(uvctx_copy_start(&w[i].copy, W.ctx, &w[i].in, &w[i].out,
+                                      &o, pw_copy_cb),
+                     0);
+    cp_sink_init(&w[i].sink, &w[i].sink_h.s, 8 * 1024, (uint64_t)i, 0);
+    cp_sender_start(&w[i].snd, &w[i].snd_h.s, total, 32 * 1024,
+                    (uint64_t)i + 50, 1);
+    o.buffer_size = 2 * bs;
+  }
+  uvt_run_for(200);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), UV_EBUSY);
+  ck_assert_uint_eq(pool_max, 2 * bs); /* the budget was reached */
+  for (i = 0; i < N; i++)
+    cp_sink_resume(&w[i].sink);
+  done = 0;
+  while (done < N) {
+    UVT_RUN_UNTIL_MS(w[0].calls + w[1].calls + w[2].calls > done, 30000);
+    done = w[0].calls + w[1].calls + w[2].calls;
+  }
+  for (i = 0; i < N; i++) {
+    UVT_RUN_UNTIL(w[i].sink.eof);
+    ck_assert_int_eq(w[i].status, 0);
+    ck_assert_uint_eq(w[i].sink.received, total);
+    ck_assert_uint_eq(w[i].sink.bad, 0);
+  }
+  ck_assert_uint_le(pool_max, 2 * bs);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(ppool), 0);
+  ck_assert_int_eq(uvctx_copy_pool_close(ppool), 0);
+  pool_sampling(0);
+  for (i = 0; i < N; i++) {
+    uvctx_stream_close(&w[i].in, NULL);
+    uvctx_stream_close(&w[i].out, NULL);
+    cp_close(&w[i].snd_h);
+    cp_close(&w[i].sink_h);
+    cp_sink_free(&w[i].sink);
+  }
+  cp_wait_closed();
+  uvt_run_for(2);
+  uvctx_release(W.ctx);
+  W.ctx = NULL;
+  free(w);
+}
+END_TEST
+
+/* A copy into a sink that never reads (32 KiB kernel buffers) from a
+ * sender that never stops. */
+static void stalled_sink_copy(const uvctx_copy_options_t* o) {
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 32 * 1024);
+  cp_small_buffers(&W.sink_h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 0);
+  cp_sender_start(&W.snd, &W.snd_h.s, UINT64_MAX, 64 * 1024, 5, 0);
+}
+
+static int send_timed_out;
+
+static void note_send_timeout(void) {
+  send_timed_out = uvctx_copy_send_timed_out(&W.r->copy);
+}
+
+/* A reader that never reads keeps the queue above the mark: the send
+ * timeout closes the copy with UV_ETIMEDOUT, told apart from the idle
+ * timeout (which, longer, does not fire), and never early. */
+START_TEST(test_send_timeout_stalled_reader) {
+  uvctx_copy_options_t o;
+  uint64_t t0;
+  memset(&o, 0, sizeof(o));
+  o.send_timeout_ms = 200;
+  o.idle_timeout_ms = 60000;
+  stalled_sink_copy(&o);
+  ck_assert_int_eq(uvctx_copy_send_timed_out(&W.r->copy), 0);
+  send_timed_out = -1;
+  W.on_copy = note_send_timeout;
+  t0 = uv_hrtime();
+  UVT_RUN_UNTIL(W.res.calls == 1);
+  ck_assert_uint_ge(uv_hrtime() - t0, 200 * 1000000ull);
+  ck_assert_int_eq(W.res.status, UV_ETIMEDOUT);
+  ck_assert_int_eq(send_timed_out, 1);
+  world_end();
+}
+END_TEST
+
+/* A sender -> copy -> sink transfer of `total` bytes that the sink reads
+ * at 1 MiB/s, in 16 KiB reads behind 64 KiB kernel buffers: ends with 0,
+ * every byte in order, and no send timeout. */
+static void steady_reader(const uvctx_copy_options_t* o, uint64_t total) {
+  world_begin(0);
+  cp_small_buffers(&W.r->out_h, 64 * 1024);
+  cp_small_buffers(&W.sink_h, 64 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 16 * 1024, 0, 1);
+  cp_sink_limit(&W.sink, 1u << 20);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 64 * 1024, 9, 1);
+  send_timed_out = -1;
+  W.on_copy = note_send_timeout;
+  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 50000);
+  ck_assert_int_eq(W.res.status, 0);
+  ck_assert_int_eq(send_timed_out, 0);
+  ck_assert_uint_eq(W.sink.received, total);
+  ck_assert_uint_eq(W.sink.bad, 0);
+  world_end();
+}
+
+/* A slow but steady reader drains the queue again and again: no send
+ * timeout, however long the transfer takes in all. */
+START_TEST(test_send_timeout_spares_steady_reader) {
+  uvctx_copy_options_t o;
+  uvt_watchdog_set(60000);
+  memset(&o, 0, sizeof(o));
+  o.send_timeout_ms = 500;
+  o.high_water = 64 * 1024;
+  steady_reader(&o, UVT_SCALE(3u << 20, 1u << 20));
 }
 END_TEST
 
@@ -630,13 +890,7 @@ START_TEST(test_idle_stalled_sink) {
   uvctx_copy_options_t o;
   memset(&o, 0, sizeof(o));
   o.idle_timeout_ms = 200;
-  world_begin(0);
-  cp_small_buffers(&W.r->out_h, 32 * 1024);
-  cp_small_buffers(&W.sink_h, 32 * 1024);
-  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  world_start_copy(W.ctx, &o);
-  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 0);
-  cp_sender_start(&W.snd, &W.snd_h.s, UINT64_MAX, 64 * 1024, 5, 0);
+  stalled_sink_copy(&o);
   UVT_RUN_UNTIL(W.res.calls == 1);
   ck_assert_int_eq(W.res.status, UV_ETIMEDOUT);
   world_end();
@@ -648,23 +902,10 @@ END_TEST
  * write completion counts as progress. */
 START_TEST(test_idle_slow_steady_reader) {
   uvctx_copy_options_t o;
-  const uint64_t total = UVT_SCALE(20u << 20, 3u << 20);
   uvt_watchdog_set(90000);
   memset(&o, 0, sizeof(o));
   o.idle_timeout_ms = 1000;
-  world_begin(0);
-  cp_small_buffers(&W.r->out_h, 64 * 1024);
-  cp_small_buffers(&W.sink_h, 64 * 1024);
-  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  world_start_copy(W.ctx, &o);
-  cp_sink_init(&W.sink, &W.sink_h.s, 16 * 1024, 0, 1);
-  cp_sink_limit(&W.sink, 1u << 20);
-  cp_sender_start(&W.snd, &W.snd_h.s, total, 64 * 1024, 9, 1);
-  UVT_RUN_UNTIL_MS(W.res.calls == 1 && W.sink.eof, 50000);
-  ck_assert_int_eq(W.res.status, 0);
-  ck_assert_uint_eq(W.sink.received, total);
-  ck_assert_uint_eq(W.sink.bad, 0);
-  world_end();
+  steady_reader(&o, UVT_SCALE(20u << 20, 3u << 20));
 }
 END_TEST
 
@@ -1009,6 +1250,186 @@ START_TEST(test_echo_same_stream) {
 }
 END_TEST
 
+/* ---- the try-write fast path --------------------------------------------- */
+
+/* A destination kind whose try-write takes a random prefix of what it is
+ * offered, or nothing (UV_EAGAIN), and whose queued writes complete one per
+ * loop turn: the copy must mix both paths and still deliver every byte in
+ * order, count each byte once, and keep its queue under the high-water
+ * mark. Written bytes are verified against the pattern as they land. */
+typedef struct drip_s {
+  uvctx_stream_t s;
+  uv_idle_t idle;
+  uvctx_write_t* q[UVCTX_COPY_DEFAULT_BUFFERS];
+  uv_buf_t qb[UVCTX_COPY_DEFAULT_BUFFERS];
+  int nq;
+  size_t queued;
+  size_t max_queued;
+  uint64_t got;
+  uint64_t bad;
+  uint64_t rng;
+  uint64_t tries;
+  uint64_t tried_bytes;
+  uint64_t queued_writes;
+  uvctx_shutdown_t* shut;
+  int shut_done;
+  int closing;
+  int idle_closed;
+} drip_t;
+
+static uint64_t drip_rand(drip_t* d) {
+  d->rng = d->rng * 6364136223846793005ull + 1442695040888963407ull;
+  return d->rng >> 33;
+}
+
+static void drip_land(drip_t* d, const char* p, size_t n) {
+  cp_verify(&d->bad, d->got, p, n);
+  d->got += n;
+}
+
+static void drip_idle_closed(uv_handle_t* h) {
+  drip_t* d = h->data;
+  d->idle_closed = 1;
+  uvctx_stream_close_done(&d->s);
+}
+
+static void drip_tick(uv_idle_t* i) {
+  drip_t* d = i->data;
+  uvctx_write_t* w;
+  int k;
+  if (d->closing) {
+    for (k = 0; k < d->nq; k++)
+      uvctx_stream_write_done(d->q[k], UV_ECANCELED);
+    d->nq = 0;
+    if (d->shut != NULL) {
+      uvctx_shutdown_t* sh = d->shut;
+      d->shut = NULL;
+      uvctx_stream_shutdown_done(sh, UV_ECANCELED);
+    }
+    uv_close((uv_handle_t*)&d->idle, drip_idle_closed);
+    return;
+  }
+  if (d->nq > 0) {
+    w = d->q[0];
+    drip_land(d, d->qb[0].base, d->qb[0].len);
+    d->queued -= uvctx_write_size(w);
+    d->nq--;
+    memmove(d->q, d->q + 1, (size_t)d->nq * sizeof(d->q[0]));
+    memmove(d->qb, d->qb + 1, (size_t)d->nq * sizeof(d->qb[0]));
+    uvctx_stream_write_done(w, 0);
+    return;
+  }
+  if (d->shut != NULL && !d->shut_done) {
+    d->shut_done = 1;
+    uvctx_stream_shutdown_done(d->shut, 0);
+    d->shut = NULL;
+  }
+  uv_idle_stop(i);
+}
+
+static int drip_nop(uvctx_stream_t* s) {
+  (void)s;
+  return 0;
+}
+
+static int drip_write(uvctx_stream_t* s, uvctx_write_t* req,
+                      const uv_buf_t bufs[], unsigned n) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_int_lt(d->nq, UVCTX_COPY_DEFAULT_BUFFERS);
+  d->q[d->nq] = req;
+  d->qb[d->nq++] = bufs[0];
+  d->queued += uvctx_write_size(req);
+  if (d->queued > d->max_queued)
+    d->max_queued = d->queued;
+  d->queued_writes++;
+  uv_idle_start(&d->idle, drip_tick);
+  return 0;
+}
+
+static int drip_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                          unsigned n) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  size_t take;
+  ck_assert_uint_eq(n, 1);
+  /* The generic layer keeps the order: never called with writes queued. */
+  ck_assert_int_eq(d->nq, 0);
+  d->tries++;
+  take = (size_t)(drip_rand(d) % (bufs[0].len + 1));
+  if (take == 0)
+    return UV_EAGAIN;
+  drip_land(d, bufs[0].base, take);
+  d->tried_bytes += take;
+  return (int)take;
+}
+
+static int drip_shutdown(uvctx_stream_t* s, uvctx_shutdown_t* req) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  d->shut = req;
+  uv_idle_start(&d->idle, drip_tick);
+  return 0;
+}
+
+static void drip_close(uvctx_stream_t* s) {
+  drip_t* d = CP_CONTAINER_OF(s, drip_t, s);
+  d->closing = 1;
+  uv_idle_start(&d->idle, drip_tick);
+}
+
+static size_t drip_qsize(const uvctx_stream_t* s) {
+  return CP_CONTAINER_OF(s, drip_t, s)->queued;
+}
+
+static const uvctx_stream_ops_t drip_ops = {
+    "drip",        drip_nop,   drip_nop,   drip_write,
+    drip_shutdown, drip_close, drip_qsize, drip_try_write};
+
+START_TEST(test_try_write_mixed_paths) {
+  cp_handle_t in_h;
+  uvctx_stream_t in;
+  drip_t d;
+  uvctx_copy_t c;
+  uvctx_copy_options_t o;
+  const uint64_t total = 8u << 20;
+  memset(&in_h, 0, sizeof(in_h));
+  memset(&d, 0, sizeof(d));
+  memset(&o, 0, sizeof(o));
+  d.rng = 77;
+  cp_listen(&W.L);
+  W.listening = 1;
+  cp_tcp_pair(&W.L, &W.snd_h, &in_h);
+  ck_assert_int_eq(uvctx_stream_init_uv(&in, &in_h.s), 0);
+  ck_assert_int_eq(uvctx_stream_init(&d.s, &drip_ops, uvt_loop), 0);
+  ck_assert_int_eq(uv_idle_init(uvt_loop, &d.idle), 0);
+  d.idle.data = &d;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  echo_calls = 0;
+  echo_status = 1;
+  echo_bytes = 0;
+  o.buffer_size = 16 * 1024;
+  ck_assert_int_eq(uvctx_copy_start(&c, W.ctx, &in, &d.s, &o, echo_cb), 0);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 100000, 41, 1);
+  UVT_RUN_UNTIL(echo_calls == 1);
+  ck_assert_int_eq(echo_status, 0);
+  ck_assert_uint_eq(echo_bytes, total);
+  ck_assert_uint_eq(d.got, total);
+  ck_assert_uint_eq(d.bad, 0);
+  ck_assert(d.shut_done);
+  /* Both paths were taken, and the queue kept under the mark. */
+  ck_assert_uint_gt(d.tried_bytes, 0);
+  ck_assert_uint_lt(d.tried_bytes, total);
+  ck_assert_uint_gt(d.queued_writes, 0);
+  ck_assert_uint_le(d.max_queued, 4 * o.buffer_size);
+  uvctx_stream_close(&in, NULL);
+  uvctx_stream_close(&d.s, NULL);
+  UVT_RUN_UNTIL(d.idle_closed);
+  cp_close(&W.snd_h);
+  cp_wait_closed();
+  uvctx_release(W.ctx);
+  W.ctx = NULL;
+}
+END_TEST
+
 /* ---- allocation failure -------------------------------------------------- */
 
 static void alloc_setup(void) {
@@ -1204,6 +1625,16 @@ static Suite* copy_suite(void) {
   tcase_add_checked_fixture(tc, world_setup, world_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_high_water_slow_reader);
+  tcase_add_test(tc, test_try_write_mixed_paths);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("memory");
+  tcase_add_checked_fixture(tc, world_setup, world_teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_buffers_only_while_data_flows);
+  tcase_add_test(tc, test_pool_budget_across_copies);
+  tcase_add_test(tc, test_send_timeout_stalled_reader);
+  tcase_add_test(tc, test_send_timeout_spares_steady_reader);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("errors");

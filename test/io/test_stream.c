@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 
 #include "copy_peers.h"
+#include "uvctx/stream_impl.h"
 
 static cp_listener_t L;
 static int listening;
@@ -212,6 +213,20 @@ START_TEST(test_roundtrip_pipe) {
 }
 END_TEST
 
+/* A TCP pair with 16 KiB kernel buffers each way, so that a peer that
+ * reads nothing stalls writes soon; `s` a stream over `h` with h as its
+ * data (freed by s_close_cb). Clears the record. */
+static void small_tcp_stream(cp_handle_t* h, cp_handle_t* peer,
+                             uvctx_stream_t* s) {
+  memset(&R, 0, sizeof(R));
+  memset(peer, 0, sizeof(*peer));
+  tcp_pair(h, peer);
+  cp_small_buffers(h, 16 * 1024);
+  cp_small_buffers(peer, 16 * 1024);
+  ck_assert_int_eq(uvctx_stream_init_uv(s, &h->s), 0);
+  s->data = h;
+}
+
 /* Close with writes queued behind a stalled peer and a shutdown pending:
  * every write callback and the shutdown callback run before the close
  * callback, which frees the handle's memory (ASan watches). */
@@ -230,13 +245,7 @@ START_TEST(test_close_with_pending) {
   int outq;
   int inq;
 
-  memset(&R, 0, sizeof(R));
-  memset(&peer, 0, sizeof(peer));
-  tcp_pair(h, &peer);
-  cp_small_buffers(h, 16 * 1024);
-  cp_small_buffers(&peer, 16 * 1024);
-  ck_assert_int_eq(uvctx_stream_init_uv(&s, &h->s), 0);
-  s.data = h;
+  small_tcp_stream(h, &peer, &s);
   b = uv_buf_init(big, sizeof(big));
   for (i = 0; i < 16; i++)
     ck_assert_int_eq(uvctx_stream_write(&w[i], &s, &b, 1, s_write_cb), 0);
@@ -269,6 +278,68 @@ START_TEST(test_close_with_pending) {
   ck_assert_int_gt(cancelled, 0);
   ck_assert_uint_eq(uvctx_stream_writes_pending(&s), 0);
   cp_close(&peer);
+  cp_wait_closed();
+}
+END_TEST
+
+/* The try-write: bytes the kernel takes at once arrive in order with the
+ * queued ones; while a write is pending it answers UV_EAGAIN (the queued
+ * bytes go first), after a shutdown UV_EPIPE, on a closing stream
+ * UV_EINVAL; a full socket takes only part of a large buffer. */
+START_TEST(test_try_write_uv) {
+  cp_handle_t* h = calloc(1, sizeof(*h));
+  cp_handle_t peer;
+  uvctx_stream_t s;
+  uvctx_write_t w;
+  uvctx_shutdown_t sh;
+  cp_sink_t sink;
+  uv_buf_t b[2];
+  static char big[4 << 20];
+  char x[2][1000];
+  uint64_t off;
+  int n;
+
+  small_tcp_stream(h, &peer, &s);
+  ck_assert_int_eq(uvctx_stream_try_write(NULL, b, 1), UV_EINVAL);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, NULL, 1), UV_EINVAL);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 0), UV_EINVAL);
+  /* Two buffers at once, into an empty socket: all of it. */
+  cp_fill(x[0], 0, 1000);
+  cp_fill(x[1], 1000, 1000);
+  b[0] = uv_buf_init(x[0], 1000);
+  b[1] = uv_buf_init(x[1], 1000);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 2), 2000);
+  off = 2000;
+  /* A buffer larger than both kernel buffers: only part goes. */
+  cp_fill(big, off, sizeof(big));
+  b[0] = uv_buf_init(big, sizeof(big));
+  n = uvctx_stream_try_write(&s, b, 1);
+  ck_assert_int_gt(n, 0);
+  ck_assert_int_lt(n, (int)sizeof(big));
+  /* The rest is queued; until it is written, try_write refuses. */
+  b[0] = uv_buf_init(big + n, sizeof(big) - (size_t)n);
+  ck_assert_int_eq(uvctx_stream_write(&w, &s, b, 1, s_write_cb), 0);
+  off += sizeof(big);
+  cp_fill(x[0], off, 1000);
+  b[0] = uv_buf_init(x[0], 1000);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 1), UV_EAGAIN);
+  cp_sink_init(&sink, &peer.s, 64 * 1024, 0, 1);
+  UVT_RUN_UNTIL(R.n == 1);
+  ck_assert_str_eq(R.log, "w");
+  /* Nothing queued any more: the next bytes go straight out again. */
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 1), 1000);
+  off += 1000;
+  ck_assert_int_eq(uvctx_stream_shutdown(&sh, &s, s_shutdown_cb), 0);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 1), UV_EPIPE);
+  UVT_RUN_UNTIL(sink.eof);
+  ck_assert_uint_eq(sink.received, off);
+  ck_assert_uint_eq(sink.bad, 0);
+  uvctx_stream_close(&s, s_close_cb);
+  ck_assert_int_eq(uvctx_stream_try_write(&s, b, 1), UV_EINVAL);
+  UVT_RUN_UNTIL(R.n == 3);
+  ck_assert_str_eq(R.log, "wsx");
+  cp_close(&peer);
+  cp_sink_free(&sink);
   cp_wait_closed();
 }
 END_TEST
@@ -499,7 +570,7 @@ static size_t mem_qsize(const uvctx_stream_t* s) {
 
 static const uvctx_stream_ops_t mem_ops = {
     "mem",        mem_read_start, mem_read_stop, mem_write,
-    mem_shutdown, mem_close,      mem_qsize};
+    mem_shutdown, mem_close,      mem_qsize,     NULL};
 
 static void mem_close_cb(uvctx_stream_t* s) {
   (void)s;
@@ -521,6 +592,9 @@ START_TEST(test_generic_layer) {
   ck_assert_int_eq(uvctx_stream_init(&m.s, &mem_ops, NULL), UV_EINVAL);
   ck_assert_int_eq(uvctx_stream_init(&m.s, &mem_ops, uvt_loop), 0);
   ck_assert_ptr_null(uvctx_stream_uv_handle(&m.s));
+  /* A kind without a try-write (try_write NULL) says so. */
+  b = uv_buf_init(x, sizeof(x));
+  ck_assert_int_eq(uvctx_stream_try_write(&m.s, &b, 1), UV_ENOSYS);
   ck_assert_int_eq(uvctx_stream_uv_detach(&m.s), UV_EINVAL);
   ck_assert_int_eq(uv_idle_init(uvt_loop, &m.idle), 0);
   m.idle.data = &m;
@@ -563,6 +637,7 @@ static Suite* stream_suite(void) {
   tcase_add_test(tc, test_roundtrip_pipe);
   tcase_add_test(tc, test_close_with_pending);
   tcase_add_test(tc, test_detach);
+  tcase_add_test(tc, test_try_write_uv);
   tcase_add_test(tc, test_reset_is_an_error);
   tcase_add_test(tc, test_read_start_twice);
   tcase_add_test(tc, test_read_start_after_eof_reports_eof_again);

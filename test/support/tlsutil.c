@@ -123,7 +123,7 @@ size_t tu_mp_wqs(const uvctx_stream_t* s) {
 
 const uvctx_stream_ops_t tu_mp_ops = {
     "mem",          tu_mp_read_start, tu_mp_read_stop, tu_mp_write,
-    tu_mp_shutdown, tu_mp_close,      tu_mp_wqs};
+    tu_mp_shutdown, tu_mp_close,      tu_mp_wqs,       NULL};
 
 int tu_mp_pump_end(tu_mpipe_t* p, tu_mend_t* e) {
   int did = 0;

@@ -28,6 +28,12 @@ static const char usage[] =
     "                                   client has half-closed (both: default\n"
     "                                   the idle timeout)\n"
     "  --drain-timeout DUR              on SIGTERM/SIGINT (default 30s)\n"
+    "  --send-timeout DUR               a reader that takes nothing for this\n"
+    "                                   long while data waits (default 60s)\n"
+    "  --max-buffer-memory SIZE         relay-wide budget of relay buffers;\n"
+    "                                   reading pauses beyond it (default\n"
+    "                                   none; 64 KiB buffers; SIZE: 512K,\n"
+    "                                   64M, 1G or bytes)\n"
     "  --max-connections N              refuse above N (default 10000)\n"
     "  --workers N                      event loops on N threads "
     "(default 1)\n"
@@ -52,18 +58,29 @@ static int fail(const char* fmt, const char* a, const char* b) {
   return -1;
 }
 
-int relay_parse_duration(const char* s, uint64_t* out_ms) {
-  const char* p = s;
+/* The whole number at the start of *p (at least one digit), past which *p
+ * is moved: 0, or -1 on no digit or overflow. */
+static int leading_u64(const char** p, uint64_t* out) {
   uint64_t n = 0;
-  uint64_t mul;
 
-  if (s == NULL || *s < '0' || *s > '9')
+  if (*p == NULL || **p < '0' || **p > '9')
     return -1;
-  while (*p >= '0' && *p <= '9') {
+  while (**p >= '0' && **p <= '9') {
     if (n > UINT64_MAX / 10 - 9)
       return -1;
-    n = n * 10 + (uint64_t)(*p++ - '0');
+    n = n * 10 + (uint64_t)(*(*p)++ - '0');
   }
+  *out = n;
+  return 0;
+}
+
+int relay_parse_duration(const char* s, uint64_t* out_ms) {
+  const char* p = s;
+  uint64_t n;
+  uint64_t mul;
+
+  if (leading_u64(&p, &n) != 0)
+    return -1;
   if (strcmp(p, "ms") == 0)
     mul = 1;
   else if (strcmp(p, "s") == 0)
@@ -182,6 +199,27 @@ void relay_format_addr(const struct sockaddr* sa, char* out, size_t len) {
   }
 }
 
+/* "65536", "512K", "64M", "1G" (binary multiples) -> bytes; not 0. */
+static int parse_size(const char* s, uint64_t* out) {
+  uint64_t n;
+  uint64_t mul = 1;
+
+  if (leading_u64(&s, &n) != 0)
+    return -1;
+  if (strcmp(s, "K") == 0)
+    mul = 1ull << 10;
+  else if (strcmp(s, "M") == 0)
+    mul = 1ull << 20;
+  else if (strcmp(s, "G") == 0)
+    mul = 1ull << 30;
+  else if (*s != '\0')
+    return -1;
+  if (n == 0 || n > UINT64_MAX / mul)
+    return -1;
+  *out = n * mul;
+  return 0;
+}
+
 static int duration_opt(const char* name, const char* v, uint64_t* out,
                         int zero_ok) {
   if (relay_parse_duration(v, out) != 0)
@@ -205,6 +243,7 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
   cfg->idle_timeout_ms = 60000;
   cfg->max_lifetime_ms = 0;
   cfg->drain_timeout_ms = 30000;
+  cfg->send_timeout_ms = 60000;
   cfg->max_connections = 10000;
   cfg->workers = 1;
   cfg->log_format = RELAY_LOG_LOGFMT;
@@ -267,6 +306,14 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
     } else if (strcmp(a, "--drain-timeout") == 0) {
       if (duration_opt(a, v, &cfg->drain_timeout_ms, 1) != 0)
         return -1;
+    } else if (strcmp(a, "--send-timeout") == 0) {
+      if (duration_opt(a, v, &cfg->send_timeout_ms, 1) != 0)
+        return -1;
+    } else if (strcmp(a, "--max-buffer-memory") == 0) {
+      if (parse_size(v, &cfg->max_buffer_memory) != 0)
+        return fail("bad --max-buffer-memory '%s' (bytes, or with K, M, G;"
+                    " at least 64K per worker)%s",
+                    v, "");
     } else if (strcmp(a, "--max-connections") == 0) {
       if (parse_uint(v, 1, 1000000, &cfg->max_connections) != 0)
         return fail("bad --max-connections '%s' (1 to 1000000)%s", v, "");
@@ -312,6 +359,11 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
 
   if (listen == NULL || connect == NULL)
     return fail("--listen and --connect are required%s%s (see --help)", "", "");
+  if (cfg->max_buffer_memory != 0 &&
+      cfg->max_buffer_memory / cfg->workers < RELAY_BUFFER)
+    return fail("--max-buffer-memory is less than one 64K buffer per "
+                "worker%s%s",
+                "", "");
   if (relay_parse_addr(listen, 1, &cfg->listen, err, sizeof(err)) != 0)
     return fail("bad --listen address '%s': %s", listen, err);
   if (relay_parse_addr(connect, 0, &cfg->connect, err, sizeof(err)) != 0)

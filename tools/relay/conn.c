@@ -221,6 +221,7 @@ const char* const relay_reasons[RELAY_REASONS] = {
     [RELAY_R_ERROR] = "error",
     [RELAY_R_CANCELLED] = "cancelled",
     [RELAY_R_HALF_CLOSE_TIMEOUT] = "half-close-timeout",
+    [RELAY_R_SEND_TIMEOUT] = "send-timeout",
     [RELAY_R_TRUNCATED] = "truncated"};
 
 /* The reason messages are string literals, so the pointer outlives the
@@ -386,7 +387,8 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
   else if (uvctx_err(c->run) != 0)
     reason = reason_of(c->run, status, "error");
   else if (status == UV_ETIMEDOUT)
-    reason = "idle-timeout"; /* the copy's own timer, not a context */
+    /* The copy's own timers, not a context. */
+    reason = uvctx_pipe_send_timed_out(p) ? "send-timeout" : "idle-timeout";
   else
     reason = reason_of(NULL, status, "error");
   if (status == UV_ETIMEDOUT && uvctx_err(c->run) == 0) {
@@ -432,6 +434,12 @@ static void start_pipe(relay_conn_t* c) {
 
   memset(&opts, 0, sizeof(opts));
   opts.idle_timeout_ms = c->cfg->idle_timeout_ms;
+  /* Memory per connection: buffers from the worker's pool only as data
+   * flows, and at most one queued per direction (the rest waits in the
+   * kernel), which also bounds what a slow reader can hold. */
+  opts.pool = c->w->pool;
+  opts.high_water = RELAY_BUFFER;
+  opts.send_timeout_ms = c->cfg->send_timeout_ms;
   /* a is the client: a -> b finished means the client half-closed. */
   opts.half_close_timeout_ms[0] = c->cfg->server_fin_timeout_ms;
   opts.half_close_timeout_ms[1] = c->cfg->client_fin_timeout_ms;

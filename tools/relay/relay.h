@@ -42,6 +42,9 @@ enum { RELAY_EXIT_OK = 0, RELAY_EXIT_FAILURE = 1, RELAY_EXIT_CONFIG = 2 };
 
 enum { RELAY_LOG_LOGFMT = 0, RELAY_LOG_JSON = 1 };
 
+/* The size of the pipes' buffers (the copy's default). */
+#define RELAY_BUFFER UVCTX_COPY_DEFAULT_BUFFER_SIZE
+
 /* --log-level: which per-connection lines are written. Server events
  * (start, draining, exit, accept-paused, ...) are always written. */
 enum {
@@ -82,6 +85,8 @@ typedef struct relay_config_s {
   uint64_t client_fin_timeout_ms; /* the upstream has closed its side */
   uint64_t server_fin_timeout_ms; /* the client has closed its side */
   uint64_t drain_timeout_ms;      /* 0: cancel at once */
+  uint64_t send_timeout_ms;       /* 0: none */
+  uint64_t max_buffer_memory;     /* bytes, relay-wide; 0: no budget */
   unsigned max_connections;
   unsigned workers;
   int log_format;
@@ -158,6 +163,7 @@ enum {
   RELAY_R_UPSTREAM_ERROR,
   RELAY_R_ERROR,
   RELAY_R_CANCELLED,
+  RELAY_R_SEND_TIMEOUT,
   RELAY_R_HALF_CLOSE_TIMEOUT,
   RELAY_R_TRUNCATED,
   RELAY_REASONS
@@ -222,6 +228,8 @@ struct relay_worker_s {
   uvctx_loop_t* l;
   uvctx_t* root;      /* branch of the server root homed here */
   uvctx_t* accepting; /* branch of srv->accepting: done when draining */
+  /* The worker's share of --max-buffer-memory: every pipe's buffers. */
+  uvctx_copy_pool_t* pool;
   uvctx_watch_t stop_watch;
   int listen_fd;
   uv_poll_t poll;

@@ -269,6 +269,10 @@ static void worker_main(void* arg) {
   relay_debug_worker_exit(w);
   if (w->tracing && stop_trace(w) != 0)
     w->exit_status = RELAY_EXIT_FAILURE;
+  /* Every pipe has run its callback: nothing uses the pool any more. */
+  if (uvctx_copy_pool_close(w->pool) != 0)
+    w->exit_status = RELAY_EXIT_FAILURE;
+  w->pool = NULL;
   /* From here on a scrape reads these stats instead of the binding. */
   uv_mutex_lock(&srv->stats_lock);
   uvctx_loop_stats(w->l, &w->final_stats);
@@ -428,6 +432,8 @@ static void close_loops(relay_server_t* srv) {
       uvctx_loop_trace_stop(w->l, NULL);
       w->tracing = 0;
     }
+    if (w->pool != NULL)
+      uvctx_copy_pool_close(w->pool);
     if (w->l != NULL && uvctx_loop_close(w->l) == 0)
       uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->l != NULL)
@@ -460,6 +466,14 @@ static int setup_workers(relay_server_t* srv) {
     if (rc != 0) {
       uv_loop_close(&w->loop);
       fprintf(stderr, RELAY_NAME ": uvctx_loop_init: %s\n", uv_strerror(rc));
+      return -1;
+    }
+    /* A pool is bound to one loop: each worker gets its share of the
+     * budget. */
+    rc = uvctx_copy_pool_init(&w->pool, &w->loop, RELAY_BUFFER,
+                              cfg->max_buffer_memory / srv->nworkers);
+    if (rc != 0) {
+      fprintf(stderr, RELAY_NAME ": buffer pool: %s\n", uv_strerror(rc));
       return -1;
     }
     /* Port 0: the first bind picks the port, the others share it. */

@@ -412,6 +412,15 @@ def case_cli():
          "bad --max-connections"),
         (["--listen", "127.0.0.1:0", "--log-format", "xml"] + base,
          "bad --log-format"),
+        (["--listen", "127.0.0.1:0", "--send-timeout", "5"] + base,
+         "bad duration"),
+        (["--listen", "127.0.0.1:0", "--max-buffer-memory", "64X"] + base,
+         "bad --max-buffer-memory"),
+        (["--listen", "127.0.0.1:0", "--max-buffer-memory", "0"] + base,
+         "bad --max-buffer-memory"),
+        (["--listen", "127.0.0.1:0", "--workers", "2",
+          "--max-buffer-memory", "100K"] + base,
+         "less than one 64K buffer per worker"),
         (["--listen", "127.0.0.1:0", "--frobnicate", "1"] + base,
          "unknown option"),
         (["--connect", "127.0.0.1:9"], "required"),
@@ -682,7 +691,7 @@ def case_slow():
 
 
 def case_deadlines():
-    """Idle, lifetime and connect deadlines, and a refused upstream."""
+    """Idle, lifetime, send and connect deadlines, and a refused upstream."""
     echo = EchoServer()
     # Idle: one exchange, then silence.
     relay = Relay(echo.port, "--idle-timeout", "500ms", name="idle")
@@ -702,6 +711,32 @@ def case_deadlines():
         check(0.65 <= t1 - t0 <= 1.5, "lifetime cut at %.3fs" % (t1 - t0))
     stop_after_one_close(relay, "lifetime")
     check(int(relay.closes()[0]["bytes_up"]) > 0, "no bytes counted")
+
+    # Send timeout: a client that sends and never reads. Its echo fills
+    # the relay's queue towards it; the relay closes it after
+    # --send-timeout, logged with its own reason, long before the idle
+    # timeout.
+    relay = Relay(echo.port, "--idle-timeout", "20s", "--send-timeout",
+                  "500ms", name="send-timeout")
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.setblocking(False)
+    t0 = time.monotonic()
+    chunk = b"x" * 65536
+    while time.monotonic() - t0 < 5 and not relay.closes():
+        try:
+            s.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break
+    wait_until(lambda: len(relay.closes()) == 1, 10, "send-timeout close")
+    t1 = time.monotonic()
+    s.close()
+    log("never-reading client closed after %.3fs" % (t1 - t0))
+    if timed():
+        check(t1 - t0 <= 5, "send timeout at %.3fs" % (t1 - t0))
+    stop_after_one_close(relay, "send-timeout")
 
     # Nobody at the upstream port.
     dead = socket.socket()
