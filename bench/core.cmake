@@ -5,6 +5,7 @@ uvctx_add_bench(bench_ctx SOURCES bench_ctx.c SMOKE_ARGS --quick)
 uvctx_add_bench(bench_mem SOURCES bench_mem.c SMOKE_ARGS --quick)
 uvctx_add_bench(bench_xthread SOURCES bench_xthread.c SMOKE_ARGS --quick)
 uvctx_add_bench(bench_deadline SOURCES bench_deadline.c SMOKE_ARGS --quick)
+uvctx_add_bench(bench_scaling SOURCES bench_scaling.c SMOKE_ARGS --quick)
 
 # The Go peer, compiled and run once per benchmark so that it cannot rot
 # either. Standard library only: GOPROXY=off keeps it off the network.

@@ -141,11 +141,12 @@ UVCTX_EXTERN int uvctx_loop_close(uvctx_loop_t* l);
  * listed. Nothing is written if `l` or `out` is NULL; if memory for the walk
  * runs out, the report ends with a line saying it is incomplete.
  *
- * Loop thread only. The report is composed in memory under the library
- * lock (other threads that create, cancel or free contexts wait that long)
- * and written to `out` after it is released, so a slow or blocking stream
- * stalls only the caller (without memory for that, it is written under the
- * lock). */
+ * Loop thread only. The report is composed in memory, each loop's part
+ * under that loop's lock only (other threads that create, cancel or free
+ * contexts homed on that loop wait that long; other loops do not), and
+ * written to `out` after every lock is released, so a slow or blocking
+ * stream stalls only the caller (without memory for that, it is written
+ * under the locks). */
 UVCTX_EXTERN void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out);
 
 /* The uv_loop_t the binding was made for; NULL for a NULL `l`. Any
@@ -158,7 +159,7 @@ UVCTX_EXTERN uv_loop_t* uvctx_loop_uv(const uvctx_loop_t* l);
  * armed and queued watches; `deadlines` heap entries, which only deadline
  * contexts whose deadline is earlier than their ancestors' take.
  * uvctx_loop_close() needs `contexts` and `watches` at zero, and more (see
- * there). Any thread (it takes the library lock). Returns 0, or UV_EINVAL
+ * there). Any thread (it takes l's lock). Returns 0, or UV_EINVAL
  * for a NULL `out` or a NULL `l` (then `out`, if given, is zeroed). */
 typedef struct uvctx_loop_counts_s {
   uint64_t contexts;  /* contexts homed on the loop still referenced */
@@ -339,8 +340,8 @@ UVCTX_EXTERN int uvctx_with_timeout_cause(uvctx_t* parent, uint64_t timeout_ms,
 /* A child carrying `value` under `key` (a NULL value shadows an outer
  * binding). On success, if key->free_value is set and value is not NULL,
  * the context owns the value: key->free_value(value) runs when the context
- * is freed, on the thread that drops the last reference, outside the
- * library lock. On error the value stays the caller's. The context is done
+ * is freed, on the thread that drops the last reference, outside every
+ * lock. On error the value stays the caller's. The context is done
  * exactly when its nearest non-value ancestor is, with its err and cause;
  * it cannot be cancelled by itself (uvctx_cancel() returns UV_EINVAL,
  * uvctx_release() only unrefs). Its home and deadline are its parent's.
@@ -375,8 +376,10 @@ UVCTX_EXTERN int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out);
  * wins: cancelling a done context does nothing and returns 0. UV_EINVAL if
  * c is NULL or cannot be cancelled (background, value and without_cancel
  * contexts). Iterative: a chain of any length is cancelled without
- * recursion. The walk holds the library lock, so its cost, linear in the
- * size of the subtree, delays other threads' structural calls. */
+ * recursion. The walk holds the lock of c's home loop (and, for parts of
+ * the subtree homed on other loops, theirs afterwards, one at a time), so
+ * its cost, linear in the size of the subtree, delays only other threads'
+ * calls on contexts homed on the loops it reaches. */
 UVCTX_EXTERN int uvctx_cancel(uvctx_t* c);
 
 /* uvctx_cancel() recording `cause` (negative; UV_EINVAL otherwise) and a
@@ -421,7 +424,7 @@ UVCTX_EXTERN uvctx_t* uvctx_ref(uvctx_t* c);
 
 /* Drops a reference; the last one frees the context, its deadline entry,
  * its cause message and its value (through the key's free_value, on the
- * calling thread, outside the library lock), then drops its reference to
+ * calling thread, outside every lock), then drops its reference to
  * its parent(s), which may free them in turn, the outermost first. Freeing
  * a long chain is iterative. Dropping a reference cancels nothing. NULL and
  * the background are ignored. */

@@ -96,7 +96,7 @@ if [ "$core_only" = 0 ] && grep -qx bench_pg <<<"$targets"; then
 fi
 
 # The core programs first, in a fixed order, then every other benchmark.
-core="bench_ctx bench_mem bench_xthread bench_deadline"
+core="bench_ctx bench_mem bench_xthread bench_deadline bench_scaling"
 others=$(for f in $targets; do
   [ "$core_only" = 1 ] && break
   case " $core " in *" $f "*) ;; *) echo "$f" ;; esac
@@ -142,7 +142,7 @@ if [ "$with_go" = 1 ] && command -v go >/dev/null 2>&1; then
   log "running the Go peer ($(go version | cut -d' ' -f3))"
   (cd "$root/bench/peers/go" &&
     go test -count=1 -run '^$' -benchtime="$gotime" \
-      -bench '^Benchmark(WithCancel|WithTimeout|Value|Fanout|Chain|PoolAcquireRelease)' &&
+      -bench '^Benchmark(WithCancel|WithTimeout|Value|Fanout|Chain|Scaling|PoolAcquireRelease)' &&
     go test -count=1 -run '^$' -benchtime="$memtime" -bench '^BenchmarkMem') \
     >"$gofile" 2>&1 ||
     { log "Go peer FAILED"; tail -20 "$gofile" >&2; failed=1; }
@@ -227,8 +227,19 @@ BEGIN {
       scen = "cancel_fanout_" substr(name, 17); unit = "ns/child"
     } else if (name ~ /^BenchmarkChain\//) {
       scen = "cancel_chain_" substr(name, 16); unit = "ns/level"
+    } else if (name ~ /^BenchmarkScaling\//) {
+      # BenchmarkScaling/own_root/t2 -> scaling_own_root_t2_ns
+      scen = substr(name, 18); sub(/\//, "_", scen)
+      scen = "scaling_" scen "_ns"; unit = "ns/op"
     } else continue
     for (i = 2; i < n; i++) if (f[i + 1] == unit) go[scen] = f[i]
+  }
+  # Go speedups, beside the scaling_<shape>_t<N> lines of bench_scaling.
+  split("own_root branch shared", shapes, " ")
+  for (s in shapes) for (k = 2; k <= 4; k *= 2) {
+    one = "scaling_" shapes[s] "_t1_ns"; many = "scaling_" shapes[s] "_t" k "_ns"
+    if ((one in go) && (many in go) && go[many] > 0)
+      go["scaling_" shapes[s] "_t" k] = go[one] / go[many]
   }
   # The targets of issue 2 (docs: DESIGN.md, Performance targets).
   t["with_cancel_cancel_unref"] = "ratio<=0.3"
@@ -257,6 +268,17 @@ BEGIN {
   # Memory per slow reader (KiB RSS per held connection, beside HAProxy).
   t["slowread_rss_per_conn"] = "value<=64"
   t["slowread_rss_per_conn_tls"] = "value<=128"
+  # Churn from several loops (bench_scaling): speedups over one
+  # thread; wall ns per operation against Go (lower is ahead).
+  t["scaling_own_root_t2"] = "value>=1.8"
+  t["scaling_own_root_t4"] = "value>=1.6"
+  t["scaling_branch_t2"] = "value>=1.8"
+  t["scaling_branch_t4"] = "value>=1.6"
+  t["scaling_shared_t2"] = "value>=0.9"
+  t["scaling_shared_t4"] = "value>=0.8"
+  t["scaling_own_root_t2_ns"] = "ratio<=1"
+  t["scaling_branch_t2_ns"] = "ratio<=1"
+  t["scaling_shared_t2_ns"] = "ratio<=0.667"
   # Observability costs: scraped every second, within 2 % of unscraped.
   t["relay_throughput_scraped"] = "ratio>=0.98"
   t["relay_connrate_scraped"] = "ratio>=0.98"

@@ -4,9 +4,10 @@
  *
  * Include <uvctx/snapshot.h>; it includes <uvctx.h>.
  *
- * uvctx_loop_snapshot() holds the library lock only while it copies the
- * records; naming creation sites (uvctx_site_format(), which calls
- * dladdr()) and formatting happen afterwards, on the caller's time. */
+ * uvctx_loop_snapshot() holds each loop's lock in turn only while it copies
+ * the records that lock guards; naming creation sites (uvctx_site_format(),
+ * which calls dladdr()) and formatting happen afterwards, on the caller's time.
+ */
 #ifndef UVCTX_SNAPSHOT_H
 #define UVCTX_SNAPSHOT_H
 

@@ -14,9 +14,29 @@ static struct {
   uvctx_free_func free_fn;
 } allocator = {malloc, realloc, calloc, free};
 
-/* Relaxed is enough: the count is a statistic, read by tests after the
+/* The count is striped: each thread adds and subtracts on a counter of its
+ * own cache line (threads beyond STRIPES share), so that threads making
+ * and freeing contexts on their own loops write no line in common; the
+ * total is the sum (a block freed by another thread than the one that
+ * made it moves one unit between stripes, which wrap like the total).
+ * Relaxed is enough: the count is a statistic, read by tests after the
  * threads that changed it were joined. */
-static atomic_uint_fast64_t live_blocks;
+#define STRIPES 64
+static struct {
+  atomic_uint_fast64_t n;
+  char pad[64 - sizeof(atomic_uint_fast64_t)];
+} live_blocks[STRIPES];
+static atomic_uint next_stripe;
+static _Thread_local atomic_uint_fast64_t* my_stripe;
+
+static atomic_uint_fast64_t* stripe(void) {
+  if (UVCTX__UNLIKELY(my_stripe == NULL)) {
+    unsigned i =
+        atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed);
+    my_stripe = &live_blocks[i % STRIPES].n;
+  }
+  return my_stripe;
+}
 
 int uvctx_replace_allocator(uvctx_malloc_func malloc_func,
                             uvctx_realloc_func realloc_func,
@@ -33,13 +53,17 @@ int uvctx_replace_allocator(uvctx_malloc_func malloc_func,
 }
 
 uint64_t uvctx_live_allocations(void) {
-  return atomic_load_explicit(&live_blocks, memory_order_relaxed);
+  uint64_t n = 0;
+  int i;
+  for (i = 0; i < STRIPES; i++)
+    n += atomic_load_explicit(&live_blocks[i].n, memory_order_relaxed);
+  return n;
 }
 
 void* uvctx__malloc(size_t size) {
   void* p = allocator.malloc_fn(size ? size : 1);
   if (p != NULL)
-    atomic_fetch_add_explicit(&live_blocks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(stripe(), 1, memory_order_relaxed);
   return p;
 }
 
@@ -49,7 +73,7 @@ void* uvctx__calloc(size_t count, size_t size) {
     count = size = 1;
   p = allocator.calloc_fn(count, size);
   if (p != NULL)
-    atomic_fetch_add_explicit(&live_blocks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(stripe(), 1, memory_order_relaxed);
   return p;
 }
 
@@ -65,7 +89,7 @@ void* uvctx__realloc(void* ptr, size_t size) {
 void uvctx__free(void* ptr) {
   if (ptr == NULL)
     return;
-  atomic_fetch_sub_explicit(&live_blocks, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(stripe(), 1, memory_order_relaxed);
   allocator.free_fn(ptr);
 }
 

@@ -1,99 +1,74 @@
-/* ctx.c owns the context tree: the library lock, cancellable contexts
- * (with_cancel, with_cancel_on, any), cancellation and its propagation,
- * reference counting and freeing, and the lock-free readers (err, cause,
- * home). Deadlines live in deadline.c, values in value.c, watches in
- * watch.c. */
-#include <sched.h>
+/* ctx.c owns the context tree: cancellable contexts (with_cancel,
+ * with_cancel_on, any), cancellation and its propagation, linking children
+ * in and out, reference counting and freeing, and the lock-free readers
+ * (err, cause, home). The locks it takes, what each guards and the order
+ * are core/lock.c's; deadlines live in deadline.c, values in value.c,
+ * watches in watch.c.
+ *
+ * A cancel walks the part of the subtree homed on its root's loop under
+ * that loop's lock alone. A child homed elsewhere, and any merge, is taken
+ * off its parent's list with a reference and cancelled afterwards under
+ * its own home's lock (deferred), so that no thread ever holds two loop
+ * locks and a walk never stops a loop it does not reach. */
 #include <string.h>
 
 #include "core/internal.h"
 
-/* ---- the library lock ---------------------------------------------------- */
-
-static atomic_int lock_word;
-
-void uvctx__lock(void) {
-  for (;;) {
-    int spins = 0;
-    if (!atomic_exchange_explicit(&lock_word, 1, memory_order_acquire))
-      return;
-    /* Spin on a plain load so the cache line stays shared while it is held;
-     * yield soon, as the holder may have been preempted (2 cores). */
-    while (atomic_load_explicit(&lock_word, memory_order_relaxed)) {
-      if (++spins < 100) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-      } else {
-        sched_yield();
-        spins = 0;
-      }
-    }
-  }
-}
-
-void uvctx__unlock(void) {
-  atomic_store_explicit(&lock_word, 0, memory_order_release);
-}
-
 /* ---- small helpers ------------------------------------------------------- */
 
-static int is_cancellable(const uvctx_t* c) {
-  return c->kind == UVCTX__CANCEL || c->kind == UVCTX__DEADLINE ||
-         c->kind == UVCTX__ANY;
-}
-
-int uvctx__valid(const uvctx_t* c) {
-  return c != NULL && c->kind <= UVCTX__DETACHED;
-}
-
-uvctx_t* uvctx__state_of(const uvctx_t* c) {
-  if (c->kind == UVCTX__VALUE)
-    return ((const uvctx__value_t*)c)->anc;
-  return (uvctx_t*)c;
-}
-
-int uvctx__err_code(int stored) {
-  switch (stored) {
-    case UVCTX__ERR_CANCELED:
-      return UV_ECANCELED;
-    case UVCTX__ERR_TIMEDOUT:
-      return UV_ETIMEDOUT;
-    default:
-      return 0;
-  }
-}
-
-static void link_add(uvctx__link_t** head, uvctx__link_t* l) {
-  l->next = *head;
-  if (l->next != NULL)
-    l->next->pprev = &l->next;
-  *head = l;
-  l->pprev = head;
-}
-
 void uvctx__unlink(uvctx__link_t* l) {
-  if (l->pprev == NULL)
-    return;
-  *l->pprev = l->next;
-  if (l->next != NULL)
-    l->next->pprev = l->pprev;
-  l->next = NULL;
-  l->pprev = NULL;
+  UVCTX__LIST_REMOVE(l, next, pprev);
 }
 
-static void unlink_all(uvctx_t* c) {
-  uvctx__unlink(&c->link);
-  if (c->kind == UVCTX__ANY) {
-    uvctx__any_t* a = (uvctx__any_t*)c;
-    size_t i;
-    for (i = 0; i + 1 < a->n; i++)
-      uvctx__unlink(&a->extra[i].link);
-  }
+static int where(const uvctx_t* c) {
+  return atomic_load_explicit(&((uvctx_t*)c)->where, memory_order_relaxed);
 }
 
-void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* l) {
-  link_add(&c->home->orphans, l);
+static void set_where(uvctx_t* c, int w) {
+  atomic_store_explicit(&c->where, (unsigned char)w, memory_order_relaxed);
+}
+
+static int is_live(const uvctx_t* c) {
+  return atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed) ==
+         UVCTX__LIVE;
+}
+
+/* A reference taken by a cancel under the lock of the list it found `c`
+ * on: fails (0) if the count already reached zero, that is if a free has
+ * begun and waits for that lock to unlink `c`. */
+static int try_ref(uvctx_t* c) {
+  unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+  while (n != 0)
+    if (atomic_compare_exchange_weak_explicit(
+            &c->refs, &n, n + 1, memory_order_relaxed, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
+/* [c's home lock] Drops a reference a cancel took, unless it is the last
+ * one (1 if dropped). Dropped under the lock that the watches it queued
+ * are delivered under, it is gone before their callbacks can drop the
+ * caller's: a loop closed right after such a callback finds nothing of
+ * the cancel still holding its contexts. The last reference is left to
+ * uvctx_unref() after the lock, since freeing takes locks. */
+static int unref_locked(uvctx_t* c) {
+  unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+  while (n > 1)
+    if (atomic_compare_exchange_weak_explicit(
+            &c->refs, &n, n - 1, memory_order_acq_rel, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
+/* The loop whose lock guards the children list `parent`'s children are
+ * listed on (its nearest cancellable ancestor's home), or NULL when they
+ * are listed on none. */
+static uvctx_loop_t* list_home(const uvctx_t* parent) {
+  const uvctx_t* t;
+  if (parent == NULL)
+    return NULL;
+  t = uvctx__state_of(parent);
+  return uvctx__cancellable_kind(t->kind) ? t->home : NULL;
 }
 
 uvctx__msg_t* uvctx__msg_new(const char* text) {
@@ -125,7 +100,7 @@ uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
   atomic_init(&c->refs, 1);
   atomic_init(&c->err, UVCTX__LIVE);
   c->kind = (uint8_t)kind;
-  c->flags = 0;
+  atomic_init(&c->where, UVCTX__AT_NONE);
   c->pad_ = 0;
   c->parent = parent;
   c->home = home;
@@ -138,75 +113,110 @@ uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
   return c;
 }
 
-/* [lock] Lists a new child under the nearest cancellable ancestor of
- * `parent`. Returns 0 when linked, 1 when that ancestor is already done (the
- * child must be born done from it), 2 when the ancestor is never done. */
-int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* l,
-                                 uvctx_t* parent) {
-  uvctx_t* t = uvctx__state_of(parent);
-  (void)child;
-  if (!is_cancellable(t))
-    return 2;
-  if (atomic_load_explicit(&t->err, memory_order_relaxed) != UVCTX__LIVE)
-    return 1;
-  link_add(&t->u1.children, l);
-  return 0;
+void uvctx__orphan_locked(uvctx_t* c) {
+  UVCTX__LIST_INSERT_HEAD(&c->home->orphans, &c->link, next, pprev);
+  set_where(c, UVCTX__AT_ORPHAN);
 }
 
-/* [lock] A child of a done context copies its error and cause. */
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
+                                             uvctx_t* parent) {
+  uvctx_t* t = uvctx__state_of(parent);
+  if (!uvctx__cancellable_kind(t->kind))
+    return UVCTX__PARENT_NEVER_DONE;
+  if (!is_live(t))
+    return UVCTX__PARENT_DONE;
+  UVCTX__LIST_INSERT_HEAD(&t->u1.children, l, next, pprev);
+  if (l == &l->owner->link)
+    set_where(l->owner, UVCTX__AT_PARENT);
+  return UVCTX__LINKED;
+}
+
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from) {
   const uvctx_t* t = uvctx__state_of(from);
   c->u1.cause = t->u1.cause;
   c->u2.msg = t->u2.msg;
   msg_ref(c->u2.msg);
-  atomic_store_explicit(&c->err,
-                        atomic_load_explicit(&t->err, memory_order_relaxed),
-                        memory_order_release);
-  uvctx__orphan_locked(c, &c->link);
+  atomic_store_explicit(
+      &c->err, atomic_load_explicit(&((uvctx_t*)t)->err, memory_order_acquire),
+      memory_order_release);
+  uvctx__orphan_locked(c);
 }
 
-void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d) {
-  if (parent->kind == UVCTX__BACKGROUND && parent->home != c->home)
-    parent->home->n_foreign += (uint64_t)d;
+void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d) {
+  if (parent->kind == UVCTX__BACKGROUND && parent->home != c->home) {
+    uvctx_loop_t* p = parent->home;
+    uvctx__lock_acquire(&p->lock);
+    p->n_foreign += (uint64_t)(int64_t)d;
+    uvctx__lock_release(&p->lock);
+  }
 }
 
-/* Links a new child into the tree, born done if its parent is. */
-static void attach_locked(uvctx_t* c, uvctx_t* parent) {
-  switch (uvctx__register_child_locked(c, &c->link, parent)) {
-    case 0:
+/* [c's home lock] What a new context does once its parent has said where
+ * it goes. */
+static void place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
+  switch (a) {
+    case UVCTX__LINKED:
       break;
-    case 1:
+    case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(c, parent);
       break;
-    default:
-      uvctx__orphan_locked(c, &c->link);
+    case UVCTX__PARENT_NEVER_DONE:
+      uvctx__orphan_locked(c);
       break;
   }
-  UVCTX__COUNT_LOCKED(c, 1);
-  uvctx__foreign_locked(c, parent, 1);
+  uvctx__count_live_locked(c->home, c->kind, 1);
+  uvctx__count_created_locked(c->home);
+}
+
+void uvctx__attach(uvctx_t* c, uvctx_t* parent) {
+  uvctx_loop_t* h = c->home;
+  uvctx_loop_t* p = list_home(parent);
+  uvctx__attach_t a = UVCTX__PARENT_NEVER_DONE;
+  if (p != NULL) {
+    uvctx__lock_acquire(&p->lock);
+    a = uvctx__register_child_locked(&c->link, parent);
+    if (p == h) {
+      place_locked(c, a, parent);
+      uvctx__lock_release(&p->lock);
+      return;
+    }
+    uvctx__lock_release(&p->lock);
+  } else {
+    uvctx__foreign(c, parent, 1);
+  }
+  uvctx__lock_acquire(&h->lock);
+  place_locked(c, a, parent);
+  uvctx__lock_release(&h->lock);
 }
 
 /* ---- cancellation -------------------------------------------------------- */
 
 void uvctx__cancel_op_id(uvctx__cancel_op_t* op) {
-  static uint64_t last_op; /* [lock] */
+  static atomic_uint_fast64_t last_op;
   if (op->id == 0)
-    op->id = ++last_op;
+    op->id = atomic_fetch_add_explicit(&last_op, 1, memory_order_relaxed) + 1;
 }
 
-/* [lock] Everything a context needs once its children have been taken
- * off it: its watches made due, its deadline entry gone, its cause and
- * error published, and itself listed on its home's orphan list. */
-static inline void finish_locked(uvctx_t* n, const uvctx_t* root, int err,
-                                 intptr_t cause, uvctx__msg_t* msg,
-                                 uvctx__cancel_op_t* op, uint64_t* same_home) {
+/* One cancel: its error and cause, the operation its watches name, and the
+ * links of contexts it took to cancel under another loop's lock (each with
+ * a reference, threaded through the links' `next`). */
+typedef struct walk_s {
+  int err;
+  intptr_t cause;
+  uvctx__msg_t* msg;
+  uvctx__cancel_op_t op;
+  uvctx__link_t** deferred;
+  uvctx__link_t* own_deferred;
+  int must_wait; /* met a taken context that another cancel had done */
+} walk_t;
+
+/* [n's home lock] Everything a context needs once its children have been
+ * taken off it: its watches made due, its deadline entry gone, its cause
+ * and error published. */
+static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
+                                 uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
   if (n->u2.watches != NULL)
     uvctx__watches_fire_locked(n, uvctx__err_code(err), op);
-  /* Counted in a register while the subtree stays on the root's loop. */
-  if (n->home == root->home)
-    (*same_home)++;
-  else
-    n->home->cancels++;
   if (n->kind == UVCTX__DEADLINE) {
     uvctx__deadline_t* d = (uvctx__deadline_t*)n;
     if (d->heap_index != UVCTX__NO_HEAP)
@@ -216,83 +226,293 @@ static inline void finish_locked(uvctx_t* n, const uvctx_t* root, int err,
   n->u2.msg = msg;
   msg_ref(msg);
   atomic_store_explicit(&n->err, (unsigned char)err, memory_order_release);
-  uvctx__orphan_locked(n, &n->link);
 }
 
-/* The subtree is walked with an explicit stack threaded through the links
- * of the contexts being cancelled: a context taken off its parent's list has
- * a free `link.next` until it is put on its home's orphan list, so the walk
- * needs no memory and no recursion, whatever the depth. Leaves (no children
- * of their own, the common case of a wide fan-out) are finished as they are
- * met, so that each is touched once. */
-void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
-                          uvctx__msg_t* msg, uint64_t now) {
-  uvctx__cancel_op_t op;
-  uvctx_t* stack;
-  uint64_t same_home = 0;
-
-  if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
+/* [the lock of the list `l` was on] A child found by a walk that must be
+ * cancelled under another lock: taken with a reference, or, if its count
+ * already reached zero, left to the free that is waiting for this lock
+ * (it has no children and no watches: both would hold references). */
+static void defer(walk_t* w, uvctx__link_t* l, uvctx_t* k) {
+  int base = l == &k->link;
+  if (!try_ref(k)) {
+    if (base)
+      set_where(k, UVCTX__AT_NONE);
     return;
-  /* The id and the time are taken lazily, by the tracer or the first watch
-   * made due: a cancel nobody watches pays for neither. */
-  op.id = 0;
-  op.time = now;
-  if (UVCTX__TRACING()) {
-    uvctx__cancel_op_id(&op);
-    uvctx__trace_cancel(c, err, cause, &op);
   }
-  unlink_all(c);
-  c->link.next = NULL;
-  stack = c;
+  if (base)
+    set_where(k, UVCTX__AT_TAKEN);
+  l->next = *w->deferred;
+  *w->deferred = l;
+  uvctx__barrier_add(1);
+}
 
-  while (stack != NULL) {
-    uvctx_t* n = stack;
+/* [c's home lock; c live] Marks `c` and the part of its subtree homed on
+ * the same loop done, with an explicit stack threaded through the links of
+ * the contexts being cancelled: a context taken off its parent's list has
+ * a free `link.next` until it is put on the orphan list, so the walk needs
+ * no memory and no recursion, whatever the depth. Leaves (the common case
+ * of a wide fan-out) are finished as they are met, so that each is touched
+ * once. `c`'s own link is its caller's business. */
+static void walk_locked(walk_t* w, uvctx_t* c) {
+  uvctx_loop_t* h = c->home;
+  uvctx_t* stack = NULL;
+  uvctx_t* n = c;
+  uint64_t cancels = 0;
+  /* In registers for the whole walk, not re-read through `w`. */
+  const int err = w->err;
+  const intptr_t cause = w->cause;
+  uvctx__msg_t* const msg = w->msg;
+
+  for (;;) {
     uvctx__link_t* l;
     uvctx__link_t* next;
-
-    stack = n->link.next != NULL ? n->link.next->owner : NULL;
-    n->link.next = NULL;
-
     for (l = n->u1.children; l != NULL; l = next) {
       uvctx_t* k = l->owner;
       next = l->next;
       /* The list being walked is dropped whole, and the `next` of the
        * links already walked now threads the stack: detach this link by
        * hand, never through pprev (that would write into a link already
-       * reused). A merge also leaves its other parents' lists; it is listed
-       * once per distinct parent state, so it cannot come up twice. */
+       * reused). */
       l->pprev = NULL;
-      if (k->kind == UVCTX__ANY) {
-        unlink_all(k);
-      } else if (k->u1.children == NULL) {
-        finish_locked(k, c, err, cause, msg, &op, &same_home);
+      if (k->home != h || k->kind == UVCTX__ANY) {
+        defer(w, l, k);
+        continue;
+      }
+      /* Homed here: this walk holds the only lock that could see it
+       * taken, until it makes it an orphan below. */
+      if (k->u1.children == NULL) {
+        finish_locked(k, err, cause, msg, &w->op);
+        uvctx__orphan_locked(k);
+        cancels++;
         continue;
       }
       k->link.next = stack != NULL ? &stack->link : NULL;
       stack = k;
     }
     n->u1.children = NULL;
-    finish_locked(n, c, err, cause, msg, &op, &same_home);
+    finish_locked(n, err, cause, msg, &w->op);
+    cancels++;
+    if (n != c)
+      uvctx__orphan_locked(n);
+    if (stack == NULL)
+      break;
+    n = stack;
+    stack = n->link.next != NULL ? n->link.next->owner : NULL;
+    n->link.next = NULL;
   }
-  c->home->cancels += same_home;
+  h->cancels += cancels;
 }
 
+/* [the lock of c's parent's list] Takes `c`'s own link off that list if it
+ * is still there: 1 if this call took it (the caller will make `c` an
+ * orphan), 0 if it was elsewhere. */
+static int take_from_parent_locked(uvctx_t* c) {
+  if (where(c) != UVCTX__AT_PARENT)
+    return 0;
+  uvctx__unlink(&c->link);
+  set_where(c, UVCTX__AT_TAKEN);
+  return 1;
+}
+
+/* Takes every link of merge `m` but `via` (which the caller holds) off its
+ * parent's list, one lock at a time, and makes `m` an orphan if its own
+ * link is now the caller's or was never listed; then drops the caller's
+ * reference to `m` as unref_locked() does. Returns 1 if the caller must
+ * still uvctx_unref(m). */
+static int take_links(uvctx_t* m, const uvctx__link_t* via) {
+  uvctx__any_t* a = (uvctx__any_t*)m;
+  uvctx_loop_t* p;
+  int own = via == &m->link;
+  size_t i;
+
+  if (!own && (p = list_home(m->parent)) != NULL) {
+    uvctx__lock_acquire(&p->lock);
+    own = take_from_parent_locked(m);
+    uvctx__lock_release(&p->lock);
+  }
+  for (i = 0; i + 1 < a->n; i++) {
+    uvctx__link_t* l = &a->extra[i].link;
+    if (l == via || (p = list_home(a->extra[i].parent)) == NULL)
+      continue;
+    uvctx__lock_acquire(&p->lock);
+    uvctx__unlink(l);
+    uvctx__lock_release(&p->lock);
+  }
+  p = m->home;
+  uvctx__lock_acquire(&p->lock);
+  if (own || where(m) == UVCTX__AT_NONE)
+    uvctx__orphan_locked(m);
+  own = unref_locked(m);
+  uvctx__lock_release(&p->lock);
+  return !own;
+}
+
+/* The state a deferred link hung from: done by the walk that took it. */
+static const uvctx_t* list_owner(const uvctx__link_t* l) {
+  const uvctx_t* k = l->owner;
+  if (l != &k->link) {
+    const uvctx__any_t* a = (const uvctx__any_t*)k;
+    size_t i = (size_t)((const char*)l - (const char*)&a->extra[0].link) /
+               sizeof(a->extra[0]);
+    return uvctx__state_of(a->extra[i].parent);
+  }
+  return uvctx__state_of(k->parent);
+}
+
+/* [no lock] Cancels the contexts a walk took, each under its home's lock,
+ * with the error and cause of the context it hung from (the walk's own,
+ * or, for the expiries of a timer pass, each deadline's). */
+static void run_deferred(walk_t* w) {
+  while (*w->deferred != NULL) {
+    uvctx__link_t* l = *w->deferred;
+    uvctx_t* k = l->owner;
+    const uvctx_t* from = list_owner(l);
+    uvctx_loop_t* h = k->home;
+    *w->deferred = l->next;
+    l->next = NULL;
+    w->err = atomic_load_explicit(&((uvctx_t*)from)->err, memory_order_acquire);
+    w->cause = from->u1.cause;
+    w->msg = from->u2.msg;
+    int merge = k->kind == UVCTX__ANY;
+    int owed = 1;
+    uvctx__lock_acquire(&h->lock);
+    if (is_live(k))
+      walk_locked(w, k);
+    else
+      w->must_wait = 1;
+    if (!merge) {
+      uvctx__orphan_locked(k); /* its link was taken by this walk */
+      owed = !unref_locked(k);
+    }
+    uvctx__lock_release(&h->lock);
+    /* Once the reference is dropped, `k` may be gone: touch it no more. */
+    if (merge)
+      owed = take_links(k, l);
+    uvctx__barrier_add(-1);
+    if (owed)
+      uvctx_unref(k);
+  }
+}
+
+/* [c's home lock] The cancel event of a cancel's root, once per cancel. */
+static void trace_root(walk_t* w, const uvctx_t* c) {
+  if (UVCTX__TRACING()) {
+    uvctx__cancel_op_id(&w->op);
+    uvctx__trace_cancel(c, w->err, w->cause, &w->op);
+  }
+}
+
+/* [c's home lock] The root of a cancel: walked if still live (first cancel
+ * wins), made an orphan if the caller took its link. */
+static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
+  if (is_live(c)) {
+    trace_root(w, c);
+    walk_locked(w, c);
+  }
+  if (own)
+    uvctx__orphan_locked(c);
+}
+
+static void walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg,
+                      uint64_t now) {
+  w->err = err;
+  w->cause = cause;
+  w->msg = msg;
+  w->op.id = 0;
+  w->op.time = now;
+  w->own_deferred = NULL;
+  w->deferred = &w->own_deferred;
+  w->must_wait = 0;
+}
+
+void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
+                   uint64_t now) {
+  uvctx_loop_t* h = c->home;
+  int merge = c->kind == UVCTX__ANY;
+  uvctx_loop_t* p = merge ? NULL : list_home(c->parent);
+  /* What is left to do with `c` once its home's lock is released: its
+   * watches are queued by then, and their callbacks may drop the last
+   * reference the caller relied on, so that work holds one of its own. */
+  int more = merge || (p != NULL && p != h);
+  walk_t w;
+  int own = 0;
+
+  /* The id and the time are taken lazily, by the tracer or the first watch
+   * made due: a cancel nobody watches pays for neither. */
+  walk_init(&w, err, cause, msg, now);
+  uvctx__lock_acquire(&h->lock);
+  own = p == h && take_from_parent_locked(c);
+  cancel_root_locked(&w, c, own);
+  if (more)
+    uvctx_ref(c);
+  uvctx__lock_release(&h->lock);
+  /* From here on, `c` is touched only if `more`. */
+
+  if (merge) {
+    more = take_links(c, NULL);
+  } else if (more) {
+    /* Homed apart from its parent: taken off the parent's list after it
+     * is done, so that a cancel of the parent meanwhile still meets it
+     * (and waits at the barrier if this walk has work left elsewhere). */
+    uvctx__lock_acquire(&p->lock);
+    own = take_from_parent_locked(c);
+    uvctx__lock_release(&p->lock);
+    uvctx__lock_acquire(&h->lock);
+    if (own)
+      uvctx__orphan_locked(c);
+    more = !unref_locked(c);
+    uvctx__lock_release(&h->lock);
+  }
+  if (more)
+    uvctx_unref(c);
+  run_deferred(&w);
+  if (w.must_wait)
+    uvctx__barrier_wait();
+}
+
+void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
+                          uvctx__msg_t* msg, uint64_t now) {
+  walk_t w;
+  walk_init(&w, err, cause, msg, now);
+  w.deferred = &c->home->deferred;
+  cancel_root_locked(&w, c, take_from_parent_locked(c));
+}
+
+void uvctx__cancel_deferred(uvctx_loop_t* l) {
+  walk_t w;
+  walk_init(&w, 0, 0, NULL, 0);
+  uvctx__lock_acquire(&l->lock);
+  w.own_deferred = l->deferred;
+  l->deferred = NULL;
+  uvctx__lock_release(&l->lock);
+  run_deferred(&w);
+  if (w.must_wait)
+    uvctx__barrier_wait();
+}
+
+/* The preconditions uvctx_cancel() and uvctx_cancel_cause() share,
+ * checked in each so that a misuse report names the function called. */
+#define REQUIRE_CANCELLABLE(c)                                           \
+  do {                                                                   \
+    UVCTX__REQUIRE(uvctx__valid(c), "c is not a context");               \
+    UVCTX__REQUIRE(uvctx__cancellable_kind((c)->kind),                   \
+                   "the context cannot be cancelled (background, value " \
+                   "or without_cancel)");                                \
+  } while (0)
+
 int uvctx_cancel(uvctx_t* c) {
-  if (!uvctx__valid(c) || !is_cancellable(c))
-    return UV_EINVAL;
+  REQUIRE_CANCELLABLE(c);
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
-  uvctx__lock();
-  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
-  uvctx__unlock();
+  uvctx__cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   return 0;
 }
 
 int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
   uvctx__msg_t* m = NULL;
   int rc = 0;
-  if (!uvctx__valid(c) || !is_cancellable(c) || cause >= 0)
-    return UV_EINVAL;
+  REQUIRE_CANCELLABLE(c);
+  UVCTX__REQUIRE(cause < 0, "cause is not a negative error code");
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
   if (msg != NULL) {
@@ -300,9 +520,7 @@ int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
     if (m == NULL)
       rc = UV_ENOMEM; /* cancelled all the same, without the message */
   }
-  uvctx__lock();
-  uvctx__cancel_locked(c, UVCTX__ERR_CANCELED, cause, m, 0);
-  uvctx__unlock();
+  uvctx__cancel(c, UVCTX__ERR_CANCELED, cause, m, 0);
   uvctx__msg_unref(m);
   return rc;
 }
@@ -310,8 +528,7 @@ int uvctx_cancel_cause(uvctx_t* c, int cause, const char* msg) {
 /* ---- readers ------------------------------------------------------------- */
 
 int uvctx_err(const uvctx_t* c) {
-  if (c == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(c != NULL, "c is NULL");
   c = uvctx__state_of(c);
   return uvctx__err_code(
       atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_acquire));
@@ -321,8 +538,7 @@ int uvctx_cause(const uvctx_t* c, const char** msg) {
   int e;
   if (msg != NULL)
     *msg = NULL;
-  if (c == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(c != NULL, "c is NULL");
   c = uvctx__state_of(c);
   e = atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_acquire);
   if (e == UVCTX__LIVE)
@@ -336,21 +552,15 @@ uvctx_loop_t* uvctx_home(const uvctx_t* c) {
   return c != NULL ? c->home : NULL;
 }
 
-/* ---- constructors
- * ------------------------------------------------------------ */
+/* ---- constructors -------------------------------------------------------- */
 
 static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
                        void* site) {
-  uvctx_t* c;
-  if (!uvctx__valid(parent) || out == NULL || home == NULL)
-    return UV_EINVAL;
-  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
-  uvctx__lock();
-  attach_locked(c, parent);
-  uvctx__unlock();
+  uvctx__attach(c, parent);
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;
@@ -358,25 +568,28 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
 }
 
 int uvctx_with_cancel(uvctx_t* parent, uvctx_t** out) {
-  return with_cancel(parent, parent != NULL ? parent->home : NULL, out,
-                     __builtin_return_address(0));
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  return with_cancel(parent, parent->home, out, __builtin_return_address(0));
 }
 
 int uvctx_with_cancel_on(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out) {
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  UVCTX__REQUIRE(home != NULL, "home is NULL");
   return with_cancel(parent, home, out, __builtin_return_address(0));
 }
 
 int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
   uvctx__any_t* a;
-  uvctx_t* done_from = NULL;
+  uvctx_loop_t* h;
+  const uvctx_t* done_from = NULL;
+  const uvctx_t* became = NULL;
   size_t i, j;
   int linked = 0;
 
-  if (parents == NULL || n == 0 || out == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE(parents != NULL && n > 0, "no parents");
+  UVCTX__REQUIRE(out != NULL, "out is NULL");
   for (i = 0; i < n; i++)
-    if (!uvctx__valid(parents[i]))
-      return UV_EINVAL;
+    UVCTX__REQUIRE(uvctx__valid(parents[i]), "a parent is not a context");
   if (n > (SIZE_MAX - sizeof(*a)) / sizeof(a->extra[0]))
     return UV_ENOMEM;
 
@@ -385,6 +598,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
       parents[0]->home, __builtin_return_address(0));
   if (a == NULL)
     return UV_ENOMEM;
+  h = a->base.home;
   a->n = n;
   a->deadline = UVCTX__NO_DEADLINE;
   for (i = 0; i < n; i++) {
@@ -400,43 +614,59 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     }
   }
 
-  uvctx__lock();
+  /* Born done from the first parent, in argument order, already done. */
   for (i = 0; i < n && done_from == NULL; i++) {
-    uvctx_t* t = uvctx__state_of(parents[i]);
-    if (is_cancellable(t) &&
-        atomic_load_explicit(&t->err, memory_order_relaxed) != UVCTX__LIVE)
+    const uvctx_t* t = uvctx__state_of(parents[i]);
+    if (uvctx__cancellable_kind(t->kind) &&
+        atomic_load_explicit(&((uvctx_t*)t)->err, memory_order_acquire) !=
+            UVCTX__LIVE)
       done_from = t;
   }
-  if (done_from != NULL) {
-    uvctx__born_done_locked(&a->base, done_from);
-  } else {
+  if (done_from == NULL) {
+    /* Listed under each parent in turn, each under its own loop's lock,
+     * once per distinct state: two parents that share one (two values over
+     * the same context) would otherwise list it twice. A parent done
+     * meanwhile cancels the merge once it is listed everywhere else. */
     for (i = 0; i < n; i++) {
       uvctx__link_t* l = i == 0 ? &a->base.link : &a->extra[i - 1].link;
-      uvctx_t* t = uvctx__state_of(parents[i]);
+      const uvctx_t* t = uvctx__state_of(parents[i]);
+      uvctx_loop_t* p = list_home(parents[i]);
       int dup = 0;
-      /* Listed once per distinct state: two parents that share one (two
-       * values over the same context) would otherwise list it twice. */
       for (j = 0; j < i; j++)
         if (uvctx__state_of(parents[j]) == t)
           dup = 1;
-      if (!dup && uvctx__register_child_locked(&a->base, l, parents[i]) == 0)
+      if (dup || p == NULL)
+        continue;
+      uvctx__lock_acquire(&p->lock);
+      if (uvctx__register_child_locked(l, parents[i]) == UVCTX__LINKED)
         linked = 1;
+      else if (became == NULL)
+        became = t;
+      uvctx__lock_release(&p->lock);
     }
-    if (!linked)
-      uvctx__orphan_locked(&a->base, &a->base.link);
   }
-  UVCTX__COUNT_LOCKED(&a->base, 1);
+  uvctx__lock_acquire(&h->lock);
+  if (done_from != NULL)
+    uvctx__born_done_locked(&a->base, done_from);
+  else if (!linked && became == NULL)
+    uvctx__orphan_locked(&a->base);
+  uvctx__count_live_locked(h, UVCTX__ANY, 1);
+  uvctx__count_created_locked(h);
+  uvctx__lock_release(&h->lock);
   for (i = 0; i < n; i++)
-    uvctx__foreign_locked(&a->base, parents[i], 1);
-  uvctx__unlock();
+    uvctx__foreign(&a->base, parents[i], 1);
+  if (became != NULL)
+    uvctx__cancel(
+        &a->base,
+        atomic_load_explicit(&((uvctx_t*)became)->err, memory_order_acquire),
+        became->u1.cause, became->u2.msg, 0);
   if (UVCTX__TRACING())
     uvctx__trace_create(&a->base);
   *out = &a->base;
   return 0;
 }
 
-/* ---- references and freeing
- * -------------------------------------------------- */
+/* ---- references and freeing ---------------------------------------------- */
 
 uvctx_t* uvctx_ref(uvctx_t* c) {
   if (c != NULL && c->kind != UVCTX__BACKGROUND)
@@ -444,18 +674,70 @@ uvctx_t* uvctx_ref(uvctx_t* c) {
   return c;
 }
 
+/* [no lock; n's count is zero] Takes every link of `n` off its list, under
+ * that list's lock, and uncounts it; afterwards `n` is on no list and its
+ * own link is free to thread the free's stacks.
+ *
+ * `where` is read under the lock it names. A cancel that takes a context
+ * homed elsewhere than its parent's list does so with a reference, which
+ * it cannot get once the count is zero (it then leaves the link, AT_NONE,
+ * to this free); a cancel that takes one homed on the list's own loop
+ * holds that loop's lock until it has made it an orphan. So once the
+ * parent's lock has been taken and let go, the link is on the orphan list
+ * or on none. */
+static void retire(uvctx_t* n) {
+  uvctx_loop_t* h = n->home;
+  uvctx_loop_t* p = list_home(n->parent);
+  int w;
+  if (p != NULL && p != h) {
+    uvctx__lock_acquire(&p->lock);
+    if (where(n) == UVCTX__AT_PARENT) {
+      uvctx__unlink(&n->link);
+      set_where(n, UVCTX__AT_NONE);
+    }
+    uvctx__lock_release(&p->lock);
+  }
+  uvctx__lock_acquire(&h->lock);
+  w = where(n);
+  if (w == UVCTX__AT_ORPHAN || w == UVCTX__AT_PARENT) {
+    uvctx__unlink(&n->link);
+    set_where(n, UVCTX__AT_NONE);
+  }
+  if (n->kind == UVCTX__DEADLINE) {
+    uvctx__deadline_t* d = (uvctx__deadline_t*)n;
+    if (d->heap_index != UVCTX__NO_HEAP)
+      uvctx__heap_remove_locked(h, d);
+  }
+  uvctx__count_live_locked(h, n->kind, -1);
+  if (UVCTX__TRACING())
+    uvctx__trace_free(n);
+  uvctx__lock_release(&h->lock);
+  if (n->kind == UVCTX__ANY) {
+    uvctx__any_t* a = (uvctx__any_t*)n;
+    size_t i;
+    for (i = 0; i + 1 < a->n; i++) {
+      uvctx_loop_t* q = list_home(a->extra[i].parent);
+      if (q == NULL)
+        continue;
+      uvctx__lock_acquire(&q->lock);
+      uvctx__unlink(&a->extra[i].link);
+      uvctx__lock_release(&q->lock);
+    }
+  }
+}
+
 /* Drops one reference to `p`; when it was the last, takes p out of the tree
  * and pushes it on the stack of contexts to free. */
-static void drop_parent_locked(const uvctx_t* c, uvctx_t* p, uvctx_t** stack) {
+static void drop_parent(const uvctx_t* c, uvctx_t* p, uvctx_t** stack) {
   if (p == NULL)
     return;
   if (p->kind == UVCTX__BACKGROUND) {
-    uvctx__foreign_locked(c, p, -1);
+    uvctx__foreign(c, p, -1);
     return;
   }
   if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
     return;
-  unlink_all(p);
+  retire(p);
   p->link.next = *stack != NULL ? &(*stack)->link : NULL;
   *stack = p;
 }
@@ -474,9 +756,10 @@ static void destroy(uvctx_t* c) {
 }
 
 /* Freeing is iterative like cancelling: the contexts whose last reference
- * goes are threaded through their own links, first on a stack of contexts
- * to take out of the tree (under the lock), then on a list of contexts to
- * destroy (outside it, because value destructors are user code). */
+ * goes are taken out of the tree one lock at a time (retire()), threaded
+ * through their own links on a stack of contexts whose parents to drop,
+ * then on a list of contexts to destroy, outside every lock, because value
+ * destructors are user code. */
 void uvctx_unref(uvctx_t* c) {
   uvctx_t* stack;
   uvctx_t* dead = NULL;
@@ -486,34 +769,22 @@ void uvctx_unref(uvctx_t* c) {
   if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
     return;
 
-  uvctx__lock();
-  unlink_all(c);
+  retire(c);
   c->link.next = NULL;
   stack = c;
   while (stack != NULL) {
     uvctx_t* n = stack;
     stack = n->link.next != NULL ? n->link.next->owner : NULL;
-
-    if (n->kind == UVCTX__DEADLINE) {
-      uvctx__deadline_t* d = (uvctx__deadline_t*)n;
-      if (d->heap_index != UVCTX__NO_HEAP)
-        uvctx__heap_remove_locked(n->home, d);
-    }
-    UVCTX__COUNT_LOCKED(n, -1);
-    if (UVCTX__TRACING())
-      uvctx__trace_free(n);
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
-
-    drop_parent_locked(n, n->parent, &stack);
+    drop_parent(n, n->parent, &stack);
     if (n->kind == UVCTX__ANY) {
       uvctx__any_t* a = (uvctx__any_t*)n;
       size_t i;
       for (i = 0; i + 1 < a->n; i++)
-        drop_parent_locked(n, a->extra[i].parent, &stack);
+        drop_parent(n, a->extra[i].parent, &stack);
     }
   }
-  uvctx__unlock();
 
   while (dead != NULL) {
     uvctx_t* n = dead;
@@ -525,7 +796,7 @@ void uvctx_unref(uvctx_t* c) {
 void uvctx_release(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (is_cancellable(c))
+  if (uvctx__cancellable_kind(c->kind))
     uvctx_cancel(c);
   uvctx_unref(c);
 }

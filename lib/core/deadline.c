@@ -1,225 +1,8 @@
-/* deadline.c owns deadlines: with_deadline/with_timeout (and their _cause
- * forms), the per-loop min-heap of deadline contexts, the one libuv timer
- * per loop that drives it, and uvctx_deadline(). */
+/* deadline.c owns deadline contexts: with_deadline/with_timeout (and their
+ * _cause forms), the deadline in force (uvctx_deadline()), and what happens
+ * when one expires. The heap and the libuv timer that drive expiry are the
+ * timer source's (core/timer.c). */
 #include "core/internal.h"
-
-/* ---- the heap (all under the library lock) ------------------------------- */
-
-static int heap_less(uvctx__deadline_t* a, uvctx__deadline_t* b) {
-  return a->deadline < b->deadline;
-}
-
-static void heap_set(uvctx_loop_t* l, uint32_t i, uvctx__deadline_t* d) {
-  l->heap[i] = d;
-  d->heap_index = i;
-}
-
-static void heap_up(uvctx_loop_t* l, uint32_t i) {
-  uvctx__deadline_t* d = l->heap[i];
-  while (i > 0) {
-    uint32_t p = (i - 1) / 2;
-    if (!heap_less(d, l->heap[p]))
-      break;
-    heap_set(l, i, l->heap[p]);
-    i = p;
-  }
-  heap_set(l, i, d);
-}
-
-static void heap_down(uvctx_loop_t* l, uint32_t i) {
-  uvctx__deadline_t* d = l->heap[i];
-  for (;;) {
-    uint32_t c = 2 * i + 1;
-    if (c >= l->heap_len)
-      break;
-    if (c + 1 < l->heap_len && heap_less(l->heap[c + 1], l->heap[c]))
-      c++;
-    if (!heap_less(l->heap[c], d))
-      break;
-    heap_set(l, i, l->heap[c]);
-    i = c;
-  }
-  heap_set(l, i, d);
-}
-
-int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
-  if (l->heap_len == l->heap_cap) {
-    uint32_t cap = l->heap_cap ? l->heap_cap * 2 : 16;
-    uvctx__deadline_t** h;
-    if (cap < l->heap_cap)
-      return UV_ENOMEM;
-    h = uvctx__realloc(l->heap, cap * sizeof(*h));
-    if (h == NULL)
-      return UV_ENOMEM;
-    l->heap = h;
-    l->heap_cap = cap;
-  }
-  l->heap[l->heap_len] = d;
-  d->heap_index = l->heap_len++;
-  heap_up(l, d->heap_index);
-  if (d->heap_index == 0)
-    uvctx__timer_touch_locked(l);
-  return 0;
-}
-
-void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
-  uint32_t i = d->heap_index;
-  uvctx__deadline_t* last = l->heap[--l->heap_len];
-  d->heap_index = UVCTX__NO_HEAP;
-  if (i != l->heap_len) {
-    heap_set(l, i, last);
-    heap_up(l, i);
-    heap_down(l, last->heap_index);
-  }
-  /* A timer left armed for a removed entry would fire early and re-arm,
-   * which is harmless; but an empty heap must not keep the timer (and maybe
-   * uv_run) alive. */
-  if (l->heap_len == 0)
-    uvctx__timer_touch_locked(l);
-}
-
-/* ---- the timer
- * ---------------------------------------------------------------- */
-
-#if defined(__linux__)
-#include <errno.h>
-#include <sys/timerfd.h>
-#include <unistd.h>
-
-int uvctx__hires_open(void) {
-  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (fd >= 0)
-    return fd;
-  /* A kernel without timerfd: what the header promises for a platform
-   * without one. Other errors (EMFILE, ENOMEM) as they are: libuv codes
-   * are negated errno on Unix. */
-  return errno == ENOSYS ? UV_ENOTSUP : -errno;
-}
-
-/* uv_hrtime() reads CLOCK_MONOTONIC, so a deadline is directly an absolute
- * timerfd expiry, to the nanosecond: the kernel never fires it early, and
- * no millisecond rounding adds lateness. */
-static void hires_arm(uvctx_loop_t* l, uint64_t deadline) {
-  struct itimerspec its = {{0, 0}, {0, 0}};
-  its.it_value.tv_sec = (time_t)(deadline / 1000000000);
-  its.it_value.tv_nsec = (long)(deadline % 1000000000);
-  if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-    its.it_value.tv_nsec = 1; /* all zero would disarm it */
-  timerfd_settime(l->hires_fd, TFD_TIMER_ABSTIME, &its, NULL);
-}
-#else
-int uvctx__hires_open(void) {
-  return UV_ENOTSUP;
-}
-
-static void hires_arm(uvctx_loop_t* l, uint64_t deadline) {
-  (void)l;
-  (void)deadline;
-}
-#endif
-
-/* [lock, loop thread] Arms the deadline source for the heap's top, and
- * references it only while a watch could be fired by a deadline.
- *
- * libuv timers count whole milliseconds of the loop time, cached at the
- * start of the iteration, while the poll sleeps from the real now: aiming a
- * timer at the deadline's millisecond on that stale clock wakes up to two
- * milliseconds late. The timeout is therefore the real time left, rounded
- * up, from uv_hrtime(). When the cached clock was stale the timer may fire
- * a little before the deadline: the callback checks uv_hrtime() and
- * re-arms for the rest, so a deadline never fires early. The timeout is at
- * least 1 ms: in libuv 1.44 a 0 ms timer started from a timer callback runs
- * again in the same pass and can starve the loop. */
-void uvctx__timer_sync_locked(uvctx_loop_t* l) {
-  int want_ref;
-  l->timer_dirty = 0;
-  if (l->closing)
-    return;
-  if (l->heap_len == 0) {
-    /* Nothing to do: a timer still armed fires once, finds the heap empty
-     * and stays stopped. Stopping it here would cost a stop and a start
-     * for every short-lived deadline; unreferenced, it keeps nothing
-     * alive. */
-  } else if (l->hires_fd >= 0) {
-    uint64_t top = l->heap[0]->deadline;
-    if (l->timer_due == 0 || top < l->timer_due) {
-      hires_arm(l, top);
-      l->timer_due = top;
-    }
-  } else if (l->timer_due == 0 || l->heap[0]->deadline < l->timer_top) {
-    /* An armed timer that fires sooner than needed is left alone: it will
-     * re-arm itself; restarting it for every new deadline would cost more.
-     * Comparing deadlines first spares the clock read when the timer was
-     * armed for an earlier deadline (or the same one) than the new top. */
-    uint64_t top = l->heap[0]->deadline;
-    uint64_t now = uv_hrtime();
-    uint64_t timeout = top > now ? (top - now + 999999) / 1000000 : 1;
-    uint64_t due = uv_now(l->uv) + (timeout ? timeout : 1);
-    if (l->timer_due == 0 || due < l->timer_due) {
-      uv_timer_start(&l->timer, uvctx__timer_cb, due - uv_now(l->uv), 0);
-      l->timer_due = due;
-    }
-    l->timer_top = top;
-  }
-  want_ref = l->dl_watches > 0 && l->heap_len > 0;
-  if (want_ref != l->timer_refd) {
-    uv_handle_t* h =
-        l->hires_fd >= 0 ? (uv_handle_t*)&l->hires : (uv_handle_t*)&l->timer;
-    if (want_ref)
-      uv_ref(h);
-    else
-      uv_unref(h);
-    l->timer_refd = want_ref;
-  }
-}
-
-/* [lock, loop thread] Cancels every context whose deadline has come, then
- * re-arms the source for the next one. */
-static void expire_locked(uvctx_loop_t* l, uint64_t now) {
-  l->timer_due = 0;
-  while (l->heap_len > 0 && l->heap[0]->deadline <= now) {
-    uvctx__deadline_t* d = l->heap[0];
-    uint64_t late = now - d->deadline;
-    l->deadlines_fired++;
-    uvctx_histogram_record(&l->lateness, late);
-    if (UVCTX__TRACING())
-      uvctx__trace_deadline(&d->base, late);
-    uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
-                         now);
-  }
-  uvctx__timer_sync_locked(l);
-}
-
-void uvctx__timer_cb(uv_timer_t* t) {
-  uvctx_loop_t* l = t->data;
-  uint64_t now = uv_hrtime();
-  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
-                        memory_order_relaxed);
-  uvctx__lock();
-  expire_locked(l, now);
-  uvctx__unlock();
-}
-
-void uvctx__hires_cb(uv_poll_t* p, int status, int events) {
-  uvctx_loop_t* l = p->data;
-  uint64_t expirations;
-  (void)status;
-  (void)events;
-  atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
-                        memory_order_relaxed);
-#if defined(__linux__)
-  /* Clears readiness; EAGAIN when a re-arm raced the expiry. */
-  if (read(l->hires_fd, &expirations, sizeof(expirations)) < 0)
-    expirations = 0;
-#endif
-  (void)expirations;
-  uvctx__lock();
-  expire_locked(l, uv_hrtime());
-  uvctx__unlock();
-}
-
-/* ---- contexts
- * -------------------------------------------------------------------- */
 
 /* The deadline in force for `c`: deadline and merge contexts store theirs
  * (already the minimum with what they inherited), the others inherit. */
@@ -252,17 +35,48 @@ int uvctx_deadline(const uvctx_t* c, uint64_t* deadline_ns) {
   return 1;
 }
 
+/* [lock] Arms a new, live deadline context, or cancels it at once if its
+ * deadline has come. `now` is the uv_hrtime() the deadline was computed
+ * from, or 0: an absolute deadline is compared with the clock read after
+ * linking, so that an expired deadline is decided against the freshest
+ * time. */
+static int arm_locked(uvctx__deadline_t* d, uint64_t deadline,
+                      uint64_t inherited, uint64_t now) {
+  if (deadline <= (now != 0 ? now : uv_hrtime())) {
+    uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
+                         now);
+    return 0;
+  }
+  /* Only the earliest deadline in force needs a heap entry: when the
+   * parent's comes first, the parent's expiry reaches this child. */
+  if (deadline < inherited)
+    return uvctx__heap_insert_locked(d->base.home, d);
+  return 0;
+}
+
+void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
+                                   uint64_t late) {
+  if (UVCTX__TRACING())
+    uvctx__trace_deadline(&d->base, late);
+  uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
+                       now);
+}
+
+void uvctx__deadline_expired(uvctx_loop_t* l) {
+  if (l->deferred != NULL)
+    uvctx__cancel_deferred(l);
+}
+
 /* `now` is the uv_hrtime() the deadline was computed from, or 0 to read the
  * clock after linking. */
 static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
                          int cause, const char* msg, uvctx_t** out,
                          void* site) {
   uvctx__deadline_t* d;
+  uvctx_loop_t* h = parent->home;
   uint64_t inherited;
   int rc = 0;
 
-  if (!uvctx__valid(parent) || out == NULL || cause > 0)
-    return UV_EINVAL;
   d = (uvctx__deadline_t*)uvctx__alloc_ctx(sizeof(*d), UVCTX__DEADLINE, parent,
                                            parent->home, site);
   if (d == NULL)
@@ -281,37 +95,32 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   d->deadline = deadline < inherited ? deadline : inherited;
   uvctx_ref(parent);
 
-  uvctx__lock();
-  switch (uvctx__register_child_locked(&d->base, &d->base.link, parent)) {
-    case 1:
+  /* A deadline context shares its parent's home, and so the lock of the
+   * list it goes on. */
+  uvctx__lock_acquire(&h->lock);
+  switch (uvctx__register_child_locked(&d->base.link, parent)) {
+    case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(&d->base, parent);
       break;
-    case 2:
-      uvctx__orphan_locked(&d->base, &d->base.link);
-      /* fall through */
-    default:
-      /* An absolute deadline is compared with the clock read after linking:
-       * an expired deadline is decided against the freshest time. */
-      if (deadline <= (now != 0 ? now : uv_hrtime())) {
-        uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause,
-                             d->dl_msg, now);
-      } else if (deadline < inherited) {
-        /* Only the earliest deadline in force needs a timer entry: when the
-         * parent's comes first, the parent's expiry reaches this child. */
-        rc = uvctx__heap_insert_locked(d->base.home, d);
-      }
+    case UVCTX__PARENT_NEVER_DONE:
+      uvctx__orphan_locked(&d->base);
+      rc = arm_locked(d, deadline, inherited, now);
+      break;
+    case UVCTX__LINKED:
+      rc = arm_locked(d, deadline, inherited, now);
       break;
   }
   if (rc != 0) {
     uvctx__unlink(&d->base.link);
-    uvctx__unlock();
+    uvctx__lock_release(&h->lock);
     uvctx__msg_unref(d->dl_msg);
     uvctx__free(d);
     uvctx_unref(parent);
     return rc;
   }
-  UVCTX__COUNT_LOCKED(&d->base, 1);
-  uvctx__unlock();
+  uvctx__count_live_locked(d->base.home, UVCTX__DEADLINE, 1);
+  uvctx__count_created_locked(d->base.home);
+  uvctx__lock_release(&h->lock);
   if (UVCTX__TRACING())
     uvctx__trace_create(&d->base);
   *out = &d->base;
@@ -325,20 +134,22 @@ static uint64_t after_ms(uint64_t now, uint64_t timeout_ms) {
 }
 
 int uvctx_with_deadline(uvctx_t* parent, uint64_t deadline_ns, uvctx_t** out) {
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
   return with_deadline(parent, deadline_ns, 0, 0, NULL, out,
                        __builtin_return_address(0));
 }
 
 int uvctx_with_timeout(uvctx_t* parent, uint64_t timeout_ms, uvctx_t** out) {
   uint64_t now = uv_hrtime();
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
   return with_deadline(parent, after_ms(now, timeout_ms), now, 0, NULL, out,
                        __builtin_return_address(0));
 }
 
 int uvctx_with_deadline_cause(uvctx_t* parent, uint64_t deadline_ns, int cause,
                               const char* msg, uvctx_t** out) {
-  if (cause >= 0)
-    return UV_EINVAL;
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  UVCTX__REQUIRE(cause < 0, "cause is not a negative error code");
   return with_deadline(parent, deadline_ns, 0, cause, msg, out,
                        __builtin_return_address(0));
 }
@@ -346,8 +157,8 @@ int uvctx_with_deadline_cause(uvctx_t* parent, uint64_t deadline_ns, int cause,
 int uvctx_with_timeout_cause(uvctx_t* parent, uint64_t timeout_ms, int cause,
                              const char* msg, uvctx_t** out) {
   uint64_t now = uv_hrtime();
-  if (cause >= 0)
-    return UV_EINVAL;
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  UVCTX__REQUIRE(cause < 0, "cause is not a negative error code");
   return with_deadline(parent, after_ms(now, timeout_ms), now, cause, msg, out,
                        __builtin_return_address(0));
 }

@@ -1,6 +1,6 @@
-/* Internals of the core layer (lib/core/): the context and loop layouts,
- * the library lock, the deadline heap and the trace hooks, each section
- * labelled with the file that defines it. Nothing here is
+/* Internals of the core layer (lib/core/): the locks, the context and loop
+ * layouts, the timer source, the mailbox and the trace hooks, each section
+ * labelled with the file that defines what it declares. Nothing here is
  * part of the public API. */
 #ifndef UVCTX_INTERNAL_H
 #define UVCTX_INTERNAL_H
@@ -12,17 +12,38 @@
 #include "uvctx.h"
 
 #include "common/alloc.h"
+#include "common/debug.h"
+#include "common/list.h"
 
-/* ---- the library lock (core/ctx.c) --------------------------------------- */
+/* ---- locks (core/lock.c: what each guards, and the order) --------------- */
 
-/* One process-wide lock guards the shape of every context tree (children
- * lists, orphan lists), the watch lists, the dispatch queues and the deadline
- * heaps. Readers of err/cause/values/deadline never take it. It is a
- * test-and-test-and-set spinlock that yields after a short spin: critical
- * sections are a few pointer writes, except a cancel, which walks the
- * subtree it cancels. */
+/* A lock word: an atomic exchange to take it, a plain store to release it,
+ * a waiter that backs off to sleeping (see core/lock.c). */
+typedef struct uvctx__lock_s {
+  atomic_int word;
+} uvctx__lock_t;
+
+void uvctx__lock_slow(uvctx__lock_t* k);
+
+static inline void uvctx__lock_acquire(uvctx__lock_t* k) {
+  if (atomic_exchange_explicit(&k->word, 1, memory_order_acquire))
+    uvctx__lock_slow(k);
+}
+
+static inline void uvctx__lock_release(uvctx__lock_t* k) {
+  atomic_store_explicit(&k->word, 0, memory_order_release);
+}
+
+/* The trace lock: the trace rings and their list, nothing else. Taken
+ * last, after any loop lock. */
 void uvctx__lock(void);
 void uvctx__unlock(void);
+
+/* The cross-loop barrier: `d` contexts taken by a cancel to be cancelled
+ * under another loop's lock (d > 0), or done with (d < 0); and the wait,
+ * with no lock held, until none is pending anywhere. */
+void uvctx__barrier_add(long d);
+void uvctx__barrier_wait(void);
 
 /* ---- contexts (core/ctx.c, core/deadline.c, core/value.c) ---------------- */
 
@@ -33,6 +54,37 @@ enum {
   UVCTX__ANY,      /* uvctx_any */
   UVCTX__VALUE,    /* with_value */
   UVCTX__DETACHED  /* without_cancel */
+};
+
+/* In a public function: returns UV_EINVAL, reported under UVCTX_DEBUG with
+ * the function's name and `reason`, unless `cond` holds. */
+#define UVCTX__REQUIRE(cond, reason) \
+  do {                               \
+    if (!(cond))                     \
+      return UVCTX__EINVAL(reason);  \
+  } while (0)
+
+/* What every constructor checks itself, so that a misuse report names the
+ * function called. */
+#define UVCTX__REQUIRE_PARENT_OUT(parent, out)                       \
+  do {                                                               \
+    UVCTX__REQUIRE(uvctx__valid(parent), "parent is not a context"); \
+    UVCTX__REQUIRE((out) != NULL, "out is NULL");                    \
+  } while (0)
+
+/* The kinds that have a done state of their own: only they can be
+ * cancelled, only they list children and watches. */
+static inline int uvctx__cancellable_kind(int kind) {
+  return kind == UVCTX__CANCEL || kind == UVCTX__DEADLINE || kind == UVCTX__ANY;
+}
+
+/* Where a context's own link is (uvctx_s.where), and so which lock guards
+ * it (core/lock.c). */
+enum {
+  UVCTX__AT_NONE = 0, /* on no list */
+  UVCTX__AT_PARENT,   /* on its parent's children list: the parent's lock */
+  UVCTX__AT_ORPHAN,   /* on its home's orphan list: its home's lock */
+  UVCTX__AT_TAKEN     /* taken by a cancel, which will make it an orphan */
 };
 
 /* Error codes stored in uvctx_s.err, a byte. */
@@ -56,18 +108,19 @@ typedef struct uvctx__msg_s {
 
 /* The common head of every context. Cancel contexts are exactly this struct
  * (72 bytes); the other kinds extend it. Fields marked [lock] change only
- * under the library lock. */
+ * under the loop lock named in core/lock.c. */
 struct uvctx_s {
   atomic_uint refs;
   atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
   uint8_t kind;
-  uint8_t flags;
+  atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
   uint8_t pad_;
   uvctx_t* parent; /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
   /* [lock] Where this context is listed: in the children list of the
    * nearest cancellable ancestor while both are live, else in its home's
-   * orphan list (done contexts, values, children of never-done contexts). */
+   * orphan list (done contexts, values, children of never-done contexts).
+   * `where` says which. */
   uvctx__link_t link;
   /* While live: [lock] the children list. Once done: the cause, written
    * before `err` is published and never again. */
@@ -114,13 +167,18 @@ typedef struct uvctx__any_s {
 #define UVCTX__NO_DEADLINE UINT64_MAX
 #define UVCTX__NO_HEAP UINT32_MAX
 
-/* ---- the loop binding (core/loop.c) -------------------------------------- */
+/* ---- the loop binding (core/loop.c, core/timer.c, core/mailbox.c) ------ */
+
+typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
 struct uvctx_loop_s {
+  uvctx__lock_t lock; /* the loop lock: see core/lock.c */
   uv_loop_t* uv;
   uvctx_t background;
-  uv_async_t mailbox;   /* unreferenced except while local work is queued */
-  uv_timer_t timer;     /* the deadline timer */
+  /* The mailbox (core/mailbox.c): unreferenced except while callbacks
+   * queued from the loop's own thread are due. */
+  uv_async_t mailbox;
+  uv_timer_t timer;     /* the deadline source (core/timer.c) */
   uv_prepare_t prepare; /* records the thread running the loop */
   /* UVCTX_LOOP_HIRES_DEADLINES: a timerfd under a uv_poll_t replaces the
    * uv_timer_t as the deadline source (hires_fd is -1 otherwise). */
@@ -130,10 +188,23 @@ struct uvctx_loop_s {
   int closing;
   int handles_open;
   int mailbox_refd; /* loop thread only */
-  /* [lock] everything below */
-  uvctx_loop_t* next_loop; /* the registry of loops, for dumps */
+  /* What the two mechanisms call instead of calling up into the layers
+   * that use them, set by uvctx_loop_init(): the timer source hands each
+   * expired deadline to `expire`, which must take it out of the heap; the
+   * mailbox calls `wake_locked` (under the lock) when it wakes up, and
+   * `deliver` (without it) for each watch it takes off its queue. */
+  void (*expire)(uvctx__deadline_t* d, uint64_t now, uint64_t late);
+  void (*expired)(uvctx_loop_t* l); /* after the expiries, without the lock */
+  void (*wake_locked)(uvctx_loop_t* l);
+  void (*deliver)(uvctx_watch_t* w, int err);
+  /* [registry lock] The registry of loops, for dumps. */
+  uvctx_loop_t* next_loop;
   uvctx_loop_t** pprev_loop;
+  /* [lock] everything below */
   uvctx__link_t* orphans;
+  /* Contexts of other loops (or merges) that deadlines expiring here took
+   * to cancel once the lock is released, each with a reference. */
+  uvctx__link_t* deferred;
   uvctx_watch_t* queue_head; /* watches whose callbacks are due */
   uvctx_watch_t** queue_tail;
   uint64_t queued;
@@ -156,8 +227,6 @@ struct uvctx_loop_s {
   uint64_t deadlines_fired;
   uvctx_histogram_t propagation;
   uvctx_histogram_t lateness;
-  /* Contexts homed here still referenced: the sum of n_kind, see
-   * uvctx__live_locked(). */
   /* Contexts homed on other loops whose parent is this loop's background:
    * the background is not reference counted, so they are counted here to
    * keep the binding from closing under them. */
@@ -169,20 +238,18 @@ struct uvctx_loop_s {
 /* One cancel operation, as seen by the watches it makes due: its id links
  * a trace's cancel event to the callbacks it caused, its time measures the
  * propagation delay. */
-typedef struct uvctx__cancel_op_s {
+struct uvctx__cancel_op_s {
   uint64_t id;
   uint64_t time; /* uv_hrtime() at the cancel */
-} uvctx__cancel_op_t;
+};
 
-/* [lock] Counts a context in or out of its home's gauges. */
-#define UVCTX__COUNT_LOCKED(c, d)                  \
-  do {                                             \
-    (c)->home->n_kind[(c)->kind] += (uint64_t)(d); \
-    if ((d) > 0)                                   \
-      (c)->home->created++;                        \
-  } while (0)
-
-/* Watch states (uvctx_watch_t.state_). */
+/* Watch states (uvctx_watch_t.state_): written under the home's loop lock
+ * with release ordering, so that uvctx_watch_stop() can tell an idle watch
+ * (never started, fired, stopped) without touching its home, which may be
+ * gone by then. */
+#define UVCTX__W_STATE(w) __atomic_load_n(&(w)->state_, __ATOMIC_ACQUIRE)
+#define UVCTX__W_SET_STATE(w, s) \
+  __atomic_store_n(&(w)->state_, (s), __ATOMIC_RELEASE)
 enum {
   UVCTX__W_IDLE = 0,
   UVCTX__W_ARMED, /* on a context's watch list (or never-firing) */
@@ -190,59 +257,145 @@ enum {
 };
 
 /* ---- defined in core/loop.c ---------------------------------------------- */
+/* The registry of bindings and its lock (core/lock.c for the order). */
+void uvctx__registry_lock(void);
+void uvctx__registry_unlock(void);
 uvctx_loop_t* uvctx__registry_locked(void);
+/* [lock] Contexts homed on `l` still referenced: the sum of n_kind. */
 uint64_t uvctx__live_locked(const uvctx_loop_t* l);
+/* [lock] A context of kind `kind` homed on `l` comes (d = 1) or goes
+ * (d = -1). Creation is counted apart, by uvctx__count_created_locked().
+ * Inline: every create and free counts. */
+static inline void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {
+  l->n_kind[kind] += (uint64_t)(int64_t)d;
+}
+
+static inline void uvctx__count_created_locked(uvctx_loop_t* l) {
+  l->created++;
+}
 int uvctx__on_loop_thread(const uvctx_loop_t* l);
-/* [lock] Queues a watch whose context is done and makes sure its home loop
- * will run the callback: from the loop's own thread the mailbox is
- * referenced so that uv_run() does not return first. */
-void uvctx__dispatch_locked(uvctx_watch_t* w, int err, uvctx__cancel_op_t* op);
-/* [lock] The loop's timer needs re-syncing (heap top or watch count
- * changed): done now on the loop's thread, else through the mailbox. */
+
+/* ---- defined in core/timer.c: the deadline source ------------------------ */
+/* Starts and closes the source's handles: the uv_timer_t, and the poll
+ * handle over `hires_fd` if it is not -1 (the timerfd is closed with it).
+ * Each closed handle calls close_cb, whose `data` is the binding. */
+int uvctx__timer_init(uvctx_loop_t* l, int hires_fd);
+void uvctx__timer_close(uvctx_loop_t* l, uv_close_cb close_cb);
+int uvctx__timer_is_hires_handle(const uvctx_loop_t* l, const uv_handle_t* h);
+int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
+/* [lock] The heap of armed deadlines, earliest first. */
+int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
+/* [lock] The source needs re-syncing (heap top or watch count changed):
+ * done now on the loop's thread, else through the mailbox. */
 void uvctx__timer_touch_locked(uvctx_loop_t* l);
+/* [lock, loop thread] Re-arms the source for the heap's top and references
+ * it only while a watch could be fired by a deadline; also the mailbox's
+ * wake_locked hook. */
 void uvctx__timer_sync_locked(uvctx_loop_t* l);
 
+/* ---- defined in core/mailbox.c: the mailbox ------------------------------ */
+int uvctx__mailbox_init(uvctx_loop_t* l);
+void uvctx__mailbox_close(uvctx_loop_t* l, uv_close_cb close_cb);
+/* [lock] Wakes the loop's thread; from that thread itself, also keeps
+ * uv_run() alive until the queue is drained if `keep_alive`. */
+void uvctx__mailbox_wake_locked(uvctx_loop_t* l, int keep_alive);
+/* [lock] Queues a watch whose context is done, with its error, and wakes
+ * the home loop, which will pass it to its deliver hook. */
+void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
+                                uvctx__cancel_op_t* op);
+/* [lock] Takes a queued watch off the queue (a stop that prevents it). */
+void uvctx__mailbox_unpost_locked(uvctx_watch_t* w);
+
 /* ---- defined in core/ctx.c ----------------------------------------------- */
-/* [lock] Marks `c` and its whole subtree done, iteratively. `now` is the
+/* Marks `c` and its whole subtree done, iteratively, with `err` (stored
+ * form) and the cause; first cancel wins. Called with no lock held;
+ * returns once every descendant, on every loop, is done. `now` is the
  * current uv_hrtime() if the caller has it, else 0. */
+void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
+                   uint64_t now);
+/* [c's home lock, loop thread] The same for a deadline context whose
+ * parent's list is guarded by that lock too; contexts of other loops and
+ * merges it reaches are left on the loop's deferred list, for
+ * uvctx__cancel_deferred() once the lock is released. */
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now);
-/* [lock] Gives a cancel operation its id, once. */
+void uvctx__cancel_deferred(uvctx_loop_t* l);
+/* Gives a cancel operation its id, once. */
 void uvctx__cancel_op_id(uvctx__cancel_op_t* op);
 uvctx__msg_t* uvctx__msg_new(const char* text);
 void uvctx__msg_unref(uvctx__msg_t* m);
 /* The context whose done state `c` shares: itself for cancellable kinds,
  * the nearest non-value ancestor for values. */
-uvctx_t* uvctx__state_of(const uvctx_t* c);
-int uvctx__err_code(int stored);
-int uvctx__register_child_locked(uvctx_t* child, uvctx__link_t* link,
-                                 uvctx_t* parent);
-void uvctx__orphan_locked(uvctx_t* c, uvctx__link_t* link);
+static inline uvctx_t* uvctx__state_of(const uvctx_t* c) {
+  if (c->kind == UVCTX__VALUE)
+    return ((const uvctx__value_t*)c)->anc;
+  return (uvctx_t*)c;
+}
+
+/* The libuv code for a stored error byte (0 while live). */
+static inline int uvctx__err_code(int stored) {
+  switch (stored) {
+    case UVCTX__ERR_CANCELED:
+      return UV_ECANCELED;
+    case UVCTX__ERR_TIMEDOUT:
+      return UV_ETIMEDOUT;
+    default:
+      return 0;
+  }
+}
+/* What uvctx__register_child_locked() did with a new child's link. */
+typedef enum {
+  UVCTX__LINKED,           /* listed under the nearest cancellable ancestor */
+  UVCTX__PARENT_DONE,      /* not listed: that ancestor is already done */
+  UVCTX__PARENT_NEVER_DONE /* not listed: no ancestor can ever be done */
+} uvctx__attach_t;
+/* [the lock of parent's home] Lists `l`, a link of a new child, under the
+ * nearest cancellable ancestor of `parent` if that one is live. */
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l, uvctx_t* parent);
+/* Links a new single-parent child into the tree, born done if its parent
+ * is, and counts it; takes the locks it needs. */
+void uvctx__attach(uvctx_t* c, uvctx_t* parent);
+/* [c's home lock] Puts `c` on its home's orphan list. */
+void uvctx__orphan_locked(uvctx_t* c);
 void uvctx__unlink(uvctx__link_t* link);
 uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
                           uvctx_loop_t* home, void* site);
+/* [c's home lock] A new child of a done context copies its error and
+ * cause and becomes an orphan. */
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
-/* [lock] Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a
- * parent that is another loop's background. */
-void uvctx__foreign_locked(const uvctx_t* c, const uvctx_t* parent, int d);
-int uvctx__valid(const uvctx_t* c);
+/* Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a parent
+ * that is another loop's background, under that loop's lock. */
+void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d);
+
+static inline int uvctx__valid(const uvctx_t* c) {
+  return c != NULL && c->kind <= UVCTX__DETACHED;
+}
 
 /* ---- defined in core/deadline.c ------------------------------------------ */
-int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
-void uvctx__heap_remove_locked(uvctx_loop_t* l, uvctx__deadline_t* d);
 uint64_t uvctx__deadline_of(const uvctx_t* c);
-void uvctx__timer_cb(uv_timer_t* t);
-void uvctx__hires_cb(uv_poll_t* p, int status, int events);
-int uvctx__hires_open(void); /* a non-blocking timerfd, or a UV_ error */
+/* [lock, loop thread] The timer source's expire hook: cancels `d`. */
+void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
+                                   uint64_t late);
+/* [loop thread] Its expired hook: finishes what the expiries left for
+ * after the lock. */
+void uvctx__deadline_expired(uvctx_loop_t* l);
 
-/* ---- trace hooks (core/trace_hooks.c)
- * ----------------------------------------- */
+/* ---- defined in core/watch.c --------------------------------------------- */
+/* [lock] Makes every watch of done context `c` due. */
+void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op);
+/* The mailbox's deliver hook: runs the callback of a watch taken off the
+ * queue and drops the watch's reference. Loop thread, without the lock. */
+void uvctx__watch_deliver(uvctx_watch_t* w, int err);
+
+/* ---- trace hooks (core/trace_hooks.c) ----------------------------------- */
 
 /* The core calls the hooks only while uvctx__tracing is non-zero (some loop
  * has a trace ring attached), so that they cost one relaxed load when
- * tracing is off. Those marked [lock] run under the library lock and must
- * neither block nor call back into the library. Rings are attached and
- * drained by the trace writer (obs/trace.c). */
+ * tracing is off. Those marked [lock] are called under a loop lock; every
+ * hook takes the trace lock (core/lock.c) to push, and none calls back
+ * into the library. Rings are attached and drained by the trace writer
+ * (obs/trace.c), under the trace lock. */
 extern atomic_int uvctx__tracing;
 #define UVCTX__TRACING() \
   UVCTX__UNLIKELY(atomic_load_explicit(&uvctx__tracing, memory_order_relaxed))
@@ -302,9 +455,5 @@ uint16_t uvctx__trace_thread(void);
 void uvctx__trace_ring_attach_locked(uvctx__trace_ring_t* r);
 uvctx__trace_ring_t* uvctx__trace_ring_find_locked(const uvctx_loop_t* l);
 uvctx__trace_ring_t* uvctx__trace_ring_detach_locked(const uvctx_loop_t* l);
-
-/* ---- defined in core/watch.c --------------------------------------------- */
-void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op);
-void uvctx__mailbox_drain(uvctx_loop_t* l);
 
 #endif /* UVCTX_INTERNAL_H */

@@ -1,16 +1,27 @@
-/* loop.c owns the binding of uvctx to a uv_loop_t: its handles (the
- * mailbox, the deadline timer, the prepare handle that learns which thread
- * runs the loop, and with hires deadlines the timerfd's poll handle), the
- * registry of bindings, closing and counting. */
+/* loop.c owns the binding of uvctx to a uv_loop_t: setting it up and
+ * closing it (the mailbox and the deadline source are started and closed
+ * through their owners, core/mailbox.c and core/timer.c, and wired to the
+ * layers above them through the binding's hooks), the prepare handle that
+ * learns which thread runs the loop, the registry of bindings, and the
+ * live counts. */
 #include <string.h>
 #include <unistd.h>
 
 #include "common/debug.h"
 #include "core/internal.h"
 
-/* [lock] All live bindings, for uvctx_loop_dump() of trees that span
- * loops. */
+/* [registry lock] All live bindings, for uvctx_loop_dump() of trees that
+ * span loops. */
 static uvctx_loop_t* registry;
+static uvctx__lock_t registry_lock;
+
+void uvctx__registry_lock(void) {
+  uvctx__lock_acquire(&registry_lock);
+}
+
+void uvctx__registry_unlock(void) {
+  uvctx__lock_release(&registry_lock);
+}
 
 int uvctx__on_loop_thread(const uvctx_loop_t* l) {
   return atomic_load_explicit(&((uvctx_loop_t*)l)->thread,
@@ -25,50 +36,30 @@ static void note_thread(uvctx_loop_t* l) {
 
 int uvctx_loop_adopt(uvctx_loop_t* l) {
   if (l == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("loop is NULL");
   note_thread(l);
   /* Work queued for the loop while another thread counted as its own (a
    * deadline or callbacks sent through the mailbox) is taken up now: the
    * timer is synced and queued callbacks keep the loop alive until they
    * have run, from the loop, not from this call. */
-  uvctx__lock();
+  uvctx__lock_acquire(&l->lock);
   if (l->timer_dirty)
     uvctx__timer_sync_locked(l);
-  if (l->queue_head != NULL) {
-    if (!l->mailbox_refd) {
-      uv_ref((uv_handle_t*)&l->mailbox);
-      l->mailbox_refd = 1;
-    }
-    uv_async_send(&l->mailbox);
-  }
-  uvctx__unlock();
+  if (l->queue_head != NULL)
+    uvctx__mailbox_wake_locked(l, 1);
+  uvctx__lock_release(&l->lock);
   return 0;
-}
-
-void uvctx__timer_touch_locked(uvctx_loop_t* l) {
-  if (uvctx__on_loop_thread(l)) {
-    uvctx__timer_sync_locked(l);
-  } else {
-    l->timer_dirty = 1;
-    uv_async_send(&l->mailbox);
-  }
 }
 
 static void close_cb(uv_handle_t* h) {
   uvctx_loop_t* l = h->data;
   /* The poll handle is closed, so the descriptor can go. */
-  if (h == (uv_handle_t*)&l->hires && l->hires_fd >= 0) {
+  if (uvctx__timer_is_hires_handle(l, h)) {
     close(l->hires_fd);
     l->hires_fd = -1;
   }
   if (--l->handles_open == 0)
     uvctx__free(l);
-}
-
-static void mailbox_cb(uv_async_t* a) {
-  uvctx_loop_t* l = a->data;
-  note_thread(l);
-  uvctx__mailbox_drain(l);
 }
 
 /* Runs once per loop iteration, before the loop blocks: from then on every
@@ -86,8 +77,12 @@ int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   int rc;
   int fd = -1;
 
-  if (loop == NULL || out == NULL || (flags & ~UVCTX_LOOP_HIRES_DEADLINES))
-    return UV_EINVAL;
+  if (loop == NULL)
+    return UVCTX__EINVAL("loop is NULL");
+  if (out == NULL)
+    return UVCTX__EINVAL("out is NULL");
+  if (flags & ~UVCTX_LOOP_HIRES_DEADLINES)
+    return UVCTX__EINVAL("unknown flags");
   if (flags & UVCTX_LOOP_HIRES_DEADLINES) {
     fd = uvctx__hires_open();
     if (fd < 0)
@@ -95,9 +90,8 @@ int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   }
   l = uvctx__calloc(1, sizeof(*l));
   if (l == NULL) {
-    if (fd >= 0)
-      close(fd);
-    return UV_ENOMEM;
+    rc = UV_ENOMEM;
+    goto fail_alloc;
   }
   l->uv = loop;
   l->hires_fd = -1;
@@ -106,102 +100,83 @@ int uvctx_loop_init_ex(uv_loop_t* loop, unsigned flags, uvctx_loop_t** out) {
   l->background.kind = UVCTX__BACKGROUND;
   l->background.home = l;
   l->background.link.owner = &l->background;
-  l->queue_tail = &l->queue_head;
   atomic_init(&l->thread, (uintptr_t)uv_thread_self());
+  l->expire = uvctx__deadline_expire_locked;
+  l->expired = uvctx__deadline_expired;
+  l->wake_locked = uvctx__timer_sync_locked;
+  l->deliver = uvctx__watch_deliver;
 
-  l->mailbox.data = l;
-  l->timer.data = l;
+  rc = uvctx__mailbox_init(l);
+  if (rc != 0)
+    goto fail_mailbox;
   l->prepare.data = l;
-  rc = uv_async_init(loop, &l->mailbox, mailbox_cb);
-  if (rc != 0)
-    goto fail_async;
-  rc = uv_timer_init(loop, &l->timer);
-  if (rc != 0)
-    goto fail_timer;
   rc = uv_prepare_init(loop, &l->prepare);
   if (rc != 0)
     goto fail_prepare;
   uv_prepare_start(&l->prepare, prepare_cb);
-  uv_unref((uv_handle_t*)&l->mailbox);
-  uv_unref((uv_handle_t*)&l->timer);
   uv_unref((uv_handle_t*)&l->prepare);
-  l->handles_open = 3;
-  if (fd >= 0) {
-    l->hires.data = l;
-    rc = uv_poll_init(loop, &l->hires, fd);
-    if (rc != 0)
-      goto fail_hires;
-    l->hires_fd = fd;
-    uv_poll_start(&l->hires, UV_READABLE, uvctx__hires_cb);
-    uv_unref((uv_handle_t*)&l->hires);
-    l->handles_open = 4;
-  }
+  l->handles_open++;
+  rc = uvctx__timer_init(l, fd);
+  if (rc != 0)
+    goto fail_timer;
 
-  uvctx__lock();
-  l->next_loop = registry;
-  if (registry != NULL)
-    registry->pprev_loop = &l->next_loop;
-  registry = l;
-  l->pprev_loop = &registry;
-  uvctx__unlock();
+  uvctx__registry_lock();
+  UVCTX__LIST_INSERT_HEAD(&registry, l, next_loop, pprev_loop);
+  uvctx__registry_unlock();
   *out = l;
   return 0;
 
-  /* uv_timer_init() and uv_prepare_init() cannot fail in libuv 1.44, but
-   * if they did, initialized handles must be closed and their memory kept
-   * until their close callbacks: the binding is freed by the last one once
-   * the caller runs the loop. */
-fail_hires:
-  close(fd);
+  /* Handles already initialized must be closed and their memory kept until
+   * their close callbacks: the binding is freed by the last one once the
+   * caller runs the loop. (uv_timer_init() and uv_prepare_init() cannot
+   * fail in libuv 1.44, but uv_poll_init() can.) */
+fail_timer:
   l->closing = 1;
+  if (l->hires_fd < 0 && fd >= 0)
+    close(fd); /* not taken over by the source */
+  uvctx__timer_close(l, close_cb);
   uv_close((uv_handle_t*)&l->prepare, close_cb);
-  uv_close((uv_handle_t*)&l->timer, close_cb);
-  uv_close((uv_handle_t*)&l->mailbox, close_cb);
+  uvctx__mailbox_close(l, close_cb);
   return rc;
 fail_prepare:
-  if (fd >= 0)
-    close(fd);
   l->closing = 1;
-  l->handles_open = 2;
-  uv_close((uv_handle_t*)&l->timer, close_cb);
-  uv_close((uv_handle_t*)&l->mailbox, close_cb);
-  return rc;
-fail_timer:
+  uvctx__mailbox_close(l, close_cb);
   if (fd >= 0)
     close(fd);
-  l->closing = 1;
-  l->handles_open = 1;
-  uv_close((uv_handle_t*)&l->mailbox, close_cb);
   return rc;
-fail_async:
-  if (fd >= 0)
-    close(fd);
+fail_mailbox:
   uvctx__free(l);
+fail_alloc:
+  if (fd >= 0)
+    close(fd);
   return rc;
 }
 
 int uvctx_loop_close(uvctx_loop_t* l) {
-  if (l == NULL || l->closing)
-    return UV_EINVAL;
+  int busy;
+  if (l == NULL)
+    return UVCTX__EINVAL("loop is NULL");
+  if (l->closing)
+    return UVCTX__EINVAL("loop is already closed");
+  /* The registry, then the loop, then the trace lock (core/lock.c). */
+  uvctx__registry_lock();
+  uvctx__lock_acquire(&l->lock);
   uvctx__lock();
-  if (uvctx__live_locked(l) != 0 || l->n_watches != 0 || l->n_foreign != 0 ||
-      uvctx__trace_attached_locked(l)) {
-    uvctx__unlock();
-    return UV_EBUSY;
-  }
-  *l->pprev_loop = l->next_loop;
-  if (l->next_loop != NULL)
-    l->next_loop->pprev_loop = l->pprev_loop;
-  l->closing = 1;
+  busy = uvctx__live_locked(l) != 0 || l->n_watches != 0 || l->n_foreign != 0 ||
+         uvctx__trace_attached_locked(l);
   uvctx__unlock();
+  if (!busy) {
+    UVCTX__LIST_REMOVE(l, next_loop, pprev_loop);
+    l->closing = 1;
+  }
+  uvctx__lock_release(&l->lock);
+  uvctx__registry_unlock();
+  if (busy)
+    return UV_EBUSY;
 
-  uvctx__free(l->heap);
-  l->heap = NULL;
-  uv_close((uv_handle_t*)&l->mailbox, close_cb);
-  uv_close((uv_handle_t*)&l->timer, close_cb);
+  uvctx__mailbox_close(l, close_cb);
+  uvctx__timer_close(l, close_cb);
   uv_close((uv_handle_t*)&l->prepare, close_cb);
-  if (l->hires_fd >= 0)
-    uv_close((uv_handle_t*)&l->hires, close_cb);
   return 0;
 }
 
@@ -219,11 +194,11 @@ int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   memset(out, 0, sizeof(*out));
   if (l == NULL)
     return UVCTX__EINVAL("the loop binding is NULL");
-  uvctx__lock();
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
   out->contexts = uvctx__live_locked(l);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
-  uvctx__unlock();
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   return 0;
 }
 

@@ -6,10 +6,12 @@
 #include "core/internal.h"
 
 int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
-  if (l == NULL || out == NULL)
-    return UV_EINVAL;
+  if (l == NULL)
+    return UVCTX__EINVAL("loop is NULL");
+  if (out == NULL)
+    return UVCTX__EINVAL("out is NULL");
   memset(out, 0, sizeof(*out));
-  uvctx__lock();
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
   out->contexts = uvctx__live_locked(l);
   out->contexts_cancel = l->n_kind[UVCTX__CANCEL];
   out->contexts_deadline = l->n_kind[UVCTX__DEADLINE];
@@ -25,6 +27,6 @@ int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
   out->deadlines_fired = l->deadlines_fired;
   out->propagation = l->propagation;
   out->lateness = l->lateness;
-  uvctx__unlock();
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   return 0;
 }

@@ -4,8 +4,8 @@
  * the obs layer (lib/obs/trace.c), which attaches and detaches rings here;
  * nothing here calls up into it.
  *
- * Producers are the hooks, on any thread. They all push under the library
- * lock (those not already called under it take it), which serializes them:
+ * Producers are the hooks, on any thread. They all push under the trace
+ * lock (core/lock.c: taken after any loop lock), which serializes them:
  * the ring is single-producer/single-consumer, with the loop thread as the
  * consumer, and a producer never waits for the writer. A full ring drops
  * the event and counts it. */
@@ -18,7 +18,7 @@ atomic_int uvctx__tracing;
 #define TIDS UVCTX__TRACE_TIDS
 #define DEPTH_CAP 1024
 
-static uvctx__trace_ring_t* rings; /* [lock] */
+static uvctx__trace_ring_t* rings; /* [trace lock] */
 static atomic_uint tid_next;
 static _Thread_local unsigned tid_self;
 
@@ -110,10 +110,14 @@ void uvctx__trace_create(const uvctx_t* c) {
 }
 
 void uvctx__trace_free(const uvctx_t* c) {
-  uvctx__trace_ring_t* t = uvctx__trace_ring_find_locked(c->home);
+  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  if (t == NULL)
+  uvctx__lock();
+  t = uvctx__trace_ring_find_locked(c->home);
+  if (t == NULL) {
+    uvctx__unlock();
     return;
+  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_FREE;
   e.ctx = (uintptr_t)c;
@@ -121,14 +125,19 @@ void uvctx__trace_free(const uvctx_t* c) {
   e.tid = uvctx__trace_thread();
   e.ts = uv_hrtime();
   push_locked(t, &e);
+  uvctx__unlock();
 }
 
 void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
                          const uvctx__cancel_op_t* op) {
-  uvctx__trace_ring_t* t = uvctx__trace_ring_find_locked(root->home);
+  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  if (t == NULL)
+  uvctx__lock();
+  t = uvctx__trace_ring_find_locked(root->home);
+  if (t == NULL) {
+    uvctx__unlock();
     return;
+  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_CANCEL;
   e.ctx = (uintptr_t)root;
@@ -139,13 +148,18 @@ void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
   e.tid = uvctx__trace_thread();
   e.ts = uv_hrtime();
   push_locked(t, &e);
+  uvctx__unlock();
 }
 
 void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns) {
-  uvctx__trace_ring_t* t = uvctx__trace_ring_find_locked(c->home);
+  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  if (t == NULL)
+  uvctx__lock();
+  t = uvctx__trace_ring_find_locked(c->home);
+  if (t == NULL) {
+    uvctx__unlock();
     return;
+  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_DEADLINE;
   e.ctx = (uintptr_t)c;
@@ -155,6 +169,7 @@ void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns) {
   e.tid = uvctx__trace_thread();
   e.ts = uv_hrtime();
   push_locked(t, &e);
+  uvctx__unlock();
 }
 
 /* The core calls this before it clears the watch's context (core/watch.c),

@@ -7,10 +7,11 @@
 
 static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   uvctx_ref(parent);
-  uvctx__lock();
-  uvctx__orphan_locked(c, &c->link);
-  UVCTX__COUNT_LOCKED(c, 1);
-  uvctx__unlock();
+  uvctx__lock_acquire(&c->home->lock);
+  uvctx__orphan_locked(c);
+  uvctx__count_live_locked(c->home, c->kind, 1);
+  uvctx__count_created_locked(c->home);
+  uvctx__lock_release(&c->home->lock);
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;
@@ -20,8 +21,8 @@ static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
 int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
                      uvctx_t** out) {
   uvctx__value_t* v;
-  if (!uvctx__valid(parent) || key == NULL || out == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
+  UVCTX__REQUIRE(key != NULL, "key is NULL");
   v = (uvctx__value_t*)uvctx__alloc_ctx(sizeof(*v), UVCTX__VALUE, parent,
                                         parent->home,
                                         __builtin_return_address(0));
@@ -35,8 +36,7 @@ int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
 
 int uvctx_without_cancel(uvctx_t* parent, uvctx_t** out) {
   uvctx_t* c;
-  if (!uvctx__valid(parent) || out == NULL)
-    return UV_EINVAL;
+  UVCTX__REQUIRE_PARENT_OUT(parent, out);
   c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent, parent->home,
                        __builtin_return_address(0));
   if (c == NULL)

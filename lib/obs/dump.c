@@ -2,17 +2,19 @@
  * context homed on a loop with its kind, parent, reference count, state and
  * the code that created it, and uvctx_loop_snapshot(), which copies the
  * same records for programs that present them themselves. Both walk the
- * trees with walk() and describe a context with describe(). */
+ * trees with walk(), which reads each loop's lists under that loop's lock
+ * only (core/lock.c), and describe a context with describe(). */
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "common/debug.h"
 #include "core/internal.h"
 #include "obs/obs.h"
 #include "uvctx/snapshot.h"
 
-/* Under the lock. */
+/* Under the lock of c's list. */
 static void describe(const uvctx_t* c, uvctx_ctx_info_t* r) {
   int e = atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed);
   const uvctx_t* s = uvctx__state_of(c);
@@ -53,87 +55,153 @@ static void print_ctx(FILE* out, const uvctx_t* c) {
   fprintf(out, " created at %s\n", site);
 }
 
-/* A merge is listed once per parent; print it through its first listed
- * link only. */
-static int primary_link(const uvctx__link_t* l) {
-  const uvctx_t* c = l->owner;
-  const uvctx__any_t* a;
-  size_t i;
-  if (c->kind != UVCTX__ANY || l == &c->link)
-    return 1;
-  if (c->link.pprev != NULL)
-    return 0;
-  a = (const uvctx__any_t*)c;
-  for (i = 0; i + 1 < a->n; i++) {
-    if (&a->extra[i].link == l)
-      return 1;
-    if (a->extra[i].link.pprev != NULL)
-      return 0;
+/* A growable array of pointers. */
+typedef struct vec_s {
+  const void** v;
+  size_t len;
+  size_t cap;
+} vec_t;
+
+/* Room for one more; -1 without memory. */
+static int vec_reserve(vec_t* s) {
+  if (s->len == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    const void** v = uvctx__realloc(s->v, cap * sizeof(*v));
+    if (v == NULL)
+      return -1;
+    s->v = v;
+    s->cap = cap;
   }
+  return 0;
+}
+
+typedef struct dump_s {
+  const uvctx_loop_t* l;
+  int (*visit)(const uvctx_t* c, void* arg); /* under c's home lock */
+  void* arg;
+  vec_t stack;    /* links still to visit under the lock held */
+  vec_t frontier; /* contexts homed elsewhere, referenced, to visit later */
+  vec_t merges;   /* merges listed through a link of another parent */
+  int oom;
+} dump_t;
+
+static void push(dump_t* d, vec_t* s, const void* p) {
+  if (vec_reserve(s) != 0)
+    d->oom = 1;
+  else
+    s->v[s->len++] = p;
+}
+
+/* A merge is listed once per parent: it is printed (and its children
+ * visited) through its own link when that is on a list, else through the
+ * first of its other links met. */
+static int first_visit(dump_t* d, const uvctx__link_t* k) {
+  const uvctx_t* c = k->owner;
+  int w;
+  size_t i;
+  if (c->kind != UVCTX__ANY)
+    return 1;
+  w = atomic_load_explicit(&((uvctx_t*)c)->where, memory_order_relaxed);
+  if (w == UVCTX__AT_PARENT || w == UVCTX__AT_ORPHAN)
+    return k == &c->link;
+  for (i = 0; i < d->merges.len; i++)
+    if (d->merges.v[i] == c)
+      return 0;
+  push(d, &d->merges, c);
   return 1;
 }
 
-/* Calls visit(c, arg) for every live context homed on `l`, under the lock.
- * Every live context is either on some loop's orphan list or in the
- * children list of a live context, so a walk from all orphan lists of all
- * loops finds each one (trees may span loops). Returns 0, or UV_ENOMEM
- * when the walk's stack could not grow (some contexts were not visited)
- * or when visit() returned non-zero. */
+/* [h's lock] Visits what the stack holds and what hangs below it on lists
+ * that lock guards; a live context homed on another loop goes on the
+ * frontier, with a reference, for that loop's turn. */
+static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
+  while (d->stack.len > 0 && !d->oom) {
+    const uvctx__link_t* k = d->stack.v[--d->stack.len];
+    uvctx_t* c = k->owner;
+    const uvctx__link_t* ch;
+    unsigned n;
+    if (!first_visit(d, k))
+      continue;
+    if (c->home == d->l && d->visit(c, d->arg) != 0) {
+      d->oom = 1;
+      break;
+    }
+    if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE ||
+        !uvctx__cancellable_kind(c->kind))
+      continue;
+    if (c->home == h) {
+      for (ch = c->u1.children; ch != NULL && !d->oom; ch = ch->next)
+        push(d, &d->stack, ch);
+      continue;
+    }
+    /* Listed here, so alive while this lock is held; a count already at
+     * zero means a free waits for the lock to unlink it, and it has no
+     * children to visit. */
+    if (vec_reserve(&d->frontier) != 0) {
+      d->oom = 1;
+      break;
+    }
+    n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+    while (n != 0 && !atomic_compare_exchange_weak_explicit(
+                         &c->refs, &n, n + 1, memory_order_relaxed,
+                         memory_order_relaxed)) {
+    }
+    if (n != 0)
+      d->frontier.v[d->frontier.len++] = c;
+  }
+}
+
+/* Calls visit(c, arg) for every live context homed on `l`. Every live
+ * context is either on some loop's orphan list or in the children list of
+ * a live context, so a walk from all orphan lists of all loops finds each
+ * one (trees may span loops). Each loop's lists are read under that loop's
+ * lock alone, one loop at a time: the walk stops no loop for longer than
+ * the walk of what that loop guards, and a context that moves while it
+ * runs (a cancel on another thread) may be met in its old place or its new
+ * one. Returns 0, or UV_ENOMEM when the walk's memory could not grow (some
+ * contexts were not visited) or when visit() returned non-zero. */
 static int walk(const uvctx_loop_t* l, int (*visit)(const uvctx_t*, void*),
                 void* arg) {
-  const uvctx__link_t** stack = NULL;
-  size_t len = 0, cap = 0;
+  dump_t d;
   uvctx_loop_t* it;
-  int oom = 0;
+  size_t i;
 
-  for (it = uvctx__registry_locked(); it != NULL && !oom; it = it->next_loop) {
+  memset(&d, 0, sizeof(d));
+  d.l = l;
+  d.visit = visit;
+  d.arg = arg;
+  /* The registry lock keeps every binding visited from being freed. */
+  uvctx__registry_lock();
+  for (it = uvctx__registry_locked(); it != NULL && !d.oom;
+       it = it->next_loop) {
     const uvctx__link_t* o;
-    for (o = it->orphans; o != NULL && !oom; o = o->next) {
-      len = 0;
-      if (len == cap) {
-        const uvctx__link_t** s =
-            uvctx__realloc(stack, (cap ? cap * 2 : 64) * sizeof(*stack));
-        if (s == NULL) {
-          oom = 1;
-          break;
-        }
-        stack = s;
-        cap = cap ? cap * 2 : 64;
-      }
-      stack[len++] = o;
-      while (len > 0 && !oom) {
-        const uvctx__link_t* k = stack[--len];
-        const uvctx_t* c = k->owner;
-        const uvctx__link_t* ch;
-        if (!primary_link(k))
-          continue;
-        if (c->home == l && visit(c, arg) != 0) {
-          oom = 1;
-          break;
-        }
-        if (atomic_load_explicit(&((uvctx_t*)c)->err, memory_order_relaxed) !=
-                UVCTX__LIVE ||
-            (c->kind != UVCTX__CANCEL && c->kind != UVCTX__DEADLINE &&
-             c->kind != UVCTX__ANY))
-          continue;
-        for (ch = c->u1.children; ch != NULL; ch = ch->next) {
-          if (len == cap) {
-            const uvctx__link_t** s =
-                uvctx__realloc(stack, (cap * 2) * sizeof(*stack));
-            if (s == NULL) {
-              oom = 1;
-              break;
-            }
-            stack = s;
-            cap *= 2;
-          }
-          stack[len++] = ch;
-        }
-      }
+    uvctx__lock_acquire(&it->lock);
+    for (o = it->orphans; o != NULL && !d.oom; o = o->next) {
+      push(&d, &d.stack, o);
+      visit_locked(&d, it);
     }
+    uvctx__lock_release(&it->lock);
   }
-  uvctx__free(stack);
-  return oom ? UV_ENOMEM : 0;
+  /* Contexts homed on one loop under a parent of another: their children,
+   * under their own loop's lock. The frontier grows as it is worked. */
+  for (i = 0; i < d.frontier.len && !d.oom; i++) {
+    uvctx_t* c = (uvctx_t*)d.frontier.v[i];
+    const uvctx__link_t* ch;
+    uvctx__lock_acquire(&c->home->lock);
+    if (atomic_load_explicit(&c->err, memory_order_relaxed) == UVCTX__LIVE)
+      for (ch = c->u1.children; ch != NULL && !d.oom; ch = ch->next)
+        push(&d, &d.stack, ch);
+    visit_locked(&d, c->home);
+    uvctx__lock_release(&c->home->lock);
+  }
+  uvctx__registry_unlock();
+  /* No lock is held: dropping the last reference frees as usual. */
+  for (i = 0; i < d.frontier.len; i++)
+    uvctx_unref((uvctx_t*)d.frontier.v[i]);
+  uvctx__free(d.stack.v);
+  uvctx__free(d.frontier.v);
+  uvctx__free(d.merges.v);
+  return d.oom ? UV_ENOMEM : 0;
 }
 
 static int visit_print(const uvctx_t* c, void* arg) {
@@ -141,11 +209,12 @@ static int visit_print(const uvctx_t* c, void* arg) {
   return 0;
 }
 
-/* The report is written into memory under the library lock and copied
- * to `out` after it, so that a slow stream (a pipe, a terminal) never
- * holds up cancels on other threads. Without memory for that, it is
- * written to `out` directly, under the lock. */
+/* The report is composed in memory and copied to `out` after every lock is
+ * released, so that a slow stream (a pipe, a terminal) holds up nobody.
+ * Without memory for the text, it is written to `out` directly. */
 void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
+  uint64_t live, watches, foreign;
+  uint32_t deadlines;
   FILE* dest;
   FILE* mem;
   char* text = NULL;
@@ -157,16 +226,19 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
   mem = open_memstream(&text, &text_len);
   if (mem != NULL)
     out = mem;
-  uvctx__lock();
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
+  live = uvctx__live_locked(l);
+  watches = l->n_watches;
+  deadlines = l->heap_len;
+  foreign = l->n_foreign;
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   fprintf(out,
           "uvctx loop %p: %" PRIu64 " live context(s), %" PRIu64
           " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
           " context(s) of other loops under its background\n",
-          (void*)l, uvctx__live_locked(l), l->n_watches, l->heap_len,
-          l->n_foreign);
+          (const void*)l, live, watches, deadlines, foreign);
   if (walk(l, visit_print, out) != 0)
     fprintf(out, "  (out of memory: the list above is incomplete)\n");
-  uvctx__unlock();
   if (mem != NULL) {
     if (fclose(mem) == 0 && text != NULL)
       fwrite(text, 1, text_len, dest);
@@ -196,8 +268,8 @@ static int visit_copy(const uvctx_t* c, void* arg) {
   return 0;
 }
 
-/* The array is sized from the live count taken under the lock, so that
- * the walk rarely reallocates while holding it. */
+/* The array is sized from the live count taken under the loop's lock, so
+ * that the walk rarely reallocates while holding a lock. */
 int uvctx_loop_snapshot(const uvctx_loop_t* l, uvctx_ctx_info_t** out,
                         size_t* n) {
   records_t r = {NULL, 0, 0};
@@ -208,18 +280,16 @@ int uvctx_loop_snapshot(const uvctx_loop_t* l, uvctx_ctx_info_t** out,
     return UVCTX__EINVAL("the loop binding is NULL");
   if (out == NULL || n == NULL)
     return UVCTX__EINVAL("out or n is NULL");
-  uvctx__lock();
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
   live = uvctx__live_locked(l);
-  uvctx__unlock();
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
   if (live > 0) {
     r.cap = (size_t)live + 64;
     r.v = uvctx__malloc(r.cap * sizeof(*r.v));
     if (r.v == NULL)
       return UV_ENOMEM;
   }
-  uvctx__lock();
   rc = walk(l, visit_copy, &r);
-  uvctx__unlock();
   if (rc != 0) {
     uvctx__free(r.v);
     return rc;

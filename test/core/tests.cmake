@@ -1,7 +1,7 @@
 # The core suites, one per module of lib/core/. Each runs its tests in
 # forked children with the fixture of test/support/helpers.h; counts scale down in
 # sanitizer builds so that every suite stays well under a minute under TSan.
-foreach(suite loop ctx deadline value watch any threads alloc)
+foreach(suite loop ctx deadline value watch any threads alloc ctx_misuse stress)
   uvctx_add_test(test_${suite} SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${suite}.c TIMEOUT 300)
 endforeach()
 

@@ -13,7 +13,9 @@ package peer
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -191,4 +193,58 @@ func BenchmarkMemTimeout(b *testing.B) {
 		context.CancelFunc) {
 		return context.WithTimeout(p, time.Hour)
 	})
+}
+
+// scaling_<shape>_t<N>: bench/bench_scaling.c's churn in the same three
+// shapes, with N goroutines (GOMAXPROCS as the machine has cores): each
+// makes a WithCancel child of its parent and cancels it, b.N operations in
+// all, split evenly; they start together and ns/op is the wall time over
+// all of them. own_root: each goroutine under a root of its own; branch:
+// each under a WithCancel branch of one server root; shared: all under one
+// shared parent.
+func BenchmarkScaling(b *testing.B) {
+	shapes := []string{"own_root", "branch", "shared"}
+	for _, shape := range shapes {
+		for _, n := range []int{1, 2, 4} {
+			b.Run(fmt.Sprintf("%s/t%d", shape, n), func(b *testing.B) {
+				server, stopServer := cancelableRoot()
+				defer stopServer()
+				parents := make([]context.Context, n)
+				for i := range parents {
+					switch shape {
+					case "own_root":
+						var stop context.CancelFunc
+						parents[i], stop = cancelableRoot()
+						defer stop()
+					case "branch":
+						var stop context.CancelFunc
+						parents[i], stop = context.WithCancel(server)
+						defer stop()
+					default:
+						parents[i] = server
+					}
+				}
+				var ready, done sync.WaitGroup
+				start := make(chan struct{})
+				per := b.N / n
+				ready.Add(n)
+				done.Add(n)
+				for i := 0; i < n; i++ {
+					go func(parent context.Context) {
+						defer done.Done()
+						ready.Done()
+						<-start
+						for j := 0; j < per; j++ {
+							_, cancel := context.WithCancel(parent)
+							cancel()
+						}
+					}(parents[i])
+				}
+				ready.Wait()
+				b.ResetTimer()
+				close(start)
+				done.Wait()
+			})
+		}
+	}
 }

@@ -1,0 +1,252 @@
+/* Core benchmark: context churn from several threads, each on a loop of its
+ * own, and an unrelated loop's latency while one loop cancels a big tree.
+ *
+ * Churn: every thread makes a with_cancel child of its parent, cancels it
+ * and unrefs it, over and over, in three shapes (the Go peer,
+ * bench/peers/go/ctx_test.go BenchmarkScaling, runs the same ones):
+ *
+ *   own_root  each thread under a root of its own loop's background
+ *   branch    each thread under a branch (uvctx_with_cancel_on) of one
+ *             server root: the relay's shape
+ *   shared    every thread under one shared parent (children homed on the
+ *             parent's loop)
+ *
+ * at 1, 2 and 4 threads (4 oversubscribes this 2-core machine). Threads
+ * start together; the figure is the wall time from the common start to the
+ * last thread's end over all threads' operations, best of three trials:
+ *
+ *   scaling_<shape>_t<N>_ns  wall ns per operation (Go: ns/op)
+ *   scaling_<shape>_t<N>     speedup over the 1-thread figure (Go: the
+ *                            same ratio of its own figures)
+ *
+ * Stall: loop B's thread times each of its create/cancel/unref operations,
+ * first alone (quiet), then while loop A's thread repeatedly builds a root
+ * with 200,000 children and cancels it (busy). Figures: the worst busy
+ * operation in us, and the busy p99 over the quiet p99. */
+#include <stdatomic.h>
+
+#include "bench.h"
+
+#define TRIALS 3
+#define MAX_THREADS 4
+
+enum { SHAPE_OWN_ROOT, SHAPE_BRANCH, SHAPE_SHARED, SHAPES };
+static const char* const shape_names[SHAPES] = {"own_root", "branch", "shared"};
+
+typedef struct worker_s {
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uvctx_loop_t* ul;
+  uvctx_t* parent;
+  size_t n;
+  uint64_t end;
+} worker_t;
+
+static worker_t workers[MAX_THREADS];
+static atomic_int ready;
+static atomic_int go;
+
+static void churn(void* arg) {
+  worker_t* w = arg;
+  uvctx_t* c;
+  size_t i;
+  atomic_fetch_add(&ready, 1);
+  while (!atomic_load(&go)) {
+  }
+  for (i = 0; i < w->n; i++) {
+    BENCH_OK(uvctx_with_cancel(w->parent, &c));
+    BENCH_OK(uvctx_cancel(c));
+    uvctx_unref(c);
+  }
+  w->end = uv_hrtime();
+}
+
+static void close_loop(uv_loop_t* loop, uvctx_loop_t* ul) {
+  int rc = uvctx_loop_close(ul);
+  if (rc != 0)
+    uvctx_loop_dump(ul, stderr);
+  BENCH_OK(rc);
+  BENCH_OK(uv_run(loop, UV_RUN_DEFAULT));
+  BENCH_OK(uv_loop_close(loop));
+}
+
+/* One trial: wall ns per operation over all threads. The loops are set up
+ * on the main thread and run by nobody, so every thread may use its own. */
+static double trial(int shape, int threads, size_t n) {
+  uvctx_t* top = NULL;
+  uint64_t start, end = 0;
+  int i;
+
+  for (i = 0; i < threads; i++) {
+    worker_t* w = &workers[i];
+    BENCH_OK(uv_loop_init(&w->loop));
+    BENCH_OK(uvctx_loop_init(&w->loop, &w->ul));
+    w->n = n;
+  }
+  if (shape != SHAPE_OWN_ROOT)
+    BENCH_OK(uvctx_with_cancel(uvctx_background(workers[0].ul), &top));
+  for (i = 0; i < threads; i++) {
+    worker_t* w = &workers[i];
+    if (shape == SHAPE_OWN_ROOT)
+      BENCH_OK(uvctx_with_cancel(uvctx_background(w->ul), &w->parent));
+    else if (shape == SHAPE_BRANCH)
+      BENCH_OK(uvctx_with_cancel_on(top, w->ul, &w->parent));
+    else
+      w->parent = uvctx_ref(top);
+  }
+  atomic_store(&ready, 0);
+  atomic_store(&go, 0);
+  for (i = 0; i < threads; i++)
+    BENCH_OK(uv_thread_create(&workers[i].thread, churn, &workers[i]));
+  while (atomic_load(&ready) != threads) {
+  }
+  start = uv_hrtime();
+  atomic_store(&go, 1);
+  for (i = 0; i < threads; i++) {
+    BENCH_OK(uv_thread_join(&workers[i].thread));
+    if (workers[i].end > end)
+      end = workers[i].end;
+  }
+  for (i = 0; i < threads; i++) {
+    BENCH_ASSERT(uvctx_err(workers[i].parent) == 0);
+    if (shape == SHAPE_SHARED)
+      uvctx_unref(workers[i].parent); /* a reference to `top` */
+    else
+      uvctx_release(workers[i].parent);
+  }
+  uvctx_release(top);
+  for (i = 0; i < threads; i++)
+    close_loop(&workers[i].loop, workers[i].ul);
+  BENCH_ASSERT(uvctx_live_allocations() == 0);
+  return (double)(end - start) / (double)(n * (size_t)threads);
+}
+
+static void bench_churn(const bench_opts_t* o) {
+  static const int counts[] = {1, 2, 4};
+  size_t n = bench_count(o, 2000000, 500);
+  int s, k, t;
+  for (s = 0; s < SHAPES; s++) {
+    double one = 0;
+    for (k = 0; k < 3; k++) {
+      char name[64];
+      double best = 0;
+      for (t = 0; t < TRIALS; t++) {
+        double ns = trial(s, counts[k], n);
+        if (t == 0 || ns < best)
+          best = ns;
+      }
+      if (k == 0)
+        one = best;
+      snprintf(name, sizeof(name), "scaling_%s_t%d_ns", shape_names[s],
+               counts[k]);
+      bench_result(name, "ns/op", best);
+      if (k > 0) {
+        snprintf(name, sizeof(name), "scaling_%s_t%d", shape_names[s],
+                 counts[k]);
+        bench_result(name, "x", one / best);
+      }
+    }
+  }
+}
+
+/* ---- stall --------------------------------------------------------------- */
+
+typedef struct stall_s {
+  uv_loop_t loop_a, loop_b;
+  uvctx_loop_t *a, *b;
+  atomic_int phase; /* 0 quiet, 1 busy, 2 stop */
+  atomic_int walks; /* big cancels done by A */
+  size_t children;
+} stall_t;
+
+/* Loop A's thread: a root with `children` children, cancelled and freed,
+ * until told to stop. The children are kept in an array so that the
+ * cancel (the walk) is the only tree-wide operation timed by B. */
+static void big_cancels(void* arg) {
+  stall_t* s = arg;
+  uvctx_t** kids = malloc(s->children * sizeof(*kids));
+  uvctx_t* root;
+  size_t i;
+  BENCH_ASSERT(kids != NULL);
+  while (atomic_load(&s->phase) != 2) {
+    BENCH_OK(uvctx_with_cancel(uvctx_background(s->a), &root));
+    for (i = 0; i < s->children; i++)
+      BENCH_OK(uvctx_with_cancel(root, &kids[i]));
+    BENCH_OK(uvctx_cancel(root));
+    atomic_fetch_add(&s->walks, 1);
+    for (i = 0; i < s->children; i++)
+      uvctx_unref(kids[i]);
+    uvctx_unref(root);
+  }
+  free(kids);
+}
+
+/* Loop B's operations, each timed: `n` of them in samples. */
+static void timed_ops(stall_t* s, int64_t* samples, size_t n) {
+  uvctx_t* parent;
+  uvctx_t* c;
+  size_t i;
+  BENCH_OK(uvctx_with_cancel(uvctx_background(s->b), &parent));
+  for (i = 0; i < n; i++) {
+    uint64_t t0 = uv_hrtime();
+    BENCH_OK(uvctx_with_cancel(parent, &c));
+    BENCH_OK(uvctx_cancel(c));
+    uvctx_unref(c);
+    samples[i] = (int64_t)(uv_hrtime() - t0);
+  }
+  uvctx_release(parent);
+}
+
+static void bench_stall(const bench_opts_t* o) {
+  stall_t s;
+  uv_thread_t ta;
+  size_t n = bench_count(o, 2000000, 2000);
+  int64_t* quiet = malloc(n * sizeof(*quiet));
+  int64_t* busy = malloc(n * sizeof(*busy));
+  double q99, b99;
+
+  BENCH_ASSERT(quiet != NULL && busy != NULL);
+  memset(&s, 0, sizeof(s));
+  s.children = o->quick ? 2000 : 200000;
+  BENCH_OK(uv_loop_init(&s.loop_a));
+  BENCH_OK(uv_loop_init(&s.loop_b));
+  BENCH_OK(uvctx_loop_init(&s.loop_a, &s.a));
+  BENCH_OK(uvctx_loop_init(&s.loop_b, &s.b));
+
+  timed_ops(&s, quiet, n);
+  atomic_store(&s.phase, 1);
+  BENCH_OK(uv_thread_create(&ta, big_cancels, &s));
+  /* Wait for A's first walk to start, so that every busy sample overlaps
+   * A's work. */
+  while (atomic_load(&s.walks) == 0)
+    uv_sleep(1);
+  timed_ops(&s, busy, n);
+  atomic_store(&s.phase, 2);
+  BENCH_OK(uv_thread_join(&ta));
+  fprintf(stderr, "# stall: %d cancels of a %zu-child root during %zu ops\n",
+          atomic_load(&s.walks), s.children, n);
+
+  qsort(quiet, n, sizeof(*quiet), bench_cmp_i64);
+  qsort(busy, n, sizeof(*busy), bench_cmp_i64);
+  q99 = (double)bench_pct(quiet, n, 99);
+  b99 = (double)bench_pct(busy, n, 99);
+  printf("bench=stall_worst_op unit=us value=%.2f peer=quiet "
+         "peer_value=%.2f target=value<=1000\n",
+         (double)busy[n - 1] / 1000.0, (double)quiet[n - 1] / 1000.0);
+  printf("bench=stall_p99 unit=ns value=%.0f peer=quiet peer_value=%.0f "
+         "ratio=%.3f target=ratio<=2\n",
+         b99, q99, q99 > 0 ? b99 / q99 : 0.0);
+  fflush(stdout);
+  close_loop(&s.loop_a, s.a);
+  close_loop(&s.loop_b, s.b);
+  free(quiet);
+  free(busy);
+}
+
+int main(int argc, char** argv) {
+  bench_opts_t o;
+  bench_parse(argc, argv, &o);
+  bench_churn(&o);
+  bench_stall(&o);
+  return 0;
+}
