@@ -36,6 +36,7 @@ typedef struct dir_s {
   slot_t* lent; /* the slot whose buffer the source is reading into */
   unsigned nfree;
   unsigned inflight; /* writes whose callback has not run */
+  uint64_t queued;   /* their bytes */
   uint64_t bytes;
   uint64_t blocked_since;      /* uv_hrtime() when the queue stopped reading */
   uvctx__pool_waiter_t waiter; /* waiting for a pool buffer */
@@ -46,6 +47,7 @@ typedef struct dir_s {
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
+  unsigned cut : 1; /* counted at the close: later writes add nothing */
 } dir_t;
 
 struct op_s {
@@ -316,9 +318,11 @@ static void on_write(uvctx_write_t* req, int status) {
   d = req->data;
   op = d->op;
   d->inflight--;
+  d->queued -= uvctx_write_size(req);
   slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
   if (status == 0) {
-    d->bytes += uvctx_write_size(req);
+    if (!d->cut)
+      d->bytes += uvctx_write_size(req);
     if (op->idle_ms != 0) /* progress only matters to an idle timeout */
       op->last_progress = uv_hrtime();
   } else {
@@ -422,6 +426,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       return;
     }
     d->inflight++;
+    d->queued += b.len; /* what the queued write holds */
     if (!may_read(d)) {
       read_pause(d);
       if (d->blocked_since == 0)
@@ -518,6 +523,17 @@ static void op_close_timer(op_t* op) {
   uv_close((uv_handle_t*)&op->timer, on_timer_close);
 }
 
+/* The streams are about to be closed under writes in flight. A write the
+ * close cancels may have been partly taken by the transport, and the peer
+ * receives that part: count what the transport took (what the writes in
+ * flight hold minus what the destination still has queued), once, here. */
+static void dir_count_cut(dir_t* d) {
+  uint64_t left = uvctx_stream_write_queue_size(d->dst);
+
+  d->bytes += d->queued > left ? d->queued - left : 0;
+  d->cut = 1;
+}
+
 /* Leaves the pool's waiting list: nothing more is read. */
 static void op_unwait(op_t* op) {
   unsigned i;
@@ -597,6 +613,8 @@ static void op_fail(op_t* op, int status, op_end_t how) {
     for (i = 0; i < op->ndirs; i++)
       read_pause(&op->dir[i]);
   } else {
+    for (i = 0; i < op->ndirs; i++)
+      dir_count_cut(&op->dir[i]);
     for (i = 0; i < op->nstreams; i++)
       if (!uvctx_stream_is_closing(op->streams[i]))
         op->closes++;
