@@ -1,4 +1,4 @@
-# Copy benchmarks (issue 3): relay throughput, CPU per GB and abort latency
+# Copy benchmarks: relay throughput, CPU per GB and abort latency
 # beside a bare libuv relay, a blocking relay and Node's stream.pipeline.
 uvctx_add_bench(bench_relay
   SOURCES bench_relay.c relay_peers.c

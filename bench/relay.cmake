@@ -1,4 +1,4 @@
-# Relay benchmarks (issue 5): bare_relay, the bare libuv relays of
+# Relay benchmarks: bare_relay, the bare libuv relays of
 # relay_peers.c (uv_write, or with --try-write uv_try_write first) as a
 # standalone listening process, for
 # bench/relay/relay-bench.sh to run beside uvctx-relay and socat. Its smoke

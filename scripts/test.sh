@@ -2,13 +2,16 @@
 # The test command: builds uvctx with -Werror in each mode and runs every
 # CTest test (Check suites, benchmark smoke runs, the install test).
 #
-#   scripts/test.sh                   plain, address and thread, in order
+#   scripts/test.sh                   plain, address, thread and fuzz, in order
 #   scripts/test.sh plain [thread]    only the modes named
 #   scripts/test.sh plain -- -R ctx   extra arguments after -- go to ctest
 #   scripts/test.sh --deps-only       install missing Debian packages, exit
 #
 # Modes: plain (no sanitizer), address (ASan + LeakSanitizer + UBSan),
-# thread (TSan). Each builds in build/test-<mode> under the repository.
+# thread (TSan), fuzz (clang, ASan + UBSan + libFuzzer: builds only the
+# fuzz targets of test/fuzz/ and fuzzes each for UVCTX_FUZZ_SECONDS, 30 by
+# default; every other mode replays their corpora). Each builds in
+# build/test-<mode> under the repository.
 # Missing Debian packages are installed first (apt-get, as root or through
 # sudo), including every TLS peer the tests talk to, and the tests run with
 # UVCTX_REQUIRE_PEERS=1: a missing peer fails its test instead of skipping
@@ -20,7 +23,8 @@ cd "$root"
 
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
   golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
-  postgresql libpq-dev prometheus chromium)
+  postgresql libpq-dev prometheus chromium clang libclang-rt-14-dev
+  slowhttptest wrk)
 
 install_deps() {
   local missing=() pkg sudo=()
@@ -52,7 +56,7 @@ modes=()
 ctest_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    plain | address | thread) modes+=("$1") ;;
+    plain | address | thread | fuzz) modes+=("$1") ;;
     --deps-only)
       install_deps
       exit
@@ -63,7 +67,7 @@ while [ $# -gt 0 ]; do
       break
       ;;
     -h | --help)
-      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -73,7 +77,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#modes[@]} -eq 0 ] && modes=(plain address thread)
+[ ${#modes[@]} -eq 0 ] && modes=(plain address thread fuzz)
 
 install_deps
 
@@ -84,6 +88,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 run_mode() {
   local mode=$1 dir="build/test-$1" sanitize="" start log rc=0
   local -a env_vars=(UVCTX_REQUIRE_PEERS=1)
+  local -a cc=() configure=() build=() select=()
   local asan=detect_leaks=1:abort_on_error=1
   local ubsan=print_stacktrace=1:halt_on_error=1
   local tsan=halt_on_error=1:second_deadlock_stack=1
@@ -98,6 +103,17 @@ run_mode() {
       sanitize=thread
       env_vars+=("TSAN_OPTIONS=$tsan${TSAN_OPTIONS:+:$TSAN_OPTIONS}")
       ;;
+    fuzz)
+      # libFuzzer is clang's; only the fuzzers are built and run.
+      sanitize=address
+      cc=(env CC=clang)
+      configure=(-DUVCTX_FUZZ=ON -DUVCTX_BUILD_BENCH=OFF
+        "-DUVCTX_FUZZ_SECONDS=${UVCTX_FUZZ_SECONDS:-30}")
+      build=(--target uvctx_fuzzers)
+      select=(-L '^fuzz$')
+      env_vars+=("ASAN_OPTIONS=$asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+        "UBSAN_OPTIONS=$ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}")
+      ;;
   esac
   mode_passed=0
   mode_failed=0
@@ -106,17 +122,18 @@ run_mode() {
   log="$dir/ctest.log"
   echo
   echo "=== $mode: configure and build in $dir"
-  if ! cmake -S . -B "$dir" -DUVCTX_WERROR=ON -DUVCTX_SANITIZE="$sanitize"; then
+  if ! "${cc[@]}" cmake -S . -B "$dir" -DUVCTX_WERROR=ON \
+    -DUVCTX_SANITIZE="$sanitize" "${configure[@]}"; then
     mode_summary "$mode" "$start" "configure failed"
     return 1
   fi
-  if ! cmake --build "$dir" -j "$jobs"; then
+  if ! cmake --build "$dir" -j "$jobs" "${build[@]}"; then
     mode_summary "$mode" "$start" "build failed"
     return 1
   fi
   echo "=== $mode: ctest"
   (cd "$dir" && env "${env_vars[@]}" ctest --output-on-failure -j2 \
-    "${ctest_args[@]}") 2>&1 | tee "$log" || rc=$?
+    "${select[@]}" "${ctest_args[@]}") 2>&1 | tee "$log" || rc=$?
   # "100% tests passed, 0 tests failed out of 12"
   local line total
   line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" |

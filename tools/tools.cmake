@@ -45,7 +45,7 @@ if(UVCTX_WITH_TLS)
 endif()
 
 # uvctx-trace: the trace tool.
-include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake OPTIONAL)
+include(${CMAKE_CURRENT_LIST_DIR}/trace.cmake)
 
 # uvctx-pg-demo: request handlers with deadlines on a pg pool, a slow query
 # cut by its deadline and cancelled on the server (examples/pg_demo.c). Its

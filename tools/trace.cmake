@@ -1,10 +1,15 @@
 # uvctx-trace: summaries and heatmaps of traces written by
-# uvctx_loop_trace_start() (issue 6). Its JSON reader is shared with the
+# uvctx_loop_trace_start(). Its JSON reader is shared with the
 # trace tests.
+# The reader validates UTF-8 with the library's own validator
+# (lib/common/text.c, a leaf with no state), compiled in: the shared
+# library does not export it.
 uvctx_add_program(uvctx-trace
   SOURCES tools/trace/uvctx-trace.c tools/trace/json.c tools/common/heatmap.c
+          lib/common/text.c
   LIBS m)
-target_include_directories(uvctx-trace PRIVATE tools/common)
+target_include_directories(uvctx-trace PRIVATE tools/common
+                           ${PROJECT_SOURCE_DIR}/lib)
 install(TARGETS uvctx-trace RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # A traced workload for the docs' heatmap (docs/observability.md); its smoke

@@ -132,9 +132,12 @@ typedef struct uvctx_copy_s uvctx_copy_t;
  * UVCTX_COPY_NO_SHUTDOWN), the context's error (UV_ECANCELED,
  * UV_ETIMEDOUT), UV_ETIMEDOUT for the idle or the send timeout, UV_ENOMEM
  * when a buffer could not be allocated, or the first I/O error of either
- * stream. bytes: bytes written to the destination (taken by its
- * transport: a try-write counts at once, a queued write when it
- * completes). */
+ * stream. bytes: bytes written to the destination, as its transport took
+ * them: a try-write counts at once, a queued write when it completes, and,
+ * when the copy closes the streams under writes in flight, what the
+ * transport had already taken of those (their bytes minus the
+ * destination's write queue at the close; TLS: to within one record). See
+ * docs/copy.md. */
 typedef void (*uvctx_copy_cb)(uvctx_copy_t* c, int status, uint64_t bytes);
 
 /* A copy request, caller-allocated like a libuv request: `data` is yours,

@@ -45,9 +45,14 @@ typedef void (*uvctx_alloc_cb)(uvctx_stream_t* s, size_t suggested,
 
 /* As uv_read_cb: nread > 0 bytes of data were read into buf->base; 0 means
  * nothing was read (not an EOF; the buffer is handed back); UV_EOF means the
- * peer will send nothing more; another negative value is an error. After
- * UV_EOF or an error no more read callbacks come. The buffer (which may be
- * NULL/0 after an error) is handed back to the caller in every case. */
+ * peer will send nothing more; another negative value is an error. UV_EOF
+ * or an error finishes the read side: no read callback comes after it by
+ * itself (reading has stopped). A read_start after UV_EOF reports UV_EOF
+ * again, from the loop, as libuv does (a TLS session too: its end was a
+ * clean close_notify); after an error, a libuv stream reports what the
+ * socket says then (UV_EOF or an error) and a TLS session refuses the
+ * read_start with its error. The buffer (which may be NULL/0 after an
+ * error) is handed back to the caller in every case. */
 typedef void (*uvctx_read_cb)(uvctx_stream_t* s, ssize_t nread,
                               const uv_buf_t* buf);
 

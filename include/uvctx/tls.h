@@ -167,6 +167,7 @@ struct uvctx_tls_s {
   uvctx_stream_t stream;
   /* private */
   struct uvctx__tls_s* impl_;
+  char reason_[256]; /* uvctx_tls_reason() once impl_ is freed */
 };
 
 /* Makes `tls` a session of `config`'s role over `transport`, a connected
@@ -249,8 +250,10 @@ UVCTX_EXTERN const char* uvctx_tls_cipher(const uvctx_tls_t* tls);
 UVCTX_EXTERN const char* uvctx_tls_peer_subject(const uvctx_tls_t* tls);
 
 /* OpenSSL's reason for the session's failure ("certificate verify failed:
- * hostname mismatch", "wrong version number", ...), for logs, or NULL.
- * Lives as long as the session. */
+ * hostname mismatch", "wrong version number", "packet length too long",
+ * ...), for logs, or NULL. Kept after the close: it may be read in and after
+ * the session's close callback (and so in the callback of a copy or pipe
+ * that closed the session), until `tls` is reused or freed. */
 UVCTX_EXTERN const char* uvctx_tls_reason(const uvctx_tls_t* tls);
 
 #ifdef __cplusplus

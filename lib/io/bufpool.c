@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/debug.h"
 #include "io/io.h"
 #include "uvctx/copy.h"
 
@@ -32,13 +33,13 @@ int uvctx_copy_pool_init(uvctx_copy_pool_t** out, uv_loop_t* loop,
   uvctx_copy_pool_t* p;
 
   if (out == NULL || loop == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("out or loop is NULL");
   if (buffer_size == 0)
     buffer_size = UVCTX_COPY_DEFAULT_BUFFER_SIZE;
   if (buffer_size < UVCTX_COPY_MIN_BUFFER_SIZE ||
       buffer_size > UVCTX_COPY_MAX_BUFFER_SIZE ||
       (max_bytes != 0 && max_bytes < buffer_size))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("buffer_size out of range, or max_bytes below it");
   p = uvctx__calloc(1, sizeof(*p));
   if (p == NULL)
     return UV_ENOMEM;
@@ -51,7 +52,7 @@ int uvctx_copy_pool_init(uvctx_copy_pool_t** out, uv_loop_t* loop,
 
 int uvctx_copy_pool_close(uvctx_copy_pool_t* p) {
   if (p == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the pool is NULL");
   if (p->users != 0 || p->lent != 0)
     return UV_EBUSY;
   while (p->ncache > 0)

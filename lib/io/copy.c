@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/debug.h"
 #include "io/io.h"
 #include "uvctx/copy.h"
 
@@ -35,6 +36,7 @@ typedef struct dir_s {
   slot_t* lent; /* the slot whose buffer the source is reading into */
   unsigned nfree;
   unsigned inflight; /* writes whose callback has not run */
+  uint64_t queued;   /* their bytes */
   uint64_t bytes;
   uint64_t blocked_since;      /* uv_hrtime() when the queue stopped reading */
   uvctx__pool_waiter_t waiter; /* waiting for a pool buffer */
@@ -45,6 +47,7 @@ typedef struct dir_s {
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
+  unsigned cut : 1; /* counted at the close: later writes add nothing */
 } dir_t;
 
 struct op_s {
@@ -124,7 +127,8 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
       c->bufsize > UVCTX_COPY_MAX_BUFFER_SIZE ||
       c->buffers > UVCTX_COPY_MAX_BUFFERS ||
       (c->pool != NULL && c->bufsize != uvctx__pool_bufsize(c->pool)))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("buffer_size or buffers out of range, or not the "
+                         "pool's buffer size");
   /* The high-water mark respects the cap on buffers: a queue past it could
    * never be filled from them. */
   c->high = o->high_water ? o->high_water
@@ -132,11 +136,11 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
   if (!o->high_water && c->high > c->bufsize * c->buffers)
     c->high = c->bufsize * c->buffers;
   if (c->high < c->bufsize || c->high > c->bufsize * c->buffers)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("high_water below one buffer or above the pool");
   if (o->low_water) {
     c->low = o->low_water;
     if (c->low > c->high - c->bufsize)
-      return UV_EINVAL;
+      return UVCTX__EINVAL("low_water above high_water minus one buffer");
   } else {
     c->low = c->bufsize * UVCTX_COPY_DEFAULT_LOW_BUFFERS;
     if (c->low > c->high - c->bufsize)
@@ -149,7 +153,7 @@ static int resolve(const uvctx_copy_options_t* o, conf_t* c) {
   c->fin_ms[1] = o->half_close_timeout_ms[1];
   if (c->flags &
       ~(unsigned)(UVCTX_COPY_NO_SHUTDOWN | UVCTX_COPY_KEEP_OPEN_IDLE))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("unknown flags");
   return 0;
 }
 
@@ -314,9 +318,11 @@ static void on_write(uvctx_write_t* req, int status) {
   d = req->data;
   op = d->op;
   d->inflight--;
+  d->queued -= uvctx_write_size(req);
   slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
   if (status == 0) {
-    d->bytes += uvctx_write_size(req);
+    if (!d->cut)
+      d->bytes += uvctx_write_size(req);
     if (op->idle_ms != 0) /* progress only matters to an idle timeout */
       op->last_progress = uv_hrtime();
   } else {
@@ -420,6 +426,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       return;
     }
     d->inflight++;
+    d->queued += b.len; /* what the queued write holds */
     if (!may_read(d)) {
       read_pause(d);
       if (d->blocked_since == 0)
@@ -516,6 +523,17 @@ static void op_close_timer(op_t* op) {
   uv_close((uv_handle_t*)&op->timer, on_timer_close);
 }
 
+/* The streams are about to be closed under writes in flight. A write the
+ * close cancels may have been partly taken by the transport, and the peer
+ * receives that part: count what the transport took (what the writes in
+ * flight hold minus what the destination still has queued), once, here. */
+static void dir_count_cut(dir_t* d) {
+  uint64_t left = uvctx_stream_write_queue_size(d->dst);
+
+  d->bytes += d->queued > left ? d->queued - left : 0;
+  d->cut = 1;
+}
+
 /* Leaves the pool's waiting list: nothing more is read. */
 static void op_unwait(op_t* op) {
   unsigned i;
@@ -595,6 +613,8 @@ static void op_fail(op_t* op, int status, op_end_t how) {
     for (i = 0; i < op->ndirs; i++)
       read_pause(&op->dir[i]);
   } else {
+    for (i = 0; i < op->ndirs; i++)
+      dir_count_cut(&op->dir[i]);
     for (i = 0; i < op->nstreams; i++)
       if (!uvctx_stream_is_closing(op->streams[i]))
         op->closes++;
@@ -748,7 +768,9 @@ static void on_timer(uv_timer_t* t) {
 static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
                     uvctx_stream_t* a, uvctx_stream_t* b,
                     const uvctx_copy_options_t* opts, op_t** out) {
-  conf_t cf;
+  /* Zeroed: the compiler cannot see that a refused configuration always
+   * returns before cf is read. */
+  conf_t cf = {0};
   op_t* op;
   dir_t* d;
   size_t total;
@@ -758,24 +780,25 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
   int rc;
 
   if (ctx == NULL || a == NULL || b == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the context or a stream is NULL");
   if (kind == OP_PIPE && a == b)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("a pipe between a stream and itself");
   /* A detached or closing stream would take the copy's writes or close
    * and never call back: refuse it here. */
   if (uvctx__stream_unusable(a) || uvctx__stream_unusable(b))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("a stream is closing, detached or uninitialized");
   if (uvctx_stream_loop(a) == NULL ||
       uvctx_stream_loop(a) != uvctx_stream_loop(b) ||
       uvctx_loop_uv(uvctx_home(ctx)) != uvctx_stream_loop(a))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the streams and the context's home are not on one "
+                         "loop");
   if (a->owner_ != NULL || b->owner_ != NULL)
     return UV_EBUSY;
   rc = resolve(opts, &cf);
   if (rc != 0)
     return rc;
   if (cf.pool != NULL && uvctx__pool_loop(cf.pool) != uvctx_stream_loop(a))
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the buffer pool is on another loop");
 
   /* One block for the state and the slots; buffers come as data flows. */
   ndirs = kind == OP_PIPE ? 2 : 1;
@@ -865,7 +888,7 @@ int uvctx_copy_start(uvctx_copy_t* c, uvctx_t* ctx, uvctx_stream_t* src,
   int rc;
 
   if (c == NULL || cb == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the copy or cb is NULL");
   c->cb_ = cb;
   c->bytes_ = 0;
   c->send_timed_out_ = 0;
@@ -892,7 +915,7 @@ int uvctx_pipe_start(uvctx_pipe_t* p, uvctx_t* ctx, uvctx_stream_t* a,
   int rc;
 
   if (p == NULL || cb == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the pipe or cb is NULL");
   p->cb_ = cb;
   p->bytes_[0] = 0;
   p->bytes_[1] = 0;

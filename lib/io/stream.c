@@ -9,6 +9,7 @@
 #endif
 
 #include "common/alloc.h"
+#include "common/debug.h"
 #include "io/io.h"
 #include "uvctx/stream_impl.h"
 
@@ -38,7 +39,7 @@ int uvctx_stream_init(uvctx_stream_t* s, const uvctx_stream_ops_t* ops,
   if (s == NULL || ops == NULL || loop == NULL || ops->read_start == NULL ||
       ops->read_stop == NULL || ops->write == NULL || ops->shutdown == NULL ||
       ops->close == NULL || ops->write_queue_size == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("a NULL stream, ops, loop or required op");
   s->data = NULL;
   s->ops_ = ops;
   s->loop_ = loop;
@@ -67,8 +68,10 @@ int uvctx_stream_read_start(uvctx_stream_t* s, uvctx_alloc_cb alloc_cb,
   unsigned was_reading;
   int rc;
 
-  if (s == NULL || alloc_cb == NULL || read_cb == NULL || unusable(s))
-    return UV_EINVAL;
+  if (s == NULL || alloc_cb == NULL || read_cb == NULL)
+    return UVCTX__EINVAL("the stream or a callback is NULL");
+  if (unusable(s))
+    return UVCTX__EINVAL("the stream is closing, detached or uninitialized");
   old_alloc = s->alloc_cb_;
   old_read = s->read_cb_;
   was_reading = s->flags_ & S_READING;
@@ -87,7 +90,7 @@ int uvctx_stream_read_start(uvctx_stream_t* s, uvctx_alloc_cb alloc_cb,
 
 int uvctx_stream_read_stop(uvctx_stream_t* s) {
   if (s == NULL || s->ops_ == NULL)
-    return UV_EINVAL;
+    return UVCTX__EINVAL("the stream is NULL or uninitialized");
   if (unusable(s))
     return 0;
   s->flags_ &= ~S_READING;
@@ -101,8 +104,10 @@ int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
   unsigned i;
   int rc;
 
-  if (req == NULL || s == NULL || bufs == NULL || nbufs == 0 || unusable(s))
-    return UV_EINVAL;
+  if (req == NULL || s == NULL || bufs == NULL || nbufs == 0)
+    return UVCTX__EINVAL("a NULL request, stream or bufs, or no buffer");
+  if (unusable(s))
+    return UVCTX__EINVAL("the stream is closing, detached or uninitialized");
   if (s->flags_ & S_SHUT)
     return UV_EPIPE;
   size = 0;
@@ -121,8 +126,10 @@ int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
 
 int uvctx_stream_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
                            unsigned nbufs) {
-  if (s == NULL || bufs == NULL || nbufs == 0 || unusable(s))
-    return UV_EINVAL;
+  if (s == NULL || bufs == NULL || nbufs == 0)
+    return UVCTX__EINVAL("a NULL stream or bufs, or no buffer");
+  if (unusable(s))
+    return UVCTX__EINVAL("the stream is closing, detached or uninitialized");
   if (s->flags_ & S_SHUT)
     return UV_EPIPE;
   if (s->ops_->try_write == NULL)
@@ -137,8 +144,10 @@ int uvctx_stream_shutdown(uvctx_shutdown_t* req, uvctx_stream_t* s,
                           uvctx_shutdown_cb cb) {
   int rc;
 
-  if (req == NULL || s == NULL || unusable(s))
-    return UV_EINVAL;
+  if (req == NULL || s == NULL)
+    return UVCTX__EINVAL("the request or the stream is NULL");
+  if (unusable(s))
+    return UVCTX__EINVAL("the stream is closing, detached or uninitialized");
   if (s->flags_ & S_SHUT)
     return UV_ENOTCONN;
   req->stream_ = s;

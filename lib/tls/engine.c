@@ -346,6 +346,11 @@ void uvctx__tls_idle_close_cb(uv_handle_t* h) {
   uvctx_tls_t* tls = t->tls;
 
   uvctx_tls_config_unref(t->cfg);
+  /* The reason outlives the session's state: whoever closed the session
+   * (a copy, a pipe) calls back after this, and that is where it is
+   * logged. */
+  memcpy(tls->reason_, t->reason, sizeof(tls->reason_));
+  tls->reason_[sizeof(tls->reason_) - 1] = '\0';
   tls->impl_ = NULL;
   uvctx__free(t);
   uvctx_stream_close_done(&tls->stream);

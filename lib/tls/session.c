@@ -153,6 +153,8 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
   tls_t* t;
   int rc;
 
+  if (tls != NULL)
+    tls->reason_[0] = '\0';
   if (tls == NULL || config == NULL || transport == NULL)
     return UVCTX__EINVAL("tls, config or transport is NULL");
   if (uvctx_stream_is_closing(transport))
@@ -303,7 +305,10 @@ const char* uvctx_tls_peer_subject(const uvctx_tls_t* tls) {
 }
 
 const char* uvctx_tls_reason(const uvctx_tls_t* tls) {
-  if (tls == NULL || tls->impl_ == NULL || tls->impl_->reason[0] == '\0')
+  const char* r;
+
+  if (tls == NULL)
     return NULL;
-  return tls->impl_->reason;
+  r = tls->impl_ != NULL ? tls->impl_->reason : tls->reason_;
+  return r[0] != '\0' ? r : NULL;
 }

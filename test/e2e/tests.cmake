@@ -32,3 +32,25 @@ if(TARGET uvctx-relay)
     message(STATUS "python3 not found: relay end-to-end tests disabled")
   endif()
 endif()
+
+# Hostile clients and faults (test/e2e/relay/hardening_test.py, built on
+# relay_test.py's plumbing): TLS failure reasons after the handshake,
+# slowhttptest's four attacks on the plain and TLS relay, backends killed
+# under wrk load and resetting at accept, after reading, mid-response.
+# (Out of descriptors is relay_emfile.)
+if(TARGET uvctx-relay AND Python3_Interpreter_FOUND)
+  foreach(case tls_reasons slowhttp backend_faults)
+    add_test(NAME relay_hard_${case}
+      COMMAND ${Python3_EXECUTABLE}
+              ${CMAKE_CURRENT_LIST_DIR}/relay/hardening_test.py
+              --relay $<TARGET_FILE:uvctx-relay>
+              --gen-certs ${CMAKE_CURRENT_LIST_DIR}/../tls/gen-certs.sh
+              --sanitize "${UVCTX_SANITIZE}"
+              ${case})
+    set_tests_properties(relay_hard_${case} PROPERTIES
+      TIMEOUT 300 LABELS "tools;relay" SKIP_RETURN_CODE 77)
+  endforeach()
+  # Hundreds of connections and timing windows: alone.
+  set_tests_properties(relay_hard_slowhttp relay_hard_backend_faults
+    PROPERTIES RUN_SERIAL ON)
+endif()

@@ -447,6 +447,55 @@ START_TEST(test_read_start_twice) {
 }
 END_TEST
 
+/* After UV_EOF the read side is finished: no read callback comes by
+ * itself, but a read_start after it reports UV_EOF again, from the loop and
+ * never inside the call, as libuv does (include/uvctx/stream.h says so). */
+static int eofs;
+static void eof_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  (void)s;
+  (void)b;
+  if (n == UV_EOF)
+    eofs++;
+  else
+    s_read(s, n, b);
+}
+
+START_TEST(test_read_start_after_eof_reports_eof_again) {
+  cp_handle_t a;
+  cp_handle_t peer;
+  uvctx_stream_t s;
+  cp_sender_t snd;
+  int round;
+
+  memset(&R, 0, sizeof(R));
+  memset(&a, 0, sizeof(a));
+  memset(&peer, 0, sizeof(peer));
+  eofs = 0;
+  tcp_pair(&a, &peer);
+  ck_assert_int_eq(uvctx_stream_init_uv(&s, &a.s), 0);
+  ck_assert_int_eq(uvctx_stream_read_start(&s, s_alloc, eof_read), 0);
+  cp_sender_start(&snd, &peer.s, 5000, 1000, 5, 1);
+  UVT_RUN_UNTIL(eofs == 1);
+  ck_assert_uint_eq(R.got, 5000);
+  /* Nothing more comes by itself. */
+  uvt_run_for(50);
+  ck_assert_int_eq(eofs, 1);
+  for (round = 2; round <= 3; round++) {
+    ck_assert_int_eq(uvctx_stream_read_start(&s, s_alloc, eof_read), 0);
+    ck_assert_int_eq(eofs, round - 1); /* not inside the call */
+    UVT_RUN_UNTIL(eofs == round);
+    uvt_run_for(20);
+    ck_assert_int_eq(eofs, round); /* once per read_start */
+  }
+  ck_assert_uint_eq(R.got, 5000);
+  ck_assert_int_eq(R.err, 0);
+  cp_closes_pending__++;
+  uvctx_stream_close(&s, stream_closed);
+  cp_close(&peer);
+  cp_wait_closed();
+}
+END_TEST
+
 /* ---- the generic layer, with an in-test stream kind ---------------------- */
 
 /* A loopback kind: writes land in its own read side, completed from an idle
@@ -591,6 +640,7 @@ static Suite* stream_suite(void) {
   tcase_add_test(tc, test_try_write_uv);
   tcase_add_test(tc, test_reset_is_an_error);
   tcase_add_test(tc, test_read_start_twice);
+  tcase_add_test(tc, test_read_start_after_eof_reports_eof_again);
   suite_add_tcase(s, tc);
   tc = tcase_create("generic");
   tcase_add_checked_fixture(tc, st_setup, st_teardown);

@@ -22,6 +22,12 @@ if(TARGET uvctx-trace)
   set_tests_properties(trace_tool PROPERTIES TIMEOUT 60 LABELS tools)
 endif()
 
+# uvctx-trace's JSON reader alone: strict RFC 8259 and UTF-8.
+uvctx_add_test(test_json
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_json.c ${PROJECT_SOURCE_DIR}/tools/trace/json.c
+  TIMEOUT 60)
+target_include_directories(test_json PRIVATE ${PROJECT_SOURCE_DIR}/tools/trace)
+
 # Misuse reports (UVCTX_DEBUG): one line per broken precondition.
 uvctx_add_test(test_misuse SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_misuse.c
   TIMEOUT 120)

@@ -724,6 +724,12 @@ START_TEST(test_truncation) {
   ck_assert_ptr_nonnull(
       strstr(uvctx_tls_reason(&pr.cli.tls), "without close_notify"));
   pair_finish(&pr);
+  /* The reason outlives the close: a copy's or pipe's callback, which runs
+   * after the close callbacks, can still log it. */
+  ck_assert_int_eq(pr.cli.closed, 1);
+  ck_assert_ptr_nonnull(uvctx_tls_reason(&pr.cli.tls));
+  ck_assert_ptr_nonnull(
+      strstr(uvctx_tls_reason(&pr.cli.tls), "without close_notify"));
   uvctx_tls_config_unref(ccfg);
   uvctx_tls_config_unref(scfg);
 }

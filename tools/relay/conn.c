@@ -200,7 +200,7 @@ static const char* reason_of(uvctx_t* ctx, int status, const char* dflt) {
     case UVCTX_TLS_EALERT:
       return "tls-error";
     case UVCTX_TLS_ETRUNCATED: /* TLS peer left without close_notify */
-      return "reset";
+      return "truncated";
     default:
       return dflt;
   }
@@ -221,7 +221,8 @@ const char* const relay_reasons[RELAY_REASONS] = {
     [RELAY_R_ERROR] = "error",
     [RELAY_R_CANCELLED] = "cancelled",
     [RELAY_R_HALF_CLOSE_TIMEOUT] = "half-close-timeout",
-    [RELAY_R_SEND_TIMEOUT] = "send-timeout"};
+    [RELAY_R_SEND_TIMEOUT] = "send-timeout",
+    [RELAY_R_TRUNCATED] = "truncated"};
 
 /* The reason messages are string literals, so the pointer outlives the
  * context it came from; anything unknown is an "error". Returns the
@@ -360,6 +361,15 @@ static void conn_end(relay_conn_t* c, const char* reason, int status,
 
 /* ---- the pipe ------------------------------------------------------------ */
 
+/* A TLS failure's detail: the side, the error and OpenSSL's reason when
+ * the session recorded one ("client EPROTO: packet length too long"), in
+ * the handshake and in the pipe alike. */
+static void tls_detail(relay_conn_t* c, const char* side, int status,
+                       const char* why) {
+  snprintf(c->detail, sizeof(c->detail), "%s %s%s%s", side, uv_err_name(status),
+           why != NULL ? ": " : "", why != NULL ? why : "");
+}
+
 static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
                     uint64_t b_to_a) {
   relay_conn_t* c = p->data;
@@ -396,13 +406,21 @@ static void on_pipe(uvctx_pipe_t* p, int status, uint64_t a_to_b,
     int side = 0;
     int at = uvctx_pipe_error_at(p, &side);
     if (at != UVCTX_PIPE_AT_NONE) {
-      /* Stream a is the client's, b the upstream's. */
+      /* Stream a is the client's, b the upstream's. A TLS session of that
+       * side keeps OpenSSL's reason past its close (which came before this
+       * callback): add it. */
+      const char* why = NULL;
+      if (side == 0 && (c->flags & F_CTLS))
+        why = uvctx_tls_reason(&c->ctls);
+      else if (side != 0 && (c->flags & F_UTLS))
+        why = uvctx_tls_reason(&c->utls);
       c->err_side = side == 0 ? "client" : "upstream";
-      snprintf(c->detail, sizeof(c->detail), "%s %s %s", c->err_side,
+      snprintf(c->detail, sizeof(c->detail), "%s %s %s%s%s", c->err_side,
                at == UVCTX_PIPE_AT_READ    ? "read"
                : at == UVCTX_PIPE_AT_WRITE ? "write"
                                            : "shutdown",
-               uv_err_name(status));
+               uv_err_name(status), why != NULL ? ": " : "",
+               why != NULL ? why : "");
     }
   }
   conn_end(c, reason, status, NULL);
@@ -531,14 +549,12 @@ static void start_preread(relay_conn_t* c) {
 
 static void on_upstream_handshake(uvctx_tls_t* tls, int status) {
   relay_conn_t* c = tls->stream.data;
-  char detail[200];
 
   if (status != 0) {
-    const char* why = uvctx_tls_reason(tls);
     const char* r = reason_of(c->step, status, "upstream-error");
-    snprintf(detail, sizeof(detail), "upstream %s%s%s", uv_err_name(status),
-             why != NULL ? ": " : "", why != NULL ? why : "");
-    conn_end(c, r, status, uvctx_err(c->step) != 0 ? NULL : detail);
+    if (uvctx_err(c->step) == 0)
+      tls_detail(c, "upstream", status, uvctx_tls_reason(tls));
+    conn_end(c, r, status, NULL);
     return;
   }
   uvctx_release(c->step);
@@ -636,19 +652,18 @@ static void start_connect(relay_conn_t* c) {
 
 static void on_client_handshake(uvctx_tls_t* tls, int status) {
   relay_conn_t* c = tls->stream.data;
-  const char* why;
   const char* r;
 
   if (status != 0) {
-    why = uvctx_tls_reason(tls);
     if (uvctx_err(c->step) != 0)
       r = reason_of(c->step, status, "error");
     else if (status == UVCTX_TLS_ETRUNCATED || status == UV_EOF)
       r = "client-gone";
     else
       r = reason_of(NULL, status, "tls-error");
-    conn_end(c, r, uvctx_err(c->step) != 0 ? 0 : status,
-             uvctx_err(c->step) == 0 && why != NULL ? why : NULL);
+    if (uvctx_err(c->step) == 0 && uvctx_tls_reason(tls) != NULL)
+      tls_detail(c, "client", status, uvctx_tls_reason(tls));
+    conn_end(c, r, uvctx_err(c->step) != 0 ? 0 : status, NULL);
     return;
   }
   uvctx_release(c->step);

@@ -7,6 +7,8 @@ target_sources(uvctx-relay PRIVATE
   tools/relay/page.c
   tools/relay/summary.c
   tools/common/heatmap.c
-  tools/trace/json.c)
-target_include_directories(uvctx-relay PRIVATE tools/common tools/trace)
+  tools/trace/json.c
+  lib/common/text.c) # the JSON reader's UTF-8 validator (see trace.cmake)
+target_include_directories(uvctx-relay PRIVATE tools/common tools/trace
+                           ${PROJECT_SOURCE_DIR}/lib)
 target_link_libraries(uvctx-relay PRIVATE m)

@@ -165,6 +165,7 @@ enum {
   RELAY_R_CANCELLED,
   RELAY_R_SEND_TIMEOUT,
   RELAY_R_HALF_CLOSE_TIMEOUT,
+  RELAY_R_TRUNCATED,
   RELAY_REASONS
 };
 extern const char* const relay_reasons[RELAY_REASONS];

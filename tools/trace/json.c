@@ -3,6 +3,8 @@
  * tools would reject should fail here too). */
 #include "json.h"
 
+#include "common/text.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,7 +85,11 @@ static size_t put_utf8(char* o, unsigned cp) {
 }
 
 /* The decoded string is never longer than its source, so one block of the
- * source's size holds it. */
+ * source's size holds it. Strict: raw bytes must be well-formed UTF-8 (the
+ * library's own validator, RFC 3629: no overlong forms, no encoded
+ * surrogates, nothing past U+10FFFF), and a \u escape of a surrogate must
+ * be half of a pair (a lone one has no UTF-8 form; turning it into U+FFFD
+ * would change the text silently). */
 static char* parse_string(parser_t* ps, size_t* len) {
   const char* q;
   char* out;
@@ -107,6 +113,20 @@ static char* parse_string(parser_t* ps, size_t* len) {
       fail(ps, "control character in string");
       free(out);
       return NULL;
+    }
+    if (c >= 0x80) {
+      size_t k = uvctx__utf8_len((const unsigned char*)ps->p - 1,
+                                 (size_t)(ps->end - ps->p) + 1);
+      if (k == 0) {
+        ps->p--;
+        fail(ps, "invalid UTF-8 in string");
+        free(out);
+        return NULL;
+      }
+      memcpy(out + n, ps->p - 1, k);
+      n += k;
+      ps->p += k - 1;
+      continue;
     }
     if (c != '\\') {
       out[n++] = (char)c;
@@ -153,8 +173,11 @@ static char* parse_string(parser_t* ps, size_t* len) {
           else
             ps->p = save;
         }
-        if (cp >= 0xd800 && cp < 0xe000)
-          cp = 0xfffd; /* a lone surrogate */
+        if (cp >= 0xd800 && cp < 0xe000) {
+          fail(ps, "lone surrogate escape in string");
+          free(out);
+          return NULL;
+        }
         n += put_utf8(out + n, cp);
         break;
       }

@@ -1,5 +1,8 @@
 /* json.h: a small JSON reader (RFC 8259) for uvctx-trace and the trace
- * tests: parses a whole document into a tree. Strings are decoded to UTF-8;
+ * tests: parses a whole document into a tree. Strict: what RFC 8259's
+ * grammar and its UTF-8 rule (section 8.1) refuse is an error, ill-formed
+ * UTF-8 in a string (overlong forms, encoded surrogates, stray bytes) and
+ * a \u escape of a lone surrogate included. Strings are decoded to UTF-8;
  * numbers keep their text next to their double value, so that 64-bit
  * integers can be read exactly. Nesting is limited to JSON_MAX_DEPTH. */
 #ifndef UVCTX_TRACE_JSON_H

@@ -370,8 +370,9 @@ def stop_after_one_close(relay, reason):
 def client_done(reason):
     """How a connection whose client closed on its own may end: "eof", or
     "reset" when the client hung up before our FIN or TLS close_notify
-    reached it (an HTTPS client with its whole body does not wait)."""
-    return reason in ("eof", "reset")
+    reached it (an HTTPS client with its whole body does not wait), or
+    "truncated" when a TLS client closed without close_notify."""
+    return reason in ("eof", "reset", "truncated")
 
 
 # ---- cases -------------------------------------------------------------------
@@ -2278,7 +2279,11 @@ def case_halfclose():
     relay.stop()
 
 
-def main():
+def main(cases=None, tools=("curl", "openssl"), prefix="relay-test-"):
+    """Parses the command line and runs the case it names, one of the
+    case_* functions of `cases` (a module's globals(); this module's by
+    default), after checking that `tools` (or the case's own `tools`
+    attribute) are installed. Returns the exit status."""
     global ARGS, TMP
     ap = argparse.ArgumentParser()
     ap.add_argument("--relay", required=True)
@@ -2287,7 +2292,11 @@ def main():
     ap.add_argument("--gai-preload", default="")
     ap.add_argument("case")
     ARGS = ap.parse_args()
-    for tool in ("curl", "openssl"):
+    fn = (cases if cases is not None else globals()).get("case_" + ARGS.case)
+    if fn is None:
+        print("unknown case %r" % ARGS.case)
+        return 1
+    for tool in getattr(fn, "tools", tools):
         if shutil.which(tool) is None:
             if os.environ.get("UVCTX_REQUIRE_PEERS"):
                 print("FAIL: %s is not installed (UVCTX_REQUIRE_PEERS is set)"
@@ -2295,11 +2304,7 @@ def main():
                 return 1
             print("SKIP: %s is not installed" % tool)
             return SKIP
-    fn = globals().get("case_" + ARGS.case)
-    if fn is None:
-        print("unknown case %r" % ARGS.case)
-        return 1
-    TMP = tempfile.mkdtemp(prefix="relay-test-")
+    TMP = tempfile.mkdtemp(prefix=prefix)
     t0 = time.monotonic()
     try:
         fn()
