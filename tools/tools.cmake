@@ -57,6 +57,7 @@ if(UVCTX_WITH_PG)
       ". \"$0\"; [ -n \"$PG_CONNINFO\" ] || exit \${UVCTX_REQUIRE_PEERS:+1}77; exec \"$1\" \"$PG_CONNINFO\""
       ${PROJECT_BINARY_DIR}/pg-cluster.env $<TARGET_FILE:uvctx-pg-demo>)
     set_tests_properties(demo_pg PROPERTIES TIMEOUT 60 LABELS tools
-      SKIP_RETURN_CODE 77 FIXTURES_REQUIRED pg_cluster)
+      SKIP_RETURN_CODE 77 FIXTURES_REQUIRED pg_cluster
+      RESOURCE_LOCK pg_cluster)
   endif()
 endif()

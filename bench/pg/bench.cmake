@@ -7,5 +7,6 @@ target_compile_definitions(bench_pg PRIVATE
 set_tests_properties(smoke_bench_pg PROPERTIES SKIP_RETURN_CODE 77
   ENVIRONMENT "UVCTX_PG_STATE=${PROJECT_BINARY_DIR}/pg-cluster.env")
 if(UVCTX_BUILD_TESTS)
-  set_tests_properties(smoke_bench_pg PROPERTIES FIXTURES_REQUIRED pg_cluster)
+  set_tests_properties(smoke_bench_pg PROPERTIES FIXTURES_REQUIRED pg_cluster
+    RESOURCE_LOCK pg_cluster)
 endif()
