@@ -439,7 +439,9 @@ typedef struct uvctx__trace_ev_s {
  * loop thread pops. */
 typedef struct uvctx__trace_ring_s {
   uvctx_loop_t* loop;
-  struct uvctx__trace_ring_s* next; /* [lock] the list of rings */
+  /* [lock] the list of rings (common/list.h) */
+  struct uvctx__trace_ring_s* next;
+  struct uvctx__trace_ring_s** pprev;
   uvctx__trace_ev_t* ring;
   uint64_t mask;
   atomic_uint_fast64_t head; /* next record to write (loop thread) */

@@ -41,22 +41,17 @@ uvctx__trace_ring_t* uvctx__trace_ring_find_locked(const uvctx_loop_t* l) {
 }
 
 void uvctx__trace_ring_attach_locked(uvctx__trace_ring_t* r) {
-  r->next = rings;
-  rings = r;
+  UVCTX__LIST_INSERT_HEAD(&rings, r, next, pprev);
   atomic_fetch_add_explicit(&uvctx__tracing, 1, memory_order_relaxed);
 }
 
 uvctx__trace_ring_t* uvctx__trace_ring_detach_locked(const uvctx_loop_t* l) {
-  uvctx__trace_ring_t** pp;
-  for (pp = &rings; *pp != NULL; pp = &(*pp)->next) {
-    uvctx__trace_ring_t* r = *pp;
-    if (r->loop == l) {
-      *pp = r->next;
-      atomic_fetch_sub_explicit(&uvctx__tracing, 1, memory_order_relaxed);
-      return r;
-    }
+  uvctx__trace_ring_t* r = uvctx__trace_ring_find_locked(l);
+  if (r != NULL) {
+    UVCTX__LIST_REMOVE(r, next, pprev);
+    atomic_fetch_sub_explicit(&uvctx__tracing, 1, memory_order_relaxed);
   }
-  return NULL;
+  return r;
 }
 
 int uvctx__trace_attached_locked(const uvctx_loop_t* l) {
