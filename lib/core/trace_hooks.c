@@ -82,10 +82,22 @@ static void push_locked(uvctx__trace_ring_t* t, const uvctx__trace_ev_t* e) {
   atomic_store_explicit(&t->tail, tail + 1, memory_order_release);
 }
 
+/* Stamps `e` with the calling thread and the time and pushes it to the
+ * ring of `home`, if that loop is traced. Every hook ends here. */
+static void emit(const uvctx_loop_t* home, uvctx__trace_ev_t* e) {
+  uvctx__trace_ring_t* t;
+  e->tid = uvctx__trace_thread();
+  e->ts = uv_hrtime();
+  uvctx__lock();
+  t = uvctx__trace_ring_find_locked(home);
+  if (t != NULL)
+    push_locked(t, e);
+  uvctx__unlock();
+}
+
 /* ---- the hooks ----------------------------------------------------------- */
 
 void uvctx__trace_create(const uvctx_t* c) {
-  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_CREATE;
@@ -95,44 +107,21 @@ void uvctx__trace_create(const uvctx_t* c) {
   e.site = c->site;
   e.kind = c->kind;
   e.depth = depth_of(c);
-  e.tid = uvctx__trace_thread();
-  e.ts = uv_hrtime();
-  uvctx__lock();
-  t = uvctx__trace_ring_find_locked(c->home);
-  if (t != NULL)
-    push_locked(t, &e);
-  uvctx__unlock();
+  emit(c->home, &e);
 }
 
 void uvctx__trace_free(const uvctx_t* c) {
-  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  uvctx__lock();
-  t = uvctx__trace_ring_find_locked(c->home);
-  if (t == NULL) {
-    uvctx__unlock();
-    return;
-  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_FREE;
   e.ctx = (uintptr_t)c;
   e.kind = c->kind;
-  e.tid = uvctx__trace_thread();
-  e.ts = uv_hrtime();
-  push_locked(t, &e);
-  uvctx__unlock();
+  emit(c->home, &e);
 }
 
 void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
                          const uvctx__cancel_op_t* op) {
-  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  uvctx__lock();
-  t = uvctx__trace_ring_find_locked(root->home);
-  if (t == NULL) {
-    uvctx__unlock();
-    return;
-  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_CANCEL;
   e.ctx = (uintptr_t)root;
@@ -140,38 +129,24 @@ void uvctx__trace_cancel(const uvctx_t* root, int err, intptr_t cause,
   e.code = (int32_t)cause;
   e.kind = (uint8_t)err;
   e.depth = depth_of(root);
-  e.tid = uvctx__trace_thread();
-  e.ts = uv_hrtime();
-  push_locked(t, &e);
-  uvctx__unlock();
+  emit(root->home, &e);
 }
 
 void uvctx__trace_deadline(const uvctx_t* c, uint64_t lateness_ns) {
-  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
-  uvctx__lock();
-  t = uvctx__trace_ring_find_locked(c->home);
-  if (t == NULL) {
-    uvctx__unlock();
-    return;
-  }
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_DEADLINE;
   e.ctx = (uintptr_t)c;
   e.a = uvctx__deadline_of(c);
   e.b = lateness_ns;
   e.depth = depth_of(c);
-  e.tid = uvctx__trace_thread();
-  e.ts = uv_hrtime();
-  push_locked(t, &e);
-  uvctx__unlock();
+  emit(c->home, &e);
 }
 
 /* The core calls this before it clears the watch's context (core/watch.c),
  * so the event names the watched context and its depth. A NULL ctx_ is
  * still handled: the event then names the watch only. */
 void uvctx__trace_callback(const uvctx_watch_t* w, int err) {
-  uvctx__trace_ring_t* t;
   uvctx__trace_ev_t e;
   memset(&e, 0, sizeof(e));
   e.type = UVCTX__EV_CALLBACK;
@@ -181,11 +156,5 @@ void uvctx__trace_callback(const uvctx_watch_t* w, int err) {
   e.b = w->queued_at_;
   e.code = err;
   e.depth = w->ctx_ != NULL ? depth_of(w->ctx_) : 0;
-  e.tid = uvctx__trace_thread();
-  e.ts = uv_hrtime();
-  uvctx__lock();
-  t = uvctx__trace_ring_find_locked(w->home_);
-  if (t != NULL)
-    push_locked(t, &e);
-  uvctx__unlock();
+  emit(w->home_, &e);
 }
