@@ -2,7 +2,8 @@
  * copy.h): buffers lent to the copies and pipes of one loop only while
  * data flows, a byte budget beyond which they wait, a small cache of
  * returned buffers so that the fast path does not go to the allocator for
- * every read, and the list of copy directions waiting for a buffer, woken
+ * every read, the exact-size copies that stalled writes keep instead of a
+ * whole buffer, and the list of copy directions waiting for a buffer, woken
  * in order as buffers come back. Loop thread only. */
 #include <stddef.h>
 #include <string.h>
@@ -117,6 +118,32 @@ void uvctx__pool_give(uvctx_copy_pool_t* p, char* b) {
     p->cache[p->ncache++] = b;
   else
     uvctx__free(b);
+  wake_one(p);
+}
+
+/* The exact-size copy costs a memcpy of at most one buffer, and only when
+ * a destination refused part of what was read (rare while data flows,
+ * since the kernel takes whole reads): a cheap price for a stalled
+ * direction holding its remainder instead of a whole buffer, which is
+ * what a connection behind a reader that stopped reading costs. The copy
+ * comes from the allocator, not the cache, and counts against the budget
+ * as its own size; `big` goes back to the pool. */
+char* uvctx__pool_shrink(uvctx_copy_pool_t* p, char* big, const char* data,
+                         size_t len) {
+  char* b;
+
+  b = uvctx__malloc(len);
+  if (b == NULL)
+    return NULL;
+  memcpy(b, data, len);
+  p->lent += len;
+  uvctx__pool_give(p, big);
+  return b;
+}
+
+void uvctx__pool_give_shrunk(uvctx_copy_pool_t* p, char* b, size_t len) {
+  p->lent -= len;
+  uvctx__free(b);
   wake_one(p);
 }
 

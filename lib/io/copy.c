@@ -14,14 +14,34 @@
 
 enum { OP_COPY, OP_PIPE };
 
+/* With a pool, a direction offers its first read, and the first after
+ * each time its destination refused part of one, this much (its buffer
+ * size if less), and quadruples it with every read the destination
+ * takes whole, up to the buffer size: what the destination refuses then waits
+ * in a small write. A reader that never reads (slowhttptest -X) is found
+ * out on the first read of the response, when the kernel takes a few
+ * KiB of it: its connection then holds about this much instead of a
+ * buffer. Destinations that keep up take whole reads nearly always, so a
+ * bulk transfer pays two smaller reads at its start and after each of
+ * its rare refusals. */
+#define FIRST_READ (4 * 1024)
+
+/* What is left of a read that the destination refused in part is copied
+ * to memory of its own size (with a pool) only when that saves at least a
+ * page of the buffer. */
+#define SHRINK_MIN_SAVING 4096
+
 /* One buffer slot and the write request that carries it. A slot is on its
  * direction's free stack, lent to the source's read, or in a write; its
  * buffer (`base`) is taken when a read needs it and given back when the
  * direction has nothing more to read for now, so an idle direction holds
- * none and a stalled one only what its queued writes carry. */
+ * none and a stalled one only what its queued writes carry. A write that
+ * the destination refused in part may carry instead an exact-size copy of
+ * what is left (`shrunk`, from the pool), its buffer already given back. */
 typedef struct slot_s {
   uvctx_write_t req;
-  char* base; /* NULL while the slot holds no buffer */
+  char* base;   /* NULL while the slot holds no buffer */
+  char* shrunk; /* the write's own copy of its bytes, or NULL */
   struct slot_s* next;
 } slot_t;
 
@@ -39,6 +59,7 @@ typedef struct dir_s {
   uint64_t queued;   /* their bytes */
   uint64_t bytes;
   uint64_t blocked_since;      /* uv_hrtime() when the queue stopped reading */
+  size_t rdsize;               /* bytes offered to the next read */
   uvctx__pool_waiter_t waiter; /* waiting for a pool buffer */
   int starved;                 /* why on_alloc gave no buffer */
   uvctx_shutdown_t shut;
@@ -242,7 +263,7 @@ static void on_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   d->free = sl->next;
   d->nfree--;
   d->lent = sl;
-  *buf = uv_buf_init(sl->base, (unsigned)d->op->bufsize);
+  *buf = uv_buf_init(sl->base, (unsigned)d->rdsize);
 }
 
 static void read_pause(dir_t* d) {
@@ -288,6 +309,41 @@ static int may_read(dir_t* d) {
          uvctx_stream_write_queue_size(d->dst) + d->op->bufsize <= d->op->high;
 }
 
+/* The destination refused part of a read: the rest waits in a write,
+ * perhaps for as long as the reader takes. With a pool it waits in a copy
+ * of its own size and the buffer goes back at once, so a connection held
+ * by a reader that stopped reading costs its remainder, not a buffer.
+ * Without a pool the slot keeps its buffer anyway (see dir_trim). On
+ * failure nothing changes: the buffer carries the write. */
+static void dir_shrink(dir_t* d, slot_t* sl, uv_buf_t* b) {
+  op_t* op;
+  char* c;
+
+  op = d->op;
+  if (op->pool == NULL || b->len + SHRINK_MIN_SAVING > op->bufsize)
+    return;
+  c = uvctx__pool_shrink(op->pool, sl->base, b->base, b->len);
+  if (c == NULL)
+    return;
+  sl->base = NULL;
+  sl->shrunk = c;
+  b->base = c;
+}
+
+/* A write is over (or was never accepted): its copy goes back. */
+static void slot_unshrink(dir_t* d, slot_t* sl, size_t len) {
+  if (sl->shrunk == NULL)
+    return;
+  uvctx__pool_give_shrunk(d->op->pool, sl->shrunk, len);
+  sl->shrunk = NULL;
+}
+
+static size_t first_read(const op_t* op) {
+  if (op->pool == NULL)
+    return op->bufsize;
+  return FIRST_READ < op->bufsize ? FIRST_READ : op->bufsize;
+}
+
 static void dir_done(dir_t* d);
 static void on_shutdown(uvctx_shutdown_t* req, int status);
 
@@ -313,13 +369,16 @@ static void dir_drained(dir_t* d) {
 static void on_write(uvctx_write_t* req, int status) {
   dir_t* d;
   op_t* op;
+  slot_t* sl;
   int rc;
 
   d = req->data;
   op = d->op;
+  sl = UVCTX__CONTAINER_OF(req, slot_t, req);
   d->inflight--;
   d->queued -= uvctx_write_size(req);
-  slot_put(d, UVCTX__CONTAINER_OF(req, slot_t, req));
+  slot_unshrink(d, sl, uvctx_write_size(req));
+  slot_put(d, sl);
   if (status == 0) {
     if (!d->cut)
       d->bytes += uvctx_write_size(req);
@@ -363,6 +422,8 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   op_t* op;
   slot_t* sl;
   uv_buf_t b;
+  size_t offered;
+  int first;
   int rc;
 
   d = s->owner_;
@@ -392,35 +453,49 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (op->idle_ms != 0)
       op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
+    offered = d->rdsize;
     /* The fast path: straight from the buffer just read to the kernel,
      * when nothing of ours is queued ahead (the stream answers UV_EAGAIN
      * then, to keep the order). Only the rest is queued, and the buffer
      * goes back to the pool at once when nothing is left. */
     if (d->try_write) {
+      first = uvctx_stream_writes_pending(d->dst) == 0;
       rc = uvctx_stream_try_write(d->dst, &b, 1);
       if (rc > 0) {
         d->bytes += (uint64_t)rc;
         if ((size_t)rc == b.len) {
+          if (d->rdsize < op->bufsize)
+            d->rdsize =
+                d->rdsize * 4 < op->bufsize ? d->rdsize * 4 : op->bufsize;
           slot_put(d, sl);
           /* A short read ends libuv's burst: nothing more until the next
            * readiness, so the buffer goes back now. */
-          if ((size_t)nread < op->bufsize)
+          if ((size_t)nread < offered)
             dir_trim(d);
           return;
         }
         b.base += rc;
         b.len -= (size_t)rc;
       } else if (rc == UV_ENOSYS) {
+        /* Every read is queued whole now: no reason to read little. */
         d->try_write = 0;
+        d->rdsize = op->bufsize;
+        first = 0;
       } else if (rc != UV_EAGAIN) {
         slot_put(d, sl);
         op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
         return;
       }
+      /* The transport itself refused (not a queue of ours ahead). */
+      if (first) {
+        d->rdsize = first_read(op);
+        dir_shrink(d, sl, &b);
+      }
     }
     sl->req.data = d;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
     if (rc != 0) {
+      slot_unshrink(d, sl, b.len);
       slot_put(d, sl);
       op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
       return;
@@ -833,10 +908,12 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     d->src = i == 0 ? a : b;
     d->dst = i == 0 ? b : a;
     d->slots = (slot_t*)(op + 1) + (size_t)i * cf.buffers;
+    d->rdsize = first_read(op);
     d->try_write = 1;
     d->waiter.wake = on_pool_wake;
     for (j = cf.buffers; j-- > 0;) {
       d->slots[j].base = NULL;
+      d->slots[j].shrunk = NULL;
       slot_put(d, &d->slots[j]);
     }
   }

@@ -31,6 +31,13 @@ void uvctx__pool_detach(uvctx_copy_pool_t* p);
 char* uvctx__pool_take(uvctx_copy_pool_t* p, int* err);
 /* Gives a buffer back and wakes the first waiter, if any. */
 void uvctx__pool_give(uvctx_copy_pool_t* p, char* b);
+/* A copy of `len` bytes of `data` (which lies in `big`, a buffer of the
+ * pool) in memory of exactly that size, counted in the pool's bytes, with
+ * `big` given back; NULL (nothing changed) when the allocator fails. */
+char* uvctx__pool_shrink(uvctx_copy_pool_t* p, char* big, const char* data,
+                         size_t len);
+/* Frees a copy made by uvctx__pool_shrink() and wakes the first waiter. */
+void uvctx__pool_give_shrunk(uvctx_copy_pool_t* p, char* b, size_t len);
 void uvctx__pool_wait(uvctx_copy_pool_t* p, uvctx__pool_waiter_t* w);
 void uvctx__pool_unwait(uvctx_copy_pool_t* p, uvctx__pool_waiter_t* w);
 
