@@ -76,8 +76,11 @@ UVCTX_EXTERN size_t uvctx_copy_pool_bytes(const uvctx_copy_pool_t* p);
  * buffers      buffers per direction at most: 8; 1 .. 1024. Buffers are
  *              taken only while data flows: a direction with nothing to
  *              read holds none and a stalled one only those its queued
- *              writes carry; without a pool a direction keeps what it has
- *              taken until the copy ends. Never more than
+ *              writes carry (with a pool and a destination that has a
+ *              try-write, what the destination refused of a read waits in
+ *              a copy of its own size instead, and reads start small:
+ *              see docs/copy.md); without a pool a direction keeps what it
+ *              has taken until the copy ends. Never more than
  *              buffers*buffer_size per direction.
  * pool         take buffers from this pool (same loop), under its budget;
  *              NULL: from the allocator, one at a time.

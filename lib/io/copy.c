@@ -16,8 +16,8 @@ enum { OP_COPY, OP_PIPE };
 
 /* With a pool, a direction offers its first read, and the first after
  * each time its destination refused part of one, this much (its buffer
- * size if less), and quadruples it with every read the destination
- * takes whole, up to the buffer size: what the destination refuses then waits
+ * size if less), and quadruples it with every read the destination takes
+ * whole, up to the buffer size: what the destination refuses then waits
  * in a small write. A reader that never reads (slowhttptest -X) is found
  * out on the first read of the response, when the kernel takes a few
  * KiB of it: its connection then holds about this much instead of a
