@@ -2159,6 +2159,34 @@ def case_logs():
     check(len(relay.events("open")) == 1, "open level: no open line")
     relay.stop()
 
+    # --log-sample 4: the lines of connections 4, 8 and 12 (open and
+    # close), each with sample=4, and the reset of connection 13, which
+    # sampling never hides.
+    relay = Relay(echo.port, "--log-level", "open", "--log-sample", "4",
+                  name="sample")
+    for i in range(12):
+        check(echo_roundtrip(relay.port, b"p%d" % i) == b"p%d" % i, "echo")
+    reset_client(relay.port)
+    wait_until(lambda: any(c["reason"] == "reset" for c in relay.closes()),
+               10, "the reset's line")
+    wait_until(lambda: len(relay.closes()) >= 4, 10, "4 close lines")
+    time.sleep(0.3)
+    closes = sorted((int(c["conn"]), c["reason"]) for c in relay.closes())
+    check(closes == [(4, "eof"), (8, "eof"), (12, "eof"), (13, "reset")],
+          "sampled close lines %r" % closes)
+    check(sorted(int(e["conn"]) for e in relay.events("open")) == [4, 8, 12],
+          "sampled open lines %r" % relay.events("open"))
+    check(all(e.get("sample") == "4"
+              for e in relay.closes() + relay.events("open")),
+          "sample field %r" % relay.closes())
+    relay.stop()
+    for bad in ("0", "x", "1000001"):
+        r = subprocess.run([ARGS.relay, "--listen", "127.0.0.1:0", "--connect",
+                            "127.0.0.1:%d" % echo.port, "--log-sample", bad],
+                           capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2 and "--log-sample" in r.stderr,
+              "--log-sample %s: %r" % (bad, r))
+
     # summary: no per-connection line; per-worker summaries every 300 ms
     # whose counts add up to the connections made, by reason.
     relay = Relay(echo.port, "--log-level", "summary", "--log-interval",
