@@ -24,7 +24,7 @@ cd "$root"
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
   golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
   postgresql libpq-dev prometheus chromium clang libclang-rt-14-dev
-  slowhttptest wrk)
+  slowhttptest wrk iproute2)
 
 install_deps() {
   local missing=() pkg sudo=()
