@@ -209,6 +209,22 @@ static void read_plain(tls_t* t) {
   }
 }
 
+/* What a session holds while it waits goes back at the end of each step:
+ * OpenSSL's record buffers (about 17 KiB each way, made again by the next
+ * record; SSL_MODE_RELEASE_BUFFERS would do it after every record read)
+ * once no record is partly read, and the small receive buffer once SSL
+ * has read all of it. A large one (a transfer in progress) stays. */
+static void release_buffers(tls_t* t) {
+  if (t->hs_state != HS_DONE || rx_avail(t) != 0 || SSL_pending(t->ssl) != 0)
+    return;
+  SSL_free_buffers(t->ssl); /* refuses while a record is partly read */
+  if (t->rx_cap == RX_HS_SIZE) {
+    uvctx__free(t->rx);
+    t->rx = NULL;
+    t->rx_off = t->rx_len = t->rx_cap = 0;
+  }
+}
+
 /* One step: advance the handshake, encrypt queued writes, deliver
  * plaintext (only when callbacks are allowed), flush, and decide
  * whether the transport should be read. */
@@ -259,6 +275,7 @@ void uvctx__tls_step(tls_t* t) {
     uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, UVCTX__TLS_QUIET);
     return;
   }
+  release_buffers(t);
   set_transport_reading(t);
 }
 
@@ -394,14 +411,6 @@ static void finish_pending(tls_t* t) {
   }
 }
 
-static void free_chunks(tx_t* tx) {
-  while (tx != NULL) {
-    tx_t* next = tx->next;
-    uvctx__free(tx);
-    tx = next;
-  }
-}
-
 /* The SSL object, its BIO and their buffers. */
 static void free_engine(tls_t* t) {
   if (t->ssl == NULL)
@@ -409,14 +418,14 @@ static void free_engine(tls_t* t) {
   SSL_free(t->ssl); /* frees the BIO */
   t->ssl = NULL;
   t->bio = NULL;
-  uvctx__free(t->out);
+  /* With ssl NULL, pooled chunks are freed, units go back. */
+  uvctx__tls_tx_put_all(t, t->out);
   t->out = NULL;
-  free_chunks(t->ready_head);
+  uvctx__tls_tx_put_all(t, t->ready_head);
   t->ready_head = NULL;
   t->ready_tail = &t->ready_head;
-  free_chunks(t->spare);
+  uvctx__tls_tx_put_all(t, t->spare);
   t->spare = NULL;
-  t->nspare = 0;
   t->nchunks = 0;
   t->out_pending = 0;
   t->out_plain = 0;
@@ -425,6 +434,7 @@ static void free_engine(tls_t* t) {
   t->rx = NULL;
   t->rx_off = t->rx_len = t->rx_cap = 0;
   atomic_fetch_sub(&uvctx__tls_ssl_count, 1);
+  uvctx__tls_units_trim();
 }
 
 /* The transport is closed and every transport write has called back (so
