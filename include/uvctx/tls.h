@@ -203,9 +203,12 @@ struct uvctx_tls_s {
  * uvctx_stream_close() is abortive: pending callbacks get UV_ECANCELED. On
  * a fatal error the session hands OpenSSL's alert to the transport before
  * closing it. OpenSSL's per-thread error queue is cleared around every
- * operation, so one session's failure never shows in another's. A session
- * that has moved bulk data holds up to about 400 KiB of buffers until it is
- * closed. */
+ * operation, so one session's failure never shows in another's. Memory
+ * follows the data: plaintext is encrypted only as fast as the transport
+ * takes the records (the rest waits in the writer's buffers), so a session
+ * behind a slow reader holds at most 66 KiB of ciphertext and an idle one
+ * no transmit buffer; a transfer in progress keeps a 128 KiB receive
+ * buffer (docs/tls.md, "Memory and copies"). */
 UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
                                 uvctx_stream_t* transport,
                                 const char* server_name);
