@@ -22,11 +22,12 @@ static size_t rx_avail(const tls_t* t) {
 static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   tls_t* t = s->data;
 
-  /* Grown once application data fills the small buffer: a connection
-   * that only sees the handshake (and the session tickets some peers send
-   * after it) never allocates the large one. */
+  /* Grown once application data fills the small buffer while the user
+   * reads: a connection that only sees the handshake (and the session
+   * tickets some peers send after it), or whose reader stopped, never
+   * allocates the large one. */
   size_t want =
-      t->hs_state == HS_DONE &&
+      t->hs_state == HS_DONE && t->reading &&
               (t->rx_grow || (t->rx_cap > 0 && rx_avail(t) == t->rx_cap))
           ? RX_SIZE
           : RX_HS_SIZE;
@@ -52,15 +53,22 @@ static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
 
 static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf);
 
+/* The transport is read while there is room in rx (or rx may grow), and,
+ * once the user has stopped reading, only while rx holds less than a small
+ * buffer's worth: enough to notice the peer's end or an alert on an idle
+ * session, while the data of a paused reader waits in the kernel. */
 static void set_transport_reading(tls_t* t) {
+  size_t avail = rx_avail(t);
+  int done = t->hs_state == HS_DONE;
   int want;
   int rc;
 
   if (t->tr_state != TR_OPEN)
     return;
   want = t->err == 0 && !t->closing && !t->tr_eof && t->hs_state != HS_NONE &&
-         (t->rx_cap == 0 || rx_avail(t) < t->rx_cap ||
-          (t->hs_state == HS_DONE && t->rx_cap < RX_SIZE));
+         (t->rx_cap == 0 || avail < t->rx_cap ||
+          (done && t->reading && t->rx_cap < RX_SIZE)) &&
+         (!done || t->reading || avail < RX_HS_SIZE);
   if (want == t->tr_reading)
     return;
   if (want) {
