@@ -225,7 +225,11 @@ static void read_plain(tls_t* t) {
 static void release_buffers(tls_t* t) {
   if (t->hs_state != HS_DONE || rx_avail(t) != 0 || SSL_pending(t->ssl) != 0)
     return;
-  SSL_free_buffers(t->ssl); /* refuses while a record is partly read */
+  /* It refuses while a record is partly read; before 3.0.14 it could free
+   * the buffer under a record whose header alone had arrived
+   * (CVE-2024-4741), so older libraries keep their buffers. */
+  if (OpenSSL_version_num() >= 0x300000e0UL)
+    SSL_free_buffers(t->ssl);
   if (t->rx_cap == RX_HS_SIZE) {
     uvctx__free(t->rx);
     t->rx = NULL;
