@@ -407,7 +407,13 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
 static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
   if (is_live(c)) {
     trace_root(w, c);
-    walk_locked(w, c);
+    if (c->u1.children == NULL) {
+      /* A leaf, the common case: nothing to walk, nothing to defer. */
+      finish_locked(c, w->err, w->cause, w->msg, &w->op);
+      c->home->cancels++;
+    } else {
+      walk_locked(w, c);
+    }
   }
   if (own)
     uvctx__orphan_locked(c);
@@ -465,7 +471,8 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   }
   if (more)
     uvctx_unref(c);
-  run_deferred(&w);
+  if (w.own_deferred != NULL)
+    run_deferred(&w);
   if (w.must_wait)
     uvctx__barrier_wait();
 }
