@@ -18,6 +18,13 @@
  *   scaling_<shape>_t<N>_ns  wall ns per operation (Go: ns/op)
  *   scaling_<shape>_t<N>     speedup over the 1-thread figure (Go: the
  *                            same ratio of its own figures)
+ *   scaling_<shape>_t<N>_cpu_ns  CPU time per operation, the mean of the
+ *                            threads' (CLOCK_THREAD_CPUTIME_ID), in the
+ *                            same trial: on a machine other work shares,
+ *                            the wall figure counts the time a thread
+ *                            waits for a core, this one only what the
+ *                            operations cost (contended lines and locks
+ *                            raise it above the 1-thread figure)
  *
  * Stall: loop B's thread times each of its create/cancel/unref operations,
  * first alone (quiet), then while loop A's thread repeatedly builds a root
@@ -27,7 +34,11 @@
  * cost B with no lock or line of uvctx in common). Figures: the worst busy
  * operation in us, the busy p99 over the quiet p99, and the same two for
  * the control. */
+/* getrusage(RUSAGE_THREAD) */
+#define _GNU_SOURCE
 #include <stdatomic.h>
+#include <sys/resource.h>
+#include <time.h>
 
 #include "bench.h"
 
@@ -44,25 +55,35 @@ typedef struct worker_s {
   uvctx_t* parent;
   size_t n;
   uint64_t end;
+  double cpu_ns; /* thread CPU time over the operations */
 } worker_t;
 
 static worker_t workers[MAX_THREADS];
 static atomic_int ready;
 static atomic_int go;
 
+static double thread_cpu_ns(void) {
+  struct timespec ts;
+  BENCH_ASSERT(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
 static void churn(void* arg) {
   worker_t* w = arg;
   uvctx_t* c;
   size_t i;
+  double cpu0;
   atomic_fetch_add(&ready, 1);
   while (!atomic_load(&go)) {
   }
+  cpu0 = thread_cpu_ns();
   for (i = 0; i < w->n; i++) {
     BENCH_OK(uvctx_with_cancel(w->parent, &c));
     BENCH_OK(uvctx_cancel(c));
     uvctx_unref(c);
   }
   w->end = uv_hrtime();
+  w->cpu_ns = thread_cpu_ns() - cpu0;
 }
 
 static void close_loop(uv_loop_t* loop, uvctx_loop_t* ul) {
@@ -74,9 +95,10 @@ static void close_loop(uv_loop_t* loop, uvctx_loop_t* ul) {
   BENCH_OK(uv_loop_close(loop));
 }
 
-/* One trial: wall ns per operation over all threads. The loops are set up
- * on the main thread and run by nobody, so every thread may use its own. */
-static double trial(int shape, int threads, size_t n) {
+/* One trial: wall ns per operation over all threads, and in *cpu the
+ * threads' mean CPU ns per operation. The loops are set up on the main
+ * thread and run by nobody, so every thread may use its own. */
+static double trial(int shape, int threads, size_t n, double* cpu) {
   uvctx_t* top = NULL;
   uint64_t start, end = 0;
   int i;
@@ -111,6 +133,9 @@ static double trial(int shape, int threads, size_t n) {
     if (workers[i].end > end)
       end = workers[i].end;
   }
+  *cpu = 0;
+  for (i = 0; i < threads; i++)
+    *cpu += workers[i].cpu_ns / (double)(n * (size_t)threads);
   for (i = 0; i < threads; i++) {
     BENCH_ASSERT(uvctx_err(workers[i].parent) == 0);
     if (shape == SHAPE_SHARED)
@@ -133,17 +158,23 @@ static void bench_churn(const bench_opts_t* o) {
     double one = 0;
     for (k = 0; k < 3; k++) {
       char name[64];
-      double best = 0;
+      double best = 0, best_cpu = 0;
       for (t = 0; t < TRIALS; t++) {
-        double ns = trial(s, counts[k], n);
-        if (t == 0 || ns < best)
+        double cpu;
+        double ns = trial(s, counts[k], n, &cpu);
+        if (t == 0 || ns < best) {
           best = ns;
+          best_cpu = cpu;
+        }
       }
       if (k == 0)
         one = best;
       snprintf(name, sizeof(name), "scaling_%s_t%d_ns", shape_names[s],
                counts[k]);
       bench_result(name, "ns/op", best);
+      snprintf(name, sizeof(name), "scaling_%s_t%d_cpu_ns", shape_names[s],
+               counts[k]);
+      bench_result(name, "ns/op", best_cpu);
       if (k > 0) {
         snprintf(name, sizeof(name), "scaling_%s_t%d", shape_names[s],
                  counts[k]);
@@ -216,24 +247,61 @@ static void big_walks(void* arg) {
   free(blocks);
 }
 
-/* Loop B's operations, each timed: `n` of them in samples. */
-static void timed_ops(stall_t* s, int64_t* samples, size_t n) {
+/* B's operations in one phase: each one's time, and the worst of those
+ * during which B's thread was not switched out. */
+typedef struct phase_s {
+  int64_t* samples;
+  int64_t worst_unswitched;
+  size_t switched; /* operations during which the thread was switched out */
+} phase_t;
+
+/* Context switches of the calling thread so far, or -1. */
+static long switches(void) {
+#if defined(RUSAGE_THREAD)
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) == 0)
+    return ru.ru_nvcsw + ru.ru_nivcsw;
+#endif
+  return -1;
+}
+
+/* Loop B's operations, each timed: `n` of them in ph->samples. A slow one
+ * (over 20 us: longer than any operation that kept the CPU) is checked
+ * for a context switch since the last check, so that what the scheduler
+ * took can be told from what B waited for in uvctx. */
+static void timed_ops(stall_t* s, phase_t* ph, size_t n) {
   uvctx_t* parent;
   uvctx_t* c;
+  long sw = switches();
   size_t i;
+  ph->worst_unswitched = 0;
+  ph->switched = 0;
   BENCH_OK(uvctx_with_cancel(uvctx_background(s->b), &parent));
   for (i = 0; i < n; i++) {
     uint64_t t0 = uv_hrtime();
+    int64_t dt;
     BENCH_OK(uvctx_with_cancel(parent, &c));
     BENCH_OK(uvctx_cancel(c));
     uvctx_unref(c);
-    samples[i] = (int64_t)(uv_hrtime() - t0);
+    dt = (int64_t)(uv_hrtime() - t0);
+    ph->samples[i] = dt;
+    if (dt > 20000) {
+      long now = switches();
+      if (now != sw && sw >= 0) {
+        ph->switched++;
+        sw = now;
+        continue;
+      }
+    }
+    if (dt > ph->worst_unswitched)
+      ph->worst_unswitched = dt;
   }
   uvctx_release(parent);
+  qsort(ph->samples, n, sizeof(*ph->samples), bench_cmp_i64);
 }
 
 /* B's operations while A's thread runs `fn` (from its first walk on). */
-static void busy_ops(stall_t* s, uv_thread_cb fn, int64_t* samples, size_t n) {
+static void busy_ops(stall_t* s, uv_thread_cb fn, phase_t* ph, size_t n) {
   uv_thread_t ta;
   atomic_store(&s->phase, 1);
   atomic_store(&s->walks, 0);
@@ -242,19 +310,26 @@ static void busy_ops(stall_t* s, uv_thread_cb fn, int64_t* samples, size_t n) {
    * work. */
   while (atomic_load(&s->walks) == 0)
     uv_sleep(1);
-  timed_ops(s, samples, n);
+  timed_ops(s, ph, n);
   atomic_store(&s->phase, 2);
   BENCH_OK(uv_thread_join(&ta));
-  qsort(samples, n, sizeof(*samples), bench_cmp_i64);
 }
 
-static void print_stall(const char* name, const int64_t* busy,
-                        const int64_t* quiet, size_t n, int target) {
-  double q99 = (double)bench_pct(quiet, n, 99);
-  double b99 = (double)bench_pct(busy, n, 99);
+static void print_stall(const char* name, const phase_t* busy,
+                        const phase_t* quiet, size_t n, int target) {
+  double q99 = (double)bench_pct(quiet->samples, n, 99);
+  double b99 = (double)bench_pct(busy->samples, n, 99);
   printf("bench=%s_worst_op unit=us value=%.2f peer=quiet peer_value=%.2f%s\n",
-         name, (double)busy[n - 1] / 1000.0, (double)quiet[n - 1] / 1000.0,
+         name, (double)busy->samples[n - 1] / 1000.0,
+         (double)quiet->samples[n - 1] / 1000.0,
          target ? " target=value<=1000" : "");
+  printf("bench=%s_worst_unswitched_op unit=us value=%.2f peer=quiet "
+         "peer_value=%.2f\n",
+         name, (double)busy->worst_unswitched / 1000.0,
+         (double)quiet->worst_unswitched / 1000.0);
+  printf("bench=%s_switched_ops unit=count value=%zu peer=quiet "
+         "peer_value=%zu\n",
+         name, busy->switched, quiet->switched);
   printf("bench=%s_p99 unit=ns value=%.0f peer=quiet peer_value=%.0f "
          "ratio=%.3f%s\n",
          name, b99, q99, q99 > 0 ? b99 / q99 : 0.0,
@@ -265,15 +340,19 @@ static void print_stall(const char* name, const int64_t* busy,
 static void bench_stall(const bench_opts_t* o) {
   stall_t s;
   size_t n = bench_count(o, 2000000, 2000);
-  int64_t* quiet = malloc(n * sizeof(*quiet));
-  int64_t* busy = malloc(n * sizeof(*busy));
-  int64_t* control = malloc(n * sizeof(*control));
+  phase_t quiet, busy, control;
   int walks;
 
-  BENCH_ASSERT(quiet != NULL && busy != NULL && control != NULL);
-  /* Touched before use, so that no sample pays for a page fault. */
-  memset(busy, 0xa5, n * sizeof(*busy));
-  memset(control, 0xa5, n * sizeof(*control));
+  quiet.samples = malloc(n * sizeof(*quiet.samples));
+  busy.samples = malloc(n * sizeof(*busy.samples));
+  control.samples = malloc(n * sizeof(*control.samples));
+  BENCH_ASSERT(quiet.samples != NULL && busy.samples != NULL &&
+               control.samples != NULL);
+  /* Touched before use, so that no operation is followed by a page fault
+   * that the next one's timing might catch the end of. */
+  memset(quiet.samples, 0xa5, n * sizeof(*quiet.samples));
+  memset(busy.samples, 0xa5, n * sizeof(*busy.samples));
+  memset(control.samples, 0xa5, n * sizeof(*control.samples));
   memset(&s, 0, sizeof(s));
   s.children = o->quick ? 2000 : 200000;
   BENCH_OK(uv_loop_init(&s.loop_a));
@@ -281,22 +360,21 @@ static void bench_stall(const bench_opts_t* o) {
   BENCH_OK(uvctx_loop_init(&s.loop_a, &s.a));
   BENCH_OK(uvctx_loop_init(&s.loop_b, &s.b));
 
-  timed_ops(&s, quiet, n);
-  qsort(quiet, n, sizeof(*quiet), bench_cmp_i64);
-  busy_ops(&s, big_cancels, busy, n);
+  timed_ops(&s, &quiet, n);
+  busy_ops(&s, big_cancels, &busy, n);
   walks = atomic_load(&s.walks);
-  busy_ops(&s, big_walks, control, n);
+  busy_ops(&s, big_walks, &control, n);
   fprintf(stderr,
           "# stall: %d cancels of a %zu-child root during %zu ops; "
           "control: %d malloc walks of as many blocks\n",
           walks, s.children, n, atomic_load(&s.walks));
-  print_stall("stall", busy, quiet, n, 1);
-  print_stall("stall_control", control, quiet, n, 0);
+  print_stall("stall", &busy, &quiet, n, 1);
+  print_stall("stall_control", &control, &quiet, n, 0);
   close_loop(&s.loop_a, s.a);
   close_loop(&s.loop_b, s.b);
-  free(quiet);
-  free(busy);
-  free(control);
+  free(quiet.samples);
+  free(busy.samples);
+  free(control.samples);
 }
 
 int main(int argc, char** argv) {
