@@ -25,6 +25,12 @@
  *                            waits for a core, this one only what the
  *                            operations cost (contended lines and locks
  *                            raise it above the 1-thread figure)
+ *   scaling_<shape>_t<N>_others  cores that other processes (and the
+ *                            hypervisor, as steal) kept busy during that
+ *                            trial, from /proc/stat less this process's
+ *                            CPU time (10 ms resolution): a 2-thread
+ *                            figure means something only where this is
+ *                            near 0 on a 2-core machine
  *
  * Stall: loop B's thread times each of its create/cancel/unref operations,
  * first alone (quiet), then while loop A's thread repeatedly builds a root
@@ -95,12 +101,44 @@ static void close_loop(uv_loop_t* loop, uvctx_loop_t* ul) {
   BENCH_OK(uv_loop_close(loop));
 }
 
-/* One trial: wall ns per operation over all threads, and in *cpu the
- * threads' mean CPU ns per operation. The loops are set up on the main
- * thread and run by nobody, so every thread may use its own. */
-static double trial(int shape, int threads, size_t n, double* cpu) {
+/* Jiffies (1/100 s) the whole machine spent busy, steal included, or -1. */
+static double machine_busy_s(void) {
+  unsigned long long v[8] = {0};
+  FILE* f = fopen("/proc/stat", "r");
+  int n;
+  if (f == NULL)
+    return -1;
+  n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+             &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+  fclose(f);
+  if (n != 8)
+    return -1;
+  /* user nice system [idle iowait] irq softirq steal */
+  return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / 100.0;
+}
+
+static double self_cpu_s(void) {
+  struct rusage ru;
+  BENCH_ASSERT(getrusage(RUSAGE_SELF, &ru) == 0);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* One trial: wall ns per operation over all threads, the threads' mean
+ * CPU ns per operation, and the cores other work took meanwhile. The
+ * loops are set up on the main thread and run by nobody, so every thread
+ * may use its own. */
+typedef struct result_s {
+  double wall_ns;
+  double cpu_ns;
+  double others; /* -1 if /proc/stat cannot be read */
+} result_t;
+
+static result_t trial(int shape, int threads, size_t n) {
+  result_t r;
   uvctx_t* top = NULL;
   uint64_t start, end = 0;
+  double busy0, self0;
   int i;
 
   for (i = 0; i < threads; i++) {
@@ -126,6 +164,8 @@ static double trial(int shape, int threads, size_t n, double* cpu) {
     BENCH_OK(uv_thread_create(&workers[i].thread, churn, &workers[i]));
   while (atomic_load(&ready) != threads) {
   }
+  busy0 = machine_busy_s();
+  self0 = self_cpu_s();
   start = uv_hrtime();
   atomic_store(&go, 1);
   for (i = 0; i < threads; i++) {
@@ -133,9 +173,16 @@ static double trial(int shape, int threads, size_t n, double* cpu) {
     if (workers[i].end > end)
       end = workers[i].end;
   }
-  *cpu = 0;
+  r.others = -1;
+  if (busy0 >= 0) {
+    double busy = machine_busy_s() - busy0;
+    double mine = self_cpu_s() - self0;
+    double wall = (double)(uv_hrtime() - start) / 1e9;
+    r.others = busy > mine ? (busy - mine) / wall : 0;
+  }
+  r.cpu_ns = 0;
   for (i = 0; i < threads; i++)
-    *cpu += workers[i].cpu_ns / (double)(n * (size_t)threads);
+    r.cpu_ns += workers[i].cpu_ns / (double)(n * (size_t)threads);
   for (i = 0; i < threads; i++) {
     BENCH_ASSERT(uvctx_err(workers[i].parent) == 0);
     if (shape == SHAPE_SHARED)
@@ -147,7 +194,8 @@ static double trial(int shape, int threads, size_t n, double* cpu) {
   for (i = 0; i < threads; i++)
     close_loop(&workers[i].loop, workers[i].ul);
   BENCH_ASSERT(uvctx_live_allocations() == 0);
-  return (double)(end - start) / (double)(n * (size_t)threads);
+  r.wall_ns = (double)(end - start) / (double)(n * (size_t)threads);
+  return r;
 }
 
 static void bench_churn(const bench_opts_t* o) {
@@ -158,27 +206,29 @@ static void bench_churn(const bench_opts_t* o) {
     double one = 0;
     for (k = 0; k < 3; k++) {
       char name[64];
-      double best = 0, best_cpu = 0;
+      result_t best = {0, 0, 0};
       for (t = 0; t < TRIALS; t++) {
-        double cpu;
-        double ns = trial(s, counts[k], n, &cpu);
-        if (t == 0 || ns < best) {
-          best = ns;
-          best_cpu = cpu;
-        }
+        result_t r = trial(s, counts[k], n);
+        if (t == 0 || r.wall_ns < best.wall_ns)
+          best = r;
       }
       if (k == 0)
-        one = best;
+        one = best.wall_ns;
       snprintf(name, sizeof(name), "scaling_%s_t%d_ns", shape_names[s],
                counts[k]);
-      bench_result(name, "ns/op", best);
+      bench_result(name, "ns/op", best.wall_ns);
       snprintf(name, sizeof(name), "scaling_%s_t%d_cpu_ns", shape_names[s],
                counts[k]);
-      bench_result(name, "ns/op", best_cpu);
+      bench_result(name, "ns/op", best.cpu_ns);
+      if (best.others >= 0) {
+        snprintf(name, sizeof(name), "scaling_%s_t%d_others", shape_names[s],
+                 counts[k]);
+        bench_result(name, "cores", best.others);
+      }
       if (k > 0) {
         snprintf(name, sizeof(name), "scaling_%s_t%d", shape_names[s],
                  counts[k]);
-        bench_result(name, "x", one / best);
+        bench_result(name, "x", one / best.wall_ns);
       }
     }
   }
