@@ -36,10 +36,18 @@ static struct {
 #define SHARED 0
 static struct { _Alignas(128) atomic_uint_fast64_t n; } live_blocks[STRIPES];
 static atomic_uchar stripe_taken[STRIPES];
-static _Thread_local atomic_uint_fast64_t* my_stripe;
+/* Initial-exec: in the shared library the default model would call
+ * __tls_get_addr() on every allocation and free; eight bytes of static
+ * TLS are within what glibc keeps for libraries, even dlopen()ed ones. */
+#if defined(__GNUC__)
+#define STRIPE_TLS __attribute__((tls_model("initial-exec")))
+#else
+#define STRIPE_TLS
+#endif
+static _Thread_local atomic_uint_fast64_t* my_stripe STRIPE_TLS;
 static pthread_once_t stripe_once = PTHREAD_ONCE_INIT;
 static pthread_key_t stripe_key;
-static int stripe_key_ok;
+static atomic_int stripe_key_ok;
 
 static void stripe_release(void* p) {
   size_t i = (size_t)((uintptr_t)p - 1);
@@ -51,6 +59,16 @@ static void stripe_release(void* p) {
 static void stripe_key_init(void) {
   stripe_key_ok = pthread_key_create(&stripe_key, stripe_release) == 0;
 }
+
+/* A library unloaded with dlclose() must not leave threads a destructor
+ * to call in unmapped code when they exit. */
+#if defined(__GNUC__)
+__attribute__((destructor)) static void stripe_key_fini(void) {
+  if (stripe_key_ok)
+    pthread_key_delete(stripe_key);
+  stripe_key_ok = 0;
+}
+#endif
 
 #if defined(__GNUC__)
 __attribute__((noinline))
