@@ -37,9 +37,16 @@
  * with 200,000 children and cancels it (busy), then while A's thread does
  * the same allocation, walk and free of 200,000 blocks with malloc() and
  * no uvctx call (control: what the machine, its scheduler and allocator
- * cost B with no lock or line of uvctx in common). Figures: the worst busy
- * operation in us, the busy p99 over the quiet p99, and the same two for
- * the control. */
+ * cost B with no lock or line of uvctx in common). Figures, for busy and
+ * for the control, each beside quiet:
+ *
+ *   stall_worst_op               the worst operation, in us
+ *   stall_worst_unswitched_op    the worst one during which B's thread was
+ *                                not switched out (getrusage())
+ *   stall_switched_ops           how many were switched out
+ *   stall_voluntary_switches     switches where B's thread blocked or
+ *                                slept (a wait in uvctx's lock would)
+ *   stall_p99                    the p99, and its ratio to quiet's */
 /* getrusage(RUSAGE_THREAD) */
 #define _GNU_SOURCE
 #include <stdatomic.h>
@@ -303,15 +310,20 @@ typedef struct phase_s {
   int64_t* samples;
   int64_t worst_unswitched;
   size_t switched; /* operations during which the thread was switched out */
+  long voluntary;  /* of all its switches, those where it gave up the CPU */
 } phase_t;
 
-/* Context switches of the calling thread so far, or -1. */
-static long switches(void) {
+/* Context switches of the calling thread so far (in *voluntary those
+ * where it blocked or slept), or -1. */
+static long switches(long* voluntary) {
 #if defined(RUSAGE_THREAD)
   struct rusage ru;
-  if (getrusage(RUSAGE_THREAD, &ru) == 0)
+  if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+    *voluntary = ru.ru_nvcsw;
     return ru.ru_nvcsw + ru.ru_nivcsw;
+  }
 #endif
+  *voluntary = 0;
   return -1;
 }
 
@@ -322,7 +334,8 @@ static long switches(void) {
 static void timed_ops(stall_t* s, phase_t* ph, size_t n) {
   uvctx_t* parent;
   uvctx_t* c;
-  long sw = switches();
+  long vol0, vol;
+  long sw = switches(&vol0);
   size_t i;
   ph->worst_unswitched = 0;
   ph->switched = 0;
@@ -336,7 +349,7 @@ static void timed_ops(stall_t* s, phase_t* ph, size_t n) {
     dt = (int64_t)(uv_hrtime() - t0);
     ph->samples[i] = dt;
     if (dt > 20000) {
-      long now = switches();
+      long now = switches(&vol);
       if (now != sw && sw >= 0) {
         ph->switched++;
         sw = now;
@@ -346,6 +359,8 @@ static void timed_ops(stall_t* s, phase_t* ph, size_t n) {
     if (dt > ph->worst_unswitched)
       ph->worst_unswitched = dt;
   }
+  switches(&vol);
+  ph->voluntary = vol - vol0;
   uvctx_release(parent);
   qsort(ph->samples, n, sizeof(*ph->samples), bench_cmp_i64);
 }
@@ -380,6 +395,9 @@ static void print_stall(const char* name, const phase_t* busy,
   printf("bench=%s_switched_ops unit=count value=%zu peer=quiet "
          "peer_value=%zu\n",
          name, busy->switched, quiet->switched);
+  printf("bench=%s_voluntary_switches unit=count value=%ld peer=quiet "
+         "peer_value=%ld\n",
+         name, busy->voluntary, quiet->voluntary);
   printf("bench=%s_p99 unit=ns value=%.0f peer=quiet peer_value=%.0f "
          "ratio=%.3f%s\n",
          name, b99, q99, q99 > 0 ? b99 / q99 : 0.0,
