@@ -9,7 +9,7 @@
 #
 # Modes: plain (no sanitizer), address (ASan + LeakSanitizer + UBSan),
 # thread (TSan), fuzz (clang, ASan + UBSan + libFuzzer: builds only the
-# fuzz targets of test/fuzz/ and fuzzes each for UVCTX_FUZZ_SECONDS, 30 by
+# fuzz targets of test/fuzz/ and fuzzes each for UVCTX_FUZZ_SECONDS, 60 by
 # default; every other mode replays their corpora). Each builds in
 # build/test-<mode> under the repository.
 # Missing Debian packages are installed first (apt-get, as root or through
@@ -24,7 +24,7 @@ cd "$root"
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev check
   golang-go openssl curl python3 gnutls-bin socat nodejs clang-format
   postgresql libpq-dev prometheus chromium clang libclang-rt-14-dev
-  slowhttptest wrk)
+  slowhttptest wrk iproute2)
 
 install_deps() {
   local missing=() pkg sudo=()
@@ -108,7 +108,7 @@ run_mode() {
       sanitize=address
       cc=(env CC=clang)
       configure=(-DUVCTX_FUZZ=ON -DUVCTX_BUILD_BENCH=OFF
-        "-DUVCTX_FUZZ_SECONDS=${UVCTX_FUZZ_SECONDS:-30}")
+        "-DUVCTX_FUZZ_SECONDS=${UVCTX_FUZZ_SECONDS:-60}")
       build=(--target uvctx_fuzzers)
       select=(-L '^fuzz$')
       env_vars+=("ASAN_OPTIONS=$asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"

@@ -6,6 +6,9 @@
         GET /metrics on 127.0.0.1:MPORT every second over one keep-alive
         connection, as Prometheus does, for at most SECONDS; prints
         "scrapes=N failed=F"
+    obs-load.py burst MPORT N
+        N GET /metrics back to back over one keep-alive connection; prints
+        "scrapes=N bytes=B" (B: the last exposition's size)
     obs-load.py contexts PORT MPORT CONNS ROUNDS
         opens CONNS connections through the relay on PORT (each echoes one
         byte, so each is in its pipe), keeps 8 of them busy with echoes,
@@ -52,6 +55,15 @@ def scrape_main(mport, seconds):
             hc = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
     print("scrapes=%d failed=%d" % (n, failed), flush=True)
+
+
+def burst_main(mport, n):
+    hc = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+    body = b""
+    for _ in range(n):
+        body = get(hc, "/metrics")
+    hc.close()
+    print("scrapes=%d bytes=%d" % (n, len(body)), flush=True)
 
 
 def open_many(port, n):
@@ -171,6 +183,8 @@ def contexts_main(port, mport, conns, rounds):
 def main():
     if sys.argv[1] == "scrape":
         scrape_main(int(sys.argv[2]), float(sys.argv[3]))
+    elif sys.argv[1] == "burst":
+        burst_main(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1] == "contexts":
         contexts_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                       int(sys.argv[5]))

@@ -20,7 +20,9 @@
 #   scrape       the throughput and connrate runs of uvctx-relay with
 #                --metrics scraped every second (obs-load.py scrape, one
 #                keep-alive connection, as Prometheus does) beside the same
-#                runs without --metrics, in rotating order
+#                runs without --metrics, in rotating order; and the relay's
+#                CPU time per scrape (2,000 back to back) over the 1 s
+#                interval: the share of a core that scraping takes
 #   contexts     LIVE (default 10000) connections held through a relay with
 #                2 workers; GET /debug/contexts back to back for 2 s against
 #                2 s without, ROUNDS (--runs) times: the request's wall time,
@@ -498,7 +500,7 @@ connrate_run() {
 }
 
 bench_scrape() {
-  local mb i k p echo_port echo_pid
+  local mb i k p echo_port echo_pid mp
   local -A tput=() crate=()
   mb=$(calc "$bytes / 1000000")
   start_echo
@@ -514,11 +516,29 @@ bench_scrape() {
       note "run $i $p: $(calc "$mb / $secs") MB/s, $rate conn/s"
     done
   done
+  # What one scrape costs the relay, in CPU time (every thread), which
+  # does not depend on the machine's load the way the paired runs do:
+  # 2,000 back-to-back scrapes of a relay with 2 workers whose counters
+  # the connections just made have moved, over the 1 s interval.
+  local c0 c1 sc per
+  start_listener relay "$relay" --listen 127.0.0.1:0 \
+    --connect "127.0.0.1:$echo_port" --workers 2 --metrics 127.0.0.1:0
+  mp=$(metrics_port)
+  python3 "$here/connrate.py" client "$lport" 1000 32 >/dev/null
+  c0=$(cpu_of "$lpid")
+  sc=$(python3 "$here/obs-load.py" burst "$mp" 2000)
+  c1=$(cpu_of "$lpid")
+  stop "$lpid"
   stop "$echo_pid"
+  per=$(calc "($c1 - $c0) / 2000 * 1000000")
   line relay_throughput_scraped MB/s "$(median "${tput[scraped]}")" \
     unscraped "$(median "${tput[plain]}")"
   line relay_connrate_scraped conn/s "$(median "${crate[scraped]}")" \
     unscraped "$(median "${crate[plain]}")"
+  # line() rounds ratios to 0.001; this one is far smaller.
+  echo "bench=relay_scrape_cpu unit=us value=$per peer=scrape_interval_us" \
+    "peer_value=1000000 ratio=$(awk "BEGIN { printf \"%.6f\", $per / 1e6 }")" \
+    "${sc##* } target=ratio<=0.02"
 }
 
 bench_contexts() {

@@ -4,9 +4,10 @@
  *
  * Include <uvctx/snapshot.h>; it includes <uvctx.h>.
  *
- * uvctx_loop_snapshot() holds each loop's lock in turn only while it copies
- * the records that lock guards; naming creation sites (uvctx_site_format(),
- * which calls dladdr()) and formatting happen afterwards, on the caller's time.
+ * uvctx_loop_snapshot() and uvctx_loops_snapshot() hold each loop's lock in
+ * turn only while they copy the records that lock guards; naming creation
+ * sites (uvctx_site_format(), which calls dladdr()) and formatting happen
+ * afterwards, on the caller's time.
  */
 #ifndef UVCTX_SNAPSHOT_H
 #define UVCTX_SNAPSHOT_H
@@ -42,7 +43,21 @@ typedef struct uvctx_ctx_info_s {
 UVCTX_EXTERN int uvctx_loop_snapshot(const uvctx_loop_t* l,
                                      uvctx_ctx_info_t** out, size_t* n);
 
-/* Frees an array from uvctx_loop_snapshot(). NULL is ignored. */
+/* The same for several loops in one walk: out[i] and counts[i] are what
+ * uvctx_loop_snapshot(loops[i], ...) gives (each array freed with
+ * uvctx_snapshot_free()). Calling uvctx_loop_snapshot() once per loop walks
+ * every loop's lists each time; this walks them once, and holds each
+ * loop's lock only while it copies what that lock guards, so that a loop
+ * is stopped for the copy of its own part only. With `hold_ns` (n slots),
+ * hold_ns[i] is the longest the walk held loops[i]'s lock, in ns. Any
+ * thread; the bindings must stay open during the call. Returns 0,
+ * UV_EINVAL (loops NULL, n 0, a NULL binding, out or counts NULL) or
+ * UV_ENOMEM, when no array is stored (hold_ns is then undefined). */
+UVCTX_EXTERN int uvctx_loops_snapshot(const uvctx_loop_t* const* loops,
+                                      size_t n, uvctx_ctx_info_t** out,
+                                      size_t* counts, uint64_t* hold_ns);
+/* Frees an array from uvctx_loop_snapshot() or uvctx_loops_snapshot().
+ * NULL is ignored. */
 UVCTX_EXTERN void uvctx_snapshot_free(uvctx_ctx_info_t* records);
 
 /* Names a creation site as uvctx_loop_dump() does: "function+0xOFF in

@@ -1,7 +1,8 @@
 /* dump.c owns the leak report: uvctx_loop_dump(), which lists every live
  * context homed on a loop with its kind, parent, reference count, state and
  * the code that created it, and uvctx_loop_snapshot(), which copies the
- * same records for programs that present them themselves. Both walk the
+ * same records for programs that present them themselves (for several
+ * loops in one walk: uvctx_loops_snapshot()). They walk the
  * trees with walk(), which reads each loop's lists under that loop's lock
  * only (core/lock.c), and describe a context with describe(). */
 #define _GNU_SOURCE
@@ -76,9 +77,14 @@ static int vec_reserve(vec_t* s) {
 }
 
 typedef struct dump_s {
-  const uvctx_loop_t* l;
+  const uvctx_loop_t* l; /* NULL: every loop's contexts are visited */
   int (*visit)(const uvctx_t* c, void* arg); /* under c's home lock */
   void* arg;
+  /* With `holds`, the longest time each of loops[0..nloops-1]'s locks was
+   * held by the walk, in ns. */
+  const uvctx_loop_t* const* loops;
+  size_t nloops;
+  uint64_t* holds;
   vec_t stack;    /* links still to visit under the lock held */
   vec_t frontier; /* contexts homed elsewhere, referenced, to visit later */
   vec_t merges;   /* merges listed through a link of another parent */
@@ -122,7 +128,7 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
     unsigned n;
     if (!first_visit(d, k))
       continue;
-    if (c->home == d->l && d->visit(c, d->arg) != 0) {
+    if ((d->l == NULL || c->home == d->l) && d->visit(c, d->arg) != 0) {
       d->oom = 1;
       break;
     }
@@ -151,7 +157,24 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
   }
 }
 
-/* Calls visit(c, arg) for every live context homed on `l`. Every live
+/* Takes h's lock for the walk, and gives it back, keeping the time it was
+ * held when the caller asked for it. */
+static uint64_t hold(const dump_t* d, const uvctx_loop_t* h) {
+  uvctx__lock_acquire(&((uvctx_loop_t*)h)->lock);
+  return d->holds != NULL ? uv_hrtime() : 0;
+}
+
+static void unhold(const dump_t* d, const uvctx_loop_t* h, uint64_t t0) {
+  size_t i;
+  uint64_t ns = d->holds != NULL ? uv_hrtime() - t0 : 0;
+  uvctx__lock_release(&((uvctx_loop_t*)h)->lock);
+  for (i = 0; d->holds != NULL && i < d->nloops; i++)
+    if (d->loops[i] == h && ns > d->holds[i])
+      d->holds[i] = ns;
+}
+
+/* Calls visit(c, arg) for every live context homed on d->l (on any loop
+ * when it is NULL). Every live
  * context is either on some loop's orphan list or in the children list of
  * a live context, so a walk from all orphan lists of all loops finds each
  * one (trees may span loops). Each loop's lists are read under that loop's
@@ -160,39 +183,35 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
  * runs (a cancel on another thread) may be met in its old place or its new
  * one. Returns 0, or UV_ENOMEM when the walk's memory could not grow (some
  * contexts were not visited) or when visit() returned non-zero. */
-static int walk(const uvctx_loop_t* l, int (*visit)(const uvctx_t*, void*),
-                void* arg) {
-  dump_t d;
+static int walk(dump_t* dp) {
+  dump_t d = *dp;
   uvctx_loop_t* it;
   size_t i;
+  uint64_t t0;
 
-  memset(&d, 0, sizeof(d));
-  d.l = l;
-  d.visit = visit;
-  d.arg = arg;
   /* The registry lock keeps every binding visited from being freed. */
   uvctx__registry_lock();
   for (it = uvctx__registry_locked(); it != NULL && !d.oom;
        it = it->next_loop) {
     const uvctx__link_t* o;
-    uvctx__lock_acquire(&it->lock);
+    t0 = hold(&d, it);
     for (o = it->orphans; o != NULL && !d.oom; o = o->next) {
       push(&d, &d.stack, o);
       visit_locked(&d, it);
     }
-    uvctx__lock_release(&it->lock);
+    unhold(&d, it, t0);
   }
   /* Contexts homed on one loop under a parent of another: their children,
    * under their own loop's lock. The frontier grows as it is worked. */
   for (i = 0; i < d.frontier.len && !d.oom; i++) {
     uvctx_t* c = (uvctx_t*)d.frontier.v[i];
     const uvctx__link_t* ch;
-    uvctx__lock_acquire(&c->home->lock);
+    t0 = hold(&d, c->home);
     if (atomic_load_explicit(&c->err, memory_order_relaxed) == UVCTX__LIVE)
       for (ch = c->u1.children; ch != NULL && !d.oom; ch = ch->next)
         push(&d, &d.stack, ch);
     visit_locked(&d, c->home);
-    uvctx__lock_release(&c->home->lock);
+    unhold(&d, c->home, t0);
   }
   uvctx__registry_unlock();
   /* No lock is held: dropping the last reference frees as usual. */
@@ -202,6 +221,17 @@ static int walk(const uvctx_loop_t* l, int (*visit)(const uvctx_t*, void*),
   uvctx__free(d.frontier.v);
   uvctx__free(d.merges.v);
   return d.oom ? UV_ENOMEM : 0;
+}
+
+/* walk() for the contexts homed on `l` alone. */
+static int walk_loop(const uvctx_loop_t* l, int (*visit)(const uvctx_t*, void*),
+                     void* arg) {
+  dump_t d;
+  memset(&d, 0, sizeof(d));
+  d.l = l;
+  d.visit = visit;
+  d.arg = arg;
+  return walk(&d);
 }
 
 static int visit_print(const uvctx_t* c, void* arg) {
@@ -237,7 +267,7 @@ void uvctx_loop_dump(const uvctx_loop_t* l, FILE* out) {
           " pending watch(es), %" PRIu32 " armed deadline(s), %" PRIu64
           " context(s) of other loops under its background\n",
           (const void*)l, live, watches, deadlines, foreign);
-  if (walk(l, visit_print, out) != 0)
+  if (walk_loop(l, visit_print, out) != 0)
     fprintf(out, "  (out of memory: the list above is incomplete)\n");
   if (mem != NULL) {
     if (fclose(mem) == 0 && text != NULL)
@@ -254,8 +284,7 @@ typedef struct records_s {
   size_t n, cap;
 } records_t;
 
-static int visit_copy(const uvctx_t* c, void* arg) {
-  records_t* r = arg;
+static int records_add(records_t* r, const uvctx_t* c) {
   if (r->n == r->cap) {
     size_t cap = r->cap ? r->cap * 2 : 256;
     uvctx_ctx_info_t* v = uvctx__realloc(r->v, cap * sizeof(*v));
@@ -268,39 +297,112 @@ static int visit_copy(const uvctx_t* c, void* arg) {
   return 0;
 }
 
-/* The array is sized from the live count taken under the loop's lock, so
- * that the walk rarely reallocates while holding a lock. */
+static int visit_copy(const uvctx_t* c, void* arg) {
+  return records_add(arg, c);
+}
+
+/* The records of each loop of a multi-loop snapshot. */
+typedef struct loops_records_s {
+  const uvctx_loop_t* const* loops;
+  records_t* r;
+  size_t n;
+} loops_records_t;
+
+static int visit_copy_loops(const uvctx_t* c, void* arg) {
+  loops_records_t* lr = arg;
+  size_t i;
+  for (i = 0; i < lr->n; i++)
+    if (lr->loops[i] == c->home)
+      return records_add(&lr->r[i], c);
+  return 0;
+}
+
+/* Sizes `r` for the live count of `l`, taken under its lock, so that the
+ * walk rarely reallocates while holding a lock. */
+static int records_reserve(records_t* r, const uvctx_loop_t* l) {
+  uint64_t live;
+  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
+  live = uvctx__live_locked(l);
+  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
+  if (live > 0) {
+    r->cap = (size_t)live + 64;
+    r->v = uvctx__malloc(r->cap * sizeof(*r->v));
+    if (r->v == NULL)
+      return UV_ENOMEM;
+  }
+  return 0;
+}
+
+/* Hands `r` out as a snapshot: NULL when empty. */
+static void records_give(records_t* r, uvctx_ctx_info_t** out, size_t* n) {
+  if (r->n == 0) {
+    uvctx__free(r->v);
+    r->v = NULL;
+  }
+  *out = r->v;
+  *n = r->n;
+}
+
 int uvctx_loop_snapshot(const uvctx_loop_t* l, uvctx_ctx_info_t** out,
                         size_t* n) {
   records_t r = {NULL, 0, 0};
-  uint64_t live;
   int rc;
 
   if (l == NULL)
     return UVCTX__EINVAL("the loop binding is NULL");
   if (out == NULL || n == NULL)
     return UVCTX__EINVAL("out or n is NULL");
-  uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
-  live = uvctx__live_locked(l);
-  uvctx__lock_release(&((uvctx_loop_t*)l)->lock);
-  if (live > 0) {
-    r.cap = (size_t)live + 64;
-    r.v = uvctx__malloc(r.cap * sizeof(*r.v));
-    if (r.v == NULL)
-      return UV_ENOMEM;
-  }
-  rc = walk(l, visit_copy, &r);
-  if (rc != 0) {
+  if ((rc = records_reserve(&r, l)) != 0)
+    return rc;
+  if ((rc = walk_loop(l, visit_copy, &r)) != 0) {
     uvctx__free(r.v);
     return rc;
   }
-  if (r.n == 0) {
-    uvctx__free(r.v);
-    r.v = NULL;
-  }
-  *out = r.v;
-  *n = r.n;
+  records_give(&r, out, n);
   return 0;
+}
+
+int uvctx_loops_snapshot(const uvctx_loop_t* const* loops, size_t n,
+                         uvctx_ctx_info_t** out, size_t* counts,
+                         uint64_t* hold_ns) {
+  loops_records_t lr;
+  dump_t d;
+  size_t i;
+  int rc = 0;
+
+  if (loops == NULL || n == 0)
+    return UVCTX__EINVAL("no loops");
+  if (out == NULL || counts == NULL)
+    return UVCTX__EINVAL("out or counts is NULL");
+  for (i = 0; i < n; i++)
+    if (loops[i] == NULL)
+      return UVCTX__EINVAL("a loop binding is NULL");
+  lr.loops = loops;
+  lr.n = n;
+  lr.r = uvctx__calloc(n, sizeof(*lr.r));
+  if (lr.r == NULL)
+    return UV_ENOMEM;
+  for (i = 0; i < n && rc == 0; i++)
+    rc = records_reserve(&lr.r[i], loops[i]);
+  if (rc == 0) {
+    memset(&d, 0, sizeof(d));
+    d.visit = visit_copy_loops;
+    d.arg = &lr;
+    d.loops = loops;
+    d.nloops = n;
+    d.holds = hold_ns;
+    if (hold_ns != NULL)
+      memset(hold_ns, 0, n * sizeof(*hold_ns));
+    rc = walk(&d);
+  }
+  for (i = 0; i < n; i++) {
+    if (rc != 0)
+      uvctx__free(lr.r[i].v);
+    else
+      records_give(&lr.r[i], &out[i], &counts[i]);
+  }
+  uvctx__free(lr.r);
+  return rc;
 }
 
 void uvctx_snapshot_free(uvctx_ctx_info_t* records) {

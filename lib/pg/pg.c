@@ -73,7 +73,7 @@ static void quiet_notices(void* arg, const char* msg) {
 
 static void poll_closed(uv_handle_t* h) {
   uvctx_pg_conn_t* conn = h->data;
-  free(h);
+  uvctx_free(h);
   if (--conn->handles == 0 && conn->state == ST_CLOSING)
     teardown(conn);
 }
@@ -100,12 +100,12 @@ static int poll_watch(uvctx_pg_conn_t* conn, int fd, int events, int fresh) {
   if (conn->poll != NULL && conn->fd != fd)
     poll_drop(conn);
   if (conn->poll == NULL) {
-    conn->poll = malloc(sizeof(*conn->poll));
+    conn->poll = uvctx_malloc(sizeof(*conn->poll));
     if (conn->poll == NULL)
       return UV_ENOMEM;
     rc = uv_poll_init(uvctx_loop_uv(conn->l), conn->poll, fd);
     if (rc != 0) {
-      free(conn->poll);
+      uvctx_free(conn->poll);
       conn->poll = NULL;
       return rc;
     }
@@ -255,7 +255,7 @@ static void teardown(uvctx_pg_conn_t* conn) {
   }
   if (conn->close_cb != NULL)
     conn->close_cb(conn, conn->close_arg);
-  free(conn);
+  uvctx_free(conn);
 }
 
 /* ---- connecting ----------------------------------------------------------
@@ -352,9 +352,10 @@ int uvctx_pg_connect(uvctx_pg_connect_t* req, uvctx_t* ctx,
   int status = 0;
   if (req == NULL || ctx == NULL || conninfo == NULL || cb == NULL)
     return UV_EINVAL;
-  conn = calloc(1, sizeof(*conn));
+  conn = uvctx_malloc(sizeof(*conn));
   if (conn == NULL)
     return UV_ENOMEM;
+  memset(conn, 0, sizeof(*conn));
   loop = uvctx_loop_uv(uvctx_home(ctx));
   conn->l = uvctx_home(ctx);
   conn->fd = -1;

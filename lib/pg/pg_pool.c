@@ -21,21 +21,21 @@ static void kind_connected(uvctx_pg_connect_t* req, int status,
                            uvctx_pg_conn_t* conn) {
   pool_open_t* op = CONTAINER_OF(req, pool_open_t, req);
   uvctx_pool_t* pool = op->pool;
-  free(op);
+  uvctx_free(op);
   uvctx_pool_opened(pool, conn != NULL ? uvctx__pg_conn_head(conn) : NULL,
                     status);
 }
 
 static int kind_open(uvctx_pool_t* pool, uvctx_t* ctx) {
   uvctx_pg_pool_t* p = CONTAINER_OF(pool, uvctx_pg_pool_t, pool_);
-  pool_open_t* op = malloc(sizeof(*op));
+  pool_open_t* op = uvctx_malloc(sizeof(*op));
   int rc;
   if (op == NULL)
     return UV_ENOMEM;
   op->pool = pool;
   rc = uvctx_pg_connect(&op->req, ctx, p->conninfo_, &p->opts_, kind_connected);
   if (rc != 0)
-    free(op);
+    uvctx_free(op);
   return rc;
 }
 
@@ -64,16 +64,17 @@ int uvctx_pg_pool_init(uvctx_pg_pool_t* p, uvctx_loop_t* l,
   int rc;
   if (p == NULL || l == NULL || conninfo == NULL)
     return UV_EINVAL;
-  p->conninfo_ = strdup(conninfo);
+  p->conninfo_ = uvctx_malloc(strlen(conninfo) + 1);
   if (p->conninfo_ == NULL)
     return UV_ENOMEM;
+  strcpy(p->conninfo_, conninfo);
   memset(&p->opts_, 0, sizeof(p->opts_));
   if (opts != NULL)
     p->opts_ = *opts;
   p->close_cb_ = NULL;
   rc = uvctx_pool_init(&p->pool_, l, &pg_kind, p, popts);
   if (rc != 0) {
-    free(p->conninfo_);
+    uvctx_free(p->conninfo_);
     p->conninfo_ = NULL;
   }
   return rc;
@@ -102,7 +103,7 @@ void uvctx_pg_pool_release(uvctx_pg_pool_t* p, uvctx_pg_conn_t* conn) {
 
 static void pool_closed(uvctx_pool_t* pool) {
   uvctx_pg_pool_t* p = CONTAINER_OF(pool, uvctx_pg_pool_t, pool_);
-  free(p->conninfo_);
+  uvctx_free(p->conninfo_);
   p->conninfo_ = NULL;
   if (p->close_cb_ != NULL)
     p->close_cb_(p);

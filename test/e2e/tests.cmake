@@ -13,7 +13,7 @@ if(TARGET uvctx-relay)
                           Threads::Threads)
     foreach(case cli plain tls upstream_tls slow deadlines drain workers
                  emfile metrics trace debug page rules
-                 prometheus logs halfclose dial)
+                 prometheus logs halfclose dial debug_access)
       add_test(NAME relay_${case}
         COMMAND ${Python3_EXECUTABLE}
                 ${CMAKE_CURRENT_LIST_DIR}/relay/relay_test.py

@@ -5,7 +5,7 @@
 # fuzz_<name> fuzzes it for UVCTX_FUZZ_SECONDS, failing on a crash and
 # leaving the reproducer in the build tree.
 option(UVCTX_FUZZ "Build the libFuzzer targets (clang) and their runs" OFF)
-set(UVCTX_FUZZ_SECONDS 30 CACHE STRING "Seconds of fuzzing per target")
+set(UVCTX_FUZZ_SECONDS 60 CACHE STRING "Seconds of fuzzing per target")
 set(UVCTX_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
 
 add_library(uvctx_fuzz_support STATIC ${UVCTX_FUZZ_DIR}/fuzz_support.c)

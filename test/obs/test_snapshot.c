@@ -134,6 +134,117 @@ START_TEST(trees_spanning_loops) {
 }
 END_TEST
 
+typedef struct multi_s {
+  const uvctx_loop_t* loops[2];
+  uvctx_ctx_info_t* out[2];
+  size_t counts[2];
+  uint64_t holds[2];
+  int rc;
+} multi_t;
+
+static void multi_thread(void* arg) {
+  multi_t* m = arg;
+  m->rc = uvctx_loops_snapshot(m->loops, 2, m->out, m->counts, m->holds);
+}
+
+/* Whether `id` is among the records. */
+static int has_id(const uvctx_ctx_info_t* v, size_t n, const void* id) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (v[i].id == id)
+      return 1;
+  return 0;
+}
+
+/* One walk for two loops, from a thread that runs neither, gives each loop
+ * what its own snapshot gives, and how long it held each loop's lock. */
+START_TEST(loops_in_one_walk) {
+  uv_loop_t other;
+  uvctx_loop_t* ol;
+  uvctx_t *top, *mine, *here, *theirs;
+  uvctx_ctx_info_t* v = NULL;
+  size_t n = 0, k;
+  multi_t m;
+  uv_thread_t t;
+
+  ck_assert_int_eq(uv_loop_init(&other), 0);
+  ck_assert_int_eq(uvctx_loop_init(&other, &ol), 0);
+  ck_assert_int_eq(uvctx_with_cancel(uvctx_background(ol), &top), 0);
+  ck_assert_int_eq(uvctx_with_cancel_on(top, uvt_l, &mine), 0);
+  ck_assert_int_eq(uvctx_with_timeout(mine, 60000, &here), 0);
+  ck_assert_int_eq(uvctx_with_cancel_on(mine, ol, &theirs), 0);
+  memset(&m, 0, sizeof(m));
+  m.loops[0] = uvt_l;
+  m.loops[1] = ol;
+  ck_assert_int_eq(uv_thread_create(&t, multi_thread, &m), 0);
+  ck_assert_int_eq(uv_thread_join(&t), 0);
+  ck_assert_int_eq(m.rc, 0);
+  ck_assert_uint_eq(m.counts[0], 2);
+  ck_assert(has_id(m.out[0], 2, mine) && has_id(m.out[0], 2, here));
+  ck_assert_uint_eq(m.counts[1], 2);
+  ck_assert(has_id(m.out[1], 2, top) && has_id(m.out[1], 2, theirs));
+  ck_assert_uint_gt(m.holds[0], 0);
+  ck_assert_uint_gt(m.holds[1], 0);
+  /* The same records as the loop's own snapshot, in the same order. */
+  ck_assert_int_eq(uvctx_loop_snapshot(uvt_l, &v, &n), 0);
+  ck_assert_uint_eq(n, m.counts[0]);
+  for (k = 0; k < n; k++) {
+    ck_assert_ptr_eq(v[k].id, m.out[0][k].id);
+    ck_assert_ptr_eq(v[k].parent, m.out[0][k].parent);
+    ck_assert_int_eq(v[k].has_deadline, m.out[0][k].has_deadline);
+  }
+  uvctx_snapshot_free(v);
+  uvctx_snapshot_free(m.out[0]);
+  uvctx_snapshot_free(m.out[1]);
+  /* No hold times asked; a loop with nothing live gives NULL and 0. */
+  uvctx_release(theirs);
+  uvctx_release(here);
+  uvctx_release(mine);
+  m.out[0] = m.out[1] = (uvctx_ctx_info_t*)&m;
+  ck_assert_int_eq(uvctx_loops_snapshot(m.loops, 2, m.out, m.counts, NULL), 0);
+  ck_assert_ptr_null(m.out[0]);
+  ck_assert_uint_eq(m.counts[0], 0);
+  ck_assert_uint_eq(m.counts[1], 1);
+  ck_assert_ptr_eq(m.out[1][0].id, top);
+  uvctx_snapshot_free(m.out[1]);
+  uvctx_release(top);
+  ck_assert_int_eq(uvctx_loop_close(ol), 0);
+  uvt_loop_finish(&other);
+}
+END_TEST
+
+START_TEST(loops_bad_input_and_out_of_memory) {
+  const uvctx_loop_t* loops[2] = {NULL, NULL};
+  uvctx_ctx_info_t* out[2] = {NULL, NULL};
+  size_t counts[2] = {7, 7};
+  uvctx_t* c;
+  int i, rc;
+
+  loops[0] = uvt_l;
+  ck_assert_int_eq(uvctx_loops_snapshot(NULL, 1, out, counts, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvctx_loops_snapshot(loops, 0, out, counts, NULL),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_loops_snapshot(loops, 2, out, counts, NULL),
+                   UV_EINVAL); /* loops[1] is NULL */
+  ck_assert_int_eq(uvctx_loops_snapshot(loops, 1, NULL, counts, NULL),
+                   UV_EINVAL);
+  ck_assert_int_eq(uvctx_loops_snapshot(loops, 1, out, NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+  /* Each allocation in turn fails: nothing stored, nothing leaked (the
+   * teardown counts live allocations). */
+  uvt_alloc_install();
+  for (i = 1; i <= 3; i++) { /* the array of arrays, one array, the walk */
+    uvt_alloc_fail_nth(i);
+    rc = uvctx_loops_snapshot(loops, 1, out, counts, NULL);
+    uvt_alloc_disarm();
+    ck_assert_int_eq(rc, UV_ENOMEM);
+    ck_assert_ptr_null(out[0]);
+    ck_assert_uint_eq(counts[0], 7);
+  }
+  uvctx_release(c);
+}
+END_TEST
+
 START_TEST(bad_input_and_out_of_memory) {
   uvctx_t* c;
   uvctx_ctx_info_t* v = (uvctx_ctx_info_t*)&c;
@@ -166,6 +277,8 @@ static Suite* snapshot_suite(void) {
   tcase_add_test(tc, records_match_the_dump);
   tcase_add_test(tc, trees_spanning_loops);
   tcase_add_test(tc, bad_input_and_out_of_memory);
+  tcase_add_test(tc, loops_in_one_walk);
+  tcase_add_test(tc, loops_bad_input_and_out_of_memory);
   suite_add_tcase(s, tc);
   return s;
 }

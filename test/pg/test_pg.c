@@ -242,6 +242,43 @@ START_TEST(test_bad_conninfo) {
 }
 END_TEST
 
+/* The module's memory comes from the library's allocator: each of a
+ * connect's and a pool's allocations in turn fails with UV_ENOMEM, no
+ * callback, nothing left (the teardown counts live allocations), and the
+ * same calls then succeed. */
+START_TEST(test_allocation_failure) {
+  conn_wait_t w;
+  uvctx_pg_pool_t pool;
+  uvctx_pool_options_t o;
+  long n;
+  int rc;
+  NEED_SERVER();
+  memset(&o, 0, sizeof(o));
+  o.max_open = 1;
+  uvt_alloc_install();
+  for (n = 1;; n++) {
+    memset(&w, 0, sizeof(w));
+    w.req.data = &w;
+    uvt_alloc_fail_nth(n);
+    rc = uvctx_pg_connect(&w.req, uvt_bg, conninfo, NULL, connected_cb);
+    uvt_alloc_disarm();
+    if (rc == 0)
+      break;
+    ck_assert_int_eq(rc, UV_ENOMEM);
+    uvt_run_for(5);
+    ck_assert_int_eq(w.calls, 0);
+  }
+  ck_assert_int_gt(n, 1); /* some allocation was made and failed */
+  UVT_RUN_UNTIL(w.calls == 1);
+  ck_assert_msg(w.status == 0, "connect: %d %s", w.status, w.error);
+  close_wait(w.conn);
+  uvt_alloc_fail_nth(1);
+  rc = uvctx_pg_pool_init(&pool, uvt_l, conninfo, &o, NULL);
+  uvt_alloc_disarm();
+  ck_assert_int_eq(rc, UV_ENOMEM);
+}
+END_TEST
+
 /* A loopback port with nothing listening: bound, read back, closed. */
 static int dead_port(void) {
   uv_tcp_t t;
@@ -813,6 +850,7 @@ static Suite* pg_suite(void) {
   tcase_add_test(tc, test_connect_and_query);
   tcase_add_test(tc, test_bad_sql);
   tcase_add_test(tc, test_bad_conninfo);
+  tcase_add_test(tc, test_allocation_failure);
   tcase_add_test(tc, test_server_down);
   tcase_add_test(tc, test_connect_follows_the_socket);
   tcase_add_test(tc, test_done_context_attempts_nothing);

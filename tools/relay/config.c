@@ -44,6 +44,9 @@ static const char usage[] =
     "                                   unexpected closes, or none and a\n"
     "                                   summary per worker each interval\n"
     "  --log-interval DUR               summary period (default 10s)\n"
+    "  --log-sample N                   open/close lines of one connection\n"
+    "                                   in N (default 1: all); unexpected\n"
+    "                                   closes are always written\n"
     "  --metrics HOST:PORT              serve Prometheus text at /metrics\n"
     "  --trace FILE                     trace each worker loop (Chrome JSON;\n"
     "                                   FILE.N per worker when N > 1)\n"
@@ -250,6 +253,7 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
   cfg->log_format = RELAY_LOG_LOGFMT;
   cfg->log_level = RELAY_LEVEL_CLOSE;
   cfg->log_interval_ms = 10000;
+  cfg->log_sample = 1;
 
   for (i = 1; i < argc; i++) {
     const char* a = argv[i];
@@ -343,6 +347,11 @@ int relay_config_parse(relay_config_t* cfg, int argc, char** argv) {
     } else if (strcmp(a, "--server-fin-timeout") == 0) {
       if (duration_opt(a, v, &cfg->server_fin_timeout_ms, 1) != 0)
         return -1;
+    } else if (strcmp(a, "--log-sample") == 0) {
+      unsigned n;
+      if (parse_uint(v, 1, 1000000, &n) != 0)
+        return fail("bad --log-sample '%s' (1 to 1000000)%s", v, "");
+      cfg->log_sample = n;
     } else if (strcmp(a, "--log-interval") == 0) {
       if (duration_opt(a, v, &cfg->log_interval_ms, 0) != 0)
         return -1;

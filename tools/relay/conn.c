@@ -147,15 +147,17 @@ static void conn_log(relay_conn_t* c, const char* event) {
   relay_log_line_t ln;
   const relay_tag_t* tag = NULL;
   int is_close = strcmp(event, "close") == 0;
-
-  if (!relay_log_wants(is_close ? RELAY_LOG_CLOSE : RELAY_LOG_OPEN, c->reason))
-    return;
+  uint64_t id;
 
   /* The tag is read back through the context, as a library user would. */
   if (c->vctx != NULL)
     tag = uvctx_value(c->vctx, &tag_key);
+  id = tag != NULL ? tag->id : 0;
+  if (!relay_log_wants(is_close ? RELAY_LOG_CLOSE : RELAY_LOG_OPEN, c->reason,
+                       id))
+    return;
   relay_log_begin(&ln, event);
-  relay_log_u64(&ln, "conn", tag != NULL ? tag->id : 0);
+  relay_log_u64(&ln, "conn", id);
   relay_log_u64(&ln, "worker", c->w->index);
   if (tag != NULL)
     relay_log_ctx(&ln, c->vctx);
@@ -171,6 +173,8 @@ static void conn_log(relay_conn_t* c, const char* event) {
   }
   if (c->detail[0] != '\0')
     relay_log_str(&ln, "detail", c->detail);
+  if (relay_log_sample() > 1)
+    relay_log_u64(&ln, "sample", relay_log_sample());
   relay_log_end(&ln);
 }
 

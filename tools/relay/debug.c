@@ -13,10 +13,14 @@
  * only on its own thread, so the control loop posts jobs to the workers:
  * each worker has a queue under srv->stats_lock and an unreferenced
  * uv_async_t; it runs its jobs and hands them back on the control loop's
- * own async. A worker copies its records with uvctx_loop_snapshot(),
- * which holds the library lock only for the copy; naming the creation
- * sites (dladdr()) and formatting happen on the control loop. That copy
- * is the whole stall a listing costs a worker, and each job measures it.
+ * own async. A listing of contexts takes no job: the control loop copies
+ * the records of every loop in one uvctx_loops_snapshot(), which holds
+ * each loop's lock only while it copies what that lock guards, and names
+ * the creation sites (dladdr()) and formats afterwards. The longest hold
+ * of a worker's lock is the whole stall a listing can cost that worker
+ * (it waits only if it touches a context meanwhile), and each listing
+ * reports it. A worker leaving takes debug->loops_lock, which a listing
+ * holds while it walks, so that no binding closes under the walk.
  *
  * A drain ends a recording early: it is answered with what it holds.
  * A worker that has stopped (drained) takes no job: relay_debug_worker_exit()
@@ -56,7 +60,7 @@
 #define DEBUG_TRACE_MAX_SECONDS 60
 #define DEBUG_HEATMAP_COLUMNS 120
 
-enum { JOB_SNAPSHOT, JOB_TRACE_START, JOB_TRACE_STOP };
+enum { JOB_TRACE_START, JOB_TRACE_STOP };
 enum { REQ_CONTEXTS, REQ_TRACE, REQ_HEATMAP };
 
 /* A recording's memory: a stdio sink that refuses to grow past the cap. */
@@ -75,10 +79,6 @@ struct relay_debug_job_s {
   relay_worker_t* w;
   int kind;
   int rc;
-  /* JOB_SNAPSHOT */
-  uvctx_ctx_info_t* recs;
-  size_t n;
-  uint64_t copy_ns; /* how long the worker spent copying */
   /* JOB_TRACE_STOP */
   relay_debug_buf_t* buf;
   uvctx_trace_counts_t counts;
@@ -91,7 +91,6 @@ struct debug_req_s {
   void* conn; /* NULL once detached */
   relay_debug_done_cb done;
   int kind;
-  int json;
   unsigned seconds;
   unsigned pending;        /* jobs out */
   int stopping;            /* the recording's stop jobs are out */
@@ -107,6 +106,9 @@ struct relay_debug_s {
   debug_req_t* reqs;       /* requests in progress */
   debug_req_t* recording;  /* the one trace or heatmap recording */
   int closing;
+  /* Held by a listing while it walks the workers' loops; a worker takes
+   * it to leave (relay_debug_worker_exit()), before its loop closes. */
+  uv_mutex_t loops_lock;
 };
 
 /* ---- a capped memory sink for the tracer --------------------------------- */
@@ -204,14 +206,8 @@ static int trace_stop(relay_worker_t* w, relay_debug_buf_t** out,
 
 static void run_job(relay_debug_job_t* j) {
   relay_worker_t* w = j->w;
-  uint64_t t0;
 
   switch (j->kind) {
-    case JOB_SNAPSHOT:
-      t0 = uv_hrtime();
-      j->rc = uvctx_loop_snapshot(w->l, &j->recs, &j->n);
-      j->copy_ns = uv_hrtime() - t0;
-      break;
     case JOB_TRACE_START:
       trace_start(w, j);
       break;
@@ -318,11 +314,13 @@ void relay_debug_worker_exit(relay_worker_t* w) {
 
   if (srv->debug == NULL || !dw->open)
     return;
+  uv_mutex_lock(&srv->debug->loops_lock);
   uv_mutex_lock(&srv->stats_lock);
   dw->open = 0;
   q = dw->queue;
   dw->queue = NULL;
   uv_mutex_unlock(&srv->stats_lock);
+  uv_mutex_unlock(&srv->debug->loops_lock);
   /* Queued before the worker stopped: run here, on its thread, with its
    * loop stopped; a start is refused (closed), a stop stops. */
   if (q != NULL)
@@ -518,10 +516,10 @@ static void loop_name(char* out, size_t len, relay_server_t* srv, size_t i) {
     snprintf(out, len, "control");
 }
 
-static void render_contexts(debug_req_t* r, uvctx_ctx_info_t* const* recs,
-                            const size_t* nrecs, const uint64_t* copy_ns,
-                            const int* rcs, relay_http_reply_t* reply) {
-  relay_server_t* srv = r->d->srv;
+static void render_contexts(relay_server_t* srv, int json,
+                            uvctx_ctx_info_t* const* recs, const size_t* nrecs,
+                            const uint64_t* copy_ns, const int* rcs,
+                            relay_http_reply_t* reply) {
   size_t nloops = srv->nworkers + 1;
   site_count_t* sites;
   site_count_t* by_ptr = NULL;
@@ -546,7 +544,7 @@ static void render_contexts(debug_req_t* r, uvctx_ctx_info_t* const* recs,
   if (total > 0 && by_ptr == NULL)
     t.oom = 1;
 
-  if (r->json) {
+  if (json) {
     relay_text_add(&t,
                    "{\"contexts\":%zu,\"longest_copy_us\":%.1f,"
                    "\"longest_copy_loop\":\"worker-%zu\",\"sites\":[",
@@ -621,7 +619,70 @@ static void render_contexts(debug_req_t* r, uvctx_ctx_info_t* const* recs,
   free(sites);
   free(by_ptr);
   reply_with(reply, &t,
-             r->json ? "application/json" : "text/plain; charset=utf-8");
+             json ? "application/json" : "text/plain; charset=utf-8");
+}
+
+/* GET /debug/contexts, answered at once on the control loop: the records
+ * of every worker still running and of the control loop, in one walk. */
+static void list_contexts(relay_server_t* srv, int json,
+                          relay_http_reply_t* reply) {
+  relay_debug_t* d = srv->debug;
+  size_t nloops = srv->nworkers + 1, k = 0, i;
+  const uvctx_loop_t** loops = calloc(nloops, sizeof(*loops));
+  size_t* at = calloc(nloops, sizeof(*at)); /* slot of loops[j] */
+  uvctx_ctx_info_t** recs = calloc(nloops, sizeof(*recs));
+  uvctx_ctx_info_t** got = calloc(nloops, sizeof(*got));
+  size_t* nrecs = calloc(nloops, sizeof(*nrecs));
+  size_t* ngot = calloc(nloops, sizeof(*ngot));
+  uint64_t* hold = calloc(nloops, sizeof(*hold));
+  uint64_t* held = calloc(nloops, sizeof(*held));
+  int* rcs = calloc(nloops, sizeof(*rcs));
+  int rc;
+
+  if (loops == NULL || at == NULL || recs == NULL || got == NULL ||
+      nrecs == NULL || ngot == NULL || hold == NULL || held == NULL ||
+      rcs == NULL) {
+    text_reply(reply, 500, "out of memory\n");
+    goto done;
+  }
+  uv_mutex_lock(&d->loops_lock);
+  uv_mutex_lock(&srv->stats_lock);
+  for (i = 0; i < srv->nworkers; i++) {
+    if (srv->workers[i].dbg.open) {
+      at[k] = i;
+      loops[k++] = srv->workers[i].l;
+    } else {
+      rcs[i] = UV_ECANCELED; /* stopped: its loop is closing */
+    }
+  }
+  uv_mutex_unlock(&srv->stats_lock);
+  at[k] = nloops - 1;
+  loops[k++] = srv->l;
+  rc = uvctx_loops_snapshot(loops, k, got, ngot, held);
+  uv_mutex_unlock(&d->loops_lock);
+  if (rc != 0) {
+    text_reply(reply, 500, "listing the contexts failed: %s\n",
+               uv_strerror(rc));
+    goto done;
+  }
+  for (i = 0; i < k; i++) {
+    recs[at[i]] = got[i];
+    nrecs[at[i]] = ngot[i];
+    hold[at[i]] = held[i];
+  }
+  render_contexts(srv, json, recs, nrecs, hold, rcs, reply);
+  for (i = 0; i < nloops; i++)
+    uvctx_snapshot_free(recs[i]);
+done:
+  free(loops);
+  free(at);
+  free(recs);
+  free(got);
+  free(nrecs);
+  free(ngot);
+  free(hold);
+  free(held);
+  free(rcs);
 }
 
 /* ---- rendering: /debug/trace and /debug/heatmap -------------------------- */
@@ -817,10 +878,8 @@ static void req_free(debug_req_t* r) {
     r->next->pprev = r->pprev;
   if (r->d->recording == r)
     r->d->recording = NULL;
-  for (i = 0; i < r->d->srv->nworkers; i++) {
-    uvctx_snapshot_free(r->jobs[i].recs);
+  for (i = 0; i < r->d->srv->nworkers; i++)
     buf_free(r->jobs[i].buf);
-  }
   free(r->jobs);
   if (r->timer_open) {
     r->timer_open = 0;
@@ -866,39 +925,6 @@ static void jobs_back(debug_req_t* r) {
   relay_http_reply_t reply = {0, NULL, NULL, 0};
   unsigned i;
   int failed = 0;
-
-  if (r->kind == REQ_CONTEXTS) {
-    size_t nloops = srv->nworkers + 1;
-    uvctx_ctx_info_t** recs = calloc(nloops, sizeof(*recs));
-    size_t* nrecs = calloc(nloops, sizeof(*nrecs));
-    uint64_t* copy_ns = calloc(nloops, sizeof(*copy_ns));
-    int* rcs = calloc(nloops, sizeof(*rcs));
-    uvctx_ctx_info_t* mine = NULL;
-    size_t nmine = 0;
-
-    if (recs == NULL || nrecs == NULL || copy_ns == NULL || rcs == NULL) {
-      text_reply(&reply, 500, "out of memory\n");
-    } else {
-      for (i = 0; i < srv->nworkers; i++) {
-        recs[i] = r->jobs[i].recs;
-        nrecs[i] = r->jobs[i].n;
-        copy_ns[i] = r->jobs[i].copy_ns;
-        rcs[i] = r->jobs[i].rc;
-      }
-      /* The control loop is this thread's own. */
-      rcs[nloops - 1] = uvctx_loop_snapshot(srv->l, &mine, &nmine);
-      recs[nloops - 1] = mine;
-      nrecs[nloops - 1] = nmine;
-      render_contexts(r, recs, nrecs, copy_ns, rcs, &reply);
-      uvctx_snapshot_free(mine);
-    }
-    free(recs);
-    free(nrecs);
-    free(copy_ns);
-    free(rcs);
-    finish(r, &reply);
-    return;
-  }
 
   if (!r->stopping) {
     /* The starts are back. With any refused, stop those that started. */
@@ -1053,6 +1079,10 @@ int relay_debug_request(relay_server_t* srv, const char* path,
     text_reply(reply, 503, "the relay is draining\n");
     return 0;
   }
+  if (kind == REQ_CONTEXTS) {
+    list_contexts(srv, has_param(query, "format=json"), reply);
+    return 0;
+  }
   r = calloc(1, sizeof(*r));
   if (r != NULL)
     r->jobs = calloc(srv->nworkers, sizeof(*r->jobs));
@@ -1065,7 +1095,6 @@ int relay_debug_request(relay_server_t* srv, const char* path,
   r->conn = conn;
   r->done = done;
   r->kind = kind;
-  r->json = has_param(query, "format=json");
   r->seconds = seconds;
   r->next = d->reqs;
   r->pprev = &d->reqs;
@@ -1076,13 +1105,11 @@ int relay_debug_request(relay_server_t* srv, const char* path,
     r->jobs[i].req = r;
     r->jobs[i].w = &srv->workers[i];
   }
-  if (kind != REQ_CONTEXTS) {
-    uv_timer_init(&srv->loop, &r->timer);
-    r->timer.data = r;
-    r->timer_open = 1;
-    d->recording = r;
-  }
-  post_all(r, kind == REQ_CONTEXTS ? JOB_SNAPSHOT : JOB_TRACE_START);
+  uv_timer_init(&srv->loop, &r->timer);
+  r->timer.data = r;
+  r->timer_open = 1;
+  d->recording = r;
+  post_all(r, JOB_TRACE_START);
   return 1;
 }
 
@@ -1114,8 +1141,14 @@ int relay_debug_open(relay_server_t* srv) {
   if (d == NULL)
     return UV_ENOMEM;
   d->srv = srv;
+  rc = uv_mutex_init(&d->loops_lock);
+  if (rc != 0) {
+    free(d);
+    return rc;
+  }
   rc = uv_async_init(&srv->loop, &d->async, on_done);
   if (rc != 0) {
+    uv_mutex_destroy(&d->loops_lock);
     free(d);
     return rc;
   }
@@ -1126,7 +1159,9 @@ int relay_debug_open(relay_server_t* srv) {
 }
 
 static void on_async_closed(uv_handle_t* h) {
-  free(h->data);
+  relay_debug_t* d = h->data;
+  uv_mutex_destroy(&d->loops_lock);
+  free(d);
 }
 
 /* Every worker has stopped (or never ran): the jobs still out are in the

@@ -15,29 +15,46 @@
 
 static int log_format = RELAY_LOG_LOGFMT;
 static int log_level = RELAY_LEVEL_CLOSE;
+static uint64_t log_sample = 1;
 
-void relay_log_init(int format, int level) {
+void relay_log_init(int format, int level, uint64_t sample) {
   log_format = format;
   log_level = level;
+  log_sample = sample;
 }
 
-int relay_log_wants(int kind, const char* reason) {
+uint64_t relay_log_sample(void) {
+  return log_sample;
+}
+
+/* Whether a close `reason` is one of the ends the relay was configured to
+ * make (NULL: an open line, no end yet). */
+static int expected_end(const char* reason) {
   static const char* const expected[] = {"eof", "idle-timeout", "lifetime",
                                          "drained", "half-close-timeout"};
   size_t i;
+  if (reason == NULL)
+    return 1;
+  for (i = 0; i < sizeof(expected) / sizeof(expected[0]); i++)
+    if (strcmp(reason, expected[i]) == 0)
+      return 1;
+  return 0;
+}
+
+int relay_log_wants(int kind, const char* reason, uint64_t conn) {
+  int error_close = kind == RELAY_LOG_CLOSE && !expected_end(reason);
 
   switch (log_level) {
     case RELAY_LEVEL_OPEN:
-      return 1;
     case RELAY_LEVEL_CLOSE:
-      return kind == RELAY_LOG_CLOSE;
-    case RELAY_LEVEL_ERROR:
-      if (kind != RELAY_LOG_CLOSE)
+      if (log_level == RELAY_LEVEL_CLOSE && kind != RELAY_LOG_CLOSE)
         return 0;
-      for (i = 0; i < sizeof(expected) / sizeof(expected[0]); i++)
-        if (reason != NULL && strcmp(reason, expected[i]) == 0)
-          return 0;
-      return 1;
+      /* Sampling never hides a failure: only the lines the error level
+       * would leave out are sampled, by connection number, so that a
+       * sampled connection keeps both its lines. */
+      return error_close || conn % log_sample == 0;
+    case RELAY_LEVEL_ERROR:
+      return error_close;
     default:
       return 0;
   }

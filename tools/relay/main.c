@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   rc = relay_config_parse(&cfg, argc, argv);
   if (rc != 0)
     return rc > 0 ? RELAY_EXIT_OK : RELAY_EXIT_CONFIG;
-  relay_log_init(cfg.log_format, cfg.log_level);
+  relay_log_init(cfg.log_format, cfg.log_level, cfg.log_sample);
   if (relay_config_load_tls(&cfg) != 0) {
     relay_config_free(&cfg);
     return RELAY_EXIT_CONFIG;

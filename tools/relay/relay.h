@@ -92,6 +92,7 @@ typedef struct relay_config_s {
   int log_format;
   int log_level;            /* RELAY_LEVEL_* */
   uint64_t log_interval_ms; /* summary lines, with RELAY_LEVEL_SUMMARY */
+  uint64_t log_sample;      /* --log-sample: one connection in N */
   int has_metrics;
   relay_addr_t metrics; /* --metrics HOST:PORT */
   const char* trace;    /* --trace FILE */
@@ -121,11 +122,13 @@ void relay_format_addr(const struct sockaddr* sa, char* out, size_t len);
 
 /* ---- logging ------------------------------------------------------------- */
 
-void relay_log_init(int format, int level);
-/* Whether a per-connection line of `kind` (RELAY_LOG_OPEN or _CLOSE) for a
- * connection that ended with `reason` (NULL for an open line) is wanted
- * at the configured level. Any thread. */
-int relay_log_wants(int kind, const char* reason);
+/* `sample`: --log-sample, 1 to write every line the level selects. */
+void relay_log_init(int format, int level, uint64_t sample);
+uint64_t relay_log_sample(void);
+/* Whether a per-connection line of `kind` (RELAY_LOG_OPEN or _CLOSE) for
+ * connection number `conn` that ended with `reason` (NULL for an open
+ * line) is wanted at the configured level and sampling. Any thread. */
+int relay_log_wants(int kind, const char* reason, uint64_t conn);
 
 /* A line under construction: begin, add fields, end (one write(2), so
  * lines from several threads never interleave). */

@@ -105,10 +105,11 @@ class Relay:
         self.metrics_port = None
         if metrics:
             line = read_line(self.proc.stdout, 20 if timed() else 60)
-            m = re.match(r"metrics on 127\.0\.0\.1:(\d+)$", line or "")
+            m = re.match(r"metrics on (\S+):(\d+)$", line or "")
             check(m is not None,
                   "relay did not print its metrics port, got %r" % line)
-            self.metrics_port = int(m.group(1))
+            self.metrics_host = m.group(1)
+            self.metrics_port = int(m.group(2))
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
@@ -1537,10 +1538,10 @@ def case_dial():
 
 # ---- debug endpoints ----------------------------------------------------------
 
-def http_get(port, path, method="GET", timeout=30):
+def http_get(port, path, method="GET", timeout=30, host="127.0.0.1"):
     """One request on its own connection; returns (status, headers, body)."""
     import http.client
-    hc = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hc = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         hc.request(method, path)
         r = hc.getresponse()
@@ -1589,6 +1590,63 @@ def check_contexts_text(text):
         site = ln.split(" created at ", 1)[1]
         check(site in sites, "site %r not counted" % site)
     return total, sites, ctx
+
+
+# An address that is not loopback, for the access rule of the debug
+# endpoints: TEST-NET-1 (RFC 5737), put on the lo device of a private
+# network namespace, so that nothing leaves it.
+NETNS_ADDR = "192.0.2.1"
+
+
+def case_debug_access():
+    """The debug endpoints answer on loopback, or on the one address
+    --metrics names; a request that came in on another address of a
+    wildcard listener gets 403, while /metrics is served there. Runs in a
+    network namespace of its own (unshare -n) where NETNS_ADDR is on lo."""
+    if os.environ.get("UVCTX_TEST_NETNS") != "1":
+        setup = ("ip link set lo up && ip addr add %s/32 dev lo" % NETNS_ADDR)
+        probe = subprocess.run(["unshare", "-n", "sh", "-c", setup],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            # Not a peer the test command installs: a missing privilege.
+            print("SKIP: no private network namespace (unshare -n: %s)" %
+                  probe.stderr.strip())
+            sys.exit(SKIP)
+        env = dict(os.environ, UVCTX_TEST_NETNS="1")
+        r = subprocess.run(["unshare", "-n", "sh", "-c",
+                            setup + ' && exec "$@"', "sh", sys.executable,
+                            os.path.abspath(__file__)] + sys.argv[1:],
+                           env=env, timeout=170)
+        check(r.returncode == 0, "the case in its namespace failed (%d)" %
+              r.returncode)
+        return
+    echo = EchoServer()
+    paths = ["/", "/debug/contexts", "/debug/loops",
+             "/debug/trace?seconds=1", "/debug/heatmap?seconds=1"]
+    relay = Relay(echo.port, "--metrics", "0.0.0.0:0", metrics=True,
+                  name="wildcard")
+    check(relay.metrics_host == "0.0.0.0", "metrics on %r" %
+          relay.metrics_host)
+    for path in paths:
+        st, _, body = http_get(relay.metrics_port, path, host=NETNS_ADDR)
+        check(st == 403 and b"loopback" in body,
+              "%s on %s: %d %r" % (path, NETNS_ADDR, st, body[:100]))
+    st, _, body = http_get(relay.metrics_port, "/metrics", host=NETNS_ADDR)
+    check(st == 200 and b"uvctx_relay_" in body,
+          "/metrics on %s: %d" % (NETNS_ADDR, st))
+    for path in paths[:3]:
+        st, _, _ = http_get(relay.metrics_port, path)
+        check(st == 200, "%s on loopback: %d" % (path, st))
+    relay.stop()
+    # Named explicitly, the address is the operator's choice: served.
+    relay = Relay(echo.port, "--metrics", NETNS_ADDR + ":0", metrics=True,
+                  name="named")
+    for path in paths[:3]:
+        st, _, _ = http_get(relay.metrics_port, path, host=NETNS_ADDR)
+        check(st == 200, "%s on --metrics %s: %d" % (path, NETNS_ADDR, st))
+    relay.stop()
+    log("403 on %s through a wildcard listener, 200 on loopback and when "
+        "named" % NETNS_ADDR)
 
 
 def case_debug():
@@ -2158,6 +2216,34 @@ def case_logs():
     wait_until(lambda: len(relay.closes()) == 1, 10, "close line")
     check(len(relay.events("open")) == 1, "open level: no open line")
     relay.stop()
+
+    # --log-sample 4: the lines of connections 4, 8 and 12 (open and
+    # close), each with sample=4, and the reset of connection 13, which
+    # sampling never hides.
+    relay = Relay(echo.port, "--log-level", "open", "--log-sample", "4",
+                  name="sample")
+    for i in range(12):
+        check(echo_roundtrip(relay.port, b"p%d" % i) == b"p%d" % i, "echo")
+    reset_client(relay.port)
+    wait_until(lambda: any(c["reason"] == "reset" for c in relay.closes()),
+               10, "the reset's line")
+    wait_until(lambda: len(relay.closes()) >= 4, 10, "4 close lines")
+    time.sleep(0.3)
+    closes = sorted((int(c["conn"]), c["reason"]) for c in relay.closes())
+    check(closes == [(4, "eof"), (8, "eof"), (12, "eof"), (13, "reset")],
+          "sampled close lines %r" % closes)
+    check(sorted(int(e["conn"]) for e in relay.events("open")) == [4, 8, 12],
+          "sampled open lines %r" % relay.events("open"))
+    check(all(e.get("sample") == "4"
+              for e in relay.closes() + relay.events("open")),
+          "sample field %r" % relay.closes())
+    relay.stop()
+    for bad in ("0", "x", "1000001"):
+        r = subprocess.run([ARGS.relay, "--listen", "127.0.0.1:0", "--connect",
+                            "127.0.0.1:%d" % echo.port, "--log-sample", bad],
+                           capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2 and "--log-sample" in r.stderr,
+              "--log-sample %s: %r" % (bad, r))
 
     # summary: no per-connection line; per-worker summaries every 300 ms
     # whose counts add up to the connections made, by reason.
