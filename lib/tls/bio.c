@@ -1,12 +1,80 @@
 /* bio.c owns the session's BIO, the one object SSL reads ciphertext from
- * and writes records into, and its transmit chunks (a small pool kept for
- * the session's life). */
+ * and writes records into, and the transmit chunks those records land in:
+ * encryption units lent by a process-wide pool, chunks of their own for
+ * handshake flights, alerts and what the transport left of a unit, and a
+ * small pool per session for transports that cannot try-write. */
 #include <limits.h>
 #include <string.h>
 
 #include <openssl/err.h>
 
 #include "tls/session.h"
+
+/* Encryption units. A unit holds ciphertext only from the SSL_write that
+ * fills it to the try-write that hands it to the transport, within one
+ * step, so a few units serve every session of the process: a session
+ * that waits for a slow reader holds none, only the bytes the transport
+ * left (copied out into a chunk of their size). Units are kept while any
+ * session lives and freed with the last one, so that the allocator's
+ * live count is back to zero once every session is gone. */
+static uv_mutex_t units_lock;
+static tx_t* units;
+static unsigned nunits;
+#define UNITS_MAX 16
+
+static tx_t* unit_get(void) {
+  tx_t* tx;
+
+  uv_mutex_lock(&units_lock);
+  tx = units;
+  if (tx != NULL) {
+    units = tx->next;
+    nunits--;
+  }
+  uv_mutex_unlock(&units_lock);
+  if (tx == NULL) {
+    tx = uvctx__malloc(sizeof(*tx) + TX_SIZE);
+    if (tx == NULL)
+      return NULL;
+  }
+  tx->cap = TX_SIZE;
+  tx->kind = TX_UNIT;
+  return tx;
+}
+
+static void unit_put(tx_t* tx) {
+  uv_mutex_lock(&units_lock);
+  if (nunits < UNITS_MAX && atomic_load(&uvctx__tls_ssl_count) > 0) {
+    tx->next = units;
+    units = tx;
+    nunits++;
+    tx = NULL;
+  }
+  uv_mutex_unlock(&units_lock);
+  uvctx__free(tx);
+}
+
+/* Called after the count of live SSL objects went down: with the last
+ * session gone, the pool's units go too. A session made meanwhile finds
+ * the count above zero here and the units stay, or allocates new ones. */
+void uvctx__tls_units_trim(void) {
+  tx_t* tx;
+
+  uv_mutex_lock(&units_lock);
+  if (atomic_load(&uvctx__tls_ssl_count) > 0) {
+    uv_mutex_unlock(&units_lock);
+    return;
+  }
+  tx = units;
+  units = NULL;
+  nunits = 0;
+  uv_mutex_unlock(&units_lock);
+  while (tx != NULL) {
+    tx_t* next = tx->next;
+    uvctx__free(tx);
+    tx = next;
+  }
+}
 
 /* SSL reads what the transport put in rx. Empty is "retry", never EOF:
  * the end of the stream is the transport's to report. */
@@ -30,24 +98,35 @@ static int bio_read(BIO* b, char* out, size_t len, size_t* got) {
   return 1;
 }
 
+/* Where the next bytes SSL writes go: application data into a unit when
+ * the transport can take it at once (or, when it cannot try-write, into
+ * the session's own chunks, of which it keeps one spare), anything else
+ * (handshake flights, alerts, close_notify, key updates) into a small
+ * chunk freed once written. */
 static tx_t* tx_get(tls_t* t) {
-  tx_t* tx = t->spare;
+  tx_t* tx = NULL;
 
-  if (t->hs_state != HS_DONE) {
-    tx = uvctx__malloc(sizeof(*tx) + TX_HS_SIZE);
-    if (tx == NULL)
-      return NULL;
-    tx->cap = TX_HS_SIZE;
-  } else if (tx != NULL) {
-    t->spare = tx->next;
-    t->nspare--;
-  } else {
+  if (t->app_unit && !t->no_try) {
+    tx = unit_get();
+  } else if (t->app_unit && t->spare != NULL) {
+    tx = t->spare;
+    t->spare = NULL;
+  } else if (t->app_unit) {
     tx = uvctx__malloc(sizeof(*tx) + TX_SIZE);
     if (tx == NULL)
       return NULL;
     tx->cap = TX_SIZE;
+    tx->kind = TX_POOLED;
     t->nchunks++;
+  } else {
+    tx = uvctx__malloc(sizeof(*tx) + TX_HS_SIZE);
+    if (tx == NULL)
+      return NULL;
+    tx->cap = TX_HS_SIZE;
+    tx->kind = TX_ONCE;
   }
+  if (tx == NULL)
+    return NULL;
   tx->t = t;
   tx->len = 0;
   tx->plain = 0;
@@ -55,19 +134,49 @@ static tx_t* tx_get(tls_t* t) {
   return tx;
 }
 
+tx_t* uvctx__tls_tx_rest(tls_t* t, tx_t* tx, size_t done) {
+  size_t rest = tx->len - done;
+  tx_t* r = uvctx__malloc(sizeof(*r) + rest);
+
+  if (r != NULL) {
+    memcpy(r->data, tx->data + done, rest);
+    r->t = t;
+    r->seq = tx->seq;
+    r->next = NULL;
+    r->len = rest;
+    r->cap = rest;
+    r->plain = tx->plain;
+    r->kind = TX_ONCE;
+  }
+  uvctx__tls_tx_put(t, tx);
+  return r;
+}
+
 void uvctx__tls_tx_put(tls_t* t, tx_t* tx) {
-  if (tx->cap != TX_SIZE) {
-    uvctx__free(tx);
-    return;
+  switch (tx->kind) {
+    case TX_UNIT:
+      unit_put(tx);
+      return;
+    case TX_POOLED:
+      if (t->spare == NULL && t->ssl != NULL) {
+        tx->next = NULL;
+        t->spare = tx;
+        return;
+      }
+      t->nchunks--;
+      break;
+    default:
+      break;
   }
-  if (t->nchunks > TX_MAX || t->ssl == NULL) {
-    uvctx__free(tx);
-    t->nchunks--;
-    return;
+  uvctx__free(tx);
+}
+
+void uvctx__tls_tx_put_all(tls_t* t, tx_t* tx) {
+  while (tx != NULL) {
+    tx_t* next = tx->next;
+    uvctx__tls_tx_put(t, tx);
+    tx = next;
   }
-  tx->next = t->spare;
-  t->spare = tx;
-  t->nspare++;
 }
 
 void uvctx__tls_seal(tls_t* t) {
@@ -146,9 +255,12 @@ static BIO_METHOD* bio_method;
 static uv_once_t bio_once = UV_ONCE_INIT;
 
 /* Made once per process and never freed (it is process-wide, as
- * OpenSSL's own methods are). */
+ * OpenSSL's own methods are), with the lock of the units' pool. */
 static void bio_method_init(void) {
   BIO_METHOD* m;
+
+  if (uv_mutex_init(&units_lock) != 0)
+    return;
 
   m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uvctx");
   if (m == NULL)

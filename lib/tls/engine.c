@@ -22,11 +22,12 @@ static size_t rx_avail(const tls_t* t) {
 static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
   tls_t* t = s->data;
 
-  /* Grown once application data fills the small buffer: a connection
-   * that only sees the handshake (and the session tickets some peers send
-   * after it) never allocates the large one. */
+  /* Grown once application data fills the small buffer while the user
+   * reads: a connection that only sees the handshake (and the session
+   * tickets some peers send after it), or whose reader stopped, never
+   * allocates the large one. */
   size_t want =
-      t->hs_state == HS_DONE &&
+      t->hs_state == HS_DONE && t->reading &&
               (t->rx_grow || (t->rx_cap > 0 && rx_avail(t) == t->rx_cap))
           ? RX_SIZE
           : RX_HS_SIZE;
@@ -52,15 +53,22 @@ static void tr_alloc(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {
 
 static void tr_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf);
 
+/* The transport is read while there is room in rx (or rx may grow), and,
+ * once the user has stopped reading, only while rx holds less than a small
+ * buffer's worth: enough to notice the peer's end or an alert on an idle
+ * session, while the data of a paused reader waits in the kernel. */
 static void set_transport_reading(tls_t* t) {
+  size_t avail = rx_avail(t);
+  int done = t->hs_state == HS_DONE;
   int want;
   int rc;
 
   if (t->tr_state != TR_OPEN)
     return;
   want = t->err == 0 && !t->closing && !t->tr_eof && t->hs_state != HS_NONE &&
-         (t->rx_cap == 0 || rx_avail(t) < t->rx_cap ||
-          (t->hs_state == HS_DONE && t->rx_cap < RX_SIZE));
+         (t->rx_cap == 0 || avail < t->rx_cap ||
+          (done && t->reading && t->rx_cap < RX_SIZE)) &&
+         (!done || t->reading || avail < RX_HS_SIZE);
   if (want == t->tr_reading)
     return;
   if (want) {
@@ -209,6 +217,26 @@ static void read_plain(tls_t* t) {
   }
 }
 
+/* What a session holds while it waits goes back at the end of each step:
+ * OpenSSL's record buffers (about 17 KiB each way, made again by the next
+ * record; SSL_MODE_RELEASE_BUFFERS would do it after every record read)
+ * once no record is partly read, and the small receive buffer once SSL
+ * has read all of it. A large one (a transfer in progress) stays. */
+static void release_buffers(tls_t* t) {
+  if (t->hs_state != HS_DONE || rx_avail(t) != 0 || SSL_pending(t->ssl) != 0)
+    return;
+  /* It refuses while a record is partly read; before 3.0.14 it could free
+   * the buffer under a record whose header alone had arrived
+   * (CVE-2024-4741), so older libraries keep their buffers. */
+  if (OpenSSL_version_num() >= 0x300000e0UL)
+    SSL_free_buffers(t->ssl);
+  if (t->rx_cap == RX_HS_SIZE) {
+    uvctx__free(t->rx);
+    t->rx = NULL;
+    t->rx_off = t->rx_len = t->rx_cap = 0;
+  }
+}
+
 /* One step: advance the handshake, encrypt queued writes, deliver
  * plaintext (only when callbacks are allowed), flush, and decide
  * whether the transport should be read. */
@@ -259,6 +287,7 @@ void uvctx__tls_step(tls_t* t) {
     uvctx__tls_fail(t, UVCTX_TLS_ETRUNCATED, UVCTX__TLS_QUIET);
     return;
   }
+  release_buffers(t);
   set_transport_reading(t);
 }
 
@@ -394,14 +423,6 @@ static void finish_pending(tls_t* t) {
   }
 }
 
-static void free_chunks(tx_t* tx) {
-  while (tx != NULL) {
-    tx_t* next = tx->next;
-    uvctx__free(tx);
-    tx = next;
-  }
-}
-
 /* The SSL object, its BIO and their buffers. */
 static void free_engine(tls_t* t) {
   if (t->ssl == NULL)
@@ -409,14 +430,14 @@ static void free_engine(tls_t* t) {
   SSL_free(t->ssl); /* frees the BIO */
   t->ssl = NULL;
   t->bio = NULL;
-  uvctx__free(t->out);
+  /* With ssl NULL, pooled chunks are freed, units go back. */
+  uvctx__tls_tx_put_all(t, t->out);
   t->out = NULL;
-  free_chunks(t->ready_head);
+  uvctx__tls_tx_put_all(t, t->ready_head);
   t->ready_head = NULL;
   t->ready_tail = &t->ready_head;
-  free_chunks(t->spare);
+  uvctx__tls_tx_put_all(t, t->spare);
   t->spare = NULL;
-  t->nspare = 0;
   t->nchunks = 0;
   t->out_pending = 0;
   t->out_plain = 0;
@@ -425,6 +446,7 @@ static void free_engine(tls_t* t) {
   t->rx = NULL;
   t->rx_off = t->rx_len = t->rx_cap = 0;
   atomic_fetch_sub(&uvctx__tls_ssl_count, 1);
+  uvctx__tls_units_trim();
 }
 
 /* The transport is closed and every transport write has called back (so

@@ -1,5 +1,6 @@
-/* output.c owns the way out: encrypting queued plaintext within the chunk
- * budget, flushing ciphertext to the transport, completing user writes in
+/* output.c owns the way out: encrypting queued plaintext as fast as the
+ * transport takes it, flushing ciphertext to the transport (a try-write
+ * first, a queued write for what it leaves), completing user writes in
  * order as their last byte is written, and the transport's shutdown. */
 #include <limits.h>
 #include <string.h>
@@ -50,6 +51,46 @@ static void tx_cb(uvctx_write_t* req, int status) {
     uvctx__tls_cycle(t);
 }
 
+/* uvctx__tls_tx_rest(), failing the session when memory ran out. */
+static tx_t* rest_of(tls_t* t, tx_t* tx, size_t done) {
+  tx = uvctx__tls_tx_rest(t, tx, done);
+  if (tx == NULL) {
+    snprintf(t->reason, sizeof(t->reason), "out of memory");
+    uvctx__tls_fail(t, UV_ENOMEM, UVCTX__TLS_QUIET);
+  }
+  return tx;
+}
+
+/* With nothing of ours queued on the transport, offers it `tx` at once.
+ * Returns `tx` to queue (all of it, or a chunk with what the transport
+ * left), or NULL: written whole (its writes complete from the loop, see
+ * uvctx__tls_settle_seqs()) or the session failed. A unit never stays
+ * queued: what it holds is copied out, so that it goes back at once. */
+static tx_t* try_flush(tls_t* t, tx_t* tx) {
+  uv_buf_t buf = uv_buf_init(tx->data, (unsigned)tx->len);
+  int n = uvctx_stream_try_write(t->tr, &buf, 1);
+
+  if (n == UV_ENOSYS) {
+    t->no_try = 1;
+    n = 0;
+  } else if (n == UV_EAGAIN) {
+    n = 0;
+  } else if (n < 0) {
+    uvctx__tls_tx_put(t, tx);
+    uvctx__tls_fail(t, n, UVCTX__TLS_QUIET);
+    return NULL;
+  }
+  if ((size_t)n == tx->len) {
+    /* Nothing earlier is pending: every seq up to this one is done. */
+    t->flush_seq = t->done_seq = tx->seq;
+    uvctx__tls_tx_put(t, tx);
+    return NULL;
+  }
+  if (n > 0 || tx->kind == TX_UNIT)
+    tx = rest_of(t, tx, (size_t)n);
+  return tx;
+}
+
 /* Hands every chunk of ciphertext to the transport, one write each. */
 void uvctx__tls_flush(tls_t* t) {
   tx_t* tx;
@@ -67,6 +108,19 @@ void uvctx__tls_flush(tls_t* t) {
     t->out_pending -= tx->len;
     t->out_plain -= tx->plain;
     tx->seq = t->flush_seq + 1;
+    if (t->fl_head == NULL && !t->no_try) {
+      tx = try_flush(t, tx);
+      if (tx == NULL) {
+        if (t->err != 0)
+          return;
+        continue;
+      }
+    } else if (tx->kind == TX_UNIT) {
+      /* A second unit of one SSL_write, behind a rest: not pinned either. */
+      tx = rest_of(t, tx, 0);
+      if (tx == NULL)
+        return;
+    }
     buf = uv_buf_init(tx->data, (unsigned)tx->len);
     rc = uvctx_stream_write(&tx->req, t->tr, &buf, 1, tx_cb);
     if (rc != 0) {
@@ -98,11 +152,20 @@ void uvctx__tls_settle_seqs(tls_t* t) {
   maybe_shutdown_transport(t);
 }
 
-/* Bytes of ciphertext the chunk pool can still take. */
+/* Bytes of ciphertext the session may make now. With a try-write, a unit
+ * only while the transport holds nothing of ours: its ciphertext goes out
+ * before the next is made, so a slow reader pins at most what the
+ * transport left of one unit. Without, the session's own chunks. */
 static size_t tx_room(const tls_t* t) {
   size_t room = t->out != NULL ? t->out->cap - t->out->len : 0;
 
-  room += (size_t)t->nspare * TX_SIZE;
+  if (!t->no_try) {
+    if (t->out == NULL && t->ready_head == NULL && t->fl_head == NULL)
+      room = TX_SIZE;
+    return room;
+  }
+  if (t->spare != NULL)
+    room += TX_SIZE;
   if (t->nchunks < TX_MAX)
     room += (size_t)(TX_MAX - t->nchunks) * TX_SIZE;
   return room;
@@ -122,9 +185,10 @@ static size_t tx_budget(const tls_t* t, size_t left) {
   return n < left ? n : left;
 }
 
-/* Encrypts queued writes, in order, as far as the chunk pool allows. A
- * write whose ciphertext is all in chunks moves to `wf`. Returns -1 if
- * the session failed. */
+/* Encrypts queued writes, in order, as far as tx_room() allows, handing
+ * each full unit to the transport before the next. A write whose
+ * ciphertext is all in chunks moves to `wf`. Returns -1 if the session
+ * failed. */
 int uvctx__tls_encrypt_queued(tls_t* t) {
   uvctx_write_t* w;
 
@@ -139,16 +203,27 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
         continue;
       }
       want = tx_budget(t, b.len - t->wq_off);
-      if (want == 0)
-        return 0;
+      if (want == 0) {
+        /* A full unit: out to the transport, and on if it took it all. */
+        if (t->no_try || (t->out == NULL && t->ready_head == NULL))
+          return 0;
+        uvctx__tls_flush(t);
+        if (dead(t))
+          return -1;
+        uvctx__tls_settle_seqs(t);
+        continue;
+      }
       /* Without SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_write_ex writes all
        * or fails; our BIO never asks to retry. */
       ERR_clear_error();
       t->last_tx = NULL;
+      t->app_unit = 1;
       if (SSL_write_ex(t->ssl, b.base + t->wq_off, want, &n) != 1) {
+        t->app_unit = 0;
         uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), UVCTX__TLS_ALERT);
         return -1;
       }
+      t->app_unit = 0;
       t->wq_off += want;
       t->queued_plain -= want;
       if (t->last_tx != NULL) {

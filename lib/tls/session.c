@@ -15,6 +15,23 @@ uint64_t uvctx__tls_live_ssl(void) {
   return atomic_load(&uvctx__tls_ssl_count);
 }
 
+static size_t chunks_bytes(const tx_t* tx) {
+  size_t n = 0;
+
+  for (; tx != NULL; tx = tx->next)
+    n += tx->cap;
+  return n;
+}
+
+size_t uvctx__tls_held_bytes(const uvctx_tls_t* tls) {
+  const tls_t* t = tls != NULL ? tls->impl_ : NULL;
+
+  if (t == NULL)
+    return 0;
+  return (t->out != NULL ? t->out->cap : 0) + chunks_bytes(t->ready_head) +
+         chunks_bytes(t->fl_head) + chunks_bytes(t->spare) + t->rx_cap;
+}
+
 /* ---- stream ops ---------------------------------------------------------- */
 
 static void start_handshake(tls_t* t) {
@@ -192,8 +209,10 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
     goto fail_ssl_obj;
   BIO_set_data(t->bio, t);
   SSL_set_bio(t->ssl, t->bio, t->bio); /* one reference, both ways */
-  /* Released buffers would be freed and allocated again around every
-   * idle moment; a configuration may have asked for it. */
+  /* Released after every record read, buffers would be freed and made
+   * again several times per transport read; the engine gives them back
+   * once per step instead (release_buffers()). A configuration may have
+   * asked for it. */
   SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
   if (config->role == UVCTX_TLS_CLIENT) {
     SSL_set_connect_state(t->ssl);
@@ -224,6 +243,9 @@ int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
   t->tls = tls;
   t->cfg = uvctx_tls_config_ref(config);
   t->tr = transport;
+  /* A transport without try-write gets the session's own chunks (see
+   * bio.c); one that has it may still answer UV_ENOSYS (output.c). */
+  t->no_try = transport->ops_->try_write == NULL;
   t->wq_tail = &t->wq_head;
   t->wf_tail = &t->wf_head;
   t->ready_tail = &t->ready_head;

@@ -16,7 +16,15 @@
  * both directions. The transport reads ciphertext straight into `rx`,
  * which SSL reads from; SSL writes records straight into transmit chunks
  * that are handed to the transport as they are (no memory BIO in between,
- * no copy out of it, no allocation per flush). */
+ * no copy out of it, no allocation per flush).
+ *
+ * Memory follows the data. Application data is encrypted only as fast as
+ * the transport takes it: one unit at a time, tried at once (a try-write),
+ * and the next one only once the transport holds nothing of ours; the
+ * rest waits as plaintext in the writer's own buffers. A session whose
+ * peer reads slowly holds only what the transport left of one unit, and
+ * an idle one holds no output memory at all: no chunk, no OpenSSL record
+ * buffer, and no receive buffer unless it holds a partial record. */
 #ifndef UVCTX_TLS_SESSION_H
 #define UVCTX_TLS_SESSION_H
 
@@ -35,17 +43,18 @@
  * and unmap, or trim and regrow, its heap). */
 #define RX_SIZE (128 * 1024)
 #define RX_HS_SIZE (8 * 1024)
-/* Ciphertext goes out in chunks of this size: a 64 KiB plaintext write
- * (four full records, 65,624 bytes with TLS 1.3 overhead) fits in one, so
- * a copy's buffer becomes one transport write. */
+/* Application data is encrypted in units of this size: a 64 KiB plaintext
+ * write (four full records, 65,624 bytes with TLS 1.3 overhead) fits in
+ * one, so a copy's buffer becomes one transport write. It is also the most
+ * a slow reader pins: what the transport left of the last unit, half of
+ * it on average. Units of two records pinned about 7 KiB less per held
+ * connection under a slow-read attack, and took twice the system calls
+ * per byte of a fast one. */
 #define TX_SIZE (66 * 1024)
-/* Application data is encrypted only while it fits in this many chunks
- * (allocated as needed, then kept until the session ends): the rest waits
- * as plaintext, which bounds the session's memory, and no chunk is
- * allocated or freed per write. Allocating and freeing them per write
- * made glibc trim and regrow its heap on every burst (brk and page faults
- * were a tenth of the profile). Handshake and alert output may exceed it
- * briefly. */
+/* A transport that cannot try-write gets its records through chunks of
+ * the session's own, at most this many in flight (the rest waits as
+ * plaintext), one kept as a spare: allocating and freeing them per write
+ * made glibc trim and regrow its heap on every burst. */
 #define TX_MAX 4
 /* Largest record payload, and an upper bound of a record's overhead
  * (header, explicit IV, MAC or tag, CBC padding). */
@@ -73,6 +82,13 @@ typedef struct uvctx__tls_s tls_t;
  * written. */
 #define TX_HS_SIZE (8 * 1024)
 
+/* What a chunk is and where it goes back to (see bio.c). */
+typedef enum {
+  TX_ONCE = 0, /* its own allocation, freed once written */
+  TX_UNIT,     /* an encryption unit, back to the process-wide pool */
+  TX_POOLED    /* the session's own, for transports without try-write */
+} tx_kind_t;
+
 /* A transmit chunk: ciphertext SSL wrote, then one transport write. */
 typedef struct tx_s {
   uvctx_write_t req;
@@ -80,8 +96,9 @@ typedef struct tx_s {
   uint64_t seq;
   struct tx_s* next;
   size_t len;
-  size_t cap;   /* TX_SIZE (pooled) or TX_HS_SIZE */
+  size_t cap;   /* TX_SIZE, TX_HS_SIZE, or the length of a rest */
   size_t plain; /* plaintext whose last record ends here */
+  tx_kind_t kind;
   char data[];
 } tx_t;
 
@@ -101,13 +118,14 @@ struct uvctx__tls_s {
   unsigned rx_grow : 1; /* application data filled rx: grow it to RX_SIZE */
   /* Ciphertext not yet handed to the transport: `out` being filled, then
    * `ready` (sealed, in order); `out_pending` bytes in all of them.
-   * `spare` caches chunks for reuse. */
+   * `spare` is the one TX_POOLED chunk kept for reuse. */
   tx_t* out;
   tx_t* ready_head;
   tx_t** ready_tail;
   tx_t* spare;
-  unsigned nspare;
-  unsigned nchunks; /* allocated: in use or spare */
+  unsigned nchunks;      /* TX_POOLED chunks allocated: in use or spare */
+  unsigned app_unit : 1; /* SSL is writing application data */
+  unsigned no_try : 1;   /* the transport has no try-write */
   size_t out_pending;
   size_t out_plain; /* `plain` of out and ready */
   tx_t* last_tx;    /* where bio_write() put its last byte */
@@ -202,7 +220,16 @@ int uvctx__tls_map_error(tls_t* t, int ret);
 
 /* ---- defined in tls/bio.c ------------------------------------------------ */
 
+/* Gives a chunk back where it came from (see tx_kind_t); _all: a list. */
 void uvctx__tls_tx_put(tls_t* t, tx_t* tx);
+void uvctx__tls_tx_put_all(tls_t* t, tx_t* tx);
+/* What a transport left of `tx` after taking `done` bytes, in a chunk of
+ * its own (TX_ONCE, same seq and plain); `tx` goes back. NULL: no memory
+ * (`tx` went back all the same). */
+tx_t* uvctx__tls_tx_rest(tls_t* t, tx_t* tx, size_t done);
+/* Frees the units' pool once no session is left (after the count of live
+ * SSL objects went down). */
+void uvctx__tls_units_trim(void);
 void uvctx__tls_seal(tls_t* t);
 /* The BIO method of every session (created once). NULL if OpenSSL could
  * not make it. */

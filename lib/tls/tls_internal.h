@@ -34,4 +34,10 @@ unsigned long uvctx__tls_drain_errors(const char* what, char* buf, size_t len);
  * was freed. */
 uint64_t uvctx__tls_live_ssl(void);
 
+/* Bytes a session holds of its own for data in flight: its transmit
+ * chunks (not yet written, or kept for reuse) and its receive buffer. For
+ * tests that bound what a slow reader pins, and that an idle session
+ * holds nothing. 0 for a closed session. */
+size_t uvctx__tls_held_bytes(const uvctx_tls_t* tls);
+
 #endif /* UVCTX_TLS_INTERNAL_H */

@@ -262,10 +262,14 @@ START_TEST(test_unread_data_is_bounded) {
   fprintf(stderr,
           "unread: %" PRIu64 " KiB of %" PRIu64 " KiB left the sender\n",
           handed >> 10, total >> 10);
-  /* The receive buffer (128 KiB), SSL's record buffer, two kernel buffers
-   * and the sender's ciphertext chunks in flight: far below 16 MiB. */
+  /* The receive buffer (8 KiB while nobody reads), SSL's record buffer,
+   * two kernel buffers and the sender's ciphertext in flight: far below
+   * 16 MiB. */
   ck_assert_uint_gt(handed, 0);
   ck_assert_uint_le(handed, 1 * MiB);
+  /* Of it, the session that does not read holds its small receive buffer
+   * only: the rest waits in the kernel. */
+  ck_assert_uint_le(uvctx__tls_held_bytes(&ep[1].tls), 8 * 1024);
   /* The user reads: everything arrives, in order. */
   unread_rx = 0;
   unread_bad = 0;
@@ -1186,6 +1190,99 @@ START_TEST(test_bad_records) {
 }
 END_TEST
 
+/* ---- sessions on several threads ------------------------------------------
+ */
+
+/* One thread's loop: a TLS echo server and a client that sends patterned
+ * data through it over loopback TCP. */
+typedef struct {
+  uv_loop_t loop;
+  uvctx_loop_t* l;
+  uv_tcp_t srv;
+  uv_connect_t conn;
+  tu_ep_t cli;
+  tu_ep_t sv;
+  uvctx_tls_config_t* scfg;
+  uvctx_tls_config_t* ccfg;
+  uint64_t len;
+  int accepted;
+} tpair_t;
+
+static void tpair_on_conn(uv_stream_t* srv, int status) {
+  tpair_t* p = srv->data;
+  ck_assert_int_eq(status, 0);
+  ck_assert_int_eq(p->accepted, 0);
+  p->accepted = 1;
+  tu_accept(srv, &p->sv);
+  tu_ep_init(&p->sv, p->scfg, &p->sv.uvs, NULL, TU_ECHO);
+  tu_ep_start(&p->sv, NULL);
+}
+
+static void tpair_conn_cb(uv_connect_t* c, int status) {
+  tpair_t* p = c->data;
+  ck_assert_int_eq(status, 0);
+  ck_assert_int_eq(uvctx_stream_init_uv(&p->cli.uvs, (uv_stream_t*)&p->cli.tcp),
+                   0);
+  tu_ep_init(&p->cli, p->ccfg, &p->cli.uvs, "localhost", TU_SEND);
+  p->cli.send_len = p->len;
+  tu_ep_start(&p->cli, NULL);
+}
+
+static void tpair_main(void* arg) {
+  tpair_t* p = arg;
+  struct sockaddr_in a;
+  int port;
+  ck_assert_int_eq(uv_loop_init(&p->loop), 0);
+  ck_assert_int_eq(uvctx_loop_init(&p->loop, &p->l), 0);
+  port = tu_listen(&p->loop, &p->srv, tpair_on_conn);
+  p->srv.data = p;
+  ck_assert_int_eq(uv_tcp_init(&p->loop, &p->cli.tcp), 0);
+  ck_assert_int_eq(uv_ip4_addr("127.0.0.1", port, &a), 0);
+  p->conn.data = p;
+  ck_assert_int_eq(uv_tcp_connect(&p->conn, &p->cli.tcp,
+                                  (const struct sockaddr*)&a, tpair_conn_cb),
+                   0);
+  while (!(p->cli.closed && p->sv.closed))
+    uv_run(&p->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t*)&p->srv, NULL);
+  uv_run(&p->loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uvctx_loop_close(p->l), 0);
+  uv_run(&p->loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&p->loop), 0);
+}
+
+/* Sessions on two loops, each run by a thread of its own, stream at the
+ * same time: encryption units come from one process-wide pool, taken and
+ * given back by both threads and freed with the last session (TSan checks
+ * the pool's locking; the teardown, that nothing is left). */
+START_TEST(test_units_shared_by_threads) {
+  enum { N = 2 };
+  static tpair_t pairs[N];
+  uv_thread_t th[N];
+  uvctx_tls_config_t* scfg = tu_server_cfg(0);
+  uvctx_tls_config_t* ccfg = tu_client_cfg(0);
+  int i;
+  memset(pairs, 0, sizeof(pairs));
+  for (i = 0; i < N; i++) {
+    pairs[i].scfg = scfg;
+    pairs[i].ccfg = ccfg;
+    pairs[i].len = UVT_SCALE(16u * MiB, 2u * MiB);
+    ck_assert_int_eq(uv_thread_create(&th[i], tpair_main, &pairs[i]), 0);
+  }
+  for (i = 0; i < N; i++)
+    ck_assert_int_eq(uv_thread_join(&th[i]), 0);
+  for (i = 0; i < N; i++) {
+    ck_assert_int_eq(pairs[i].cli.hs_status, 0);
+    ck_assert_uint_eq(pairs[i].cli.rx, pairs[i].len);
+    ck_assert_int_eq(pairs[i].cli.rx_bad, 0);
+    ck_assert_int_eq(pairs[i].cli.rx_end, UV_EOF);
+  }
+  ck_assert_uint_eq(uvctx__tls_live_ssl(), 0);
+  uvctx_tls_config_unref(scfg);
+  uvctx_tls_config_unref(ccfg);
+}
+END_TEST
+
 /* ---- regressions found by review ----------------------------------------- */
 /* A failed uvctx_tls_config_cert_file() must leave the certificate set
  * before it in place ("the configuration is unchanged as far as that
@@ -1419,6 +1516,11 @@ static Suite* tls_suite(void) {
   tcase_add_checked_fixture(tc, uvt_setup, tls_teardown);
   tcase_add_test(tc, test_slow_clients);
   tcase_add_test(tc, test_bad_records);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("threads");
+  tcase_add_checked_fixture(tc, uvt_setup, tls_teardown);
+  tcase_add_test(tc, test_units_shared_by_threads);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -125,6 +125,7 @@ typedef struct {
   cp_sink_t tsink;
   uvctx_t* ctx;
   uint64_t alloc_base;
+  size_t out_held_at_end; /* the relay's TLS destination, at on_copy */
 } world_t;
 
 static world_t W;
@@ -146,6 +147,8 @@ static void on_copy(uvctx_copy_t* c, int status, uint64_t bytes) {
   W.out_closing = uvctx_stream_is_closing(r->out.s);
   ck_assert_uint_eq(uvctx_stream_writes_pending(r->out.s), 0);
   ck_assert_uint_eq(uvctx_copy_bytes(c), bytes);
+  if (r->out.is_tls)
+    W.out_held_at_end = uvctx__tls_held_bytes(&r->out.tls);
   if (status != 0) {
     /* The copy closed both sessions (and so their transports); their
      * close callbacks have run: the memory goes now, under ASan's eyes. */
@@ -430,6 +433,18 @@ static void sink_sample(cp_sink_t* k) {
   sample_queue();
 }
 
+/* A plain source to be copied into a TLS session, with small kernel
+ * buffers on the session's side (so that its peer's stalls show at once)
+ * and `cb` sampling the session every loop turn. */
+static void world_begin_tls_dst(uv_check_t* c, uv_check_cb cb) {
+  world_begin(M_TLS_DST);
+  cp_small_buffers(&W.r->out.h, 32 * 1024);
+  cp_small_buffers(&W.sink.h, 32 * 1024);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  ck_assert_int_eq(uv_check_init(uvt_loop, c), 0);
+  ck_assert_int_eq(uv_check_start(c, cb), 0);
+}
+
 /* A plain source copied into a TLS session whose peer reads slowly: the
  * session's write queue (plaintext not yet handed to the kernel) never
  * exceeds the high-water mark, sampled every loop turn and every sink
@@ -444,12 +459,7 @@ START_TEST(test_high_water_tls_dst) {
   o.low_water = 16 * 1024;
   max_queue = 0;
   samples = 0;
-  world_begin(M_TLS_DST);
-  cp_small_buffers(&W.r->out.h, 32 * 1024);
-  cp_small_buffers(&W.sink.h, 32 * 1024);
-  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
-  ck_assert_int_eq(uv_check_init(uvt_loop, &qcheck), 0);
-  ck_assert_int_eq(uv_check_start(&qcheck, qcheck_cb), 0);
+  world_begin_tls_dst(&qcheck, qcheck_cb);
   world_start_copy(W.ctx, &o);
   world_start_sink(8 * 1024, 0);
   W.tsink.on_data = sink_sample;
@@ -466,6 +476,69 @@ START_TEST(test_high_water_tls_dst) {
   ck_assert_uint_le(max_queue, o.high_water);
   ck_assert_uint_gt(max_queue, 0); /* the mark was approached */
   cp_close_h((uv_handle_t*)&qcheck);
+  world_end();
+}
+END_TEST
+
+/* ---- memory under a slow reader ----------------------------------------- */
+
+static size_t max_held;
+static size_t max_out_queue;
+
+static void held_check_cb(uv_check_t* c) {
+  size_t n;
+  (void)c;
+  if (W.calls != 0 || W.r == NULL || uvctx_stream_is_closing(W.r->out.s))
+    return;
+  n = uvctx__tls_held_bytes(&W.r->out.tls);
+  if (n > max_held)
+    max_held = n;
+  n = uvctx_stream_write_queue_size(W.r->out.s);
+  if (n > max_out_queue)
+    max_out_queue = n;
+}
+
+/* A copy with room for four 64 KiB buffers in flight writes into a TLS
+ * session whose peer stops reading. The session encrypts only as fast as
+ * the transport takes the records, so what it holds of its own (checked
+ * every loop turn) stays within what the kernel left of one encryption
+ * unit; the rest waits as plaintext in the copy's buffers. Once the peer
+ * reads again every byte arrives, in order, and when the copy is done the
+ * session holds no buffer at all. */
+START_TEST(test_slow_reader_pins_one_unit) {
+  uvctx_copy_options_t o;
+  static uv_check_t hcheck;
+  const uint64_t total = 4u << 20;
+  memset(&o, 0, sizeof(o));
+  o.buffer_size = 64 * 1024;
+  o.buffers = 8;
+  o.high_water = 4 * 64 * 1024;
+  max_held = 0;
+  max_out_queue = 0;
+  world_begin_tls_dst(&hcheck, held_check_cb);
+  world_start_copy(W.ctx, &o);
+  tend_handshake(&W.sink);
+  cp_sink_init_stream(&W.tsink, W.sink.s, 64 * 1024, 0, 0); /* paused */
+  world_start_sender(total, 64 * 1024, 5);
+  /* Until the copy is held up by the session: more queued than one
+   * buffer, so the session had more than one unit's worth to encrypt. */
+  UVT_RUN_UNTIL(max_out_queue > 64 * 1024);
+  uvt_run_for(300);
+  ck_assert_int_eq(W.calls, 0);
+  ck_assert_uint_lt(sink_received() + 1, total);
+  fprintf(stderr,
+          "slow reader: the session held at most %zu bytes, %zu queued\n",
+          max_held, max_out_queue);
+  /* One unit, of which the transport took a part: an rx buffer of the
+   * handshake's size is not held either, once read. */
+  ck_assert_uint_le(max_held, 66 * 1024);
+  cp_sink_resume(&W.tsink);
+  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
+  ck_assert_int_eq(W.status, 0);
+  ck_assert_uint_eq(sink_received(), total);
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_eq(W.out_held_at_end, 0);
+  cp_close_h((uv_handle_t*)&hcheck);
   world_end();
 }
 END_TEST
@@ -703,6 +776,7 @@ static Suite* tls_copy_suite(void) {
   tc = tcase_create("flow");
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
   tcase_add_test(tc, test_high_water_tls_dst);
+  tcase_add_test(tc, test_slow_reader_pins_one_unit);
   suite_add_tcase(s, tc);
   tc = tcase_create("pipe");
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);

@@ -282,8 +282,9 @@ struct relay_server_s {
   relay_metrics_t* metrics; /* NULL without --metrics */
   relay_debug_t* debug;     /* NULL without --metrics */
   uint64_t start_ns;        /* when the relay started serving */
-  char listen_addr[96];     /* the bound --listen address, for the page */
-  double drain_wall_s;      /* Unix time the drain started, 0 before */
+  /* The bound --listen address, for the page; as long as the text given. */
+  char listen_addr[sizeof(((relay_addr_t*)0)->text)];
+  double drain_wall_s;             /* Unix time the drain started, 0 before */
   struct relay_summary_s* summary; /* with --log-level summary */
 };
 
