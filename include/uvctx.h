@@ -79,9 +79,11 @@ UVCTX_EXTERN void uvctx_free(void* ptr);
 /* Loop binding                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* Attaches uvctx to `loop`: three unreferenced handles are initialized on
- * it, a mailbox (uv_async_t), a deadline timer (uv_timer_t) and a
- * uv_prepare_t that records which thread runs the loop. Call it on the
+/* Attaches uvctx to `loop`: five handles are initialized on it, a mailbox
+ * (an unreferenced uv_async_t, and a uv_idle_t and a uv_check_t that run
+ * only while callbacks made due on the loop's thread wait), a deadline
+ * timer (uv_timer_t) and a uv_prepare_t that records which thread runs
+ * the loop. Call it on the
  * thread that will run `loop`, or while nobody runs it. On success stores
  * the binding in *out (its background context is ready at once) and returns
  * 0; UV_EINVAL for NULL arguments, UV_ENOMEM, or the error of a libuv handle
@@ -98,7 +100,7 @@ UVCTX_EXTERN int uvctx_loop_init(uv_loop_t* loop, uvctx_loop_t** out);
  * loop's deadlines from a Linux timerfd (CLOCK_MONOTONIC, nanosecond
  * expiry) under a uv_poll_t instead of a uv_timer_t, whose whole cached
  * milliseconds add up to a millisecond of lateness; deadlines are still
- * never early. The binding then has four handles instead of three. It
+ * never early. The binding then has six handles instead of five. It
  * costs a timerfd_settime() system call whenever the earliest deadline
  * moves earlier. UV_ENOTSUP where there is no timerfd (not Linux, or a
  * kernel without it), UV_EINVAL for unknown flags. Other timerfd_create()

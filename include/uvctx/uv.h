@@ -160,6 +160,8 @@ typedef struct uvctx_dial_options_s {
 } uvctx_dial_options_t;
 
 #define UVCTX_DIAL_DEFAULT_FALLBACK_DELAY_MS 300
+/* The least share of a deadline one attempt gets (Go's saneMinimum). */
+#define UVCTX_DIAL_MIN_ATTEMPT_MS 2000
 
 typedef struct uvctx_dial_s uvctx_dial_t;
 typedef void (*uvctx_dial_cb)(uvctx_dial_t* req, int status, uv_tcp_t* tcp);
@@ -172,6 +174,8 @@ typedef struct uvctx_dial_racer_s {
   size_t next, count;
   int err; /* the error of its first attempt */
   int state;
+  uv_timer_t timer; /* the attempt's share of ctx's deadline */
+  int timer_open;
 } uvctx_dial_racer_t;
 
 struct uvctx_dial_s {
@@ -200,6 +204,11 @@ struct uvctx_dial_s {
  * primary family is that of the first address; if its racer runs out of
  * addresses first, the fallback starts at once. The first connection
  * wins, every other attempt is closed, and ctx bounds the whole dial.
+ * Under a deadline, as in Go, each attempt gets a share of the time left:
+ * divided evenly among the addresses its racer has left to try, but at
+ * least UVCTX_DIAL_MIN_ATTEMPT_MS (or all that is left), so that one
+ * hanging address cannot eat the whole budget; an attempt cut short
+ * fails with UV_ETIMEDOUT and the next address is tried.
  *
  * `tcp` is uninitialized storage: on status 0 it is an initialized,
  * connected uv_tcp_t on ctx's home loop, yours to close; on any other

@@ -175,9 +175,14 @@ struct uvctx_loop_s {
   uvctx__lock_t lock; /* the loop lock: see core/lock.c */
   uv_loop_t* uv;
   uvctx_t background;
-  /* The mailbox (core/mailbox.c): unreferenced except while callbacks
-   * queued from the loop's own thread are due. */
+  /* The mailbox (core/mailbox.c): an unreferenced uv_async_t for posts
+   * from other threads; for posts from the loop's own thread a check
+   * handle that drains the queue after the poll and an idle handle that
+   * drains it before the poll and keeps the poll from blocking (and
+   * uv_run() alive), both started only while such callbacks are due. */
   uv_async_t mailbox;
+  uv_check_t local_check;
+  uv_idle_t local_idle;
   uv_timer_t timer;     /* the deadline source (core/timer.c) */
   uv_prepare_t prepare; /* records the thread running the loop */
   /* UVCTX_LOOP_HIRES_DEADLINES: a timerfd under a uv_poll_t replaces the
@@ -187,7 +192,7 @@ struct uvctx_loop_s {
   atomic_uintptr_t thread; /* uv_thread_t of the loop's thread */
   int closing;
   int handles_open;
-  int mailbox_refd; /* loop thread only */
+  int local_armed; /* loop thread only: local_check and local_idle run */
   /* What the two mechanisms call instead of calling up into the layers
    * that use them, set by uvctx_loop_init(): the timer source hands each
    * expired deadline to `expire`, which must take it out of the heap; the
@@ -297,8 +302,9 @@ void uvctx__timer_sync_locked(uvctx_loop_t* l);
 /* ---- defined in core/mailbox.c: the mailbox ------------------------------ */
 int uvctx__mailbox_init(uvctx_loop_t* l);
 void uvctx__mailbox_close(uvctx_loop_t* l, uv_close_cb close_cb);
-/* [lock] Wakes the loop's thread; from that thread itself, also keeps
- * uv_run() alive until the queue is drained if `keep_alive`. */
+/* [lock] Wakes the loop's thread. From that thread itself with
+ * `keep_alive`, no wake-up is sent: the queue is drained later in this
+ * loop iteration (or the next) and uv_run() kept alive until it is. */
 void uvctx__mailbox_wake_locked(uvctx_loop_t* l, int keep_alive);
 /* [lock] Queues a watch whose context is done, with its error, and wakes
  * the home loop, which will pass it to its deliver hook. */

@@ -3,7 +3,9 @@
  * fallback delay, RFC 8305) that each try their addresses in turn on a
  * uv_tcp_t of the request. The winner's socket moves into the caller's
  * storage (a duplicated descriptor under uv_tcp_open()), since a libuv
- * handle cannot move; every attempt is closed before the callback. */
+ * handle cannot move; every attempt is closed before the callback. Under a
+ * deadline each attempt also runs a timer of its racer for its share of
+ * the time left (Go's partialDeadline). */
 #define _GNU_SOURCE /* dup3() */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,6 +61,12 @@ static void dial_close_all(uvctx_dial_t* req, int status) {
     }
     if (r->state == RACER_CLOSING)
       req->closing_++;
+    if (r->timer_open) {
+      r->timer_open = 0;
+      r->timer.data = req;
+      req->closing_++;
+      uv_close((uv_handle_t*)&r->timer, dial_timer_closed);
+    }
   }
   if (req->timer_open_) {
     req->timer_open_ = 0;
@@ -85,6 +93,8 @@ static void racer_closed(uv_handle_t* h) {
 static void racer_fail(uvctx_dial_t* req, int i, int err) {
   uvctx_dial_racer_t* r = &req->racer_[i];
 
+  if (r->timer_open)
+    uv_timer_stop(&r->timer);
   if (r->err == 0)
     r->err = err;
   r->state = RACER_CLOSING;
@@ -137,8 +147,11 @@ static void racer_connected(uv_connect_t* c, int status) {
   int i = c == &req->racer_[1].req;
   int err;
 
-  if (req->state_ != UVCTX__UV_RUNNING)
-    return; /* closing: UV_ECANCELED from uv_close() */
+  /* Closing (the dial, or this attempt when its share of the deadline
+   * ran out): UV_ECANCELED from uv_close(). */
+  if (req->state_ != UVCTX__UV_RUNNING ||
+      req->racer_[i].state != RACER_CONNECTING)
+    return;
   if (status != 0) {
     racer_fail(req, i, status);
     return;
@@ -147,6 +160,44 @@ static void racer_connected(uv_connect_t* c, int status) {
   if (err == 0)
     err = dial_adopt(req, i);
   dial_close_all(req, err);
+}
+
+/* Racer i's attempt has run out of its share of the deadline. */
+static void attempt_timeout_cb(uv_timer_t* t) {
+  uvctx_dial_t* req = t->data;
+  int i = t == &req->racer_[1].timer;
+
+  if (req->state_ == UVCTX__UV_RUNNING &&
+      req->racer_[i].state == RACER_CONNECTING)
+    racer_fail(req, i, UV_ETIMEDOUT);
+}
+
+/* Go's partialDeadline: the time left until ctx's deadline, divided among
+ * the `left` addresses still to try (this one included), but at least
+ * UVCTX_DIAL_MIN_ATTEMPT_MS or all of it. Arms racer i's timer when that
+ * share ends before the deadline (which ends the attempt anyway). */
+static void attempt_arm(uvctx_dial_t* req, int i, size_t left) {
+  uvctx_dial_racer_t* r = &req->racer_[i];
+  uint64_t deadline, now, remaining, share;
+
+  if (left < 2 || uvctx_deadline(req->ctx_, &deadline) != 1)
+    return;
+  now = uv_hrtime();
+  if (deadline <= now)
+    return;
+  remaining = deadline - now;
+  share = remaining / left;
+  if (share < (uint64_t)UVCTX_DIAL_MIN_ATTEMPT_MS * 1000000)
+    share = (uint64_t)UVCTX_DIAL_MIN_ATTEMPT_MS * 1000000;
+  if (share >= remaining)
+    return;
+  if (!r->timer_open) {
+    uv_timer_init(uvctx__uv_home(req->ctx_), &r->timer);
+    r->timer.data = req;
+    r->timer_open = 1;
+  }
+  /* Whole milliseconds, rounded up: an attempt is never cut early. */
+  uv_timer_start(&r->timer, attempt_timeout_cb, (share + 999999) / 1000000, 0);
 }
 
 /* Starts racer i's next address, or marks it exhausted and, when both
@@ -164,6 +215,8 @@ static void racer_next(uvctx_dial_t* req, int i) {
     rc = uv_tcp_connect(&r->req, &r->tcp, ai->ai_addr, racer_connected);
     if (rc != 0)
       racer_fail(req, i, rc); /* the next address after the close */
+    else
+      attempt_arm(req, i, r->count - r->next + 1);
     return;
   }
   r->state = RACER_EXHAUSTED;

@@ -39,7 +39,7 @@ static void sleep_timer_cb(uv_timer_t* t) {
 static void sleep_watch_cb(uvctx_watch_t* w, int err) {
   uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(w, uvctx_sleep_t, watch_);
 
-  uv_timer_stop(&req->timer_);
+  /* No uv_timer_stop(): closing a timer stops it. */
   sleep_finish(req, err);
 }
 

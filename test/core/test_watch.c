@@ -454,6 +454,151 @@ START_TEST(remote_cancel_runs_on_home_thread) {
 }
 END_TEST
 
+/* ---- the same-thread path of the mailbox --------------------------------- */
+
+static uvctx_loop_stats_t loop_stats(void) {
+  uvctx_loop_stats_t st;
+  ck_assert_int_eq(uvctx_loop_stats(uvt_l, &st), 0);
+  return st;
+}
+
+/* A new cancel context of the background with probe p's watch on it. */
+static uvctx_t* watched(probe_t* p, uvctx_watch_cb cb) {
+  uvctx_t* c;
+  probe_init(p);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+  ck_assert_int_eq(uvctx_watch_start(&p->w, c, cb), 0);
+  return c;
+}
+
+/* The order callbacks ran in. */
+static int order[4];
+static int n_order;
+
+static uvctx_t* same_thread_ctx; /* cancelled by the handle callbacks below */
+
+static void cancel_from_timer(uv_timer_t* t) {
+  (void)t;
+  ck_assert_int_eq(uvctx_cancel(same_thread_ctx), 0);
+}
+
+static void cancel_from_async(uv_async_t* a) {
+  (void)a;
+  ck_assert_int_eq(uvctx_cancel(same_thread_ctx), 0);
+}
+
+/* A cancel on the loop's own thread sends no wake-up: the callbacks come
+ * from the very next pass of the loop (one uv_run(UV_RUN_NOWAIT)), counted
+ * as callbacks with their propagation delay and not as remote wake-ups;
+ * once they have run, nothing of the binding keeps the loop alive (or its
+ * poll from blocking). */
+START_TEST(loop_thread_cancel_needs_no_wakeup) {
+  uvctx_t* c[3];
+  probe_t p[3];
+  uvctx_loop_stats_t before = loop_stats(), after;
+  int i;
+
+  for (i = 0; i < 3; i++)
+    c[i] = watched(&p[i], probe_cb);
+  p[0].in_call = p[1].in_call = p[2].in_call = 1;
+  ck_assert_int_eq(uvctx_cancel(c[2]), 0);
+  ck_assert_int_eq(uvctx_cancel(c[0]), 0);
+  ck_assert_int_eq(uvctx_cancel(c[1]), 0);
+  p[0].in_call = p[1].in_call = p[2].in_call = 0;
+  ck_assert_int_eq(p[0].calls + p[1].calls + p[2].calls, 0);
+  /* The binding keeps the loop alive while they are due. */
+  ck_assert_int_ne(uv_loop_alive(uvt_loop), 0);
+  uv_run(uvt_loop, UV_RUN_NOWAIT);
+  for (i = 0; i < 3; i++) {
+    ck_assert_int_eq(p[i].calls, 1);
+    ck_assert_int_eq(p[i].err, UV_ECANCELED);
+    ck_assert_int_eq(p[i].nested, 0);
+    ck_assert_int_eq(p[i].wrong_thread, 0);
+  }
+  after = loop_stats();
+  ck_assert_uint_eq(after.remote_wakeups, before.remote_wakeups);
+  ck_assert_uint_eq(after.callbacks, before.callbacks + 3);
+  ck_assert_uint_eq(after.propagation.count, before.propagation.count + 3);
+  ck_assert_int_eq(uv_loop_alive(uvt_loop), 0);
+  for (i = 0; i < 3; i++)
+    uvctx_unref(c[i]);
+}
+END_TEST
+
+/* Callbacks come in the order their watches were made due. */
+static probe_t* order_probes;
+
+static void ordered_cb(uvctx_watch_t* w, int err) {
+  probe_t* p = w->data;
+  probe_cb(w, err);
+  order[n_order++] = (int)(p - order_probes);
+}
+
+START_TEST(loop_thread_callbacks_keep_their_order) {
+  uvctx_t* c[3];
+  probe_t p[3];
+  int i;
+
+  n_order = 0;
+  order_probes = p;
+  for (i = 0; i < 3; i++)
+    c[i] = watched(&p[i], ordered_cb);
+  ck_assert_int_eq(uvctx_cancel(c[2]), 0);
+  ck_assert_int_eq(uvctx_cancel(c[0]), 0);
+  ck_assert_int_eq(uvctx_cancel(c[1]), 0);
+  ck_assert_int_eq(uv_run(uvt_loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(n_order, 3);
+  ck_assert_int_eq(order[0], 2);
+  ck_assert_int_eq(order[1], 0);
+  ck_assert_int_eq(order[2], 1);
+  for (i = 0; i < 3; i++)
+    uvctx_unref(c[i]);
+}
+END_TEST
+
+/* A cancel from a timer callback is delivered before the poll of that
+ * same iteration, one from an I/O callback (here an async handle's) right
+ * after it: either way before that uv_run(UV_RUN_ONCE) returns. */
+START_TEST(loop_thread_cancel_from_callbacks_same_iteration) {
+  uv_timer_t t;
+  uv_async_t a;
+  probe_t p;
+
+  same_thread_ctx = watched(&p, probe_cb);
+  ck_assert_int_eq(uv_timer_init(uvt_loop, &t), 0);
+  ck_assert_int_eq(uv_timer_start(&t, cancel_from_timer, 0, 0), 0);
+  uv_run(uvt_loop, UV_RUN_ONCE);
+  ck_assert_int_eq(p.calls, 1);
+  uvctx_unref(same_thread_ctx);
+
+  same_thread_ctx = watched(&p, probe_cb);
+  ck_assert_int_eq(uv_async_init(uvt_loop, &a, cancel_from_async), 0);
+  ck_assert_int_eq(uv_async_send(&a), 0);
+  uv_run(uvt_loop, UV_RUN_ONCE);
+  ck_assert_int_eq(p.calls, 1);
+  ck_assert_int_eq(p.wrong_thread, 0);
+  uvctx_unref(same_thread_ctx);
+  uv_close((uv_handle_t*)&t, NULL);
+  uv_close((uv_handle_t*)&a, NULL);
+  uv_run(uvt_loop, UV_RUN_DEFAULT);
+}
+END_TEST
+
+/* A due watch stopped before the loop delivers it: no callback, and the
+ * binding stops keeping the loop alive after one pass. */
+START_TEST(loop_thread_stop_before_delivery) {
+  probe_t p;
+  uvctx_t* c = watched(&p, probe_cb);
+
+  ck_assert_int_eq(uvctx_cancel(c), 0);
+  ck_assert_int_eq(uvctx_watch_stop(&p.w), 1);
+  ck_assert_int_eq(uv_run(uvt_loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(p.calls, 0);
+  ck_assert_int_eq(uv_loop_alive(uvt_loop), 0);
+  uvctx_unref(c);
+}
+END_TEST
+
 static Suite* watch_suite(void) {
   Suite* s = suite_create("watch");
   TCase* tc = tcase_create("watch");
@@ -472,6 +617,10 @@ static Suite* watch_suite(void) {
   tcase_add_test(tc, never_done_contexts);
   tcase_add_test(tc, callback_drops_last_reference);
   tcase_add_test(tc, remote_cancel_runs_on_home_thread);
+  tcase_add_test(tc, loop_thread_cancel_needs_no_wakeup);
+  tcase_add_test(tc, loop_thread_callbacks_keep_their_order);
+  tcase_add_test(tc, loop_thread_cancel_from_callbacks_same_iteration);
+  tcase_add_test(tc, loop_thread_stop_before_delivery);
   suite_add_tcase(s, tc);
   return s;
 }

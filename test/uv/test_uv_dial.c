@@ -2,9 +2,10 @@
  * addresses, IPv4 and IPv6, refused ports, the fallback to the other
  * family (at once when the first family fails, after the delay when it
  * hangs), a hanging connect, deadlines in the resolve, in the connect and
- * after a failed attempt, an already-done context, bad arguments and
- * allocation failure. Every attempt is checked closed before the callback
- * and the caller's storage untouched on failure. Loopback only. */
+ * after a failed attempt, each address's share of a deadline, an already-done
+ * context, bad arguments and allocation failure. Every attempt is checked
+ * closed before the callback and the caller's storage untouched on failure.
+ * Loopback only. */
 #include "gai_gate.h"
 #include "uv_support.h"
 
@@ -227,6 +228,46 @@ START_TEST(dial_deadline_after_failed_attempt) {
 }
 END_TEST
 
+/* Go's partial deadline: one at a time, dual.test gives ::1 first, which
+ * hangs, then 127.0.0.1 on the same port, which listens. Under a 3 s
+ * deadline the first attempt gets max(3 s / 2, 2 s) = 2 s, not all 3: the
+ * second address is still tried, and wins. */
+START_TEST(dial_hanging_first_address_leaves_time_for_the_next) {
+  uvt_hanging_t H;
+  dialer_t d;
+  uvctx_t* c;
+  uvctx_dial_options_t o = {0, UINT64_MAX};
+  struct sockaddr_storage ss;
+  int fd = -1;
+  int tries;
+  for (tries = 0; tries < 20 && fd < 0; tries++) {
+    uvt_hanging_start(&H, "::1");
+    uvt_addr("127.0.0.1", H.port, &ss);
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    if (bind(fd, (struct sockaddr*)&ss, sizeof(struct sockaddr_in)) != 0 ||
+        listen(fd, 16) != 0) {
+      close(fd); /* that port is taken on 127.0.0.1: another one */
+      fd = -1;
+      uvt_hanging_close(&H);
+    }
+  }
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(uvctx_with_timeout(uvt_bg, 3000, &c), 0);
+  ck_assert_int_eq(dial_start(&d, c, "dual.test", H.port, &o), 0);
+  dial_wait(&d, 0);
+  ck_assert_int_eq(d.peer_family, AF_INET);
+  ck_assert_int_eq(d.peer_port, H.port);
+  /* The first attempt had its whole share. */
+  ck_assert_uint_ge(d.ended - d.started,
+                    (uint64_t)UVCTX_DIAL_MIN_ATTEMPT_MS * 1000000);
+  dial_close(&d);
+  uvctx_release(c);
+  close(fd);
+  uvt_hanging_close(&H);
+}
+END_TEST
+
 START_TEST(dial_cancel_wins) {
   uvt_listener_t L;
   dialer_t d;
@@ -336,6 +377,7 @@ static Suite* uv_dial_suite(void) {
       dial_deadline_in_resolve,
       dial_deadline_in_connect,
       dial_deadline_after_failed_attempt,
+      dial_hanging_first_address_leaves_time_for_the_next,
       dial_cancel_wins,
       dial_already_done,
       dial_no_address,

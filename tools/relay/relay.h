@@ -268,8 +268,18 @@ struct relay_server_s {
   uvctx_t* drain;     /* the drain deadline */
   uvctx_watch_t drain_watch;
   int drain_watching;
-  uv_poll_t sigpoll; /* a signalfd for SIGTERM and SIGINT */
+  /* SIGTERM/SIGINT (server.c): taken from a signalfd and raised again on
+   * the control loop's thread; `signalled` (uvctx_with_signals) starts
+   * the drain, `sigcount` counts every arrival (a second one cuts the
+   * drain short) and keeps a handler installed until the end. */
+  uv_poll_t sigpoll;
   int sigfd;
+  uvctx_t* signalled;
+  uvctx_watch_t signal_watch;
+  int signal_watching;
+  uv_signal_t sigcount[2];
+  unsigned arrivals;
+  int first_signal;
   uv_async_t worker_done;
   unsigned signals;
   relay_worker_t* workers;

@@ -19,9 +19,15 @@
  * whose watch cancels the server root with the cause "drained": every
  * connection, on every worker, ends. A second signal does that at once.
  * The two signals are blocked in every thread before any thread starts
- * and read from a signalfd on the control loop: nothing runs in signal
- * context, no thread's state decides whether a signal is seen, and one
- * that arrives early waits in the kernel until the loop reads it.
+ * and read from a signalfd on the control loop, which raises each one
+ * again on its own thread: libuv's handler runs inside that call, and the
+ * uv_signal_t handles take it from there. The first signal reaches the
+ * drain through uvctx_with_signals(); beside it one plain uv_signal_t per
+ * signal counts every arrival, which is how a second signal is seen once
+ * the context has closed its handles, and which keeps a handler installed
+ * (closing the last handle of a signal would put back the default action,
+ * and the raised second SIGTERM would kill the relay instead of cutting
+ * its drain short).
  * A worker whose listener is closed and whose last connection is gone
  * leaves uv_run(), closes its loop and tells the control loop; when the
  * last one has, the control loop closes too and the process exits 0.
@@ -49,6 +55,7 @@
 #include <unistd.h>
 
 #include "relay.h"
+#include "uvctx/uv.h"
 
 #define ACCEPT_BATCH 64
 #define ACCEPT_PAUSE_MS 100
@@ -307,17 +314,17 @@ static void on_drain_deadline(uvctx_watch_t* watch, int err) {
   cancel_root(srv);
 }
 
-static void on_signal(relay_server_t* srv, int signum) {
-  const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+static const char* signal_name(int signum) {
+  return signum == SIGTERM ? "SIGTERM" : "SIGINT";
+}
+
+/* The first signal: new connections are refused, the drain deadline
+ * starts. */
+static void start_drain(relay_server_t* srv, const char* name) {
   relay_log_line_t ln;
   int rc;
 
   srv->signals++;
-  if (srv->signals > 1) {
-    relay_log_event("drain-abort", "signal", name, NULL);
-    cancel_root(srv);
-    return;
-  }
   relay_log_begin(&ln, "draining");
   relay_log_str(&ln, "signal", name);
   relay_log_u64(&ln, "drain_timeout_ms", srv->cfg->drain_timeout_ms);
@@ -340,19 +347,56 @@ static void on_signal(relay_server_t* srv, int signum) {
     cancel_root(srv); /* no deadline to be had: do not wait forever */
 }
 
+/* srv->signalled is done: a signal came (its cause message names it), or
+ * the relay is closing, in which case the watch was stopped first. */
+static void on_signalled(uvctx_watch_t* watch, int err) {
+  relay_server_t* srv = watch->data;
+  const char* name = NULL;
+  (void)err;
+
+  srv->signal_watching = 0;
+  if (uvctx_cause(srv->signalled, &name) != UV_EINTR || name == NULL)
+    name = signal_name(srv->first_signal);
+  if (srv->signals == 0)
+    start_drain(srv, name);
+}
+
+/* Every SIGTERM and SIGINT, the first one included (which the signalled
+ * context handles). From the second on, the drain is cut short; if the
+ * second is dispatched before the context's watch, it starts the drain
+ * first, so the log reads "draining" then "drain-abort" either way. */
+static void on_signal_arrival(uv_signal_t* h, int signum) {
+  relay_server_t* srv = h->data;
+
+  if (++srv->arrivals == 1) {
+    srv->first_signal = signum;
+    return;
+  }
+  if (srv->signals == 0)
+    start_drain(srv, signal_name(srv->first_signal));
+  srv->signals++;
+  relay_log_event("drain-abort", "signal", signal_name(signum), NULL);
+  cancel_root(srv);
+}
+
+/* The signalfd has something: each signal it took is raised again on this
+ * thread, unblocked for the call only, so that libuv's handler runs before
+ * raise() returns and the uv_signal_t handles (ours and the signalled
+ * context's) see it on the next pass of this loop. */
 static void on_signalfd(uv_poll_t* h, int status, int events) {
   relay_server_t* srv = h->data;
   struct signalfd_siginfo si;
-  ssize_t n;
+  sigset_t one;
   (void)events;
 
   if (status != 0)
     return;
-  for (;;) {
-    n = read(srv->sigfd, &si, sizeof(si));
-    if (n != (ssize_t)sizeof(si))
-      break; /* EAGAIN: all read; nothing else can happen to a signalfd */
-    on_signal(srv, (int)si.ssi_signo);
+  while (read(srv->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+    sigemptyset(&one);
+    sigaddset(&one, (int)si.ssi_signo);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    raise((int)si.ssi_signo);
+    pthread_sigmask(SIG_BLOCK, &one, NULL);
   }
 }
 
@@ -363,39 +407,78 @@ static void on_signalfd_closed(uv_handle_t* h) {
   srv->sigfd = -1;
 }
 
+/* The relay is done with signals. They stay blocked: one that arrives
+ * during the final teardown, once the last handler is gone, must not kill
+ * a process that is about to exit 0. */
+static void signals_close(relay_server_t* srv) {
+  if (srv->signal_watching && uvctx_watch_stop(&srv->signal_watch) == 1)
+    srv->signal_watching = 0;
+  if (srv->signalled != NULL)
+    uvctx_release(srv->signalled);
+  srv->signalled = NULL;
+  uv_close((uv_handle_t*)&srv->sigcount[0], NULL);
+  uv_close((uv_handle_t*)&srv->sigcount[1], NULL);
+  if (srv->sigfd >= 0)
+    uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
+}
+
 /* Blocks SIGTERM and SIGINT in this thread, so in every thread started
- * after it, and makes the signalfd that receives them. They stay blocked
- * after the relay is done: one that arrives during the final teardown
- * must not kill a process that is about to exit 0. */
+ * after it, makes the signalfd that receives them, and installs the
+ * handlers that on_signalfd() hands them to.
+ *
+ * Why not let libuv's handler take them from the kernel directly: under
+ * ThreadSanitizer (GCC 12's) that lost about one signal in 150 to 300
+ * (relay_drain's SIGINT): the process caught it, nothing was pending in
+ * any thread, libuv's handler never ran, and the control loop slept on.
+ * The sanitizer defers an asynchronous signal to a point of its choosing;
+ * a signal a thread raises to itself it runs at once, and a signalfd
+ * keeps one in the kernel until it is read. Blocked everywhere, no
+ * thread's state decides whether a signal is seen either. */
 static int signals_open(relay_server_t* srv) {
+  static const int signums[2] = {SIGTERM, SIGINT};
   sigset_t set;
+  int i;
   int rc;
 
+  srv->sigfd = -1;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
-  rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
+  rc = -pthread_sigmask(SIG_BLOCK, &set, NULL);
   if (rc != 0)
-    return -rc;
-  /* A shell starts background jobs with SIGINT ignored, and POSIX leaves
-   * it unspecified whether a blocked signal that is ignored stays pending
-   * (Linux keeps it). Take both back to the default action, which the
-   * mask keeps from running, as installing a handler would. */
-  signal(SIGTERM, SIG_DFL);
-  signal(SIGINT, SIG_DFL);
-  srv->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (srv->sigfd < 0)
-    return -errno;
-  rc = uv_poll_init(&srv->loop, &srv->sigpoll, srv->sigfd);
-  if (rc != 0) {
-    close(srv->sigfd);
-    srv->sigfd = -1;
     return rc;
+  /* libuv's handler replaces whatever action was inherited: a shell
+   * starts background jobs with SIGINT ignored, and a blocked signal that
+   * is ignored may be discarded. */
+  for (i = 0; i < 2; i++) {
+    uv_signal_init(&srv->loop, &srv->sigcount[i]);
+    srv->sigcount[i].data = srv;
+    uv_signal_start(&srv->sigcount[i], on_signal_arrival, signums[i]);
   }
-  srv->sigpoll.data = srv;
-  rc = uv_poll_start(&srv->sigpoll, UV_READABLE, on_signalfd);
+  srv->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (srv->sigfd < 0) {
+    rc = -errno;
+  } else {
+    rc = uv_poll_init(&srv->loop, &srv->sigpoll, srv->sigfd);
+    if (rc != 0) {
+      close(srv->sigfd);
+      srv->sigfd = -1;
+    }
+  }
+  if (rc == 0) {
+    srv->sigpoll.data = srv;
+    rc = uv_poll_start(&srv->sigpoll, UV_READABLE, on_signalfd);
+  }
+  if (rc == 0)
+    rc = uvctx_with_signals(uvctx_background(srv->l), signums, 2,
+                            &srv->signalled);
+  if (rc == 0) {
+    srv->signal_watch.data = srv;
+    srv->signal_watching = uvctx_watch_start(&srv->signal_watch, srv->signalled,
+                                             on_signalled) == 0;
+  }
   if (rc != 0)
-    uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
+    signals_close(srv);
   return rc;
 }
 
@@ -410,7 +493,7 @@ static void on_worker_done(uv_async_t* a) {
   uvctx_release(srv->accepting);
   uvctx_release(srv->root);
   srv->drain = srv->accepting = srv->root = NULL;
-  uv_close((uv_handle_t*)&srv->sigpoll, on_signalfd_closed);
+  signals_close(srv);
   uv_close((uv_handle_t*)&srv->worker_done, NULL);
   relay_summary_stop(srv);
   relay_metrics_close(srv);
