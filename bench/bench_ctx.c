@@ -13,6 +13,9 @@
  *   cancel_fanout_N           cancel of a parent with N children, per child
  *   cancel_chain_N            cancel of the first of a chain of N, per level
  *
+ * `--only PREFIX` runs only the workloads whose name starts with PREFIX
+ * (with --quick or --scale, for one scenario under callgrind).
+ *
  * Loop-style workloads run several rounds and report the median round, so
  * one preempted round on this shared machine does not move the figure.
  * Fan-out and chain report the mean over their repetitions, as the Go peer
@@ -240,27 +243,59 @@ static void bench_chain(size_t size, size_t reps) {
   free(chain);
 }
 
+/* The --only prefix, NULL for every workload. */
+static const char* only;
+
+static int want(const char* name) {
+  return only == NULL || strncmp(name, only, strlen(only)) == 0;
+}
+
+/* Takes --only PREFIX out of argv before the common options are parsed. */
+static int parse_only(int argc, char** argv) {
+  int i, j;
+  for (i = j = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      only = argv[++i];
+    } else if (strcmp(argv[i], "--help") == 0) {
+      fprintf(stderr, "usage: %s [--quick] [--scale X] [--only PREFIX]\n",
+              argv[0]);
+      exit(0);
+    } else {
+      argv[j++] = argv[i];
+    }
+  }
+  return j;
+}
+
 int main(int argc, char** argv) {
   static const size_t sizes[3] = {1000, 10000, 100000};
   static const size_t reps[3] = {101, 21, 7};
   bench_opts_t o;
   size_t i;
 
+  argc = parse_only(argc, argv);
   bench_parse(argc, argv, &o);
   setup();
-  bench_with_cancel(&o);
-  bench_with_timeout(&o, ul, "with_timeout_release");
-  bench_with_timeout_hires(&o);
-  bench_value(&o, 1, 20000000);
-  bench_value(&o, 10, 5000000);
-  bench_value(&o, 100, 500000);
-  bench_value_chain(&o);
-  for (i = 0; i < 3; i++) {
+  if (want("with_cancel_cancel_unref"))
+    bench_with_cancel(&o);
+  if (want("with_timeout_release"))
+    bench_with_timeout(&o, ul, "with_timeout_release");
+  if (want("with_timeout_release_hires"))
+    bench_with_timeout_hires(&o);
+  if (want("value_lookup_d1"))
+    bench_value(&o, 1, 20000000);
+  if (want("value_lookup_d10"))
+    bench_value(&o, 10, 5000000);
+  if (want("value_lookup_d100"))
+    bench_value(&o, 100, 500000);
+  if (want("with_value_chain_d10"))
+    bench_value_chain(&o);
+  for (i = 0; i < 3 && want("cancel_fanout_"); i++) {
     size_t size = o.quick ? sizes[i] / 100 : sizes[i];
     size_t r = bench_count(&o, reps[i], 2);
     bench_fanout(size, r);
   }
-  for (i = 0; i < 3; i++) {
+  for (i = 0; i < 3 && want("cancel_chain_"); i++) {
     size_t size = o.quick ? sizes[i] / 100 : sizes[i];
     size_t r = bench_count(&o, reps[i], 2);
     bench_chain(size, r);

@@ -92,16 +92,14 @@ static void msg_ref(uvctx__msg_t* m) {
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
 }
 
-uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
-                          uvctx_loop_t* home, void* site) {
-  uvctx_t* c = uvctx__malloc(size);
-  if (c == NULL)
-    return NULL;
+static uvctx_t* init_ctx(void* block, size_t shift, int kind, uvctx_t* parent,
+                         uvctx_loop_t* home, void* site) {
+  uvctx_t* c = (uvctx_t*)((char*)block + shift);
   atomic_init(&c->refs, 1);
   atomic_init(&c->err, UVCTX__LIVE);
   c->kind = (uint8_t)kind;
   atomic_init(&c->where, UVCTX__AT_NONE);
-  c->pad_ = 0;
+  c->shift = (uint8_t)shift;
   c->parent = parent;
   c->home = home;
   c->link.next = NULL;
@@ -111,6 +109,35 @@ uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
   c->u2.watches = NULL;
   c->site = site;
   return c;
+}
+
+uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
+                          uvctx_loop_t* home, void* site) {
+  void* block = uvctx__malloc(size);
+  if (block == NULL)
+    return NULL;
+  return init_ctx(block, 0, kind, parent, home, site);
+}
+
+/* A context that threads other than its creator's will write, as the
+ * parent of their own contexts: a loop's root (a child of a background)
+ * or a branch made for another loop. Such contexts are made one after the
+ * other by one thread (a server's setup), so malloc() puts them side by
+ * side, and the count and children list that each child's creation and
+ * free write would share a cache line with the next one's, written by
+ * another loop. Each gets whole cache lines of its own instead: the block
+ * is over-allocated, the context aligned in it and `shift` records where
+ * the block began. */
+#define LINE 64
+static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
+                            uvctx_loop_t* home, void* site) {
+  size_t span = (size + LINE - 1) / LINE * LINE;
+  char* block = uvctx__malloc(span + LINE - 1);
+  size_t shift;
+  if (block == NULL)
+    return NULL;
+  shift = (LINE - (uintptr_t)block % LINE) % LINE;
+  return init_ctx(block, shift, kind, parent, home, site);
 }
 
 void uvctx__orphan_locked(uvctx_t* c) {
@@ -407,7 +434,13 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
 static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
   if (is_live(c)) {
     trace_root(w, c);
-    walk_locked(w, c);
+    if (c->u1.children == NULL) {
+      /* A leaf, the common case: nothing to walk, nothing to defer. */
+      finish_locked(c, w->err, w->cause, w->msg, &w->op);
+      c->home->cancels++;
+    } else {
+      walk_locked(w, c);
+    }
   }
   if (own)
     uvctx__orphan_locked(c);
@@ -465,7 +498,8 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   }
   if (more)
     uvctx_unref(c);
-  run_deferred(&w);
+  if (w.own_deferred != NULL)
+    run_deferred(&w);
   if (w.must_wait)
     uvctx__barrier_wait();
 }
@@ -556,7 +590,11 @@ uvctx_loop_t* uvctx_home(const uvctx_t* c) {
 
 static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
                        void* site) {
-  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+  uvctx_t* c;
+  if (parent->kind == UVCTX__BACKGROUND || home != parent->home)
+    c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+  else
+    c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
@@ -752,7 +790,7 @@ static void destroy(uvctx_t* c) {
     if (v->key->free_value != NULL && v->value != NULL)
       v->key->free_value(v->value);
   }
-  uvctx__free(c);
+  uvctx__free((char*)c - c->shift);
 }
 
 /* Freeing is iterative like cancelling: the contexts whose last reference

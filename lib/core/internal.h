@@ -114,8 +114,8 @@ struct uvctx_s {
   atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
   uint8_t kind;
   atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
-  uint8_t pad_;
-  uvctx_t* parent; /* parents[0] for a merge; NULL for background */
+  uint8_t shift;      /* bytes from the allocated block to the context */
+  uvctx_t* parent;    /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
   /* [lock] Where this context is listed: in the children list of the
    * nearest cancellable ancestor while both are live, else in its home's

@@ -464,6 +464,70 @@ START_TEST(deadline_from_another_thread) {
 }
 END_TEST
 
+/* The live count is striped per thread (common/alloc.c): a thread owns
+ * its stripe until it exits, then the stripe goes to a later thread with
+ * the count in it; threads beyond the stripes share one. More threads at
+ * once than there are stripes, then as many one after another, each
+ * freeing blocks others made: the total must come out exact. */
+enum { COUNT_THREADS = 100, KEPT = 2 };
+
+typedef struct counting_s {
+  uv_barrier_t all_alive;
+  void* kept[COUNT_THREADS][KEPT];
+} counting_t;
+
+typedef struct counting_arg_s {
+  counting_t* c;
+  int id;
+} counting_arg_t;
+
+static void keep_blocks(void* arg) {
+  counting_arg_t* a = arg;
+  void* own = uvctx_malloc(16);
+  int i;
+  for (i = 0; i < KEPT; i++)
+    a->c->kept[a->id][i] = uvctx_malloc(16);
+  uvctx_free(own);
+  uv_barrier_wait(&a->c->all_alive);
+}
+
+static void free_others_blocks(void* arg) {
+  counting_arg_t* a = arg;
+  int i;
+  for (i = 0; i < KEPT; i++)
+    uvctx_free(a->c->kept[COUNT_THREADS - 1 - a->id][i]);
+  uvctx_free(uvctx_malloc(16));
+}
+
+START_TEST(live_count_across_thread_exits) {
+  static counting_t c;
+  static counting_arg_t args[COUNT_THREADS];
+  uv_thread_t th[COUNT_THREADS];
+  uint64_t base = uvctx_live_allocations();
+  int i, j;
+
+  ck_assert_int_eq(uv_barrier_init(&c.all_alive, COUNT_THREADS), 0);
+  for (i = 0; i < COUNT_THREADS; i++) {
+    args[i].c = &c;
+    args[i].id = i;
+    ck_assert_int_eq(uv_thread_create(&th[i], keep_blocks, &args[i]), 0);
+  }
+  for (i = 0; i < COUNT_THREADS; i++)
+    ck_assert_int_eq(uv_thread_join(&th[i]), 0);
+  uv_barrier_destroy(&c.all_alive);
+  for (i = 0; i < COUNT_THREADS; i++)
+    for (j = 0; j < KEPT; j++)
+      ck_assert_ptr_nonnull(c.kept[i][j]);
+  ck_assert_uint_eq(uvctx_live_allocations(), base + COUNT_THREADS * KEPT);
+
+  for (i = 0; i < COUNT_THREADS; i++) {
+    ck_assert_int_eq(uv_thread_create(&th[i], free_others_blocks, &args[i]), 0);
+    ck_assert_int_eq(uv_thread_join(&th[i]), 0);
+  }
+  ck_assert_uint_eq(uvctx_live_allocations(), base);
+}
+END_TEST
+
 static Suite* alloc_suite(void) {
   Suite* s = suite_create("alloc");
   TCase* tc = tcase_create("alloc");
@@ -477,6 +541,7 @@ static Suite* alloc_suite(void) {
   tcase_add_test(tc, cancel_cause_message);
   tcase_add_test(tc, watch_start);
   tcase_add_test(tc, deadline_from_another_thread);
+  tcase_add_test(tc, live_count_across_thread_exits);
   suite_add_tcase(s, tc);
   return s;
 }

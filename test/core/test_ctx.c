@@ -578,6 +578,43 @@ START_TEST(dropped_children_unlink) {
 }
 END_TEST
 
+/* Roots and branches made for other loops are the parents other threads
+ * write (each child's creation and free changes their count and children
+ * list): each starts a cache line and is alone in it, even when made one
+ * after the other; they work like any other. */
+START_TEST(roots_and_branches_start_a_cache_line) {
+  uv_loop_t loop2;
+  uvctx_loop_t* l2;
+  uvctx_t* r[4];
+  uvctx_t *b, *c;
+  int i;
+  ck_assert_int_eq(uv_loop_init(&loop2), 0);
+  ck_assert_int_eq(uvctx_loop_init(&loop2, &l2), 0);
+  for (i = 0; i < 4; i++) {
+    ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &r[i]), 0);
+    ck_assert_uint_eq((uintptr_t)r[i] % 64, 0);
+  }
+  for (i = 1; i < 4; i++) {
+    uintptr_t d = (uintptr_t)r[i] > (uintptr_t)r[i - 1]
+                      ? (uintptr_t)r[i] - (uintptr_t)r[i - 1]
+                      : (uintptr_t)r[i - 1] - (uintptr_t)r[i];
+    ck_assert_uint_ge(d, 128);
+  }
+  ck_assert_int_eq(uvctx_with_cancel_on(r[0], l2, &b), 0);
+  ck_assert_uint_eq((uintptr_t)b % 64, 0);
+  ck_assert_int_eq(uvctx_with_cancel(b, &c), 0);
+  ck_assert_ptr_eq(uvctx_home(c), l2);
+  ck_assert_int_eq(uvctx_cancel(r[0]), 0);
+  ck_assert_int_eq(uvctx_err(c), UV_ECANCELED);
+  uvctx_unref(c);
+  uvctx_unref(b);
+  for (i = 0; i < 4; i++)
+    uvctx_release(r[i]);
+  ck_assert_int_eq(uvctx_loop_close(l2), 0);
+  uvt_loop_finish(&loop2);
+}
+END_TEST
+
 static Suite* ctx_suite(void) {
   Suite* s = suite_create("ctx");
   TCase* tc = tcase_create("ctx");
@@ -598,6 +635,7 @@ static Suite* ctx_suite(void) {
   tcase_add_test(tc, live_chain_frees_iteratively);
   tcase_add_test(tc, wide_fan_out_cancels);
   tcase_add_test(tc, dropped_children_unlink);
+  tcase_add_test(tc, roots_and_branches_start_a_cache_line);
   suite_add_tcase(s, tc);
   return s;
 }
