@@ -162,6 +162,15 @@ static void racer_connected(uv_connect_t* c, int status) {
   dial_close_all(req, err);
 }
 
+/* Starts `t` so that it fires no sooner than `ms` after now on the
+ * uv_hrtime() clock: libuv counts whole milliseconds of a cached loop time,
+ * which alone can fire up to a millisecond early, so the loop's time is
+ * brought up to date and one more millisecond is waited. */
+static void timer_start_after(uv_timer_t* t, uv_timer_cb cb, uint64_t ms) {
+  uv_update_time(t->loop);
+  uv_timer_start(t, cb, ms < UINT64_MAX ? ms + 1 : ms, 0);
+}
+
 /* Racer i's attempt has run out of its share of the deadline. */
 static void attempt_timeout_cb(uv_timer_t* t) {
   uvctx_dial_t* req = t->data;
@@ -197,7 +206,7 @@ static void attempt_arm(uvctx_dial_t* req, int i, size_t left) {
     r->timer_open = 1;
   }
   /* Whole milliseconds, rounded up: an attempt is never cut early. */
-  uv_timer_start(&r->timer, attempt_timeout_cb, (share + 999999) / 1000000, 0);
+  timer_start_after(&r->timer, attempt_timeout_cb, (share + 999999) / 1000000);
 }
 
 /* Starts racer i's next address, or marks it exhausted and, when both
@@ -286,8 +295,8 @@ static int dial_start_racers(uvctx_dial_t* req, struct addrinfo* res) {
     uv_timer_init(uvctx__uv_home(req->ctx_), &req->fallback_timer_);
     req->fallback_timer_.data = req;
     req->timer_open_ = 1;
-    uv_timer_start(&req->fallback_timer_, dial_fallback_cb,
-                   req->fallback_delay_ms_, 0);
+    timer_start_after(&req->fallback_timer_, dial_fallback_cb,
+                      req->fallback_delay_ms_);
   }
   racer_next(req, 0);
   return 0;
