@@ -4,11 +4,7 @@
 #include "uv_internal.h"
 
 static void connect_finish(uvctx_connect_t* req, int status) {
-  uvctx_t* ctx = req->ctx_;
-
-  req->state_ = UVCTX__UV_IDLE;
-  req->cb_(req, status);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, status));
 }
 
 static void connect_close_cb(uv_handle_t* h) {

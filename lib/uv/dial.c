@@ -19,7 +19,6 @@
 enum { RACER_IDLE = 0, RACER_CONNECTING, RACER_CLOSING, RACER_EXHAUSTED };
 
 static void dial_finish(uvctx_dial_t* req) {
-  uvctx_t* ctx = req->ctx_;
   int status = req->status_;
 
   /* Idempotent: 0 when the watch fired (we may be in its callback). */
@@ -29,9 +28,7 @@ static void dial_finish(uvctx_dial_t* req) {
   uvctx_free(req->order_);
   req->res_ = NULL;
   req->order_ = NULL;
-  req->state_ = UVCTX__UV_IDLE;
-  req->cb_(req, status, status == 0 ? req->tcp_ : NULL);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, status, status == 0 ? req->tcp_ : NULL));
 }
 
 static void dial_timer_closed(uv_handle_t* h) {

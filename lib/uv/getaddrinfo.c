@@ -58,12 +58,8 @@ void uvctx__lookup_abandon(uvctx__lookup_t* lk) {
 
 static void gai_finish(uvctx_getaddrinfo_t* req, int status,
                        struct addrinfo* res) {
-  uvctx_t* ctx = req->ctx_;
-
-  req->state_ = UVCTX__UV_IDLE;
   req->lookup_ = NULL;
-  req->cb_(req, status, res);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, status, res));
 }
 
 static void gai_done(void* owner, int status, struct addrinfo* res) {

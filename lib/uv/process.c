@@ -7,12 +7,8 @@
 #include "uv_internal.h"
 
 static void proc_finish(uvctx_process_t* p) {
-  uvctx_t* ctx = p->ctx_;
-
-  p->state_ = UVCTX__UV_IDLE;
   p->pid_ = 0;
-  p->cb_(p, p->status_, p->exit_status_, p->term_signal_);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(p, p->cb_(p, p->status_, p->exit_status_, p->term_signal_));
 }
 
 static void proc_closed(uv_handle_t* h) {

@@ -7,16 +7,12 @@
 #include "uv_internal.h"
 
 static void recv_finish(uvctx_recv_t* req, ssize_t nread) {
-  uvctx_t* ctx = req->ctx_;
-
   if (req->state_ == UVCTX__UV_RUNNING) {
     uvctx_stream_read_stop(req->stream_);
     req->stream_->owner_ = NULL;
   }
   uvctx_watch_stop(&req->watch_);
-  req->state_ = UVCTX__UV_IDLE;
-  req->cb_(req, nread);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, nread));
 }
 
 static void recv_alloc_cb(uvctx_stream_t* s, size_t suggested, uv_buf_t* buf) {

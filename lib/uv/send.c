@@ -5,11 +5,7 @@
 #include "uv_internal.h"
 
 static void send_finish(uvctx_send_t* req, int status) {
-  uvctx_t* ctx = req->ctx_;
-
-  req->state_ = UVCTX__UV_IDLE;
-  req->cb_(req, status);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, status));
 }
 
 static void send_closed(uvctx_stream_t* s) {

@@ -4,11 +4,7 @@
 
 static void sleep_close_cb(uv_handle_t* h) {
   uvctx_sleep_t* req = UVCTX__UV_CONTAINER_OF(h, uvctx_sleep_t, timer_);
-  uvctx_t* ctx = req->ctx_;
-
-  req->state_ = UVCTX__UV_IDLE;
-  req->cb_(req, req->status_);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->cb_(req, req->status_));
 }
 
 static void sleep_finish(uvctx_sleep_t* req, int status) {

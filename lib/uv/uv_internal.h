@@ -14,6 +14,17 @@
 #define UVCTX__UV_CONTAINER_OF(ptr, type, member) \
   ((type*)((char*)(ptr)-offsetof(type, member)))
 
+/* Ends request `req` with `call`, its callback's invocation: the request
+ * is idle before the callback runs (which may start it again), and the
+ * reference it held on its context, read before, is dropped after. */
+#define UVCTX__UV_FINISH(req, call)      \
+  do {                                   \
+    uvctx_t* finish_ctx__ = (req)->ctx_; \
+    (req)->state_ = UVCTX__UV_IDLE;      \
+    call;                                \
+    uvctx_unref(finish_ctx__);           \
+  } while (0)
+
 /* The states a request goes through. IDLE is 0: the state of a request
  * whose callback has run (or that never started). */
 enum {

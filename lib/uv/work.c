@@ -3,11 +3,7 @@
 #include "uv_internal.h"
 
 static void work_finish(uvctx_work_t* req, int status) {
-  uvctx_t* ctx = req->ctx_;
-
-  req->state_ = UVCTX__UV_IDLE;
-  req->after_(req, status);
-  uvctx_unref(ctx);
+  UVCTX__UV_FINISH(req, req->after_(req, status));
 }
 
 static void work_run(uv_work_t* w) {
