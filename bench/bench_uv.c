@@ -4,7 +4,9 @@
  * several rounds that alternate ours and the peer's), and the cancel path
  * of each (start, cancel, callback, with a fresh context per operation)
  * beside the bare operation stopped the way libuv stops it (uv_close,
- * uv_cancel, a signal).
+ * uv_cancel, a signal). uv_sleep_cancel_ctx_premade is the sleep's cancel
+ * path again with the contexts made before the chain and freed after it,
+ * untimed: the split between the operation and its fresh context.
  *
  *   uv_sleep_0ms/1ms      uvctx_sleep          uv_timer init/start/close
  *   uv_tcp_connect        uvctx_tcp_connect    uv_tcp_connect (+ close)
@@ -108,6 +110,41 @@ static void our_sleep_cancel(void) {
   BENCH_OK(uvctx_sleep(&sreq, op_ctx, 60000, our_sleep_cancel_cb));
   BENCH_OK(uvctx_cancel(op_ctx));
 }
+/* The same cancel path under contexts made before the chain and freed
+ * after it, outside the timed section: what the operation costs apart
+ * from the fresh context a caller makes to cancel it (the row above). */
+static uvctx_t** premade;
+static size_t premade_next, premade_n;
+
+static void premade_make(size_t n) {
+  size_t i;
+  premade = malloc(n * sizeof(*premade));
+  BENCH_ASSERT(premade != NULL);
+  for (i = 0; i < n; i++)
+    BENCH_OK(uvctx_with_cancel(ctx, &premade[i]));
+  premade_next = 0;
+  premade_n = n;
+}
+static void premade_free(void) {
+  size_t i;
+  for (i = 0; i < premade_n; i++)
+    uvctx_unref(premade[i]);
+  free(premade);
+  premade = NULL;
+}
+
+static void our_sleep_cancel_premade(void);
+static void our_sleep_cancel_premade_cb(uvctx_sleep_t* r, int st) {
+  (void)r;
+  BENCH_ASSERT(st == UV_ECANCELED);
+  next(our_sleep_cancel_premade);
+}
+static void our_sleep_cancel_premade(void) {
+  uvctx_t* c = premade[premade_next++];
+  BENCH_OK(uvctx_sleep(&sreq, c, 60000, our_sleep_cancel_premade_cb));
+  BENCH_OK(uvctx_cancel(c));
+}
+
 static void bare_sleep_cancel(void);
 static void bare_sleep_cancel_closed(uv_handle_t* h) {
   (void)h;
@@ -592,8 +629,9 @@ typedef struct scen_s {
   size_t full, quick;
   void (*ours)(void);
   void (*bare)(void);
-  void (*after_ours)(void); /* after each chain of ours, optional */
-  void (*after_bare)(void); /* after each chain of the peer's */
+  void (*after_ours)(void);      /* after each chain of ours, optional */
+  void (*after_bare)(void);      /* after each chain of the peer's */
+  void (*before_ours)(size_t n); /* before each chain of ours, untimed */
 } scen_t;
 
 static void measure(const scen_t* s, const bench_opts_t* o) {
@@ -603,6 +641,8 @@ static void measure(const scen_t* s, const bench_opts_t* o) {
   int rounds = o->quick ? 1 : ROUNDS;
   int i;
   for (i = 0; i < rounds; i++) {
+    if (s->before_ours != NULL)
+      s->before_ours(n);
     ours[i] = chain(s->ours, n);
     if (s->after_ours != NULL)
       s->after_ours();
@@ -623,28 +663,33 @@ static void close_walk(uv_handle_t* h, void* arg) {
 int main(int argc, char** argv) {
   static const scen_t scens[] = {
       {"uv_sleep_0ms", "uv_timer", 20000, 20, our_sleep_0ms, bare_sleep_0ms,
-       NULL, NULL},
+       NULL, NULL, NULL},
       {"uv_sleep_1ms", "uv_timer", 500, 3, our_sleep_1ms, bare_sleep_1ms, NULL,
-       NULL},
-      {"uv_tcp_connect", "uv_tcp_connect", 3000, 10, our_connect, bare_connect,
        NULL, NULL},
+      {"uv_tcp_connect", "uv_tcp_connect", 3000, 10, our_connect, bare_connect,
+       NULL, NULL, NULL},
       {"uv_getaddrinfo", "uv_getaddrinfo", 5000, 10, our_gai, bare_gai, NULL,
-       NULL},
+       NULL, NULL},
       {"uv_queue_work", "uv_queue_work", 20000, 20, our_work, bare_work, NULL,
-       NULL},
-      {"uv_spawn", "uv_spawn", 200, 3, our_spawn, bare_spawn, NULL, NULL},
+       NULL, NULL},
+      {"uv_spawn", "uv_spawn", 200, 3, our_spawn, bare_spawn, NULL, NULL, NULL},
       {"uv_pingpong_64b", "uv_write+uv_read_start", 20000, 20, our_ping_begin,
-       bare_ping_begin, our_ping_end, bare_ping_end},
+       bare_ping_begin, our_ping_end, bare_ping_end, NULL},
       {"uv_sleep_cancel", "uv_timer+uv_close", 20000, 20, our_sleep_cancel,
-       bare_sleep_cancel, NULL, NULL},
+       bare_sleep_cancel, NULL, NULL, NULL},
+      {"uv_sleep_cancel_ctx_premade", "uv_timer+uv_close", 20000, 20,
+       our_sleep_cancel_premade, bare_sleep_cancel, premade_free, NULL,
+       premade_make},
       {"uv_tcp_connect_cancel", "uv_tcp_connect+uv_close", 3000, 10,
-       our_connect_cancel, bare_connect_cancel, NULL, NULL},
+       our_connect_cancel, bare_connect_cancel, NULL, NULL, NULL},
       {"uv_getaddrinfo_cancel", "uv_getaddrinfo+uv_cancel", 20000, 20,
-       our_gai_cancel_held, bare_gai_cancel_held, pool_release, pool_release},
+       our_gai_cancel_held, bare_gai_cancel_held, pool_release, pool_release,
+       NULL},
       {"uv_queue_work_cancel", "uv_queue_work+uv_cancel", 20000, 20,
-       our_work_cancel_held, bare_work_cancel_held, pool_release, pool_release},
+       our_work_cancel_held, bare_work_cancel_held, pool_release, pool_release,
+       NULL},
       {"uv_spawn_cancel", "uv_spawn+uv_process_kill", 200, 3, our_spawn_cancel,
-       bare_spawn_cancel, NULL, NULL},
+       bare_spawn_cancel, NULL, NULL, NULL},
   };
   bench_opts_t o;
   int len = sizeof(server_addr);
