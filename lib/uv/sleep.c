@@ -28,7 +28,7 @@ static void sleep_timer_cb(uv_timer_t* t) {
     uv_timer_start(t, sleep_timer_cb, left_ms, 0);
     return;
   }
-  if (req->due_ns_ != 0)
+  if (req->state_ == UVCTX__UV_RUNNING)
     uvctx_watch_stop(&req->watch_);
   /* Done wins: a timer that fires once ctx is done reports ctx's err. */
   sleep_finish(req, uvctx_err(req->ctx_));
@@ -61,17 +61,21 @@ int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
     uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
     return 0;
   }
-  req->state_ = UVCTX__UV_RUNNING;
   uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);
   /* A 0 ms timer fires in the loop's next timer phase, never more than
    * one iteration after a watch callback would have come, and its
    * callback reports ctx's err if ctx is done by then (done wins): a watch
    * would add nothing but its cost (a reference, two locks, a list). So a
-   * 0 ms sleep has none; due_ns_ stays 0, which tells the timer callback
-   * so. */
-  if (ms != 0) {
-    req->due_ns_ = uvctx__uv_due_ns(ms);
-    uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
+   * 0 ms sleep has none, except on a background context: references to it
+   * are not counted, and the watch is then what keeps uvctx_loop_close()
+   * from closing the binding under the pending request. */
+  if (ms == 0 && ctx != uvctx_background(uvctx_home(ctx))) {
+    req->state_ = UVCTX__UV_UNWATCHED;
+    return 0;
   }
+  if (ms != 0)
+    req->due_ns_ = uvctx__uv_due_ns(ms);
+  req->state_ = UVCTX__UV_RUNNING;
+  uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
   return 0;
 }

@@ -102,6 +102,17 @@ START_TEST(sleep_zero_done_before_it_fires) {
 }
 END_TEST
 
+/* A 0 ms sleep on a background context, which counts no references, keeps
+ * uvctx_loop_close() from closing the binding until its callback. */
+START_TEST(sleep_zero_on_background_keeps_binding) {
+  sleeper_t s;
+  sleeper_start(&s, uvt_bg, 0);
+  ck_assert_int_eq(uvctx_loop_close(uvctx_home(uvt_bg)), UV_EBUSY);
+  UVT_RUN_UNTIL(s.op.calls == 1);
+  UVT_OP_CHECK(&s.op, 0);
+}
+END_TEST
+
 START_TEST(sleep_cancel_other_thread) {
   sleeper_t s;
   uvctx_t* c;
@@ -610,6 +621,7 @@ static Suite* uv_ops_suite(void) {
                                       sleep_deadline,
                                       sleep_already_done,
                                       sleep_zero_done_before_it_fires,
+                                      sleep_zero_on_background_keeps_binding,
                                       sleep_cancel_other_thread,
                                       sleep_bad_args,
                                       NULL};
