@@ -43,11 +43,13 @@ static void sleep_watch_cb(uvctx_watch_t* w, int err) {
 
 int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
                 uvctx_sleep_cb cb) {
+  uvctx_loop_t* home;
   int rc;
 
   if (req == NULL || ctx == NULL || cb == NULL)
     return UV_EINVAL;
-  rc = uv_timer_init(uvctx__uv_home(ctx), &req->timer_);
+  home = uvctx_home(ctx);
+  rc = uv_timer_init(uvctx_loop_uv(home), &req->timer_);
   if (rc != 0)
     return rc;
   req->ctx_ = uvctx_ref(ctx);
@@ -69,7 +71,7 @@ int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
    * 0 ms sleep has none, except on a background context: references to it
    * are not counted, and the watch is then what keeps uvctx_loop_close()
    * from closing the binding under the pending request. */
-  if (ms == 0 && ctx != uvctx_background(uvctx_home(ctx))) {
+  if (ms == 0 && ctx != uvctx_background(home)) {
     req->state_ = UVCTX__UV_UNWATCHED;
     return 0;
   }
