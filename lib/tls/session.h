@@ -241,6 +241,8 @@ void uvctx__tls_complete_writes(tls_t* t);
 void uvctx__tls_flush(tls_t* t);
 void uvctx__tls_settle_seqs(tls_t* t);
 int uvctx__tls_encrypt_queued(tls_t* t);
+/* The session's try-write (see op_try_write() in session.c). */
+int uvctx__tls_try_write(tls_t* t, const uv_buf_t bufs[], unsigned nbufs);
 
 /* ---- defined in tls/engine.c --------------------------------------------- */
 
