@@ -152,6 +152,12 @@ void uvctx__tls_settle_seqs(tls_t* t) {
   maybe_shutdown_transport(t);
 }
 
+/* The transport has handed every write of ours to the kernel; their
+ * callbacks may not have run yet. */
+static int fl_written(const tls_t* t) {
+  return t->tr_state == TR_OPEN && uvctx_stream_write_queue_size(t->tr) == 0;
+}
+
 /* Bytes of ciphertext the session may make now. With a try-write, a unit
  * only while the transport holds nothing of ours: its ciphertext goes out
  * before the next is made, so a slow reader pins at most what the
@@ -160,7 +166,8 @@ static size_t tx_room(const tls_t* t) {
   size_t room = t->out != NULL ? t->out->cap - t->out->len : 0;
 
   if (!t->no_try) {
-    if (t->out == NULL && t->ready_head == NULL && t->fl_head == NULL)
+    if (t->out == NULL && t->ready_head == NULL &&
+        (t->fl_head == NULL || (t->in_try && fl_written(t))))
       room = TX_SIZE;
     return room;
   }
@@ -274,7 +281,7 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
 int uvctx__tls_try_write(tls_t* t, const uv_buf_t bufs[], unsigned nbufs) {
   size_t took = 0;
   unsigned i;
-  ssize_t n;
+  ssize_t n = 0;
 
   if (t->err != 0)
     return t->err;
@@ -282,19 +289,28 @@ int uvctx__tls_try_write(tls_t* t, const uv_buf_t bufs[], unsigned nbufs) {
     return UV_ENOSYS;
   /* Only with nothing of ours on the way out (so that the bytes keep
    * their order and a slow reader still pins one unit at most), and not
-   * from inside a step (a read callback writing back). */
+   * from inside a step (a read callback writing back). Transport writes
+   * the kernel has taken whole do not count: were the caller told to
+   * queue its bytes until their callbacks have run, its buffer would wait
+   * in the session behind the next unit the transport refuses. The unit
+   * made then goes out behind them, copied to a chunk of its own (see
+   * uvctx__tls_flush()). */
   if (dead(t) || t->hs_state != HS_DONE || t->in_cycle ||
       t->sd_state != SD_NONE || t->wq_head != NULL || t->out != NULL ||
-      t->ready_head != NULL || t->fl_head != NULL)
+      t->ready_head != NULL || (t->fl_head != NULL && !fl_written(t)))
     return UV_EAGAIN;
+  t->in_try = 1;
   for (i = 0; i < nbufs; i++) {
     n = bufs[i].len > 0 ? encrypt_some(t, bufs[i].base, bufs[i].len) : 0;
     if (n < 0)
-      return t->err;
+      break;
     took += (size_t)n;
     if ((size_t)n < bufs[i].len)
       break; /* the unit is full: the caller queues the rest */
   }
+  t->in_try = 0;
+  if (n < 0)
+    return t->err;
   if (took == 0)
     return UV_EAGAIN;
   /* One step flushes the unit (a try-write of the transport; what it

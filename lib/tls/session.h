@@ -126,6 +126,7 @@ struct uvctx__tls_s {
   unsigned nchunks;      /* TX_POOLED chunks allocated: in use or spare */
   unsigned app_unit : 1; /* SSL is writing application data */
   unsigned no_try : 1;   /* the transport has no try-write */
+  unsigned in_try : 1;   /* inside the session's own try-write */
   size_t out_pending;
   size_t out_plain; /* `plain` of out and ready */
   tx_t* last_tx;    /* where bio_write() put its last byte */

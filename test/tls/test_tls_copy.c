@@ -543,6 +543,117 @@ START_TEST(test_slow_reader_pins_one_unit) {
 }
 END_TEST
 
+/* A relay's copy: buffers from a pool, at most one queued. */
+static uvctx_copy_pool_t* relay_pool;
+static size_t max_pool_stalled;
+
+static int pool_sampling;
+
+static void pool_check_cb(uv_check_t* c) {
+  held_check_cb(c);
+  if (pool_sampling && W.calls == 0 &&
+      uvctx_copy_pool_bytes(relay_pool) > max_pool_stalled)
+    max_pool_stalled = uvctx_copy_pool_bytes(relay_pool);
+}
+
+static void relay_copy_begin(uv_check_t* c) {
+  uvctx_copy_options_t o;
+  memset(&o, 0, sizeof(o));
+  ck_assert_int_eq(uvctx_copy_pool_init(&relay_pool, uvt_loop, 0, 0), 0);
+  o.pool = relay_pool;
+  o.high_water = 64 * 1024;
+  max_held = 0;
+  max_out_queue = 0;
+  max_pool_stalled = 0;
+  pool_sampling = 0;
+  world_begin_tls_dst(c, pool_check_cb);
+  world_start_copy(W.ctx, &o);
+  tend_handshake(&W.sink);
+  cp_sink_init_stream(&W.tsink, W.sink.s, 64 * 1024, 0, 0); /* paused */
+}
+
+/* Until the copy is held up by the session (the session keeps ciphertext
+ * its transport refused, the copy reads no more), then as long again
+ * sampling what the pool has lent every loop turn. */
+static void relay_copy_stall(uint64_t total) {
+  UVT_RUN_UNTIL(max_out_queue > 0);
+  uvt_run_for(300);
+  pool_sampling = 1;
+  uvt_run_for(300);
+  pool_sampling = 0;
+  ck_assert_int_eq(W.calls, 0);
+  ck_assert_uint_lt(sink_received() + 1, total);
+  ck_assert_uint_gt(uvctx_stream_write_queue_size(W.r->out.s), 0);
+  fprintf(stderr,
+          "relay copy, slow reader: session held at most %zu bytes, %zu "
+          "queued; pool lent %zu while stalled\n",
+          max_held, max_out_queue, max_pool_stalled);
+}
+
+/* The pool goes first: the buffers it keeps count as live allocations. */
+static void relay_copy_end(void) {
+  UVT_RUN_UNTIL(W.calls >= 1);
+  ck_assert_int_eq(uvctx_copy_pool_close(relay_pool), 0);
+  relay_pool = NULL;
+  world_end();
+}
+
+/* The relay's case: a copy from a pool with a high-water mark of one
+ * buffer writes into a TLS session whose peer stops reading. The session
+ * takes each read at once (encrypted, and what its transport refused
+ * kept in a chunk of that size), so while the copy waits for the reader
+ * it holds no buffer at all (checked every loop turn): a held connection
+ * costs the ciphertext the kernel left, not that and a plaintext buffer.
+ * The copy's queue (the high-water mark) counts what the session kept.
+ * Once the peer reads again every byte arrives, in order, and the copy
+ * counts each exactly once. */
+START_TEST(test_slow_reader_holds_no_copy_buffer) {
+  static uv_check_t hcheck;
+  const uint64_t total = 4u << 20;
+  relay_copy_begin(&hcheck);
+  world_start_sender(total, 64 * 1024, 9);
+  relay_copy_stall(total);
+  ck_assert_uint_eq(max_pool_stalled, 0);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(relay_pool), 0);
+  ck_assert_uint_le(max_held, 66 * 1024);
+  ck_assert_uint_le(max_out_queue, 64 * 1024);
+  cp_sink_resume(&W.tsink);
+  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
+  ck_assert_int_eq(W.status, 0);
+  ck_assert_uint_eq(W.bytes, total);
+  ck_assert_uint_eq(sink_received(), total);
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_eq(W.out_held_at_end, 0);
+  cp_close_h((uv_handle_t*)&hcheck);
+  relay_copy_end();
+}
+END_TEST
+
+/* The same copy cancelled while the session still keeps bytes the copy
+ * handed it: those are not counted as copied, so the count never exceeds
+ * what the reader receives once it reads what the kernel had taken. */
+START_TEST(test_cut_counts_no_byte_the_session_kept) {
+  static uv_check_t hcheck;
+  const uint64_t total = 4u << 20;
+  relay_copy_begin(&hcheck);
+  world_start_sender(total, 64 * 1024, 13);
+  relay_copy_stall(total);
+  ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+  UVT_RUN_UNTIL(W.calls == 1);
+  ck_assert_int_eq(W.status, UV_ECANCELED);
+  cp_sink_resume(&W.tsink);
+  UVT_RUN_UNTIL(sink_ended());
+  fprintf(stderr,
+          "cut with bytes kept: counted %" PRIu64 ", received %" PRIu64 "\n",
+          W.bytes, sink_received());
+  ck_assert_uint_gt(W.bytes, 0);
+  ck_assert_uint_le(W.bytes, sink_received());
+  ck_assert_uint_eq(sink_bad(), 0);
+  cp_close_h((uv_handle_t*)&hcheck);
+  relay_copy_end();
+}
+END_TEST
+
 /* ---- pipe: a TLS-terminating proxy --------------------------------------- */
 
 /* Client P (TLS) <-> [a: TLS server | pipe | b: plain] <-> Q (plain). */
@@ -777,6 +888,8 @@ static Suite* tls_copy_suite(void) {
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
   tcase_add_test(tc, test_high_water_tls_dst);
   tcase_add_test(tc, test_slow_reader_pins_one_unit);
+  tcase_add_test(tc, test_slow_reader_holds_no_copy_buffer);
+  tcase_add_test(tc, test_cut_counts_no_byte_the_session_kept);
   suite_add_tcase(s, tc);
   tc = tcase_create("pipe");
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
