@@ -563,7 +563,7 @@ static void pool_check_cb(uv_check_t* c) {
     max_pool_stalled = uvctx_copy_pool_bytes(relay_pool);
 }
 
-static void relay_copy_begin(uv_check_t* c) {
+static void relay_copy_begin(uv_check_t* c, int reading) {
   uvctx_copy_options_t o;
   memset(&o, 0, sizeof(o));
   ck_assert_int_eq(uvctx_copy_pool_init(&relay_pool, uvt_loop, 0, 0), 0);
@@ -576,7 +576,7 @@ static void relay_copy_begin(uv_check_t* c) {
   world_begin_tls_dst(c, pool_check_cb);
   world_start_copy(W.ctx, &o);
   tend_handshake(&W.sink);
-  cp_sink_init_stream(&W.tsink, W.sink.s, 64 * 1024, 0, 0); /* paused */
+  cp_sink_init_stream(&W.tsink, W.sink.s, 64 * 1024, 0, reading);
 }
 
 /* Until the copy is held up by the session (the session keeps ciphertext
@@ -617,7 +617,7 @@ static void relay_copy_end(void) {
 START_TEST(test_slow_reader_holds_no_copy_buffer) {
   static uv_check_t hcheck;
   const uint64_t total = 4u << 20;
-  relay_copy_begin(&hcheck);
+  relay_copy_begin(&hcheck, 0); /* the reader stopped */
   world_start_sender(total, 64 * 1024, 9);
   relay_copy_stall(total);
   ck_assert_uint_eq(max_pool_stalled, 0);
@@ -635,7 +635,7 @@ END_TEST
 START_TEST(test_cut_counts_no_byte_the_session_kept) {
   static uv_check_t hcheck;
   const uint64_t total = 4u << 20;
-  relay_copy_begin(&hcheck);
+  relay_copy_begin(&hcheck, 0); /* the reader stopped */
   world_start_sender(total, 64 * 1024, 13);
   relay_copy_stall(total);
   ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
@@ -651,6 +651,99 @@ START_TEST(test_cut_counts_no_byte_the_session_kept) {
   ck_assert_uint_eq(sink_bad(), 0);
   cp_close_h((uv_handle_t*)&hcheck);
   relay_copy_end();
+}
+END_TEST
+
+/* ---- allocation failure -------------------------------------------------- */
+
+/* The counting allocator of helpers.h, which also notes the size of the
+ * allocation it failed. */
+static size_t failed_size;
+
+static void* rec_malloc(size_t n) {
+  if (!uvt_alloc_should_fail__())
+    return malloc(n);
+  failed_size = n;
+  return NULL;
+}
+
+static void* rec_realloc(void* p, size_t n) {
+  if (!uvt_alloc_should_fail__())
+    return realloc(p, n);
+  failed_size = n;
+  return NULL;
+}
+
+static void* rec_calloc(size_t n, size_t size) {
+  if (!uvt_alloc_should_fail__())
+    return calloc(n, size);
+  failed_size = n * size;
+  return NULL;
+}
+
+static void alloc_setup(void) {
+  ck_assert_int_eq(
+      uvctx_replace_allocator(rec_malloc, rec_realloc, rec_calloc, free), 0);
+  tc_setup();
+}
+
+/* An encryption unit: 66 KiB and a chunk's header. */
+static int is_unit_size(size_t n) {
+  return n > 66 * 1024 && n <= 66 * 1024 + 1024;
+}
+
+/* The relay's copy into a TLS session with small kernel buffers (so that
+ * units are refused in part and what is left is kept in chunks of its
+ * own), the Nth allocation after the copy started failing, for every N
+ * until a transfer needs no more: the handshake's chunks and receive
+ * buffers of both sessions, the pool's buffers, the units, the chunks of
+ * what the transport left. Each run ends with the copy's callback, once:
+ * a failed pool buffer or unit with UV_ENOMEM, whatever else with
+ * UV_ENOMEM or the error the peer's failure caused (or 0, where nothing
+ * needed the memory after all); the teardown proves that nothing leaked,
+ * no SSL object or context is left and both loops close. */
+START_TEST(test_enomem_in_transfer) {
+  static uv_check_t hcheck;
+  const uint64_t total = 256u << 10;
+  int units = 0, buffers = 0, nomem = 0;
+  long n;
+  for (n = 1; n < 2000; n++) {
+    relay_copy_begin(&hcheck, 1);
+    failed_size = 0;
+    uvt_alloc_fail_nth(n);
+    world_start_sender(total, 64 * 1024, (uint64_t)n);
+    UVT_RUN_UNTIL_MS(W.calls == 1 && sink_ended(), 30000);
+    uvt_alloc_disarm();
+    ck_assert_uint_eq(sink_bad(), 0);
+    if (!uvt_alloc_failed()) {
+      /* Past the last allocation: the transfer as it is without one. */
+      ck_assert_int_eq(W.status, 0);
+      ck_assert_uint_eq(W.bytes, total);
+      ck_assert_uint_eq(sink_received(), total);
+      cp_close_h((uv_handle_t*)&hcheck);
+      relay_copy_end();
+      break;
+    }
+    if (is_unit_size(failed_size) || failed_size == 64 * 1024) {
+      ck_assert_msg(W.status == UV_ENOMEM,
+                    "allocation %ld (%zu bytes): status %s", n, failed_size,
+                    uv_err_name(W.status));
+      units += is_unit_size(failed_size);
+      buffers += failed_size == 64 * 1024;
+    }
+    nomem += W.status == UV_ENOMEM;
+    if (W.status == 0)
+      ck_assert_uint_eq(W.bytes, total);
+    cp_close_h((uv_handle_t*)&hcheck);
+    relay_copy_end();
+  }
+  fprintf(stderr,
+          "enomem in transfer: %ld allocations, %d failed with UV_ENOMEM "
+          "(%d units, %d pool buffers)\n",
+          n - 1, nomem, units, buffers);
+  ck_assert_int_lt(n, 2000);
+  ck_assert_int_gt(units, 0);
+  ck_assert_int_gt(buffers, 0);
 }
 END_TEST
 
@@ -890,6 +983,10 @@ static Suite* tls_copy_suite(void) {
   tcase_add_test(tc, test_slow_reader_pins_one_unit);
   tcase_add_test(tc, test_slow_reader_holds_no_copy_buffer);
   tcase_add_test(tc, test_cut_counts_no_byte_the_session_kept);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("enomem");
+  tcase_add_checked_fixture(tc, alloc_setup, tc_teardown);
+  tcase_add_test(tc, test_enomem_in_transfer);
   suite_add_tcase(s, tc);
   tc = tcase_create("pipe");
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
