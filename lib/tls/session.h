@@ -21,7 +21,9 @@
  * Memory follows the data. Application data is encrypted only as fast as
  * the transport takes it: one unit at a time, tried at once (a try-write),
  * and the next one only once the transport holds nothing of ours; the
- * rest waits as plaintext in the writer's own buffers. A session whose
+ * rest waits as plaintext in the writer's own buffers, or is refused by
+ * the session's own try-write, which takes a writer's bytes only then
+ * (so a copy's buffer is free once encrypted). A session whose
  * peer reads slowly holds only what the transport left of one unit, and
  * an idle one holds no output memory at all: no chunk, no OpenSSL record
  * buffer, and no receive buffer unless it holds a partial record. */
