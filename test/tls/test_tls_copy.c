@@ -654,6 +654,92 @@ START_TEST(test_cut_counts_no_byte_the_session_kept) {
 }
 END_TEST
 
+/* ---- the session's try-write ----------------------------------------------
+ */
+
+static char tw_rbuf[64 * 1024];
+static uint64_t tw_received;
+static int tw_calls;
+static int tw_status;
+
+static void tw_alloc(uvctx_stream_t* s, size_t sug, uv_buf_t* b) {
+  (void)s;
+  (void)sug;
+  *b = uv_buf_init(tw_rbuf, sizeof(tw_rbuf));
+}
+
+static void tw_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  (void)s;
+  (void)b;
+  if (n > 0)
+    tw_received += (uint64_t)n;
+}
+
+static void tw_write_cb(uvctx_write_t* w, int status) {
+  (void)w;
+  tw_calls++;
+  tw_status = status;
+}
+
+/* The session's own try-write: UV_EAGAIN before the handshake ends; then
+ * it takes a 64 KiB buffer whole even when its transport (small kernel
+ * buffers, a peer that does not read) takes only part of the ciphertext.
+ * What it keeps counts in its write queue, and while it keeps some the
+ * answer is UV_EAGAIN; an empty write queued then completes only once the
+ * reader has read, and every byte taken arrives. */
+START_TEST(test_try_write_takes_whole_or_waits) {
+  static tend_t a, b;
+  static char data[64 * 1024];
+  uv_buf_t ub = uv_buf_init(data, sizeof(data));
+  uvctx_write_t w;
+  uint64_t taken = 0;
+  uint64_t base = uvctx_live_allocations();
+  int rc;
+  memset(&a, 0, sizeof(a));
+  memset(&b, 0, sizeof(b));
+  tw_received = 0;
+  tw_calls = 0;
+  cp_tcp_pair(&L, &a.h, &b.h);
+  cp_small_buffers(&a.h, 32 * 1024);
+  cp_small_buffers(&b.h, 32 * 1024);
+  tend_wrap(&a, UVCTX_TLS_CLIENT);
+  tend_wrap(&b, UVCTX_TLS_SERVER);
+  ck_assert_int_eq(uvctx_stream_try_write(a.s, &ub, 1), UV_EAGAIN);
+  tend_handshake(&a);
+  tend_handshake(&b);
+  UVT_RUN_UNTIL(a.hs_calls == 1 && b.hs_calls == 1);
+  ck_assert_int_eq(a.hs_status, 0);
+  ck_assert_int_eq(b.hs_status, 0);
+  /* Until the transport refuses part of a unit: b does not read. */
+  while (uvctx_stream_write_queue_size(a.s) == 0) {
+    ck_assert_uint_lt(taken, 64u << 20);
+    rc = uvctx_stream_try_write(a.s, &ub, 1);
+    ck_assert_int_eq(rc, (int)sizeof(data));
+    taken += (uint64_t)rc;
+    uvt_run_for(1);
+  }
+  ck_assert_uint_le(uvctx_stream_write_queue_size(a.s), sizeof(data));
+  ck_assert_uint_le(uvctx__tls_held_bytes(&a.tls), 66 * 1024);
+  ck_assert_int_eq(uvctx_stream_try_write(a.s, &ub, 1), UV_EAGAIN);
+  ub.len = 0;
+  ck_assert_int_eq(uvctx_stream_write(&w, a.s, &ub, 1, tw_write_cb), 0);
+  uvt_run_for(50);
+  ck_assert_int_eq(tw_calls, 0);
+  ck_assert_int_eq(uvctx_stream_read_start(b.s, tw_alloc, tw_read), 0);
+  UVT_RUN_UNTIL(tw_calls == 1 && tw_received == taken);
+  ck_assert_int_eq(tw_status, 0);
+  ck_assert_uint_eq(uvctx_stream_write_queue_size(a.s), 0);
+  fprintf(stderr,
+          "session try-write: %" PRIu64 " bytes taken before one "
+          "was kept\n",
+          taken);
+  tend_close_wait(&a);
+  tend_close_wait(&b);
+  cp_wait_closed();
+  ck_assert_uint_le(uvctx_live_allocations(), base);
+}
+END_TEST
+
 /* ---- allocation failure -------------------------------------------------- */
 
 /* The counting allocator of helpers.h, which also notes the size of the
@@ -983,6 +1069,7 @@ static Suite* tls_copy_suite(void) {
   tcase_add_test(tc, test_slow_reader_pins_one_unit);
   tcase_add_test(tc, test_slow_reader_holds_no_copy_buffer);
   tcase_add_test(tc, test_cut_counts_no_byte_the_session_kept);
+  tcase_add_test(tc, test_try_write_takes_whole_or_waits);
   suite_add_tcase(s, tc);
   tc = tcase_create("enomem");
   tcase_add_checked_fixture(tc, alloc_setup, tc_teardown);
