@@ -19,6 +19,9 @@
 # that both hold every attacker for the whole attack: what is measured is
 # the memory each held connection costs. Bounded: every process started
 # here is killed by its PID on exit; the attack ends after S seconds.
+# At 2000 connections a run (--tls most) takes the kernel to its TCP
+# memory limit ("TCP: out of memory" in dmesg): loopback tests that run
+# meanwhile may see connections reset; run nothing else beside it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
     --conns) conns=$2; shift ;;
     --secs) secs=$2; shift ;;
     --tls) tls=1 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "slowread: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift

@@ -163,14 +163,18 @@ UVCTX_EXTERN int uvctx_stream_write(uvctx_write_t* req, uvctx_stream_t* s,
                                     uvctx_write_cb cb);
 
 /* Writes as much of `nbufs` buffers as the transport takes at once,
- * without queuing anything and without a callback, as uv_try_write() does:
- * the fast path of a relay that hands the bytes it just read straight to
- * the kernel and queues only what is left with uvctx_stream_write().
- * Returns the number of bytes written (> 0; the rest was not written), or
- * UV_EAGAIN when nothing could be written now, which is also the answer
+ * without a request and without a callback, as uv_try_write() does: the
+ * fast path of a relay that hands the bytes it just read straight to the
+ * kernel and queues only what is left with uvctx_stream_write().
+ * Returns the number of bytes taken (> 0; the rest was not), or
+ * UV_EAGAIN when nothing could be taken now, which is also the answer
  * while earlier writes of this stream are still pending (so the order of
- * the bytes is kept); UV_ENOSYS when the stream kind offers no try-write
- * (a TLS session: its records are written by its own queue); UV_EINVAL
+ * the bytes is kept). A kind may keep part of what it took and write it
+ * later (a TLS session: the ciphertext its transport refused): those bytes
+ * count in uvctx_stream_write_queue_size() until handed to the operating
+ * system, and a write queued after them (an empty one too) completes only
+ * once they are. UV_ENOSYS when the stream kind offers no try-write (a TLS
+ * session over a transport without one); UV_EINVAL
  * for NULL s/bufs, nbufs == 0 or a closing stream; UV_EPIPE after a
  * shutdown; else the transport's error (UV_EPIPE, UV_ECONNRESET, ...).
  * The bytes are not borrowed beyond the call. */

@@ -50,10 +50,13 @@ extern "C" {
  * write_queue_size  Bytes accepted and not yet handed to the OS. Also
  *             called while the stream is closing, until close_done.
  * try_write   Optional (NULL: uvctx_stream_try_write() answers UV_ENOSYS).
- *             Write what the transport takes now, synchronously; return
- *             the bytes written or UV_EAGAIN, never queue, never call
- *             back. The generic layer calls it only while no write of the
- *             stream is pending, so the kind need not check the order.
+ *             Take what can go now, synchronously; return the bytes taken
+ *             or UV_EAGAIN, never call back. Bytes taken but not yet
+ *             handed to the OS (TLS: the ciphertext its transport
+ *             refused) count in write_queue_size, and later writes
+ *             complete after them. The generic layer calls it only while
+ *             no write of the stream is pending, so the kind need not
+ *             check the order.
  */
 struct uvctx_stream_ops_s {
   const char* name; /* "uv", "tls", ...: for dumps and errors */

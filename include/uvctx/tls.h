@@ -194,10 +194,14 @@ struct uvctx_tls_s {
  * may be reused in or after cb. Loop thread only.
  *
  * As a stream: a write's callback runs once the transport has written the
- * ciphertext carrying its last byte. Each read fills the reader's buffer
- * with as many records as have arrived; once the reader stops, the
- * transport is read only while less than 8 KiB of received ciphertext
- * waits (the rest stays in the kernel).
+ * ciphertext carrying its last byte. uvctx_stream_try_write() takes the
+ * bytes (up to one 66 KiB unit of ciphertext) when nothing of the
+ * session's is on its way out and the handshake is done, else answers
+ * UV_EAGAIN; what the transport leaves of their ciphertext stays with the
+ * session, counted in uvctx_stream_write_queue_size() until written.
+ * Each read fills the reader's buffer with as many records as have
+ * arrived; once the reader stops, the transport is read only while less
+ * than 8 KiB of received ciphertext waits (the rest stays in the kernel).
  * uvctx_stream_shutdown() sends close_notify after the queued writes, then
  * shuts the transport's write half down. A peer's close_notify reads as
  * UV_EOF; an end of stream without it as UVCTX_TLS_ETRUNCATED.
@@ -206,10 +210,11 @@ struct uvctx_tls_s {
  * closing it. OpenSSL's per-thread error queue is cleared around every
  * operation, so one session's failure never shows in another's. Memory
  * follows the data: plaintext is encrypted only as fast as the transport
- * takes the records (the rest waits in the writer's buffers), so a session
- * behind a slow reader holds at most 66 KiB of ciphertext and an idle one
- * no transmit buffer; a transfer being read keeps a 128 KiB receive
- * buffer (docs/tls.md, "Memory and copies"). */
+ * takes the records (the rest waits in the writer's buffers, or is refused
+ * by the try-write), so a session behind a slow reader holds at most 66
+ * KiB of ciphertext and an idle one no transmit buffer; a transfer being
+ * read keeps a 128 KiB receive buffer (docs/tls.md, "Memory and
+ * copies"). */
 UVCTX_EXTERN int uvctx_tls_init(uvctx_tls_t* tls, uvctx_tls_config_t* config,
                                 uvctx_stream_t* transport,
                                 const char* server_name);

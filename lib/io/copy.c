@@ -42,6 +42,8 @@ typedef struct slot_s {
   uvctx_write_t req;
   char* base;   /* NULL while the slot holds no buffer */
   char* shrunk; /* the write's own copy of its bytes, or NULL */
+  size_t held;  /* bytes a try-write left with the destination, counted
+                   with this write (see on_read) */
   struct slot_s* next;
 } slot_t;
 
@@ -322,6 +324,13 @@ static void dir_shrink(dir_t* d, slot_t* sl, uv_buf_t* b) {
   op = d->op;
   if (op->pool == NULL || b->len + SHRINK_MIN_SAVING > op->bufsize)
     return;
+  if (b->len == 0) {
+    /* An empty write that waits for what the destination kept. */
+    buf_give(op, sl->base);
+    sl->base = NULL;
+    *b = uv_buf_init(NULL, 0);
+    return;
+  }
   c = uvctx__pool_shrink(op->pool, sl->base, b->base, b->len);
   if (c == NULL)
     return;
@@ -370,18 +379,21 @@ static void on_write(uvctx_write_t* req, int status) {
   dir_t* d;
   op_t* op;
   slot_t* sl;
+  size_t size;
   int rc;
 
   d = req->data;
   op = d->op;
   sl = UVCTX__CONTAINER_OF(req, slot_t, req);
+  size = uvctx_write_size(req) + sl->held;
   d->inflight--;
-  d->queued -= uvctx_write_size(req);
+  d->queued -= size;
   slot_unshrink(d, sl, uvctx_write_size(req));
+  sl->held = 0;
   slot_put(d, sl);
   if (status == 0) {
     if (!d->cut)
-      d->bytes += uvctx_write_size(req);
+      d->bytes += size;
     if (op->idle_ms != 0) /* progress only matters to an idle timeout */
       op->last_progress = uv_hrtime();
   } else {
@@ -423,6 +435,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   slot_t* sl;
   uv_buf_t b;
   size_t offered;
+  size_t held;
   int first;
   int rc;
 
@@ -454,6 +467,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       op->last_progress = uv_hrtime();
     b = uv_buf_init(buf->base, (unsigned)nread);
     offered = d->rdsize;
+    held = 0;
     /* The fast path: straight from the buffer just read to the kernel,
      * when nothing of ours is queued ahead (the stream answers UV_EAGAIN
      * then, to keep the order). Only the rest is queued, and the buffer
@@ -462,8 +476,16 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       first = uvctx_stream_writes_pending(d->dst) == 0;
       rc = uvctx_stream_try_write(d->dst, &b, 1);
       if (rc > 0) {
-        d->bytes += (uint64_t)rc;
-        if ((size_t)rc == b.len) {
+        /* A destination may keep part of what it took, counted in its
+         * write queue (a TLS session: the ciphertext its transport
+         * refused). The buffer is free all the same; an empty write then
+         * waits for those bytes, which count once it completes, as a
+         * queued write's do. A libuv stream keeps nothing. */
+        held = uvctx_stream_write_queue_size(d->dst);
+        if (held > (size_t)rc)
+          held = (size_t)rc;
+        d->bytes += (uint64_t)rc - held;
+        if ((size_t)rc == b.len && held == 0) {
           if (d->rdsize < op->bufsize)
             d->rdsize =
                 d->rdsize * 4 < op->bufsize ? d->rdsize * 4 : op->bufsize;
@@ -493,15 +515,17 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       }
     }
     sl->req.data = d;
+    sl->held = held;
     rc = uvctx_stream_write(&sl->req, d->dst, &b, 1, on_write);
     if (rc != 0) {
       slot_unshrink(d, sl, b.len);
+      sl->held = 0;
       slot_put(d, sl);
       op_abort_io(op, rc, d->dst, UVCTX_PIPE_AT_WRITE);
       return;
     }
     d->inflight++;
-    d->queued += b.len; /* what the queued write holds */
+    d->queued += b.len + held; /* what the queued write holds or waits for */
     if (!may_read(d)) {
       read_pause(d);
       if (d->blocked_since == 0)
@@ -914,6 +938,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     for (j = cf.buffers; j-- > 0;) {
       d->slots[j].base = NULL;
       d->slots[j].shrunk = NULL;
+      d->slots[j].held = 0;
       slot_put(d, &d->slots[j]);
     }
   }

@@ -152,6 +152,12 @@ void uvctx__tls_settle_seqs(tls_t* t) {
   maybe_shutdown_transport(t);
 }
 
+/* The transport has handed every write of ours to the kernel; their
+ * callbacks may not have run yet. */
+static int fl_written(const tls_t* t) {
+  return t->tr_state == TR_OPEN && uvctx_stream_write_queue_size(t->tr) == 0;
+}
+
 /* Bytes of ciphertext the session may make now. With a try-write, a unit
  * only while the transport holds nothing of ours: its ciphertext goes out
  * before the next is made, so a slow reader pins at most what the
@@ -160,7 +166,8 @@ static size_t tx_room(const tls_t* t) {
   size_t room = t->out != NULL ? t->out->cap - t->out->len : 0;
 
   if (!t->no_try) {
-    if (t->out == NULL && t->ready_head == NULL && t->fl_head == NULL)
+    if (t->out == NULL && t->ready_head == NULL &&
+        (t->fl_head == NULL || (t->in_try && fl_written(t))))
       room = TX_SIZE;
     return room;
   }
@@ -185,6 +192,34 @@ static size_t tx_budget(const tls_t* t, size_t left) {
   return n < left ? n : left;
 }
 
+/* Encrypts as much of `len` bytes at `base` as tx_budget() allows into
+ * the chunk being filled: the plaintext a chunk counts is that of the
+ * records ending in it. Returns the bytes encrypted (0: no room), or -1
+ * if the session failed. */
+static ssize_t encrypt_some(tls_t* t, const char* base, size_t len) {
+  size_t want = tx_budget(t, len);
+  size_t n = 0;
+
+  if (want == 0)
+    return 0;
+  /* Without SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_write_ex writes all or
+   * fails; our BIO never asks to retry. */
+  ERR_clear_error();
+  t->last_tx = NULL;
+  t->app_unit = 1;
+  if (SSL_write_ex(t->ssl, base, want, &n) != 1) {
+    t->app_unit = 0;
+    uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), UVCTX__TLS_ALERT);
+    return -1;
+  }
+  t->app_unit = 0;
+  if (t->last_tx != NULL) {
+    t->last_tx->plain += want;
+    t->out_plain += want;
+  }
+  return (ssize_t)want;
+}
+
 /* Encrypts queued writes, in order, as far as tx_room() allows, handing
  * each full unit to the transport before the next. A write whose
  * ciphertext is all in chunks moves to `wf`. Returns -1 if the session
@@ -195,15 +230,16 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
   while ((w = t->wq_head) != NULL) {
     while (t->wq_idx < W_NBUFS(w)) {
       uv_buf_t b = w_buf(w, t->wq_idx);
-      size_t n = 0;
-      size_t want;
+      ssize_t n;
       if (t->wq_off == b.len) {
         t->wq_idx++;
         t->wq_off = 0;
         continue;
       }
-      want = tx_budget(t, b.len - t->wq_off);
-      if (want == 0) {
+      n = encrypt_some(t, b.base + t->wq_off, b.len - t->wq_off);
+      if (n < 0)
+        return -1;
+      if (n == 0) {
         /* A full unit: out to the transport, and on if it took it all. */
         if (t->no_try || (t->out == NULL && t->ready_head == NULL))
           return 0;
@@ -213,23 +249,8 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
         uvctx__tls_settle_seqs(t);
         continue;
       }
-      /* Without SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_write_ex writes all
-       * or fails; our BIO never asks to retry. */
-      ERR_clear_error();
-      t->last_tx = NULL;
-      t->app_unit = 1;
-      if (SSL_write_ex(t->ssl, b.base + t->wq_off, want, &n) != 1) {
-        t->app_unit = 0;
-        uvctx__tls_fail(t, uvctx__tls_map_error(t, 0), UVCTX__TLS_ALERT);
-        return -1;
-      }
-      t->app_unit = 0;
-      t->wq_off += want;
-      t->queued_plain -= want;
-      if (t->last_tx != NULL) {
-        t->last_tx->plain += want;
-        t->out_plain += want;
-      }
+      t->wq_off += (size_t)n;
+      t->queued_plain -= (size_t)n;
     }
     t->wq_idx = 0;
     t->wq_off = 0;
@@ -255,6 +276,50 @@ int uvctx__tls_encrypt_queued(tls_t* t) {
     t->sd_seq = SEQ_UNSET;
   }
   return 0;
+}
+
+int uvctx__tls_try_write(tls_t* t, const uv_buf_t bufs[], unsigned nbufs) {
+  size_t took = 0;
+  unsigned i;
+  ssize_t n = 0;
+
+  if (t->err != 0)
+    return t->err;
+  if (t->no_try)
+    return UV_ENOSYS;
+  /* Only with nothing of ours on the way out (so that the bytes keep
+   * their order and a slow reader still pins one unit at most), and not
+   * from inside a step (a read callback writing back). Transport writes
+   * the kernel has taken whole do not count: were the caller told to
+   * queue its bytes until their callbacks have run, its buffer would wait
+   * in the session behind the next unit the transport refuses. The unit
+   * made then goes out behind them, copied to a chunk of its own (see
+   * uvctx__tls_flush()). */
+  if (dead(t) || t->hs_state != HS_DONE || t->in_cycle ||
+      t->sd_state != SD_NONE || t->wq_head != NULL || t->out != NULL ||
+      t->ready_head != NULL || (t->fl_head != NULL && !fl_written(t)))
+    return UV_EAGAIN;
+  t->in_try = 1;
+  for (i = 0; i < nbufs; i++) {
+    n = bufs[i].len > 0 ? encrypt_some(t, bufs[i].base, bufs[i].len) : 0;
+    if (n < 0)
+      break;
+    took += (size_t)n;
+    if ((size_t)n < bufs[i].len)
+      break; /* the unit is full: the caller queues the rest */
+  }
+  t->in_try = 0;
+  if (n < 0)
+    return t->err;
+  if (took == 0)
+    return UV_EAGAIN;
+  /* One step flushes the unit (a try-write of the transport; what it
+   * leaves is queued there in a chunk of its own) and gives OpenSSL's
+   * buffers back, without calling anyone back. */
+  uvctx__tls_api_cycle(t);
+  if (t->err != 0)
+    return t->err;
+  return (int)took; /* at most one unit */
 }
 
 static void tr_shutdown_cb(uvctx_shutdown_t* req, int status) {

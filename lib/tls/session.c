@@ -152,9 +152,24 @@ static size_t op_write_queue_size(const uvctx_stream_t* s) {
   return n;
 }
 
+/* Takes plaintext at once, encrypted into one unit that is offered to
+ * the transport's try-write, when nothing of the session's is on its way
+ * out; UV_EAGAIN otherwise (and before the handshake has ended), UV_ENOSYS
+ * over a transport without a try-write. What the transport leaves of the
+ * unit stays with the session, queued on the transport in a chunk of its
+ * size, and counts in op_write_queue_size() until it is written: a caller
+ * learns from there that not all it wrote is out (a copy then waits for
+ * it with an empty write, which completes once it is). The caller's
+ * buffer is free at once: a relay behind a slow reader holds the
+ * ciphertext it refused, not that and the plaintext too. */
+static int op_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
+                        unsigned nbufs) {
+  return uvctx__tls_try_write(of_stream(s), bufs, nbufs);
+}
+
 static const uvctx_stream_ops_t tls_ops = {
     "tls",       op_read_start, op_read_stop,        op_write,
-    op_shutdown, op_close,      op_write_queue_size, NULL /* no try-write */};
+    op_shutdown, op_close,      op_write_queue_size, op_try_write};
 
 /* ---- public -------------------------------------------------------------- */
 

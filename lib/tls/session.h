@@ -21,7 +21,9 @@
  * Memory follows the data. Application data is encrypted only as fast as
  * the transport takes it: one unit at a time, tried at once (a try-write),
  * and the next one only once the transport holds nothing of ours; the
- * rest waits as plaintext in the writer's own buffers. A session whose
+ * rest waits as plaintext in the writer's own buffers, or is refused by
+ * the session's own try-write, which takes a writer's bytes only then
+ * (so a copy's buffer is free once encrypted). A session whose
  * peer reads slowly holds only what the transport left of one unit, and
  * an idle one holds no output memory at all: no chunk, no OpenSSL record
  * buffer, and no receive buffer unless it holds a partial record. */
@@ -126,6 +128,7 @@ struct uvctx__tls_s {
   unsigned nchunks;      /* TX_POOLED chunks allocated: in use or spare */
   unsigned app_unit : 1; /* SSL is writing application data */
   unsigned no_try : 1;   /* the transport has no try-write */
+  unsigned in_try : 1;   /* inside the session's own try-write */
   size_t out_pending;
   size_t out_plain; /* `plain` of out and ready */
   tx_t* last_tx;    /* where bio_write() put its last byte */
@@ -241,6 +244,8 @@ void uvctx__tls_complete_writes(tls_t* t);
 void uvctx__tls_flush(tls_t* t);
 void uvctx__tls_settle_seqs(tls_t* t);
 int uvctx__tls_encrypt_queued(tls_t* t);
+/* The session's try-write (see op_try_write() in session.c). */
+int uvctx__tls_try_write(tls_t* t, const uv_buf_t bufs[], unsigned nbufs);
 
 /* ---- defined in tls/engine.c --------------------------------------------- */
 

@@ -498,6 +498,19 @@ static void held_check_cb(uv_check_t* c) {
     max_out_queue = n;
 }
 
+/* The stalled reader reads again: every byte arrives, in order, the copy
+ * counts each once, and once it is done the session holds no buffer. */
+static void resume_reader_all_arrive(uint64_t total, uv_check_t* check) {
+  cp_sink_resume(&W.tsink);
+  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
+  ck_assert_int_eq(W.status, 0);
+  ck_assert_uint_eq(W.bytes, total);
+  ck_assert_uint_eq(sink_received(), total);
+  ck_assert_uint_eq(sink_bad(), 0);
+  ck_assert_uint_eq(W.out_held_at_end, 0);
+  cp_close_h((uv_handle_t*)check);
+}
+
 /* A copy with room for four 64 KiB buffers in flight writes into a TLS
  * session whose peer stops reading. The session encrypts only as fast as
  * the transport takes the records, so what it holds of its own (checked
@@ -532,14 +545,291 @@ START_TEST(test_slow_reader_pins_one_unit) {
   /* One unit, of which the transport took a part: an rx buffer of the
    * handshake's size is not held either, once read. */
   ck_assert_uint_le(max_held, 66 * 1024);
-  cp_sink_resume(&W.tsink);
-  UVT_RUN_UNTIL_MS(W.calls == 1 && sink_eof(), 30000);
-  ck_assert_int_eq(W.status, 0);
-  ck_assert_uint_eq(sink_received(), total);
-  ck_assert_uint_eq(sink_bad(), 0);
-  ck_assert_uint_eq(W.out_held_at_end, 0);
-  cp_close_h((uv_handle_t*)&hcheck);
+  resume_reader_all_arrive(total, &hcheck);
   world_end();
+}
+END_TEST
+
+/* A relay's copy: buffers from a pool, at most one queued. */
+static uvctx_copy_pool_t* relay_pool;
+static size_t max_pool_stalled;
+
+static int pool_sampling;
+
+static void pool_check_cb(uv_check_t* c) {
+  held_check_cb(c);
+  if (pool_sampling && W.calls == 0 &&
+      uvctx_copy_pool_bytes(relay_pool) > max_pool_stalled)
+    max_pool_stalled = uvctx_copy_pool_bytes(relay_pool);
+}
+
+static void relay_copy_begin(uv_check_t* c, int reading) {
+  uvctx_copy_options_t o;
+  memset(&o, 0, sizeof(o));
+  ck_assert_int_eq(uvctx_copy_pool_init(&relay_pool, uvt_loop, 0, 0), 0);
+  o.pool = relay_pool;
+  o.high_water = 64 * 1024;
+  max_held = 0;
+  max_out_queue = 0;
+  max_pool_stalled = 0;
+  pool_sampling = 0;
+  world_begin_tls_dst(c, pool_check_cb);
+  world_start_copy(W.ctx, &o);
+  tend_handshake(&W.sink);
+  cp_sink_init_stream(&W.tsink, W.sink.s, 64 * 1024, 0, reading);
+}
+
+/* Until the copy is held up by the session (the session keeps ciphertext
+ * its transport refused, the copy reads no more), then as long again
+ * sampling what the pool has lent every loop turn. */
+static void relay_copy_stall(uint64_t total) {
+  UVT_RUN_UNTIL(max_out_queue > 0);
+  uvt_run_for(300);
+  pool_sampling = 1;
+  uvt_run_for(300);
+  pool_sampling = 0;
+  ck_assert_int_eq(W.calls, 0);
+  ck_assert_uint_lt(sink_received() + 1, total);
+  ck_assert_uint_gt(uvctx_stream_write_queue_size(W.r->out.s), 0);
+  fprintf(stderr,
+          "relay copy, slow reader: session held at most %zu bytes, %zu "
+          "queued; pool lent %zu while stalled\n",
+          max_held, max_out_queue, max_pool_stalled);
+}
+
+/* The pool goes first: the buffers it keeps count as live allocations. */
+static void relay_copy_end(void) {
+  UVT_RUN_UNTIL(W.calls >= 1);
+  ck_assert_int_eq(uvctx_copy_pool_close(relay_pool), 0);
+  relay_pool = NULL;
+  world_end();
+}
+
+/* The relay's case: a copy from a pool with a high-water mark of one
+ * buffer writes into a TLS session whose peer stops reading. The session
+ * takes each read at once (encrypted, and what its transport refused
+ * kept in a chunk of that size), so while the copy waits for the reader
+ * it holds no buffer at all (checked every loop turn): a held connection
+ * costs the ciphertext the kernel left, not that and a plaintext buffer.
+ * The copy's queue (the high-water mark) counts what the session kept.
+ * Once the peer reads again every byte arrives, in order, and the copy
+ * counts each exactly once. */
+START_TEST(test_slow_reader_holds_no_copy_buffer) {
+  static uv_check_t hcheck;
+  const uint64_t total = 4u << 20;
+  relay_copy_begin(&hcheck, 0); /* the reader stopped */
+  world_start_sender(total, 64 * 1024, 9);
+  relay_copy_stall(total);
+  ck_assert_uint_eq(max_pool_stalled, 0);
+  ck_assert_uint_eq(uvctx_copy_pool_bytes(relay_pool), 0);
+  ck_assert_uint_le(max_held, 66 * 1024);
+  ck_assert_uint_le(max_out_queue, 64 * 1024);
+  resume_reader_all_arrive(total, &hcheck);
+  relay_copy_end();
+}
+END_TEST
+
+/* The same copy cancelled while the session still keeps bytes the copy
+ * handed it: those are not counted as copied, so the count never exceeds
+ * what the reader receives once it reads what the kernel had taken. */
+START_TEST(test_cut_counts_no_byte_the_session_kept) {
+  static uv_check_t hcheck;
+  const uint64_t total = 4u << 20;
+  relay_copy_begin(&hcheck, 0); /* the reader stopped */
+  world_start_sender(total, 64 * 1024, 13);
+  relay_copy_stall(total);
+  ck_assert_int_eq(uvctx_cancel(W.ctx), 0);
+  UVT_RUN_UNTIL(W.calls == 1);
+  ck_assert_int_eq(W.status, UV_ECANCELED);
+  cp_sink_resume(&W.tsink);
+  UVT_RUN_UNTIL(sink_ended());
+  fprintf(stderr,
+          "cut with bytes kept: counted %" PRIu64 ", received %" PRIu64 "\n",
+          W.bytes, sink_received());
+  ck_assert_uint_gt(W.bytes, 0);
+  ck_assert_uint_le(W.bytes, sink_received());
+  ck_assert_uint_eq(sink_bad(), 0);
+  cp_close_h((uv_handle_t*)&hcheck);
+  relay_copy_end();
+}
+END_TEST
+
+/* ---- the session's try-write ----------------------------------------------
+ */
+
+static char tw_rbuf[64 * 1024];
+static uint64_t tw_received;
+static int tw_calls;
+static int tw_status;
+
+static void tw_alloc(uvctx_stream_t* s, size_t sug, uv_buf_t* b) {
+  (void)s;
+  (void)sug;
+  *b = uv_buf_init(tw_rbuf, sizeof(tw_rbuf));
+}
+
+static void tw_read(uvctx_stream_t* s, ssize_t n, const uv_buf_t* b) {
+  (void)s;
+  (void)b;
+  if (n > 0)
+    tw_received += (uint64_t)n;
+}
+
+static void tw_write_cb(uvctx_write_t* w, int status) {
+  (void)w;
+  tw_calls++;
+  tw_status = status;
+}
+
+/* The session's own try-write: UV_EAGAIN before the handshake ends; then
+ * it takes a 64 KiB buffer whole even when its transport (small kernel
+ * buffers, a peer that does not read) takes only part of the ciphertext.
+ * What it keeps counts in its write queue, and while it keeps some the
+ * answer is UV_EAGAIN; an empty write queued then completes only once the
+ * reader has read, and every byte taken arrives. */
+START_TEST(test_try_write_takes_whole_or_waits) {
+  static tend_t a, b;
+  static char data[64 * 1024];
+  uv_buf_t ub = uv_buf_init(data, sizeof(data));
+  uvctx_write_t w;
+  uint64_t taken = 0;
+  uint64_t base = uvctx_live_allocations();
+  int rc;
+  memset(&a, 0, sizeof(a));
+  memset(&b, 0, sizeof(b));
+  tw_received = 0;
+  tw_calls = 0;
+  cp_tcp_pair(&L, &a.h, &b.h);
+  cp_small_buffers(&a.h, 32 * 1024);
+  cp_small_buffers(&b.h, 32 * 1024);
+  tend_wrap(&a, UVCTX_TLS_CLIENT);
+  tend_wrap(&b, UVCTX_TLS_SERVER);
+  ck_assert_int_eq(uvctx_stream_try_write(a.s, &ub, 1), UV_EAGAIN);
+  tend_handshake(&a);
+  tend_handshake(&b);
+  UVT_RUN_UNTIL(a.hs_calls == 1 && b.hs_calls == 1);
+  ck_assert_int_eq(a.hs_status, 0);
+  ck_assert_int_eq(b.hs_status, 0);
+  /* Until the transport refuses part of a unit: b does not read. */
+  while (uvctx_stream_write_queue_size(a.s) == 0) {
+    ck_assert_uint_lt(taken, 64u << 20);
+    rc = uvctx_stream_try_write(a.s, &ub, 1);
+    ck_assert_int_eq(rc, (int)sizeof(data));
+    taken += (uint64_t)rc;
+    uvt_run_for(1);
+  }
+  ck_assert_uint_le(uvctx_stream_write_queue_size(a.s), sizeof(data));
+  ck_assert_uint_le(uvctx__tls_held_bytes(&a.tls), 66 * 1024);
+  ck_assert_int_eq(uvctx_stream_try_write(a.s, &ub, 1), UV_EAGAIN);
+  ub.len = 0;
+  ck_assert_int_eq(uvctx_stream_write(&w, a.s, &ub, 1, tw_write_cb), 0);
+  uvt_run_for(50);
+  ck_assert_int_eq(tw_calls, 0);
+  ck_assert_int_eq(uvctx_stream_read_start(b.s, tw_alloc, tw_read), 0);
+  UVT_RUN_UNTIL(tw_calls == 1 && tw_received == taken);
+  ck_assert_int_eq(tw_status, 0);
+  ck_assert_uint_eq(uvctx_stream_write_queue_size(a.s), 0);
+  fprintf(stderr,
+          "session try-write: %" PRIu64 " bytes taken before one "
+          "was kept\n",
+          taken);
+  tend_close_wait(&a);
+  tend_close_wait(&b);
+  cp_wait_closed();
+  ck_assert_uint_le(uvctx_live_allocations(), base);
+}
+END_TEST
+
+/* ---- allocation failure -------------------------------------------------- */
+
+/* The counting allocator of helpers.h, which also notes the size of the
+ * allocation it failed. */
+static size_t failed_size;
+
+static void* rec_malloc(size_t n) {
+  if (!uvt_alloc_should_fail__())
+    return malloc(n);
+  failed_size = n;
+  return NULL;
+}
+
+static void* rec_realloc(void* p, size_t n) {
+  if (!uvt_alloc_should_fail__())
+    return realloc(p, n);
+  failed_size = n;
+  return NULL;
+}
+
+static void* rec_calloc(size_t n, size_t size) {
+  if (!uvt_alloc_should_fail__())
+    return calloc(n, size);
+  failed_size = n * size;
+  return NULL;
+}
+
+static void alloc_setup(void) {
+  ck_assert_int_eq(
+      uvctx_replace_allocator(rec_malloc, rec_realloc, rec_calloc, free), 0);
+  tc_setup();
+}
+
+/* An encryption unit: 66 KiB and a chunk's header. */
+static int is_unit_size(size_t n) {
+  return n > 66 * 1024 && n <= 66 * 1024 + 1024;
+}
+
+/* The relay's copy into a TLS session with small kernel buffers (so that
+ * units are refused in part and what is left is kept in chunks of its
+ * own), the Nth allocation after the copy started failing, for every N
+ * until a transfer needs no more: the handshake's chunks and receive
+ * buffers of both sessions, the pool's buffers, the units, the chunks of
+ * what the transport left. Each run ends with the copy's callback, once:
+ * a failed pool buffer or unit with UV_ENOMEM, whatever else with
+ * UV_ENOMEM or the error the peer's failure caused (or 0, where nothing
+ * needed the memory after all); the teardown proves that nothing leaked,
+ * no SSL object or context is left and both loops close. */
+START_TEST(test_enomem_in_transfer) {
+  static uv_check_t hcheck;
+  const uint64_t total = 256u << 10;
+  int units = 0, buffers = 0, nomem = 0;
+  long n;
+  for (n = 1; n < 2000; n++) {
+    relay_copy_begin(&hcheck, 1);
+    failed_size = 0;
+    uvt_alloc_fail_nth(n);
+    world_start_sender(total, 64 * 1024, (uint64_t)n);
+    UVT_RUN_UNTIL_MS(W.calls == 1 && sink_ended(), 30000);
+    uvt_alloc_disarm();
+    ck_assert_uint_eq(sink_bad(), 0);
+    if (!uvt_alloc_failed()) {
+      /* Past the last allocation: the transfer as it is without one. */
+      ck_assert_int_eq(W.status, 0);
+      ck_assert_uint_eq(W.bytes, total);
+      ck_assert_uint_eq(sink_received(), total);
+      cp_close_h((uv_handle_t*)&hcheck);
+      relay_copy_end();
+      break;
+    }
+    if (is_unit_size(failed_size) || failed_size == 64 * 1024) {
+      ck_assert_msg(W.status == UV_ENOMEM,
+                    "allocation %ld (%zu bytes): status %s", n, failed_size,
+                    uv_err_name(W.status));
+      units += is_unit_size(failed_size);
+      buffers += failed_size == 64 * 1024;
+    }
+    nomem += W.status == UV_ENOMEM;
+    if (W.status == 0)
+      ck_assert_uint_eq(W.bytes, total);
+    cp_close_h((uv_handle_t*)&hcheck);
+    relay_copy_end();
+  }
+  fprintf(stderr,
+          "enomem in transfer: %ld allocations, %d failed with UV_ENOMEM "
+          "(%d units, %d pool buffers)\n",
+          n - 1, nomem, units, buffers);
+  ck_assert_int_lt(n, 2000);
+  ck_assert_int_gt(units, 0);
+  ck_assert_int_gt(buffers, 0);
 }
 END_TEST
 
@@ -777,6 +1067,13 @@ static Suite* tls_copy_suite(void) {
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
   tcase_add_test(tc, test_high_water_tls_dst);
   tcase_add_test(tc, test_slow_reader_pins_one_unit);
+  tcase_add_test(tc, test_slow_reader_holds_no_copy_buffer);
+  tcase_add_test(tc, test_cut_counts_no_byte_the_session_kept);
+  tcase_add_test(tc, test_try_write_takes_whole_or_waits);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("enomem");
+  tcase_add_checked_fixture(tc, alloc_setup, tc_teardown);
+  tcase_add_test(tc, test_enomem_in_transfer);
   suite_add_tcase(s, tc);
   tc = tcase_create("pipe");
   tcase_add_checked_fixture(tc, tc_setup, tc_teardown);
