@@ -233,14 +233,17 @@ typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
 /* A stripe of a binding other than stripe 0 (the loop lock and the
  * binding's own fields). The counts are written under `lock` and read
- * without it, hence relaxed atomics. */
+ * without it, hence relaxed atomics. The binding is allocated with
+ * malloc()'s alignment, so rather than aligned, each stripe is followed by
+ * a cache line's worth of padding: no two stripes share a line. */
 typedef struct uvctx__dom_s {
   uvctx__lock_t lock;
   uvctx__link_t* orphans; /* [lock] */
   atomic_uint_fast64_t n_kind[UVCTX__DETACHED + 1];
   atomic_uint_fast64_t created;
   atomic_uint_fast64_t cancels;
-} __attribute__((aligned(64))) uvctx__dom_t;
+  char pad[64];
+} uvctx__dom_t;
 
 struct uvctx_loop_s {
   uvctx__lock_t lock; /* the loop lock: see core/lock.c */
@@ -316,7 +319,9 @@ struct uvctx_loop_s {
   uvctx__stripes_t* pending;
   uvctx__deadline_t** stray;
   uint32_t n_stray;
-  uvctx__dom_t dom[UVCTX__DOMAINS]; /* dom[0] unused: the fields above */
+  /* dom[0] is unused (stripe 0 is the fields above): it keeps stripe 1
+   * off their lines. */
+  uvctx__dom_t dom[UVCTX__DOMAINS];
 };
 
 /* One cancel operation, as seen by the watches it makes due: its id links
