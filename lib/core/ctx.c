@@ -152,13 +152,19 @@ static uvctx_t* init_ctx(void* block, size_t shift, int kind, uvctx_t* parent,
   return c;
 }
 
-uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
-                          uvctx_loop_t* home, void* site) {
+static inline __attribute__((always_inline)) uvctx_t*
+alloc_ctx(size_t size, int kind, uvctx_t* parent, uvctx_loop_t* home,
+          void* site) {
   void* block = uvctx__malloc(size);
   if (block == NULL)
     return NULL;
   return init_ctx(block, 0, kind, parent, home, site,
                   UVCTX__LAY(0, inherit_dom(kind, parent, home), 0));
+}
+
+uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
+                          uvctx_loop_t* home, void* site) {
+  return alloc_ctx(size, kind, parent, home, site);
 }
 
 /* A context that threads other than its creator's will write, as the
@@ -193,14 +199,13 @@ static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
 }
 
 void uvctx__orphan_locked(uvctx_t* c) {
-  int d = UVCTX__DOM(c);
-  uvctx__link_t** head = d == 0 ? &c->home->orphans : &c->home->dom[d].orphans;
+  uvctx__link_t** head = &c->home->dom[UVCTX__DOM(c)].orphans;
   UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
   set_where(c, UVCTX__AT_ORPHAN);
 }
 
-uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
-                                             uvctx_t* parent) {
+static inline __attribute__((always_inline)) uvctx__attach_t
+register_locked(uvctx__link_t* l, uvctx_t* parent) {
   uvctx_t* t = uvctx__state_of(parent);
   if (!uvctx__cancellable_kind(t->kind))
     return UVCTX__PARENT_NEVER_DONE;
@@ -210,6 +215,11 @@ uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
   if (l == &l->owner->link)
     set_where(l->owner, UVCTX__AT_PARENT);
   return UVCTX__LINKED;
+}
+
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
+                                             uvctx_t* parent) {
+  return register_locked(l, parent);
 }
 
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from) {
@@ -233,7 +243,8 @@ void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d) {
 
 /* [c's lock] What a new context does once its parent has said where it
  * goes. */
-static void place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
+static inline __attribute__((always_inline)) void
+place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
   switch (a) {
     case UVCTX__LINKED:
       break;
@@ -257,7 +268,7 @@ static int attach(uvctx_t* c, uvctx_t* parent) {
   int seen = 0;
   if (p != NULL) {
     seen = uvctx__lock_acquire_seen(p);
-    a = uvctx__register_child_locked(&c->link, parent);
+    a = register_locked(&c->link, parent);
     if (p == h) {
       place_locked(c, a, parent);
       uvctx__lock_release(p);
@@ -385,13 +396,13 @@ typedef struct walk_s {
  * error published. */
 static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
                                  uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
-  int dl = n->kind == UVCTX__DEADLINE &&
-           ((uvctx__deadline_t*)n)->heap_index != UVCTX__NO_HEAP;
+  /* heap_index is the loop lock's: the heap moves other entries. */
+  int dl = n->kind == UVCTX__DEADLINE;
   if (n->u2.watches != NULL || dl) {
     uvctx__main_enter(n);
     if (n->u2.watches != NULL)
       uvctx__watches_fire_locked(n, uvctx__err_code(err), op);
-    if (dl)
+    if (dl && ((uvctx__deadline_t*)n)->heap_index != UVCTX__NO_HEAP)
       uvctx__heap_remove_locked(n->home, (uvctx__deadline_t*)n);
     uvctx__main_leave(n);
   }
@@ -434,11 +445,7 @@ static void pend(walk_t* w, uvctx_t* n) {
 }
 
 static void count_cancels(uvctx_t* c, uint64_t n) {
-  int d = UVCTX__DOM(c);
-  if (d == 0)
-    c->home->cancels += n;
-  else
-    uvctx__dom_add(&c->home->dom[d].cancels, (int64_t)n);
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].cancels, (int64_t)n);
 }
 
 /* [c's lock; c live] Marks `c` and the part of its subtree that lock
@@ -635,13 +642,19 @@ static void run_deferred(walk_t* w) {
 
 /* [no lock] What a walk left for after its lock: taken contexts and
  * striped parents' other stripes, each of which may leave more. */
-static void run_after(walk_t* w) {
+__attribute__((noinline)) static void run_after_slow(walk_t* w) {
   while (*w->deferred != NULL || *w->pending != NULL) {
     run_deferred(w);
     run_pending(w);
   }
   if (w->must_wait)
     uvctx__barrier_wait();
+}
+
+static inline void run_after(walk_t* w) {
+  if (UVCTX__UNLIKELY(*w->deferred != NULL || *w->pending != NULL ||
+                      w->must_wait))
+    run_after_slow(w);
 }
 
 /* [c's lock] The cancel event of a cancel's root, once per cancel. */
@@ -824,7 +837,7 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
     c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site,
                     inherit_dom(UVCTX__CANCEL, parent, home), 0);
   else
-    c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+    c = alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
@@ -922,8 +935,8 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     uvctx__born_done_locked(&a->base, done_from);
   else if (!linked && became == NULL)
     uvctx__orphan_locked(&a->base);
-  uvctx__count_live_locked(h, UVCTX__ANY, 1);
-  uvctx__count_created_locked(h);
+  uvctx__count_ctx_locked(&a->base, 1);
+  uvctx__count_ctx_created_locked(&a->base);
   uvctx__lock_release(&h->lock);
   for (i = 0; i < n; i++)
     uvctx__foreign(&a->base, parents[i], 1);
@@ -946,19 +959,24 @@ uvctx_t* uvctx_ref(uvctx_t* c) {
   return c;
 }
 
-/* What a retired context owes its parent (uvctx_s.where, free to carry it
- * once the context is on no list): its own reference, nothing (its
- * stripe keeps holding the parent), or its stripe's UVCTX__REF_UNIT. */
-enum { OWE_REF = UVCTX__AT_NONE, OWE_NOTHING = 8, OWE_UNIT = 9 };
+/* What a retired striped child owes its parent (uvctx_s.where, free to
+ * carry it once the context is on no list): nothing (its stripe keeps
+ * holding the parent), or its stripe's UVCTX__REF_UNIT. Any other context
+ * owes its one reference. */
+enum { OWE_NOTHING = 8, OWE_UNIT = 9 };
 
-/* [no lock] The last counted reference of striped parent `p` is gone:
- * each stripe that holds `p` with no child left gives back its unit, under
- * its lock. A stripe with children left keeps its unit; the free of its
- * last child, under the same lock, sees the count at zero and gives it
- * back then. 1 if `p` is now free to go. */
-static int release_stripes(uvctx_t* p) {
+/* [no lock] The last counted reference of striped parent `p` is gone,
+ * and the caller added a guard unit with it, so that `p` stays until the
+ * pass is over whoever else lets go meanwhile. Each stripe that holds `p`
+ * with no child left gives back its unit, under its lock. A stripe with
+ * children left keeps its unit: the free of its last child, under the same
+ * lock, sees the count at zero and gives it back then. 1 if `p` is now
+ * free to go. Units never overflow into UVCTX__REF_STRIPED: seven stripes
+ * and a guard per thread in this pass at once (the count must have come
+ * back from zero in between, by a cancel's or a report's reference). */
+__attribute__((noinline)) static int release_stripes(uvctx_t* p) {
   uvctx__stripes_t* b = stripes(p);
-  unsigned units = 0;
+  unsigned units = UVCTX__REF_UNIT; /* the guard */
   int d;
   for (d = 1; d < UVCTX__DOMAINS; d++) {
     uvctx__lock_t* lk = &p->home->dom[d].lock;
@@ -969,45 +987,54 @@ static int release_stripes(uvctx_t* p) {
     }
     uvctx__lock_release(lk);
   }
-  if (units == 0)
-    return 0;
   return ((atomic_fetch_sub_explicit(&p->refs, units, memory_order_acq_rel) -
            units) &
           ~UVCTX__REF_STRIPED) == 0;
 }
 
 /* [no lock] Drops `amount` from p's count: 1 if that was the last of it
- * (p is to be freed). */
-static int put(uvctx_t* p, unsigned amount) {
-  unsigned old, now;
-  if (amount == 0)
-    return 0;
-  old = atomic_fetch_sub_explicit(&p->refs, amount, memory_order_acq_rel);
-  now = old - amount;
-  if ((now & ~UVCTX__REF_STRIPED) == 0)
-    return 1;
-  if ((now & UVCTX__REF_STRIPED) && (now & UVCTX__REF_LOW) == 0 &&
-      (old & UVCTX__REF_LOW) != 0)
+ * (p is to be freed). One compare-and-swap: a striped parent's last
+ * counted reference is swapped for a guard unit in the same step (see
+ * release_stripes()), so that no child's free can free it meanwhile. */
+static inline __attribute__((always_inline)) int put(uvctx_t* p,
+                                                     unsigned amount) {
+  unsigned old = atomic_load_explicit(&p->refs, memory_order_relaxed);
+  unsigned now;
+  int guard;
+  do {
+    now = old - amount;
+    guard = UVCTX__UNLIKELY(old & UVCTX__REF_STRIPED) &&
+            (now & UVCTX__REF_LOW) == 0 && (old & UVCTX__REF_LOW) != 0 &&
+            (now & ~UVCTX__REF_STRIPED) != 0;
+    if (guard)
+      now += UVCTX__REF_UNIT;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &p->refs, &old, now, memory_order_acq_rel, memory_order_relaxed));
+  if (UVCTX__UNLIKELY(guard))
     return release_stripes(p);
-  return 0;
+  return (now & ~UVCTX__REF_STRIPED) == 0;
 }
 
-/* [no lock; n's count is zero] Takes every link of `n` off its list, under
- * that list's lock, and uncounts it; afterwards `n` is on no list and its
- * own link is free to thread the free's stacks, and its `where` says what
- * it owes its parent.
- *
- * `where` is read under the lock it names. A cancel that takes a context
- * guarded by another lock than its parent's list does so with a
- * reference, which it cannot get once the count is zero (it then leaves
- * the link, AT_NONE, to this free); a cancel that takes one guarded by the
- * list's own lock holds that lock until it has made it an orphan. So once
- * the parent's list's lock has been taken and let go, the link is on the
- * orphan list or on none. */
+/* [n's lock; n a striped child whose count is zero] What it owes its
+ * parent: its stripe's unit if it was the stripe's last child and the
+ * parent's own references are gone, else nothing. */
+__attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
+  uvctx_t* t = n->parent;
+  uvctx__stripes_t* b = stripes(t);
+  int d = UVCTX__DOM(n);
+  if (--b->s[d].nref == 0 &&
+      (atomic_load_explicit(&t->refs, memory_order_relaxed) & UVCTX__REF_LOW) ==
+          0) {
+    b->s[d].holding = 0;
+    return OWE_UNIT;
+  }
+  return OWE_NOTHING;
+}
+
 static void retire(uvctx_t* n) {
   uvctx__lock_t* h = uvctx__lock_of(n);
   uvctx__lock_t* p = link_lock(n);
-  int w, owe = OWE_REF;
+  int w;
   if (p != NULL && p != h) {
     uvctx__lock_acquire(p);
     if (where(n) == UVCTX__AT_PARENT) {
@@ -1022,29 +1049,17 @@ static void retire(uvctx_t* n) {
     uvctx__unlink(&n->link);
   if (n->kind == UVCTX__DEADLINE) {
     uvctx__deadline_t* d = (uvctx__deadline_t*)n;
-    if (d->heap_index != UVCTX__NO_HEAP) {
-      uvctx__main_enter(n);
+    uvctx__main_enter(n); /* heap_index is the loop lock's */
+    if (d->heap_index != UVCTX__NO_HEAP)
       uvctx__heap_remove_locked(n->home, d);
-      uvctx__main_leave(n);
-    }
+    uvctx__main_leave(n);
   }
   uvctx__count_ctx_locked(n, -1);
-  if (n->lay & UVCTX__SREF) {
-    uvctx_t* t = n->parent;
-    uvctx__stripes_t* b = stripes(t);
-    int d = UVCTX__DOM(n);
-    owe = OWE_NOTHING;
-    if (--b->s[d].nref == 0 &&
-        (atomic_load_explicit(&t->refs, memory_order_relaxed) &
-         UVCTX__REF_LOW) == 0) {
-      b->s[d].holding = 0;
-      owe = OWE_UNIT;
-    }
-  }
+  if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
+    set_where(n, uncount_striped_locked(n));
   if (UVCTX__TRACING())
     uvctx__trace_free(n);
   uvctx__lock_release(h);
-  set_where(n, owe);
   if (n->kind == UVCTX__ANY) {
     uvctx__any_t* a = (uvctx__any_t*)n;
     size_t i;
@@ -1061,9 +1076,9 @@ static void retire(uvctx_t* n) {
 
 /* Drops `amount` of `p`; when it was the last, takes p out of the tree
  * and pushes it on the stack of contexts to free. */
-static void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
-                        uvctx_t** stack) {
-  if (p == NULL)
+static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
+                               uvctx_t** stack) {
+  if (p == NULL || amount == 0)
     return;
   if (p->kind == UVCTX__BACKGROUND) {
     uvctx__foreign(c, p, -1);
@@ -1110,15 +1125,13 @@ void uvctx_unref(uvctx_t* c) {
   stack = c;
   while (stack != NULL) {
     uvctx_t* n = stack;
-    int owe = where(n);
+    unsigned owe = 1;
+    if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
+      owe = where(n) == OWE_UNIT ? UVCTX__REF_UNIT : 0;
     stack = n->link.next != NULL ? n->link.next->owner : NULL;
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
-    drop_parent(n, n->parent,
-                owe == OWE_REF    ? 1
-                : owe == OWE_UNIT ? UVCTX__REF_UNIT
-                                  : 0,
-                &stack);
+    drop_parent(n, n->parent, owe, &stack);
     if (n->kind == UVCTX__ANY) {
       uvctx__any_t* a = (uvctx__any_t*)n;
       size_t i;

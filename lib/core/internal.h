@@ -231,22 +231,30 @@ typedef struct uvctx__any_s {
 
 typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
-/* A stripe of a binding other than stripe 0 (the loop lock and the
- * binding's own fields). The counts are written under `lock` and read
- * without it, hence relaxed atomics. The binding is allocated with
- * malloc()'s alignment, so rather than aligned, each stripe is followed by
- * a cache line's worth of padding: no two stripes share a line. */
+/* A stripe of a binding: its lock (stripe 0's is the loop lock), its
+ * orphan list and counts. The counts are written under `lock` and read
+ * without it, hence relaxed atomics (plain loads and stores on the
+ * machines uvctx runs on). The binding is allocated with malloc()'s
+ * alignment, so rather than aligned, each stripe is followed by a cache
+ * line's worth of padding: no two stripes share a line. */
 typedef struct uvctx__dom_s {
   uvctx__lock_t lock;
   uvctx__link_t* orphans; /* [lock] */
   atomic_uint_fast64_t n_kind[UVCTX__DETACHED + 1];
   atomic_uint_fast64_t created;
   atomic_uint_fast64_t cancels;
-  char pad[64];
+  /* To 256 bytes: a stripe is found with a shift, not a multiply. */
+  char pad[256 - 80];
 } uvctx__dom_t;
+_Static_assert(sizeof(uvctx__dom_t) == 256, "a stripe is 256 bytes");
 
 struct uvctx_loop_s {
-  uvctx__lock_t lock; /* the loop lock: see core/lock.c */
+  /* The stripes; dom[0].lock is the loop lock (core/lock.c), also named
+   * `lock`. First, so that a stripe's lock is found without a branch. */
+  union {
+    uvctx__dom_t dom[UVCTX__DOMAINS];
+    uvctx__lock_t lock;
+  };
   uv_loop_t* uv;
   uvctx_t background;
   /* The mailbox (core/mailbox.c): an unreferenced uv_async_t for posts
@@ -280,7 +288,6 @@ struct uvctx_loop_s {
   uvctx_loop_t* next_loop;
   uvctx_loop_t** pprev_loop;
   /* [lock] everything below */
-  uvctx__link_t* orphans;
   /* Contexts of other loops (or merges) that deadlines expiring here took
    * to cancel once the lock is released, each with a reference. */
   uvctx__link_t* deferred;
@@ -298,9 +305,6 @@ struct uvctx_loop_s {
   uint64_t timer_top;
   int timer_dirty; /* the loop thread must re-sync the timer */
   int timer_refd;
-  uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
-  uint64_t created;
-  uint64_t cancels;
   uint64_t remote_wakeups;
   uint64_t callbacks;
   uint64_t deadlines_fired;
@@ -319,9 +323,6 @@ struct uvctx_loop_s {
   uvctx__stripes_t* pending;
   uvctx__deadline_t** stray;
   uint32_t n_stray;
-  /* dom[0] is unused (stripe 0 is the fields above): it keeps stripe 1
-   * off their lines. */
-  uvctx__dom_t dom[UVCTX__DOMAINS];
 };
 
 /* One cancel operation, as seen by the watches it makes due: its id links
@@ -354,16 +355,6 @@ uvctx_loop_t* uvctx__registry_locked(void);
  * the stripes (those of stripes 1.. read without their locks). */
 uint64_t uvctx__kind_count(const uvctx_loop_t* l, int kind);
 uint64_t uvctx__live_locked(const uvctx_loop_t* l);
-/* [lock] A context of kind `kind` homed on `l` comes (d = 1) or goes
- * (d = -1). Creation is counted apart, by uvctx__count_created_locked().
- * Inline: every create and free counts. */
-static inline void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {
-  l->n_kind[kind] += (uint64_t)(int64_t)d;
-}
-
-static inline void uvctx__count_created_locked(uvctx_loop_t* l) {
-  l->created++;
-}
 
 /* A relaxed add by the only writer (the holder of the stripe's lock). */
 static inline void uvctx__dom_add(atomic_uint_fast64_t* v, int64_t d) {
@@ -375,25 +366,18 @@ static inline void uvctx__dom_add(atomic_uint_fast64_t* v, int64_t d) {
 /* The lock of c's stripe of its home: what guards c as the loop lock
  * guards contexts of stripe 0. */
 static inline uvctx__lock_t* uvctx__lock_of(const uvctx_t* c) {
-  int d = UVCTX__DOM(c);
-  return d == 0 ? &c->home->lock : &c->home->dom[d].lock;
+  return &c->home->dom[UVCTX__DOM(c)].lock;
 }
 
-/* [c's stripe's lock] Counts a context of c's kind in c's stripe. */
+/* [c's stripe's lock] A context comes (d = 1) or goes (d = -1): counted
+ * by kind in its stripe. Creation is counted apart. Inline: every create
+ * and free counts. */
 static inline void uvctx__count_ctx_locked(const uvctx_t* c, int d) {
-  int s = UVCTX__DOM(c);
-  if (s == 0)
-    uvctx__count_live_locked(c->home, c->kind, d);
-  else
-    uvctx__dom_add(&c->home->dom[s].n_kind[c->kind], d);
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].n_kind[c->kind], d);
 }
 
 static inline void uvctx__count_ctx_created_locked(const uvctx_t* c) {
-  int s = UVCTX__DOM(c);
-  if (s == 0)
-    uvctx__count_created_locked(c->home);
-  else
-    uvctx__dom_add(&c->home->dom[s].created, 1);
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].created, 1);
 }
 
 /* [c's stripe's lock] The loop lock, taken after a stripe's lock (never

@@ -203,9 +203,9 @@ int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
 }
 
 uint64_t uvctx__kind_count(const uvctx_loop_t* l, int kind) {
-  uint64_t n = l->n_kind[kind];
+  uint64_t n = 0;
   int d;
-  for (d = 1; d < UVCTX__DOMAINS; d++)
+  for (d = 0; d < UVCTX__DOMAINS; d++)
     n += atomic_load_explicit(&((uvctx_loop_t*)l)->dom[d].n_kind[kind],
                               memory_order_relaxed);
   return n;

@@ -21,9 +21,7 @@ int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
   out->contexts_without_cancel = uvctx__kind_count(l, UVCTX__DETACHED);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
-  out->created = l->created;
-  out->cancels = l->cancels;
-  for (d = 1; d < UVCTX__DOMAINS; d++) {
+  for (d = 0; d < UVCTX__DOMAINS; d++) {
     uvctx_loop_t* m = (uvctx_loop_t*)l;
     out->created +=
         atomic_load_explicit(&m->dom[d].created, memory_order_relaxed);

@@ -206,8 +206,7 @@ static int walk(dump_t* dp) {
     for (x = 0; x < UVCTX__DOMAINS && !d.oom; x++) {
       const uvctx__link_t* o;
       t0 = hold(&d, it, x);
-      for (o = x == 0 ? it->orphans : it->dom[x].orphans; o != NULL && !d.oom;
-           o = o->next) {
+      for (o = it->dom[x].orphans; o != NULL && !d.oom; o = o->next) {
         push(&d, &d.stack, o);
         visit_locked(&d, stripe_lock(it, x));
       }
