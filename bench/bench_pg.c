@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "pg_state.h"
 #include "uvctx/pg.h"
 
 #define POOL_SIZE 10
@@ -30,26 +31,6 @@
 
 static char pg_port[16];
 static char conninfo[256];
-
-static int state_get(const char* path, const char* key, char* out,
-                     size_t size) {
-  char line[512];
-  size_t klen = strlen(key);
-  int found = 0;
-  FILE* f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    if (strncmp(line, key, klen) == 0 && line[klen] == '=') {
-      char* v = line + klen + 1 + (line[klen + 1] == '\'');
-      v[strcspn(v, "'\n")] = '\0';
-      snprintf(out, size, "%s", v);
-      found = 1;
-    }
-  }
-  fclose(f);
-  return found;
-}
 
 /* ---- throughput ----------------------------------------------------------
  */
@@ -245,7 +226,8 @@ int main(int argc, char** argv) {
   size_t total, ncancel;
 
   bench_parse(argc, argv, &o);
-  if (state == NULL || !state_get(state, "PG_PORT", pg_port, sizeof(pg_port))) {
+  if (state == NULL ||
+      !pg_state_get(state, "PG_PORT", pg_port, sizeof(pg_port))) {
     if (getenv("UVCTX_REQUIRE_PEERS") != NULL) {
       fprintf(stderr, "bench_pg: no cluster (UVCTX_PG_STATE)\n");
       return 1;

@@ -6,22 +6,29 @@
  * beside a bare libuv close of both handles.
  *
  *   bench_relay [--quick] [--bytes N] [--rounds N] [--runs N] [--no-node]
+ *               [--pin]
  *
  * Throughput: each relay moves BYTES (default 2 GiB) ROUNDS times (default
  * 7), the kinds interleaved; the median round of each is reported, with
  * the spread of the per-round ratios. The bare libuv relay comes in two
  * variants (uv_write for every buffer; uv_try_write first, queuing only
  * the tail): peer=bare_libuv is the faster of the two, and each is also
- * reported on its own.
+ * reported on its own. --pin puts the sender and sink threads on CPU 0 and
+ * the relay thread on CPU 1, the same placement for every kind, so that
+ * where the scheduler puts three busy threads on two cores does not decide
+ * a round (the lines then carry pinned=1).
  *
  * One parseable line per figure:
  *   bench=... unit=... value=... peer=... peer_value=... ratio=...
  * Nothing here asserts on time. */
+#define _GNU_SOURCE /* pthread_setaffinity_np */
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +41,19 @@
 #include "uvctx/copy.h"
 
 static int listen_fd = -1;
+static int pin; /* --pin: the load on CPU 0, the relay on CPU 1 */
+
+static void pin_self(int cpu) {
+  cpu_set_t set;
+  if (!pin)
+    return;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) {
+    fprintf(stderr, "bench_relay: --pin: cannot use CPU %d\n", cpu);
+    exit(2);
+  }
+}
 static struct sockaddr_in listen_addr;
 
 static void die(const char* what) {
@@ -105,6 +125,16 @@ static void sink_main(void* arg) {
   p->t_end = uv_hrtime();
   close(p->fd);
   free(buf);
+}
+
+static void pinned_sink(void* arg) {
+  pin_self(0);
+  sink_main(arg);
+}
+
+static void pinned_sender(void* arg) {
+  pin_self(0);
+  sender_main(arg);
 }
 
 /* ---- the uvctx relay ----------------------------------------------------- */
@@ -188,6 +218,7 @@ typedef struct run_s {
 
 static void relay_main(void* arg) {
   run_t* r = arg;
+  pin_self(1);
   if (r->kind == K_UVCTX) {
     urelay_t* u = malloc(sizeof(*u));
     double c0 = relay_thread_cpu();
@@ -226,9 +257,9 @@ static result_t throughput(int kind, uint64_t bytes) {
   run.in = in;
   run.out = out;
   t0 = uv_hrtime();
-  uv_thread_create(&tk, sink_main, &sink);
+  uv_thread_create(&tk, pinned_sink, &sink);
   uv_thread_create(&tr, relay_main, &run);
-  uv_thread_create(&ts, sender_main, &snd);
+  uv_thread_create(&ts, pinned_sender, &snd);
   uv_thread_join(&ts);
   uv_thread_join(&tr);
   uv_thread_join(&tk);
@@ -277,7 +308,8 @@ static int node_throughput(uint64_t bytes, result_t* res) {
       listen(sink_listen, 4) ||
       getsockname(sink_listen, (struct sockaddr*)&sa, &len))
     die("sink listen");
-  snprintf(cmd, sizeof(cmd), "node %s/relay.js %d", UVCTX_BENCH_NODE_DIR,
+  snprintf(cmd, sizeof(cmd), "%snode %s/relay.js %d",
+           pin ? "taskset -c 1 " : "", UVCTX_BENCH_NODE_DIR,
            ntohs(sa.sin_port));
   getrusage(RUSAGE_CHILDREN, &ru0);
   f = popen(cmd, "r");
@@ -305,8 +337,8 @@ static int node_throughput(uint64_t bytes, result_t* res) {
     die("accept node");
   snd.bytes = bytes;
   t0 = uv_hrtime();
-  uv_thread_create(&tk, sink_main, &sink);
-  uv_thread_create(&ts, sender_main, &snd);
+  uv_thread_create(&tk, pinned_sink, &sink);
+  uv_thread_create(&ts, pinned_sender, &snd);
   uv_thread_join(&ts);
   uv_thread_join(&tk);
   pclose(f);
@@ -418,14 +450,15 @@ static void report(const char* peer, const char* variant, const result_t* us,
       hi = q;
   }
   printf("bench=relay_throughput unit=MB/s value=%.0f peer=%s peer_value=%.0f "
-         "ratio=%.3f ratio_min=%.3f ratio_max=%.3f rounds=%d%s%s\n",
+         "ratio=%.3f ratio_min=%.3f ratio_max=%.3f rounds=%d%s%s%s\n",
          us->mbps, peer, them->mbps, us->mbps / them->mbps, lo, hi, rounds,
-         variant ? " variant=" : "", variant ? variant : "");
+         variant ? " variant=" : "", variant ? variant : "",
+         pin ? " pinned=1" : "");
   printf("bench=relay_cpu_per_gb unit=cpu_s/GB value=%.3f peer=%s "
-         "peer_value=%.3f ratio=%.3f%s%s\n",
+         "peer_value=%.3f ratio=%.3f%s%s%s\n",
          us->cpu_per_gb, peer, them->cpu_per_gb,
          us->cpu_per_gb / them->cpu_per_gb, variant ? " variant=" : "",
-         variant ? variant : "");
+         variant ? variant : "", pin ? " pinned=1" : "");
 }
 
 int main(int argc, char** argv) {
@@ -453,9 +486,11 @@ int main(int argc, char** argv) {
       use_node = 0;
     } else if (strcmp(argv[i], "--node") == 0) {
       use_node = 1;
+    } else if (strcmp(argv[i], "--pin") == 0) {
+      pin = 1;
     } else {
       fprintf(stderr, "usage: bench_relay [--quick] [--bytes N] [--rounds N] "
-                      "[--runs N] [--no-node|--node]\n");
+                      "[--runs N] [--no-node|--node] [--pin]\n");
       return 2;
     }
   }

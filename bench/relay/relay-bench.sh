@@ -30,13 +30,17 @@
 #                /debug/loops) during the requests beside before them
 #
 #   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--bytes N]
-#       [--tls-bytes N] [--conns N] [--live N] [--runs N] [--no-install]
-#       [throughput] [tls] [connrate] [scrape] [contexts]
+#       [--tls-bytes N] [--conns N] [--live N] [--runs N] [--pin]
+#       [--no-install] [throughput] [tls] [connrate] [scrape] [contexts]
 #
 # PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
 # the bare relay to bench/bare_relay in the relay's build tree. --runs N
 # (default 1) repeats each transfer N times, the peers in a rotating order,
-# and reports medians. Prints one parseable line per figure:
+# and reports medians. --pin runs the throughput transfers with the sender
+# and the sink on CPU 0 and the proxy under test on CPU 1 (taskset), the
+# same placement for every peer, so that where the scheduler puts three busy
+# processes on two cores does not decide a run; its lines carry pinned=1.
+# Prints one parseable line per figure:
 #   bench=NAME unit=UNIT value=V peer=P peer_value=PV ratio=V/PV [cipher=C]
 # (for cpu_per_gb lower is better; the ratio is still ours/theirs), and
 # every single run on stderr. Not a test: nothing is asserted, but a
@@ -54,6 +58,7 @@ tls_bytes=""
 conns=5000
 live=10000
 runs=1
+pin=0
 install=1
 what=()
 while [ $# -gt 0 ]; do
@@ -65,6 +70,7 @@ while [ $# -gt 0 ]; do
     --conns) conns=$2; shift ;;
     --live) live=$2; shift ;;
     --runs) runs=$2; shift ;;
+    --pin) pin=1 ;;
     --no-install) install=0 ;;
     throughput | tls | connrate | scrape | contexts) what+=("$1") ;;
     -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -90,7 +96,13 @@ if [ -z "$bare" ]; then
     [ -x "$cand" ] && bare=$cand && break
   done
 fi
-for tool in socat python3 openssl ss; do
+# The CPU placement of the load (sender, sink) and of the proxy under test:
+# none, unless bench_throughput sets them for --pin.
+on_load=()
+on_proxy=()
+tools=(socat python3 openssl ss)
+[ "$pin" = 1 ] && tools+=(taskset)
+for tool in "${tools[@]}"; do
   if ! command -v "$tool" >/dev/null; then
     echo "relay-bench: needs $tool" >&2
     exit 2
@@ -114,7 +126,16 @@ reap() {
   return "$rc"
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; reap "$1" || true; }
-die() { echo "relay-bench: $*" >&2; exit 1; }
+die() { # with the last lines each proxy of the run logged
+  local f
+  echo "relay-bench: $*" >&2
+  for f in "$tmp"/*.log; do
+    [ -s "$f" ] || continue
+    echo "relay-bench: last lines of ${f##*/}:" >&2
+    tail -n 5 "$f" >&2
+  done
+  exit 1
+}
 note() { echo "relay-bench: $*" >&2; }
 
 # CPU seconds (user+system, every thread) of a live process.
@@ -194,7 +215,7 @@ start_helper() {
 }
 # The sink: one connection read to EOF; it times first byte to EOF itself.
 start_sink() {
-  start_helper sink python3 -u "$here/load.py" sink
+  start_helper sink "${on_load[@]}" python3 -u "$here/load.py" sink
   sink_port=$hport
   sink_pid=$hpid
 }
@@ -210,7 +231,8 @@ start_echo() {
 # every byte arrived.
 transfer() {
   local got sp
-  python3 "$here/load.py" send "$1" "$2" ${3:+--tls "$3"} >"$tmp/send.out" &
+  "${on_load[@]}" python3 "$here/load.py" send "$1" "$2" ${3:+--tls "$3"} \
+    >"$tmp/send.out" &
   sp=$!
   pids+=("$sp")
   reap "$sp" || die "the sender failed"
@@ -225,7 +247,7 @@ transfer() {
 tput_uvctx() {
   local c0
   start_sink
-  start_listener relay "$relay" --listen 127.0.0.1:0 \
+  start_listener relay "${on_proxy[@]}" "$relay" --listen 127.0.0.1:0 \
     --connect "127.0.0.1:$sink_port" --idle-timeout 0
   c0=$(cpu_of "$lpid")
   transfer "$lport" "$bytes"
@@ -235,7 +257,7 @@ tput_uvctx() {
 tput_bare() { # [--try-write]
   local c0
   start_sink
-  start_listener bare "$bare" --listen 127.0.0.1:0 \
+  start_listener bare "${on_proxy[@]}" "$bare" --listen 127.0.0.1:0 \
     --connect "127.0.0.1:$sink_port" "$@"
   c0=$(cpu_of "$lpid")
   transfer "$lport" "$bytes"
@@ -247,7 +269,7 @@ tput_socat() { # one connection: it exits when the connection ends
   local s p
   start_sink
   s=$(free_port)
-  cpu_wrap "$tmp/socat.cpu" socat -b 65536 \
+  cpu_wrap "$tmp/socat.cpu" "${on_proxy[@]}" socat -b 65536 \
     "TCP-LISTEN:$s,reuseaddr,bind=127.0.0.1" "TCP:127.0.0.1:$sink_port" &
   p=$!
   pids+=("$p")
@@ -267,12 +289,19 @@ tput_line() {
   lo=$(tr ' ' '\n' <<<"${ratios[$2]}" | grep . | sort -g | head -1)
   hi=$(tr ' ' '\n' <<<"${ratios[$2]}" | grep . | sort -g | tail -1)
   line relay_throughput MB/s "$(median "${rate[uvctx]}")" "$1" \
-    "$(median "${rate[$2]}")" "ratio_min=$lo ratio_max=$hi runs=$runs${3:+ $3}"
+    "$(median "${rate[$2]}")" "ratio_min=$lo ratio_max=$hi runs=$runs${3:+ $3}${pinned:+ $pinned}"
 }
 
 bench_throughput() {
-  local mb peers=(uvctx bare baretry socat) i k p best
+  local mb peers=(uvctx bare baretry socat) i k p best pinned=""
   local -A rate=() cpugb=() run_rate=()
+  # Seen by the tput_* functions and transfer() (bash scopes dynamically).
+  local on_load=() on_proxy=()
+  if [ "$pin" = 1 ]; then
+    on_load=(taskset -c 0)
+    on_proxy=(taskset -c 1)
+    pinned="pinned=1"
+  fi
   mb=$(calc "$bytes / 1000000")
   if [ -z "$bare" ]; then
     note "no bare_relay binary (--bare; built as bench/bare_relay):" \
@@ -306,10 +335,11 @@ bench_throughput() {
   tput_line socat socat
   if [ -n "$bare" ]; then
     line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" \
-      bare_libuv_relay "$(median "${cpugb[$best]}")" "variant=${variant[$best]}"
+      bare_libuv_relay "$(median "${cpugb[$best]}")" \
+      "variant=${variant[$best]}${pinned:+ $pinned}"
   fi
   line relay_cpu_per_gb cpu-s/GB "$(median "${cpugb[uvctx]}")" socat \
-    "$(median "${cpugb[socat]}")"
+    "$(median "${cpugb[socat]}")" "$pinned"
 }
 
 # Debian's stunnel4, installed only when missing and only as root or with

@@ -10,34 +10,16 @@
 #include <string.h>
 
 #include "helpers.h"
+#include "pg_state.h"
 #include "uvctx/pg.h"
 
 static char conninfo[256];
 static char state_path[512];
 static char skip_reason[256];
 
-/* Reads KEY='value' lines written by cluster.sh. */
+/* KEY='value' lines written by cluster.sh. */
 static int state_get(const char* key, char* out, size_t size) {
-  char line[512];
-  size_t klen = strlen(key);
-  FILE* f = fopen(state_path, "r");
-  int found = 0;
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    if (strncmp(line, key, klen) == 0 && line[klen] == '=') {
-      char* v = line + klen + 1;
-      size_t n;
-      if (*v == '\'')
-        v++;
-      n = strcspn(v, "'\n");
-      v[n] = '\0';
-      snprintf(out, size, "%s", v);
-      found = 1;
-    }
-  }
-  fclose(f);
-  return found;
+  return pg_state_get(state_path, key, out, size);
 }
 
 /* The cluster, or a skip (a failure under UVCTX_REQUIRE_PEERS). */
