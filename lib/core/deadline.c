@@ -66,12 +66,14 @@ void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
     uvctx__trace_deadline(&d->base, late);
   if (UVCTX__DOM(&d->base) != 0) {
     /* Guarded by another stripe's lock, which may not be taken under
-     * this one: out of the heap now, cancelled once the lock is let go
-     * (l->stray has room for every entry of the heap). A count already at
-     * zero is a free waiting for that lock, with nothing left to do. */
+     * this one: out of the heap now, into the slot that frees at its
+     * top, and cancelled once the lock is let go. A count already at zero
+     * is a free waiting for that lock, with nothing left to do. */
     uvctx__heap_remove_locked(l, d);
-    if (uvctx__try_ref(&d->base))
-      l->stray[l->n_stray++] = d;
+    if (uvctx__try_ref(&d->base)) {
+      l->heap[l->heap_cap - 1 - l->n_stray] = d;
+      l->n_stray++;
+    }
     return;
   }
   uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
@@ -83,7 +85,7 @@ void uvctx__deadline_expired(uvctx_loop_t* l) {
     uvctx__deadline_t* d = NULL;
     uvctx__lock_acquire(&l->lock);
     if (l->n_stray > 0)
-      d = l->stray[--l->n_stray];
+      d = l->heap[l->heap_cap - l->n_stray--];
     uvctx__lock_release(&l->lock);
     if (d == NULL)
       break;

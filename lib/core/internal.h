@@ -119,8 +119,8 @@ struct uvctx__link_s {
  * of a parent whose children come from several threads gets another
  * stripe than its parent's: the creating thread's. */
 #define UVCTX__DOMAINS 8
-/* Whether a parent found shared gets striped (the build option
- * UVCTX_CORE_STRIPES; off, every context stays on stripe 0). */
+/* Whether a parent found shared gets striped (define it to 0 to keep every
+ * context on stripe 0, as before stripes; the test hook still stripes). */
 #ifndef UVCTX__STRIPES_ON
 #define UVCTX__STRIPES_ON 1
 #endif
@@ -318,10 +318,11 @@ struct uvctx_loop_s {
   uint64_t dl_watches; /* of those, watching a context with a deadline */
   /* Striped parents that deadlines expiring here cancelled, each with a
    * reference, whose other stripes are walked once the lock is released;
-   * and deadline contexts of other stripes that expired, each with a
-   * reference, to cancel then (capacity: heap_cap). */
+   * and how many deadline contexts of other stripes expired, each with a
+   * reference, to cancel then: they wait at the top of the heap array,
+   * in the slots their removal freed (heap[heap_cap - 1 - i]), so that
+   * the expiry never allocates. */
   uvctx__stripes_t* pending;
-  uvctx__deadline_t** stray;
   uint32_t n_stray;
 };
 

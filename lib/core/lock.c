@@ -32,13 +32,13 @@
  * its binding's loop lock, then the trace lock. No thread ever holds two
  * stripe locks, and none takes a stripe lock while it holds a loop lock:
  * a timer pass (which holds the loop lock) hands deadlines of other
- * stripes on (l->stray) and cancels them once it has let it go. An
- * operation that spans locks (a child guarded by another lock than its
- * parent's list: homed on another loop, or of another stripe; a merge; a
- * cancel that reaches such a child; a striped parent's other stripes)
- * takes them one after the other, and what it carries from one to the
- * next is held by a reference, never by a lock. No lock is held while
- * user code runs (callbacks, value destructors) or while memory is
+ * stripes on (uvctx_loop_s.n_stray) and cancels them once it has let it
+ * go. An operation that spans locks (a child guarded by another lock than
+ * its parent's list: homed on another loop, or of another stripe; a
+ * merge; a cancel that reaches such a child; a striped parent's other
+ * stripes) takes them one after the other, and what it carries from one
+ * to the next is held by a reference, never by a lock. No lock is held
+ * while user code runs (callbacks, value destructors) or while memory is
  * allocated for another loop's benefit.
  *
  * Where a link is (uvctx_s.where) says which lock guards it: on its

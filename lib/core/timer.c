@@ -51,22 +51,19 @@ static void heap_down(uvctx_loop_t* l, uint32_t i) {
 }
 
 int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
-  if (l->heap_len == l->heap_cap) {
+  if (l->heap_len + l->n_stray == l->heap_cap) {
     uint32_t cap = l->heap_cap ? l->heap_cap * 2 : 16;
     uvctx__deadline_t** h;
     if (cap < l->heap_cap)
       return UV_ENOMEM;
-    /* One block: the heap, then room for every entry of it to expire in
-     * one pass as a stray (see uvctx_loop_s), so that the expiry itself
-     * never allocates. */
-    if (cap > UINT32_MAX / 2)
-      return UV_ENOMEM;
-    h = uvctx__realloc(l->heap, 2 * (size_t)cap * sizeof(*h));
+    h = uvctx__realloc(l->heap, cap * sizeof(*h));
     if (h == NULL)
       return UV_ENOMEM;
-    memmove(h + cap, h + l->heap_cap, l->n_stray * sizeof(*h));
+    /* The strays waiting at the top (see uvctx_loop_s) move to the new
+     * top. */
+    memmove(h + cap - l->n_stray, h + l->heap_cap - l->n_stray,
+            l->n_stray * sizeof(*h));
     l->heap = h;
-    l->stray = h + cap;
     l->heap_cap = cap;
   }
   l->heap[l->heap_len] = d;
@@ -121,7 +118,6 @@ int uvctx__timer_init(uvctx_loop_t* l, int hires_fd) {
 void uvctx__timer_close(uvctx_loop_t* l, uv_close_cb close_cb) {
   uvctx__free(l->heap);
   l->heap = NULL;
-  l->stray = NULL;
   uv_close((uv_handle_t*)&l->timer, close_cb);
   if (l->hires_fd >= 0)
     uv_close((uv_handle_t*)&l->hires, close_cb);
