@@ -11,7 +11,8 @@
  *   shared    every thread under one shared parent (children homed on the
  *             parent's loop)
  *
- * at 1, 2 and 4 threads (4 oversubscribes this 2-core machine). Threads
+ * at 1, 2 and 4 threads (4 oversubscribes this 2-core machine; `--shape
+ * NAME` runs one shape alone, and no stall). Threads
  * start together; the figure is the wall time from the common start to the
  * last thread's end over all threads' operations, best of three trials:
  *
