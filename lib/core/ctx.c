@@ -261,7 +261,8 @@ place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
 
 /* Links `c` in; returns 1 if the lock of the list it went on was found
  * held by another thread. */
-static int attach(uvctx_t* c, uvctx_t* parent) {
+static inline __attribute__((always_inline)) int attach(uvctx_t* c,
+                                                        uvctx_t* parent) {
   uvctx__lock_t* h = uvctx__lock_of(c);
   uvctx__lock_t* p = parent_lock(parent);
   uvctx__attach_t a = UVCTX__PARENT_NEVER_DONE;
@@ -552,7 +553,8 @@ static void run_pending(walk_t* w) {
 /* [the lock of c's parent's list] Takes `c`'s own link off that list if it
  * is still there: 1 if this call took it (the caller will make `c` an
  * orphan), 0 if it was elsewhere. */
-static int take_from_parent_locked(uvctx_t* c) {
+static inline __attribute__((always_inline)) int
+take_from_parent_locked(uvctx_t* c) {
   if (where(c) != UVCTX__AT_PARENT)
     return 0;
   uvctx__unlink(&c->link);
@@ -667,7 +669,8 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
 
 /* [c's lock] The root of a cancel: walked if still live (first cancel
  * wins), made an orphan if the caller took its link. */
-static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
+static inline __attribute__((always_inline)) void
+cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
   if (is_live(c)) {
     trace_root(w, c);
     if (c->u1.children == NULL) {
@@ -682,8 +685,8 @@ static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
     uvctx__orphan_locked(c);
 }
 
-static void walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg,
-                      uint64_t now) {
+static inline __attribute__((always_inline)) void
+walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->err = err;
   w->cause = cause;
   w->msg = msg;
