@@ -653,8 +653,9 @@ __attribute__((noinline)) static void run_after_slow(walk_t* w) {
     uvctx__barrier_wait();
 }
 
+/* For a walk of its own lists (not a timer pass's, which are the loop's). */
 static inline void run_after(walk_t* w) {
-  if (UVCTX__UNLIKELY(*w->deferred != NULL || *w->pending != NULL ||
+  if (UVCTX__UNLIKELY(w->own_deferred != NULL || w->own_pending != NULL ||
                       w->must_wait))
     run_after_slow(w);
 }
