@@ -395,8 +395,9 @@ typedef struct walk_s {
  * taken off it: its watches made due and its deadline entry gone (under
  * the loop lock too, for a context of another stripe), its cause and
  * error published. */
-static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
-                                 uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
+static inline __attribute__((always_inline)) void
+finish_as_locked(uvctx_t* n, int err, intptr_t cause, uvctx__msg_t* msg,
+                 uvctx__cancel_op_t* op, int maybe_striped) {
   /* heap_index is the loop lock's: the heap moves other entries. */
   int dl = n->kind == UVCTX__DEADLINE;
   if (n->u2.watches != NULL || dl) {
@@ -407,13 +408,18 @@ static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
       uvctx__heap_remove_locked(n->home, (uvctx__deadline_t*)n);
     uvctx__main_leave(n);
   }
-  if (striped(n))
+  if (maybe_striped && striped(n))
     stripes(n)->cause = cause;
   else
     n->u1.cause = cause;
   n->u2.msg = msg;
   msg_ref(msg);
   atomic_store_explicit(&n->err, (unsigned char)err, memory_order_release);
+}
+
+static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
+                                 uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
+  finish_as_locked(n, err, cause, msg, op, 1);
 }
 
 /* [the lock of the list `l` was on] A child found by a walk that must be
@@ -457,7 +463,10 @@ static void count_cancels(uvctx_t* c, uint64_t n) {
  * of a wide fan-out) are finished as they are met, so that each is touched
  * once. `c`'s own link is its caller's business. */
 static void walk_locked(walk_t* w, uvctx_t* c) {
-  uvctx__lock_t* lk = uvctx__lock_of(c);
+  /* Guarded by this walk's lock: the same home and stripe. */
+  uvctx_loop_t* const h = c->home;
+  const unsigned dom = c->lay & 0x38u;
+  uvctx__link_t** const orphans = &h->dom[UVCTX__DOM(c)].orphans;
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
   uint64_t cancels = 0;
@@ -478,7 +487,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * hand, never through pprev (that would write into a link already
        * reused). */
       l->pprev = NULL;
-      if (uvctx__lock_of(k) != lk || k->kind == UVCTX__ANY) {
+      if (k->home != h || (k->lay & 0x38u) != dom || k->kind == UVCTX__ANY) {
         defer(w, l, k);
         continue;
       }
@@ -486,8 +495,9 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * see it taken, until it makes it an orphan below. (A striped
        * parent's u1 is never NULL: it goes on the stack.) */
       if (k->u1.children == NULL) {
-        finish_locked(k, err, cause, msg, &w->op);
-        uvctx__orphan_locked(k);
+        finish_as_locked(k, err, cause, msg, &w->op, 0);
+        UVCTX__LIST_INSERT_HEAD(orphans, &k->link, next, pprev);
+        set_where(k, UVCTX__AT_ORPHAN);
         cancels++;
         continue;
       }
