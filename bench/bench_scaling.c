@@ -11,7 +11,8 @@
  *   shared    every thread under one shared parent (children homed on the
  *             parent's loop)
  *
- * at 1, 2 and 4 threads (4 oversubscribes this 2-core machine). Threads
+ * at 1, 2 and 4 threads (4 oversubscribes this 2-core machine; `--shape
+ * NAME` runs one shape alone, and no stall). Threads
  * start together; the figure is the wall time from the common start to the
  * last thread's end over all threads' operations, best of three trials:
  *
@@ -205,12 +206,15 @@ static result_t trial(int shape, int threads, size_t n) {
   return r;
 }
 
-static void bench_churn(const bench_opts_t* o) {
+/* `only`: the one shape to run (its index), or -1 for all. */
+static void bench_churn(const bench_opts_t* o, int only) {
   static const int counts[] = {1, 2, 4};
   size_t n = bench_count(o, 2000000, 500);
   int s, k, t;
   for (s = 0; s < SHAPES; s++) {
     double one = 0;
+    if (only >= 0 && s != only)
+      continue;
     for (k = 0; k < 3; k++) {
       char name[64];
       result_t best = {0, 0, 0};
@@ -445,10 +449,30 @@ static void bench_stall(const bench_opts_t* o) {
   free(control.samples);
 }
 
+/* `--shape NAME` (own_root, branch or shared) runs that churn shape alone
+ * and no stall; the other arguments are bench_parse()'s. */
 int main(int argc, char** argv) {
   bench_opts_t o;
+  int only = -1;
+  int i, j, s;
+  for (i = 1; i + 1 < argc; i++) {
+    if (strcmp(argv[i], "--shape") != 0)
+      continue;
+    for (s = 0; s < SHAPES && only < 0; s++)
+      if (strcmp(argv[i + 1], shape_names[s]) == 0)
+        only = s;
+    if (only < 0) {
+      fprintf(stderr, "%s: --shape own_root|branch|shared\n", argv[0]);
+      return 2;
+    }
+    for (j = i; j + 2 < argc + 1; j++)
+      argv[j] = argv[j + 2];
+    argc -= 2;
+    break;
+  }
   bench_parse(argc, argv, &o);
-  bench_churn(&o);
-  bench_stall(&o);
+  bench_churn(&o, only);
+  if (only < 0)
+    bench_stall(&o);
   return 0;
 }

@@ -1,15 +1,17 @@
 /* ctx.c owns the context tree: cancellable contexts (with_cancel,
  * with_cancel_on, any), cancellation and its propagation, linking children
- * in and out, reference counting and freeing, and the lock-free readers
- * (err, cause, home). The locks it takes, what each guards and the order
- * are core/lock.c's; deadlines live in deadline.c, values in value.c,
- * watches in watch.c.
+ * in and out, striped children lists, reference counting and freeing, and
+ * the lock-free readers (err, cause, home). The locks it takes, what each
+ * guards and the order are core/lock.c's; deadlines live in deadline.c,
+ * values in value.c, watches in watch.c.
  *
- * A cancel walks the part of the subtree homed on its root's loop under
- * that loop's lock alone. A child homed elsewhere, and any merge, is taken
- * off its parent's list with a reference and cancelled afterwards under
- * its own home's lock (deferred), so that no thread ever holds two loop
- * locks and a walk never stops a loop it does not reach. */
+ * A cancel walks the part of the subtree that its root's stripe lock
+ * guards under that lock alone. A child guarded by another lock (homed on
+ * another loop, or on another stripe), and any merge, is taken off its
+ * parent's list with a reference and cancelled afterwards under its own
+ * lock (deferred); a striped parent's other stripes are walked after its
+ * done state is published, one stripe's lock at a time. So no thread ever
+ * holds two stripe locks and a walk never stops a loop it does not reach. */
 #include <string.h>
 
 #include "core/internal.h"
@@ -33,42 +35,71 @@ static int is_live(const uvctx_t* c) {
          UVCTX__LIVE;
 }
 
+static int striped(const uvctx_t* c) {
+  return (atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed) &
+          UVCTX__REF_STRIPED) != 0;
+}
+
+static uvctx__stripes_t* stripes(const uvctx_t* c) {
+  return (uvctx__stripes_t*)c->u1.children;
+}
+
 /* A reference taken by a cancel under the lock of the list it found `c`
  * on: fails (0) if the count already reached zero, that is if a free has
  * begun and waits for that lock to unlink `c`. */
-static int try_ref(uvctx_t* c) {
+int uvctx__try_ref(uvctx_t* c) {
   unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
-  while (n != 0)
+  while ((n & ~UVCTX__REF_STRIPED) != 0)
     if (atomic_compare_exchange_weak_explicit(
             &c->refs, &n, n + 1, memory_order_relaxed, memory_order_relaxed))
       return 1;
   return 0;
 }
 
-/* [c's home lock] Drops a reference a cancel took, unless it is the last
- * one (1 if dropped). Dropped under the lock that the watches it queued
- * are delivered under, it is gone before their callbacks can drop the
+/* [c's lock] Drops a reference a cancel took, unless it is the last one
+ * (1 if dropped). Dropped under the lock that the watches it queued are
+ * delivered under, it is gone before their callbacks can drop the
  * caller's: a loop closed right after such a callback finds nothing of
  * the cancel still holding its contexts. The last reference is left to
- * uvctx_unref() after the lock, since freeing takes locks. */
+ * uvctx_unref() after the lock, since freeing takes locks (and so does
+ * the last counted reference of a striped parent: see put()). */
 static int unref_locked(uvctx_t* c) {
   unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
-  while (n > 1)
+  while ((n & UVCTX__REF_LOW) > 1)
     if (atomic_compare_exchange_weak_explicit(
             &c->refs, &n, n - 1, memory_order_acq_rel, memory_order_relaxed))
       return 1;
   return 0;
 }
 
-/* The loop whose lock guards the children list `parent`'s children are
- * listed on (its nearest cancellable ancestor's home), or NULL when they
+/* The stripe of the calling thread (1 .. UVCTX__DOMAINS-1), given out in
+ * turn on its first striped child: threads beyond that share. */
+static int my_stripe(void) {
+  static _Thread_local int mine;
+  static atomic_uint next;
+  if (mine == 0)
+    mine = 1 + (int)(atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) %
+                     (UVCTX__DOMAINS - 1));
+  return mine;
+}
+
+/* The lock that guards the children list `parent`'s children are listed
+ * on (its nearest cancellable ancestor's stripe lock), or NULL when they
  * are listed on none. */
-static uvctx_loop_t* list_home(const uvctx_t* parent) {
+static uvctx__lock_t* parent_lock(const uvctx_t* parent) {
   const uvctx_t* t;
   if (parent == NULL)
     return NULL;
   t = uvctx__state_of(parent);
-  return uvctx__cancellable_kind(t->kind) ? t->home : NULL;
+  return uvctx__cancellable_kind(t->kind) ? uvctx__lock_of(t) : NULL;
+}
+
+/* The lock of the list c's own link goes on while c and its parent are
+ * live: a striped child is on its own stripe's list of its parent. */
+static uvctx__lock_t* link_lock(const uvctx_t* c) {
+  if (c->lay & UVCTX__SREF)
+    return uvctx__lock_of(c);
+  return parent_lock(c->parent);
 }
 
 uvctx__msg_t* uvctx__msg_new(const char* text) {
@@ -92,14 +123,24 @@ static void msg_ref(uvctx__msg_t* m) {
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
 }
 
+/* A child's stripe, unless it is a striped child: its parent's when both
+ * share a home (so that the list it goes on and its own state are guarded
+ * by one lock), else 0. Merges, with parents of any stripe, take 0. */
+static int inherit_dom(int kind, const uvctx_t* parent,
+                       const uvctx_loop_t* home) {
+  if (parent == NULL || kind == UVCTX__ANY || parent->home != home)
+    return 0;
+  return UVCTX__DOM(parent);
+}
+
 static uvctx_t* init_ctx(void* block, size_t shift, int kind, uvctx_t* parent,
-                         uvctx_loop_t* home, void* site) {
+                         uvctx_loop_t* home, void* site, uint8_t lay) {
   uvctx_t* c = (uvctx_t*)((char*)block + shift);
   atomic_init(&c->refs, 1);
   atomic_init(&c->err, UVCTX__LIVE);
   c->kind = (uint8_t)kind;
   atomic_init(&c->where, UVCTX__AT_NONE);
-  c->shift = (uint8_t)shift;
+  c->lay = lay;
   c->parent = parent;
   c->home = home;
   c->link.next = NULL;
@@ -111,12 +152,19 @@ static uvctx_t* init_ctx(void* block, size_t shift, int kind, uvctx_t* parent,
   return c;
 }
 
-uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
-                          uvctx_loop_t* home, void* site) {
+static inline __attribute__((always_inline)) uvctx_t*
+alloc_ctx(size_t size, int kind, uvctx_t* parent, uvctx_loop_t* home,
+          void* site) {
   void* block = uvctx__malloc(size);
   if (block == NULL)
     return NULL;
-  return init_ctx(block, 0, kind, parent, home, site);
+  return init_ctx(block, 0, kind, parent, home, site,
+                  UVCTX__LAY(0, inherit_dom(kind, parent, home), 0));
+}
+
+uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
+                          uvctx_loop_t* home, void* site) {
+  return alloc_ctx(size, kind, parent, home, site);
 }
 
 /* A context that threads other than its creator's will write, as the
@@ -126,46 +174,61 @@ uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
  * side, and the count and children list that each child's creation and
  * free write would share a cache line with the next one's, written by
  * another loop. Each gets whole cache lines of its own instead: the block
- * is over-allocated, the context aligned in it and `shift` records where
- * the block began. */
+ * is over-allocated, the context aligned in it and `lay` records where
+ * the block began (blocks are 8-aligned, so the shift is a multiple of 8). */
 #define LINE 64
-static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
-                            uvctx_loop_t* home, void* site) {
+static void* alloc_aligned(size_t size, void** block) {
   size_t span = (size + LINE - 1) / LINE * LINE;
-  char* block = uvctx__malloc(span + LINE - 1);
-  size_t shift;
-  if (block == NULL)
+  char* b = uvctx__malloc(span + LINE - 1);
+  *block = b;
+  if (b == NULL)
     return NULL;
-  shift = (LINE - (uintptr_t)block % LINE) % LINE;
-  return init_ctx(block, shift, kind, parent, home, site);
+  return b + (LINE - (uintptr_t)b % LINE) % LINE;
+}
+
+static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
+                            uvctx_loop_t* home, void* site, int dom, int sref) {
+  void* block;
+  char* at = alloc_aligned(size, &block);
+  size_t shift;
+  if (at == NULL)
+    return NULL;
+  shift = (size_t)(at - (char*)block);
+  return init_ctx(block, shift, kind, parent, home, site,
+                  UVCTX__LAY(shift, dom, sref));
 }
 
 void uvctx__orphan_locked(uvctx_t* c) {
-  UVCTX__LIST_INSERT_HEAD(&c->home->orphans, &c->link, next, pprev);
+  uvctx__link_t** head = &c->home->dom[UVCTX__DOM(c)].orphans;
+  UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
   set_where(c, UVCTX__AT_ORPHAN);
 }
 
-uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
-                                             uvctx_t* parent) {
+static inline __attribute__((always_inline)) uvctx__attach_t
+register_locked(uvctx__link_t* l, uvctx_t* parent) {
   uvctx_t* t = uvctx__state_of(parent);
   if (!uvctx__cancellable_kind(t->kind))
     return UVCTX__PARENT_NEVER_DONE;
   if (!is_live(t))
     return UVCTX__PARENT_DONE;
-  UVCTX__LIST_INSERT_HEAD(&t->u1.children, l, next, pprev);
+  UVCTX__LIST_INSERT_HEAD(uvctx__own_list(t), l, next, pprev);
   if (l == &l->owner->link)
     set_where(l->owner, UVCTX__AT_PARENT);
   return UVCTX__LINKED;
 }
 
+uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l,
+                                             uvctx_t* parent) {
+  return register_locked(l, parent);
+}
+
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from) {
   const uvctx_t* t = uvctx__state_of(from);
-  c->u1.cause = t->u1.cause;
+  int err = atomic_load_explicit(&((uvctx_t*)t)->err, memory_order_acquire);
+  c->u1.cause = uvctx__cause_of(t);
   c->u2.msg = t->u2.msg;
   msg_ref(c->u2.msg);
-  atomic_store_explicit(
-      &c->err, atomic_load_explicit(&((uvctx_t*)t)->err, memory_order_acquire),
-      memory_order_release);
+  atomic_store_explicit(&c->err, (unsigned char)err, memory_order_release);
   uvctx__orphan_locked(c);
 }
 
@@ -178,9 +241,10 @@ void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d) {
   }
 }
 
-/* [c's home lock] What a new context does once its parent has said where
- * it goes. */
-static void place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
+/* [c's lock] What a new context does once its parent has said where it
+ * goes. */
+static inline __attribute__((always_inline)) void
+place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
   switch (a) {
     case UVCTX__LINKED:
       break;
@@ -191,29 +255,115 @@ static void place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
       uvctx__orphan_locked(c);
       break;
   }
-  uvctx__count_live_locked(c->home, c->kind, 1);
-  uvctx__count_created_locked(c->home);
+  uvctx__count_ctx_locked(c, 1);
+  uvctx__count_ctx_created_locked(c);
 }
 
-void uvctx__attach(uvctx_t* c, uvctx_t* parent) {
-  uvctx_loop_t* h = c->home;
-  uvctx_loop_t* p = list_home(parent);
+/* Links `c` in; returns 1 if the lock of the list it went on was found
+ * held by another thread. */
+static inline __attribute__((always_inline)) int attach(uvctx_t* c,
+                                                        uvctx_t* parent) {
+  uvctx__lock_t* h = uvctx__lock_of(c);
+  uvctx__lock_t* p = parent_lock(parent);
   uvctx__attach_t a = UVCTX__PARENT_NEVER_DONE;
+  int seen = 0;
   if (p != NULL) {
-    uvctx__lock_acquire(&p->lock);
-    a = uvctx__register_child_locked(&c->link, parent);
+    seen = uvctx__lock_acquire_seen(p);
+    a = register_locked(&c->link, parent);
     if (p == h) {
       place_locked(c, a, parent);
-      uvctx__lock_release(&p->lock);
-      return;
+      uvctx__lock_release(p);
+      return seen;
     }
-    uvctx__lock_release(&p->lock);
+    uvctx__lock_release(p);
   } else {
     uvctx__foreign(c, parent, 1);
   }
-  uvctx__lock_acquire(&h->lock);
+  uvctx__lock_acquire(h);
   place_locked(c, a, parent);
-  uvctx__lock_release(&h->lock);
+  uvctx__lock_release(h);
+  return seen;
+}
+
+void uvctx__attach(uvctx_t* c, uvctx_t* parent) {
+  (void)attach(c, parent);
+}
+
+/* ---- striped parents ----------------------------------------------------- */
+
+/* Gives live with_cancel context `t` its stripes' lists: its own children
+ * list moves to its own stripe's, and children made from now on by a
+ * thread of another stripe go on that stripe's list, guarded by that
+ * stripe's lock, with their own state. The memory is allocated with no
+ * lock held; the lists are put in place under t's lock, and the flag that
+ * says they are there is published after them (release), for the
+ * creators that look without that lock. */
+static int stripe(uvctx_t* t) {
+  void* block;
+  uvctx__stripes_t* b = alloc_aligned(sizeof(*b), &block);
+  uvctx__lock_t* k = uvctx__lock_of(t);
+  int d = UVCTX__DOM(t);
+  if (b == NULL)
+    return UV_ENOMEM;
+  memset(b, 0, sizeof(*b));
+  b->owner = t;
+  b->block = block;
+  uvctx__lock_acquire(k);
+  if (is_live(t) && !striped(t)) {
+    b->s[d].head = t->u1.children;
+    if (b->s[d].head != NULL)
+      b->s[d].head->pprev = &b->s[d].head;
+    t->u1.children = (uvctx__link_t*)b;
+    atomic_fetch_or_explicit(&t->refs, UVCTX__REF_STRIPED,
+                             memory_order_release);
+    block = NULL;
+  }
+  uvctx__lock_release(k);
+  uvctx__free(block);
+  return 0;
+}
+
+int uvctx__stripe_now(uvctx_t* c) {
+  if (!uvctx__valid(c) || c->kind != UVCTX__CANCEL ||
+      atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
+    return UV_EINVAL;
+  return stripe(c);
+}
+
+/* A with_cancel child of striped parent `t` made by this thread: listed
+ * on (or born done under) this thread's stripe of t, in that stripe of
+ * t's home, all under that stripe's one lock. It holds t through its
+ * stripe: the first child a stripe counts takes one UVCTX__REF_UNIT on t
+ * for the stripe (the only write to t's line), which stays until t's
+ * last counted reference is gone and no child of the stripe remains (see
+ * put()), so that churn under a shared parent writes no shared line. */
+static int with_cancel_striped(uvctx_t* t, uvctx__stripes_t* b, uvctx_t** out,
+                               void* site) {
+  int d = my_stripe();
+  uvctx_loop_t* h = t->home;
+  uvctx__lock_t* k = &h->dom[d].lock;
+  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, t, h, site);
+  if (c == NULL)
+    return UV_ENOMEM;
+  c->lay = UVCTX__LAY(0, d, 1);
+  uvctx__lock_acquire(k);
+  if (atomic_load_explicit(&t->err, memory_order_acquire) == UVCTX__LIVE) {
+    UVCTX__LIST_INSERT_HEAD(&b->s[d].head, &c->link, next, pprev);
+    set_where(c, UVCTX__AT_PARENT);
+  } else {
+    uvctx__born_done_locked(c, t);
+  }
+  if (b->s[d].nref++ == 0 && !b->s[d].holding) {
+    b->s[d].holding = 1;
+    atomic_fetch_add_explicit(&t->refs, UVCTX__REF_UNIT, memory_order_relaxed);
+  }
+  uvctx__dom_add(&h->dom[d].n_kind[UVCTX__CANCEL], 1);
+  uvctx__dom_add(&h->dom[d].created, 1);
+  uvctx__lock_release(k);
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
+  *out = c;
+  return 0;
 }
 
 /* ---- cancellation -------------------------------------------------------- */
@@ -224,9 +374,11 @@ void uvctx__cancel_op_id(uvctx__cancel_op_t* op) {
     op->id = atomic_fetch_add_explicit(&last_op, 1, memory_order_relaxed) + 1;
 }
 
-/* One cancel: its error and cause, the operation its watches name, and the
- * links of contexts it took to cancel under another loop's lock (each with
- * a reference, threaded through the links' `next`). */
+/* One cancel: its error and cause, the operation its watches name, the
+ * links of contexts it took to cancel under another lock (each with a
+ * reference, threaded through the links' `next`), and the striped parents
+ * it made done whose other stripes are still to walk (each with a
+ * reference, threaded through their lists' `pending`). */
 typedef struct walk_s {
   int err;
   intptr_t cause;
@@ -234,25 +386,40 @@ typedef struct walk_s {
   uvctx__cancel_op_t op;
   uvctx__link_t** deferred;
   uvctx__link_t* own_deferred;
+  uvctx__stripes_t** pending;
+  uvctx__stripes_t* own_pending;
   int must_wait; /* met a taken context that another cancel had done */
 } walk_t;
 
-/* [n's home lock] Everything a context needs once its children have been
- * taken off it: its watches made due, its deadline entry gone, its cause
- * and error published. */
-static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
-                                 uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
-  if (n->u2.watches != NULL)
-    uvctx__watches_fire_locked(n, uvctx__err_code(err), op);
-  if (n->kind == UVCTX__DEADLINE) {
-    uvctx__deadline_t* d = (uvctx__deadline_t*)n;
-    if (d->heap_index != UVCTX__NO_HEAP)
-      uvctx__heap_remove_locked(n->home, d);
+/* [n's lock] Everything a context needs once its children have been
+ * taken off it: its watches made due and its deadline entry gone (under
+ * the loop lock too, for a context of another stripe), its cause and
+ * error published. */
+static inline __attribute__((always_inline)) void
+finish_as_locked(uvctx_t* n, int err, intptr_t cause, uvctx__msg_t* msg,
+                 uvctx__cancel_op_t* op, int maybe_striped) {
+  /* heap_index is the loop lock's: the heap moves other entries. */
+  int dl = n->kind == UVCTX__DEADLINE;
+  if (n->u2.watches != NULL || dl) {
+    uvctx__main_enter(n);
+    if (n->u2.watches != NULL)
+      uvctx__watches_fire_locked(n, uvctx__err_code(err), op);
+    if (dl && ((uvctx__deadline_t*)n)->heap_index != UVCTX__NO_HEAP)
+      uvctx__heap_remove_locked(n->home, (uvctx__deadline_t*)n);
+    uvctx__main_leave(n);
   }
-  n->u1.cause = cause;
+  if (maybe_striped && striped(n))
+    stripes(n)->cause = cause;
+  else
+    n->u1.cause = cause;
   n->u2.msg = msg;
   msg_ref(msg);
   atomic_store_explicit(&n->err, (unsigned char)err, memory_order_release);
+}
+
+static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
+                                 uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
+  finish_as_locked(n, err, cause, msg, op, 1);
 }
 
 /* [the lock of the list `l` was on] A child found by a walk that must be
@@ -261,7 +428,7 @@ static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
  * (it has no children and no watches: both would hold references). */
 static void defer(walk_t* w, uvctx__link_t* l, uvctx_t* k) {
   int base = l == &k->link;
-  if (!try_ref(k)) {
+  if (!uvctx__try_ref(k)) {
     if (base)
       set_where(k, UVCTX__AT_NONE);
     return;
@@ -273,15 +440,33 @@ static void defer(walk_t* w, uvctx__link_t* l, uvctx_t* k) {
   uvctx__barrier_add(1);
 }
 
-/* [c's home lock; c live] Marks `c` and the part of its subtree homed on
- * the same loop done, with an explicit stack threaded through the links of
- * the contexts being cancelled: a context taken off its parent's list has
- * a free `link.next` until it is put on the orphan list, so the walk needs
+/* [n's lock; n just made done] A striped parent's other stripes are
+ * walked once that lock is let go. A parent whose count already reached
+ * zero has no children left on any stripe (each would hold it). */
+static void pend(walk_t* w, uvctx_t* n) {
+  uvctx__stripes_t* b = stripes(n);
+  if (!uvctx__try_ref(n))
+    return;
+  b->pending = *w->pending;
+  *w->pending = b;
+}
+
+static void count_cancels(uvctx_t* c, uint64_t n) {
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].cancels, (int64_t)n);
+}
+
+/* [c's lock; c live] Marks `c` and the part of its subtree that lock
+ * guards done, with an explicit stack threaded through the links of the
+ * contexts being cancelled: a context taken off its parent's list has a
+ * free `link.next` until it is put on the orphan list, so the walk needs
  * no memory and no recursion, whatever the depth. Leaves (the common case
  * of a wide fan-out) are finished as they are met, so that each is touched
  * once. `c`'s own link is its caller's business. */
 static void walk_locked(walk_t* w, uvctx_t* c) {
-  uvctx_loop_t* h = c->home;
+  /* Guarded by this walk's lock: the same home and stripe. */
+  uvctx_loop_t* const h = c->home;
+  const unsigned dom = c->lay & 0x38u;
+  uvctx__link_t** const orphans = &h->dom[UVCTX__DOM(c)].orphans;
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
   uint64_t cancels = 0;
@@ -291,9 +476,10 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
   uvctx__msg_t* const msg = w->msg;
 
   for (;;) {
+    uvctx__link_t** head = uvctx__own_list(n);
     uvctx__link_t* l;
     uvctx__link_t* next;
-    for (l = n->u1.children; l != NULL; l = next) {
+    for (l = *head; l != NULL; l = next) {
       uvctx_t* k = l->owner;
       next = l->next;
       /* The list being walked is dropped whole, and the `next` of the
@@ -301,23 +487,27 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * hand, never through pprev (that would write into a link already
        * reused). */
       l->pprev = NULL;
-      if (k->home != h || k->kind == UVCTX__ANY) {
+      if (k->home != h || (k->lay & 0x38u) != dom || k->kind == UVCTX__ANY) {
         defer(w, l, k);
         continue;
       }
-      /* Homed here: this walk holds the only lock that could see it
-       * taken, until it makes it an orphan below. */
+      /* Guarded by this lock: this walk holds the only lock that could
+       * see it taken, until it makes it an orphan below. (A striped
+       * parent's u1 is never NULL: it goes on the stack.) */
       if (k->u1.children == NULL) {
-        finish_locked(k, err, cause, msg, &w->op);
-        uvctx__orphan_locked(k);
+        finish_as_locked(k, err, cause, msg, &w->op, 0);
+        UVCTX__LIST_INSERT_HEAD(orphans, &k->link, next, pprev);
+        set_where(k, UVCTX__AT_ORPHAN);
         cancels++;
         continue;
       }
       k->link.next = stack != NULL ? &stack->link : NULL;
       stack = k;
     }
-    n->u1.children = NULL;
+    *head = NULL;
     finish_locked(n, err, cause, msg, &w->op);
+    if (striped(n))
+      pend(w, n);
     cancels++;
     if (n != c)
       uvctx__orphan_locked(n);
@@ -327,13 +517,54 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
     stack = n->link.next != NULL ? n->link.next->owner : NULL;
     n->link.next = NULL;
   }
-  h->cancels += cancels;
+  count_cancels(c, cancels);
+}
+
+/* [no lock] The second half of a striped parent's cancel: its done state
+ * is published, so a child made on a stripe whose lock is taken after
+ * this walk went past it is born done, and one made before is on the
+ * list. Each other stripe is walked under its own lock, one at a time;
+ * every child there is a with_cancel child of that stripe, guarded by
+ * that lock with its subtree. */
+static void run_pending(walk_t* w) {
+  while (*w->pending != NULL) {
+    uvctx__stripes_t* b = *w->pending;
+    uvctx_t* n = b->owner;
+    uvctx_loop_t* h = n->home;
+    int d;
+    *w->pending = b->pending;
+    b->pending = NULL;
+    w->err = atomic_load_explicit(&n->err, memory_order_acquire);
+    w->cause = b->cause;
+    w->msg = n->u2.msg;
+    for (d = 1; d < UVCTX__DOMAINS; d++) {
+      uvctx__lock_t* lk = &h->dom[d].lock;
+      uvctx__link_t* l;
+      uvctx__link_t* next;
+      if (d == UVCTX__DOM(n))
+        continue;
+      uvctx__lock_acquire(lk);
+      l = b->s[d].head;
+      b->s[d].head = NULL;
+      for (; l != NULL; l = next) {
+        uvctx_t* k = l->owner;
+        next = l->next;
+        l->pprev = NULL;
+        l->next = NULL;
+        walk_locked(w, k);
+        uvctx__orphan_locked(k);
+      }
+      uvctx__lock_release(lk);
+    }
+    uvctx_unref(n);
+  }
 }
 
 /* [the lock of c's parent's list] Takes `c`'s own link off that list if it
  * is still there: 1 if this call took it (the caller will make `c` an
  * orphan), 0 if it was elsewhere. */
-static int take_from_parent_locked(uvctx_t* c) {
+static inline __attribute__((always_inline)) int
+take_from_parent_locked(uvctx_t* c) {
   if (where(c) != UVCTX__AT_PARENT)
     return 0;
   uvctx__unlink(&c->link);
@@ -348,29 +579,29 @@ static int take_from_parent_locked(uvctx_t* c) {
  * still uvctx_unref(m). */
 static int take_links(uvctx_t* m, const uvctx__link_t* via) {
   uvctx__any_t* a = (uvctx__any_t*)m;
-  uvctx_loop_t* p;
+  uvctx__lock_t* p;
   int own = via == &m->link;
   size_t i;
 
-  if (!own && (p = list_home(m->parent)) != NULL) {
-    uvctx__lock_acquire(&p->lock);
+  if (!own && (p = parent_lock(m->parent)) != NULL) {
+    uvctx__lock_acquire(p);
     own = take_from_parent_locked(m);
-    uvctx__lock_release(&p->lock);
+    uvctx__lock_release(p);
   }
   for (i = 0; i + 1 < a->n; i++) {
     uvctx__link_t* l = &a->extra[i].link;
-    if (l == via || (p = list_home(a->extra[i].parent)) == NULL)
+    if (l == via || (p = parent_lock(a->extra[i].parent)) == NULL)
       continue;
-    uvctx__lock_acquire(&p->lock);
+    uvctx__lock_acquire(p);
     uvctx__unlink(l);
-    uvctx__lock_release(&p->lock);
+    uvctx__lock_release(p);
   }
-  p = m->home;
-  uvctx__lock_acquire(&p->lock);
+  p = uvctx__lock_of(m);
+  uvctx__lock_acquire(p);
   if (own || where(m) == UVCTX__AT_NONE)
     uvctx__orphan_locked(m);
   own = unref_locked(m);
-  uvctx__lock_release(&p->lock);
+  uvctx__lock_release(p);
   return !own;
 }
 
@@ -386,7 +617,7 @@ static const uvctx_t* list_owner(const uvctx__link_t* l) {
   return uvctx__state_of(k->parent);
 }
 
-/* [no lock] Cancels the contexts a walk took, each under its home's lock,
+/* [no lock] Cancels the contexts a walk took, each under its own lock,
  * with the error and cause of the context it hung from (the walk's own,
  * or, for the expiries of a timer pass, each deadline's). */
 static void run_deferred(walk_t* w) {
@@ -394,15 +625,15 @@ static void run_deferred(walk_t* w) {
     uvctx__link_t* l = *w->deferred;
     uvctx_t* k = l->owner;
     const uvctx_t* from = list_owner(l);
-    uvctx_loop_t* h = k->home;
+    uvctx__lock_t* lk = uvctx__lock_of(k);
     *w->deferred = l->next;
     l->next = NULL;
     w->err = atomic_load_explicit(&((uvctx_t*)from)->err, memory_order_acquire);
-    w->cause = from->u1.cause;
+    w->cause = uvctx__cause_of(from);
     w->msg = from->u2.msg;
     int merge = k->kind == UVCTX__ANY;
     int owed = 1;
-    uvctx__lock_acquire(&h->lock);
+    uvctx__lock_acquire(lk);
     if (is_live(k))
       walk_locked(w, k);
     else
@@ -411,7 +642,7 @@ static void run_deferred(walk_t* w) {
       uvctx__orphan_locked(k); /* its link was taken by this walk */
       owed = !unref_locked(k);
     }
-    uvctx__lock_release(&h->lock);
+    uvctx__lock_release(lk);
     /* Once the reference is dropped, `k` may be gone: touch it no more. */
     if (merge)
       owed = take_links(k, l);
@@ -421,7 +652,25 @@ static void run_deferred(walk_t* w) {
   }
 }
 
-/* [c's home lock] The cancel event of a cancel's root, once per cancel. */
+/* [no lock] What a walk left for after its lock: taken contexts and
+ * striped parents' other stripes, each of which may leave more. */
+__attribute__((noinline)) static void run_after_slow(walk_t* w) {
+  while (*w->deferred != NULL || *w->pending != NULL) {
+    run_deferred(w);
+    run_pending(w);
+  }
+  if (w->must_wait)
+    uvctx__barrier_wait();
+}
+
+/* For a walk of its own lists (not a timer pass's, which are the loop's). */
+static inline void run_after(walk_t* w) {
+  if (UVCTX__UNLIKELY(w->own_deferred != NULL || w->own_pending != NULL ||
+                      w->must_wait))
+    run_after_slow(w);
+}
+
+/* [c's lock] The cancel event of a cancel's root, once per cancel. */
 static void trace_root(walk_t* w, const uvctx_t* c) {
   if (UVCTX__TRACING()) {
     uvctx__cancel_op_id(&w->op);
@@ -429,15 +678,16 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
   }
 }
 
-/* [c's home lock] The root of a cancel: walked if still live (first cancel
+/* [c's lock] The root of a cancel: walked if still live (first cancel
  * wins), made an orphan if the caller took its link. */
-static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
+static inline __attribute__((always_inline)) void
+cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
   if (is_live(c)) {
     trace_root(w, c);
     if (c->u1.children == NULL) {
       /* A leaf, the common case: nothing to walk, nothing to defer. */
       finish_locked(c, w->err, w->cause, w->msg, &w->op);
-      c->home->cancels++;
+      count_cancels(c, 1);
     } else {
       walk_locked(w, c);
     }
@@ -446,8 +696,8 @@ static void cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
     uvctx__orphan_locked(c);
 }
 
-static void walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg,
-                      uint64_t now) {
+static inline __attribute__((always_inline)) void
+walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->err = err;
   w->cause = cause;
   w->msg = msg;
@@ -455,17 +705,19 @@ static void walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg,
   w->op.time = now;
   w->own_deferred = NULL;
   w->deferred = &w->own_deferred;
+  w->own_pending = NULL;
+  w->pending = &w->own_pending;
   w->must_wait = 0;
 }
 
 void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
                    uint64_t now) {
-  uvctx_loop_t* h = c->home;
+  uvctx__lock_t* h = uvctx__lock_of(c);
   int merge = c->kind == UVCTX__ANY;
-  uvctx_loop_t* p = merge ? NULL : list_home(c->parent);
-  /* What is left to do with `c` once its home's lock is released: its
-   * watches are queued by then, and their callbacks may drop the last
-   * reference the caller relied on, so that work holds one of its own. */
+  uvctx__lock_t* p = merge ? NULL : link_lock(c);
+  /* What is left to do with `c` once its lock is released: its watches
+   * are queued by then, and their callbacks may drop the last reference
+   * the caller relied on, so that work holds one of its own. */
   int more = merge || (p != NULL && p != h);
   walk_t w;
   int own = 0;
@@ -473,35 +725,33 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   /* The id and the time are taken lazily, by the tracer or the first watch
    * made due: a cancel nobody watches pays for neither. */
   walk_init(&w, err, cause, msg, now);
-  uvctx__lock_acquire(&h->lock);
+  uvctx__lock_acquire(h);
   own = p == h && take_from_parent_locked(c);
   cancel_root_locked(&w, c, own);
   if (more)
     uvctx_ref(c);
-  uvctx__lock_release(&h->lock);
+  uvctx__lock_release(h);
   /* From here on, `c` is touched only if `more`. */
 
   if (merge) {
     more = take_links(c, NULL);
   } else if (more) {
-    /* Homed apart from its parent: taken off the parent's list after it
-     * is done, so that a cancel of the parent meanwhile still meets it
-     * (and waits at the barrier if this walk has work left elsewhere). */
-    uvctx__lock_acquire(&p->lock);
+    /* Listed under another lock than its own: taken off the parent's list
+     * after it is done, so that a cancel of the parent meanwhile still
+     * meets it (and waits at the barrier if this walk has work left
+     * elsewhere). */
+    uvctx__lock_acquire(p);
     own = take_from_parent_locked(c);
-    uvctx__lock_release(&p->lock);
-    uvctx__lock_acquire(&h->lock);
+    uvctx__lock_release(p);
+    uvctx__lock_acquire(h);
     if (own)
       uvctx__orphan_locked(c);
     more = !unref_locked(c);
-    uvctx__lock_release(&h->lock);
+    uvctx__lock_release(h);
   }
   if (more)
     uvctx_unref(c);
-  if (w.own_deferred != NULL)
-    run_deferred(&w);
-  if (w.must_wait)
-    uvctx__barrier_wait();
+  run_after(&w);
 }
 
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
@@ -509,6 +759,7 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
   walk_t w;
   walk_init(&w, err, cause, msg, now);
   w.deferred = &c->home->deferred;
+  w.pending = &c->home->pending;
   cancel_root_locked(&w, c, take_from_parent_locked(c));
 }
 
@@ -518,10 +769,10 @@ void uvctx__cancel_deferred(uvctx_loop_t* l) {
   uvctx__lock_acquire(&l->lock);
   w.own_deferred = l->deferred;
   l->deferred = NULL;
+  w.own_pending = l->pending;
+  l->pending = NULL;
   uvctx__lock_release(&l->lock);
-  run_deferred(&w);
-  if (w.must_wait)
-    uvctx__barrier_wait();
+  run_after(&w);
 }
 
 /* The preconditions uvctx_cancel() and uvctx_cancel_cause() share,
@@ -579,7 +830,7 @@ int uvctx_cause(const uvctx_t* c, const char** msg) {
     return 0;
   if (msg != NULL && c->u2.msg != NULL)
     *msg = c->u2.msg->text;
-  return (int)c->u1.cause;
+  return (int)uvctx__cause_of(c);
 }
 
 uvctx_loop_t* uvctx_home(const uvctx_t* c) {
@@ -591,14 +842,24 @@ uvctx_loop_t* uvctx_home(const uvctx_t* c) {
 static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
                        void* site) {
   uvctx_t* c;
-  if (parent->kind == UVCTX__BACKGROUND || home != parent->home)
-    c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+  uvctx__stripes_t* b;
+  int same = home == parent->home;
+  if (same && parent->kind == UVCTX__CANCEL &&
+      (b = uvctx__stripes_of(parent)) != NULL)
+    return with_cancel_striped(parent, b, out, site);
+  if (parent->kind == UVCTX__BACKGROUND || !same)
+    c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site,
+                    inherit_dom(UVCTX__CANCEL, parent, home), 0);
   else
-    c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+    c = alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
-  uvctx__attach(c, parent);
+  /* Another thread met on the parent's lock: from now on each thread's
+   * children of this parent go on a stripe of their own. */
+  if (attach(c, parent) && same && parent->kind == UVCTX__CANCEL &&
+      UVCTX__STRIPES_ON)
+    (void)stripe(parent);
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;
@@ -668,19 +929,19 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     for (i = 0; i < n; i++) {
       uvctx__link_t* l = i == 0 ? &a->base.link : &a->extra[i - 1].link;
       const uvctx_t* t = uvctx__state_of(parents[i]);
-      uvctx_loop_t* p = list_home(parents[i]);
+      uvctx__lock_t* p = parent_lock(parents[i]);
       int dup = 0;
       for (j = 0; j < i; j++)
         if (uvctx__state_of(parents[j]) == t)
           dup = 1;
       if (dup || p == NULL)
         continue;
-      uvctx__lock_acquire(&p->lock);
+      uvctx__lock_acquire(p);
       if (uvctx__register_child_locked(l, parents[i]) == UVCTX__LINKED)
         linked = 1;
       else if (became == NULL)
         became = t;
-      uvctx__lock_release(&p->lock);
+      uvctx__lock_release(p);
     }
   }
   uvctx__lock_acquire(&h->lock);
@@ -688,8 +949,8 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     uvctx__born_done_locked(&a->base, done_from);
   else if (!linked && became == NULL)
     uvctx__orphan_locked(&a->base);
-  uvctx__count_live_locked(h, UVCTX__ANY, 1);
-  uvctx__count_created_locked(h);
+  uvctx__count_ctx_locked(&a->base, 1);
+  uvctx__count_ctx_created_locked(&a->base);
   uvctx__lock_release(&h->lock);
   for (i = 0; i < n; i++)
     uvctx__foreign(&a->base, parents[i], 1);
@@ -697,7 +958,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     uvctx__cancel(
         &a->base,
         atomic_load_explicit(&((uvctx_t*)became)->err, memory_order_acquire),
-        became->u1.cause, became->u2.msg, 0);
+        uvctx__cause_of(became), became->u2.msg, 0);
   if (UVCTX__TRACING())
     uvctx__trace_create(&a->base);
   *out = &a->base;
@@ -712,68 +973,132 @@ uvctx_t* uvctx_ref(uvctx_t* c) {
   return c;
 }
 
-/* [no lock; n's count is zero] Takes every link of `n` off its list, under
- * that list's lock, and uncounts it; afterwards `n` is on no list and its
- * own link is free to thread the free's stacks.
- *
- * `where` is read under the lock it names. A cancel that takes a context
- * homed elsewhere than its parent's list does so with a reference, which
- * it cannot get once the count is zero (it then leaves the link, AT_NONE,
- * to this free); a cancel that takes one homed on the list's own loop
- * holds that loop's lock until it has made it an orphan. So once the
- * parent's lock has been taken and let go, the link is on the orphan list
- * or on none. */
+/* What a retired striped child owes its parent (uvctx_s.where, free to
+ * carry it once the context is on no list): nothing (its stripe keeps
+ * holding the parent), or its stripe's UVCTX__REF_UNIT. Any other context
+ * owes its one reference. */
+enum { OWE_NOTHING = 8, OWE_UNIT = 9 };
+
+/* [no lock] The last counted reference of striped parent `p` is gone,
+ * and the caller added a guard unit with it, so that `p` stays until the
+ * pass is over whoever else lets go meanwhile. Each stripe that holds `p`
+ * with no child left gives back its unit, under its lock. A stripe with
+ * children left keeps its unit: the free of its last child, under the same
+ * lock, sees the count at zero and gives it back then. 1 if `p` is now
+ * free to go. Units never overflow into UVCTX__REF_STRIPED: seven stripes
+ * and a guard per thread in this pass at once (the count must have come
+ * back from zero in between, by a cancel's or a report's reference). */
+__attribute__((noinline)) static int release_stripes(uvctx_t* p) {
+  uvctx__stripes_t* b = stripes(p);
+  unsigned units = UVCTX__REF_UNIT; /* the guard */
+  int d;
+  for (d = 1; d < UVCTX__DOMAINS; d++) {
+    uvctx__lock_t* lk = &p->home->dom[d].lock;
+    uvctx__lock_acquire(lk);
+    if (b->s[d].holding && b->s[d].nref == 0) {
+      b->s[d].holding = 0;
+      units += UVCTX__REF_UNIT;
+    }
+    uvctx__lock_release(lk);
+  }
+  return ((atomic_fetch_sub_explicit(&p->refs, units, memory_order_acq_rel) -
+           units) &
+          ~UVCTX__REF_STRIPED) == 0;
+}
+
+/* [no lock] Drops `amount` from p's count: 1 if that was the last of it
+ * (p is to be freed). One compare-and-swap: a striped parent's last
+ * counted reference is swapped for a guard unit in the same step (see
+ * release_stripes()), so that no child's free can free it meanwhile. */
+static inline __attribute__((always_inline)) int put(uvctx_t* p,
+                                                     unsigned amount) {
+  unsigned old = atomic_load_explicit(&p->refs, memory_order_relaxed);
+  unsigned now;
+  int guard;
+  do {
+    now = old - amount;
+    guard = UVCTX__UNLIKELY(old & UVCTX__REF_STRIPED) &&
+            (now & UVCTX__REF_LOW) == 0 && (old & UVCTX__REF_LOW) != 0 &&
+            (now & ~UVCTX__REF_STRIPED) != 0;
+    if (guard)
+      now += UVCTX__REF_UNIT;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &p->refs, &old, now, memory_order_acq_rel, memory_order_relaxed));
+  if (UVCTX__UNLIKELY(guard))
+    return release_stripes(p);
+  return (now & ~UVCTX__REF_STRIPED) == 0;
+}
+
+/* [n's lock; n a striped child whose count is zero] What it owes its
+ * parent: its stripe's unit if it was the stripe's last child and the
+ * parent's own references are gone, else nothing. */
+__attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
+  uvctx_t* t = n->parent;
+  uvctx__stripes_t* b = stripes(t);
+  int d = UVCTX__DOM(n);
+  if (--b->s[d].nref == 0 &&
+      (atomic_load_explicit(&t->refs, memory_order_relaxed) & UVCTX__REF_LOW) ==
+          0) {
+    b->s[d].holding = 0;
+    return OWE_UNIT;
+  }
+  return OWE_NOTHING;
+}
+
 static void retire(uvctx_t* n) {
-  uvctx_loop_t* h = n->home;
-  uvctx_loop_t* p = list_home(n->parent);
+  uvctx__lock_t* h = uvctx__lock_of(n);
+  uvctx__lock_t* p = link_lock(n);
   int w;
   if (p != NULL && p != h) {
-    uvctx__lock_acquire(&p->lock);
+    uvctx__lock_acquire(p);
     if (where(n) == UVCTX__AT_PARENT) {
       uvctx__unlink(&n->link);
       set_where(n, UVCTX__AT_NONE);
     }
-    uvctx__lock_release(&p->lock);
+    uvctx__lock_release(p);
   }
-  uvctx__lock_acquire(&h->lock);
+  uvctx__lock_acquire(h);
   w = where(n);
-  if (w == UVCTX__AT_ORPHAN || w == UVCTX__AT_PARENT) {
+  if (w == UVCTX__AT_ORPHAN || w == UVCTX__AT_PARENT)
     uvctx__unlink(&n->link);
-    set_where(n, UVCTX__AT_NONE);
-  }
   if (n->kind == UVCTX__DEADLINE) {
     uvctx__deadline_t* d = (uvctx__deadline_t*)n;
+    uvctx__main_enter(n); /* heap_index is the loop lock's */
     if (d->heap_index != UVCTX__NO_HEAP)
-      uvctx__heap_remove_locked(h, d);
+      uvctx__heap_remove_locked(n->home, d);
+    uvctx__main_leave(n);
   }
-  uvctx__count_live_locked(h, n->kind, -1);
+  uvctx__count_ctx_locked(n, -1);
+  if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
+    set_where(n, uncount_striped_locked(n));
   if (UVCTX__TRACING())
     uvctx__trace_free(n);
-  uvctx__lock_release(&h->lock);
+  uvctx__lock_release(h);
   if (n->kind == UVCTX__ANY) {
     uvctx__any_t* a = (uvctx__any_t*)n;
     size_t i;
     for (i = 0; i + 1 < a->n; i++) {
-      uvctx_loop_t* q = list_home(a->extra[i].parent);
+      uvctx__lock_t* q = parent_lock(a->extra[i].parent);
       if (q == NULL)
         continue;
-      uvctx__lock_acquire(&q->lock);
+      uvctx__lock_acquire(q);
       uvctx__unlink(&a->extra[i].link);
-      uvctx__lock_release(&q->lock);
+      uvctx__lock_release(q);
     }
   }
 }
 
-/* Drops one reference to `p`; when it was the last, takes p out of the tree
+/* Drops `amount` of `p`; when it was the last, takes p out of the tree
  * and pushes it on the stack of contexts to free. */
-static void drop_parent(const uvctx_t* c, uvctx_t* p, uvctx_t** stack) {
-  if (p == NULL)
+static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
+                               uvctx_t** stack) {
+  if (p == NULL || amount == 0)
     return;
   if (p->kind == UVCTX__BACKGROUND) {
     uvctx__foreign(c, p, -1);
     return;
   }
-  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
+  if (!put(p, amount))
     return;
   retire(p);
   p->link.next = *stack != NULL ? &(*stack)->link : NULL;
@@ -790,7 +1115,9 @@ static void destroy(uvctx_t* c) {
     if (v->key->free_value != NULL && v->value != NULL)
       v->key->free_value(v->value);
   }
-  uvctx__free((char*)c - c->shift);
+  if (striped(c))
+    uvctx__free(stripes(c)->block);
+  uvctx__free((char*)c - (c->lay & 7) * 8);
 }
 
 /* Freeing is iterative like cancelling: the contexts whose last reference
@@ -804,7 +1131,7 @@ void uvctx_unref(uvctx_t* c) {
 
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+  if (!put(c, 1))
     return;
 
   retire(c);
@@ -812,15 +1139,18 @@ void uvctx_unref(uvctx_t* c) {
   stack = c;
   while (stack != NULL) {
     uvctx_t* n = stack;
+    unsigned owe = 1;
+    if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
+      owe = where(n) == OWE_UNIT ? UVCTX__REF_UNIT : 0;
     stack = n->link.next != NULL ? n->link.next->owner : NULL;
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
-    drop_parent(n, n->parent, &stack);
+    drop_parent(n, n->parent, owe, &stack);
     if (n->kind == UVCTX__ANY) {
       uvctx__any_t* a = (uvctx__any_t*)n;
       size_t i;
       for (i = 0; i + 1 < a->n; i++)
-        drop_parent(n, a->extra[i].parent, &stack);
+        drop_parent(n, a->extra[i].parent, 1, &stack);
     }
   }
 

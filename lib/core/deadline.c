@@ -49,21 +49,50 @@ static int arm_locked(uvctx__deadline_t* d, uint64_t deadline,
   }
   /* Only the earliest deadline in force needs a heap entry: when the
    * parent's comes first, the parent's expiry reaches this child. */
-  if (deadline < inherited)
-    return uvctx__heap_insert_locked(d->base.home, d);
+  if (deadline < inherited) {
+    int rc;
+    uvctx__main_enter(&d->base);
+    rc = uvctx__heap_insert_locked(d->base.home, d);
+    uvctx__main_leave(&d->base);
+    return rc;
+  }
   return 0;
 }
 
 void uvctx__deadline_expire_locked(uvctx__deadline_t* d, uint64_t now,
                                    uint64_t late) {
+  uvctx_loop_t* l = d->base.home;
   if (UVCTX__TRACING())
     uvctx__trace_deadline(&d->base, late);
+  if (UVCTX__DOM(&d->base) != 0) {
+    /* Guarded by another stripe's lock, which may not be taken under
+     * this one: out of the heap now, into the slot that frees at its
+     * top, and cancelled once the lock is let go. A count already at zero
+     * is a free waiting for that lock, with nothing left to do. */
+    uvctx__heap_remove_locked(l, d);
+    if (uvctx__try_ref(&d->base)) {
+      l->heap[l->heap_cap - 1 - l->n_stray] = d;
+      l->n_stray++;
+    }
+    return;
+  }
   uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
                        now);
 }
 
 void uvctx__deadline_expired(uvctx_loop_t* l) {
-  if (l->deferred != NULL)
+  for (;;) {
+    uvctx__deadline_t* d = NULL;
+    uvctx__lock_acquire(&l->lock);
+    if (l->n_stray > 0)
+      d = l->heap[l->heap_cap - l->n_stray--];
+    uvctx__lock_release(&l->lock);
+    if (d == NULL)
+      break;
+    uvctx__cancel(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg, 0);
+    uvctx_unref(&d->base);
+  }
+  if (l->deferred != NULL || l->pending != NULL)
     uvctx__cancel_deferred(l);
 }
 
@@ -73,7 +102,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
                          int cause, const char* msg, uvctx_t** out,
                          void* site) {
   uvctx__deadline_t* d;
-  uvctx_loop_t* h = parent->home;
+  uvctx__lock_t* lk;
   uint64_t inherited;
   int rc = 0;
 
@@ -95,9 +124,10 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   d->deadline = deadline < inherited ? deadline : inherited;
   uvctx_ref(parent);
 
-  /* A deadline context shares its parent's home, and so the lock of the
-   * list it goes on. */
-  uvctx__lock_acquire(&h->lock);
+  /* A deadline context shares its parent's home and stripe, and so the
+   * lock of the list it goes on. */
+  lk = uvctx__lock_of(&d->base);
+  uvctx__lock_acquire(lk);
   switch (uvctx__register_child_locked(&d->base.link, parent)) {
     case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(&d->base, parent);
@@ -112,15 +142,15 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   }
   if (rc != 0) {
     uvctx__unlink(&d->base.link);
-    uvctx__lock_release(&h->lock);
+    uvctx__lock_release(lk);
     uvctx__msg_unref(d->dl_msg);
     uvctx__free(d);
     uvctx_unref(parent);
     return rc;
   }
-  uvctx__count_live_locked(d->base.home, UVCTX__DEADLINE, 1);
-  uvctx__count_created_locked(d->base.home);
-  uvctx__lock_release(&h->lock);
+  uvctx__count_ctx_locked(&d->base, 1);
+  uvctx__count_ctx_created_locked(&d->base);
+  uvctx__lock_release(lk);
   if (UVCTX__TRACING())
     uvctx__trace_create(&d->base);
   *out = &d->base;

@@ -30,6 +30,15 @@ static inline void uvctx__lock_acquire(uvctx__lock_t* k) {
     uvctx__lock_slow(k);
 }
 
+/* The same, telling whether another thread held it (1): how a parent
+ * learns that children come to it from more than one thread. */
+static inline int uvctx__lock_acquire_seen(uvctx__lock_t* k) {
+  if (!atomic_exchange_explicit(&k->word, 1, memory_order_acquire))
+    return 0;
+  uvctx__lock_slow(k);
+  return 1;
+}
+
 static inline void uvctx__lock_release(uvctx__lock_t* k) {
   atomic_store_explicit(&k->word, 0, memory_order_release);
 }
@@ -94,11 +103,59 @@ enum { UVCTX__LIVE = 0, UVCTX__ERR_CANCELED = 1, UVCTX__ERR_TIMEDOUT = 2 };
  * `pprev` points at the previous link's `next` (or the list head), so a link
  * unlinks itself without knowing which list it is on. `owner` is the context
  * the link belongs to: a merge has one link per parent. */
-typedef struct uvctx__link_s {
+struct uvctx__link_s {
   struct uvctx__link_s* next;
   struct uvctx__link_s** pprev;
   uvctx_t* owner;
-} uvctx__link_t;
+};
+
+/* ---- stripes (core/lock.c: the rules; core/ctx.c: the lists) ----------- *
+ *
+ * A binding's lock is split into UVCTX__DOMAINS stripes: stripe 0 is the
+ * loop lock itself, stripes 1.. are uvctx__dom_t's of the binding, each
+ * with its own lock word, orphan list and counts on cache lines of its
+ * own. Every context belongs to one stripe of its home (its `lay`), whose
+ * lock guards what the loop lock guards for it; only a with_cancel child
+ * of a parent whose children come from several threads gets another
+ * stripe than its parent's: the creating thread's. */
+#define UVCTX__DOMAINS 8
+/* Whether a parent found shared gets striped (define it to 0 to keep every
+ * context on stripe 0, as before stripes; the test hook still stripes). */
+#ifndef UVCTX__STRIPES_ON
+#define UVCTX__STRIPES_ON 1
+#endif
+#define UVCTX__DOM(c) (((c)->lay >> 3) & 7)
+#define UVCTX__SREF 0x40 /* its reference to its parent is its stripe's */
+#define UVCTX__LAY(shift, dom, sref) \
+  ((uint8_t)((shift) / 8 | (dom) << 3 | ((sref) ? UVCTX__SREF : 0)))
+
+/* The reference count of a context: bits 0-26 count references; a parent
+ * whose children are striped also has UVCTX__REF_STRIPED set, and one
+ * UVCTX__REF_UNIT per stripe that holds it for its children. */
+#define UVCTX__REF_STRIPED (1u << 31)
+#define UVCTX__REF_UNIT (1u << 27)
+#define UVCTX__REF_LOW (UVCTX__REF_UNIT - 1)
+
+typedef struct uvctx__link_s uvctx__link_t;
+
+/* A striped parent's lists, allocated the first time its lock is found
+ * taken by another thread when a child is made, and kept until the
+ * parent is freed. Its u1 then points here for good (children list and
+ * cause alike). */
+typedef struct uvctx__stripes_s {
+  struct {
+    /* [the stripe's lock] Children made by threads of this stripe (the
+     * parent's own children list, in the parent's stripe), how many of
+     * them hold the stripe's reference, and whether it holds one. */
+    uvctx__link_t* head;
+    uint32_t nref;
+    uint32_t holding;
+  } __attribute__((aligned(64))) s[UVCTX__DOMAINS];
+  intptr_t cause; /* once done: written before err is published */
+  struct uvctx__stripes_s* pending; /* owned by the cancel that walks it */
+  uvctx_t* owner;
+  void* block; /* what to free */
+} uvctx__stripes_t;
 
 /* A cause message shared by every context a cancel reached. */
 typedef struct uvctx__msg_s {
@@ -114,8 +171,11 @@ struct uvctx_s {
   atomic_uchar err; /* UVCTX__LIVE until done; published last (release) */
   uint8_t kind;
   atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
-  uint8_t shift;      /* bytes from the allocated block to the context */
-  uvctx_t* parent;    /* parents[0] for a merge; NULL for background */
+  /* Set at creation, never changed: bits 0-2, the bytes from the
+   * allocated block to the context, in 8s; bits 3-5, the context's stripe
+   * of its home (UVCTX__DOM); bit 6, UVCTX__SREF. */
+  uint8_t lay;
+  uvctx_t* parent; /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
   /* [lock] Where this context is listed: in the children list of the
    * nearest cancellable ancestor while both are live, else in its home's
@@ -171,8 +231,30 @@ typedef struct uvctx__any_s {
 
 typedef struct uvctx__cancel_op_s uvctx__cancel_op_t;
 
+/* A stripe of a binding: its lock (stripe 0's is the loop lock), its
+ * orphan list and counts. The counts are written under `lock` and read
+ * without it, hence relaxed atomics (plain loads and stores on the
+ * machines uvctx runs on). The binding is allocated with malloc()'s
+ * alignment, so rather than aligned, each stripe is followed by a cache
+ * line's worth of padding: no two stripes share a line. */
+typedef struct uvctx__dom_s {
+  uvctx__lock_t lock;
+  uvctx__link_t* orphans; /* [lock] */
+  atomic_uint_fast64_t n_kind[UVCTX__DETACHED + 1];
+  atomic_uint_fast64_t created;
+  atomic_uint_fast64_t cancels;
+  /* To 256 bytes: a stripe is found with a shift, not a multiply. */
+  char pad[256 - 80];
+} uvctx__dom_t;
+_Static_assert(sizeof(uvctx__dom_t) == 256, "a stripe is 256 bytes");
+
 struct uvctx_loop_s {
-  uvctx__lock_t lock; /* the loop lock: see core/lock.c */
+  /* The stripes; dom[0].lock is the loop lock (core/lock.c), also named
+   * `lock`. First, so that a stripe's lock is found without a branch. */
+  union {
+    uvctx__dom_t dom[UVCTX__DOMAINS];
+    uvctx__lock_t lock;
+  };
   uv_loop_t* uv;
   uvctx_t background;
   /* The mailbox (core/mailbox.c): an unreferenced uv_async_t for posts
@@ -206,7 +288,6 @@ struct uvctx_loop_s {
   uvctx_loop_t* next_loop;
   uvctx_loop_t** pprev_loop;
   /* [lock] everything below */
-  uvctx__link_t* orphans;
   /* Contexts of other loops (or merges) that deadlines expiring here took
    * to cancel once the lock is released, each with a reference. */
   uvctx__link_t* deferred;
@@ -224,9 +305,6 @@ struct uvctx_loop_s {
   uint64_t timer_top;
   int timer_dirty; /* the loop thread must re-sync the timer */
   int timer_refd;
-  uint64_t n_kind[UVCTX__DETACHED + 1]; /* live contexts by kind */
-  uint64_t created;
-  uint64_t cancels;
   uint64_t remote_wakeups;
   uint64_t callbacks;
   uint64_t deadlines_fired;
@@ -238,6 +316,14 @@ struct uvctx_loop_s {
   uint64_t n_foreign;
   uint64_t n_watches;  /* watches homed here that have not fired */
   uint64_t dl_watches; /* of those, watching a context with a deadline */
+  /* Striped parents that deadlines expiring here cancelled, each with a
+   * reference, whose other stripes are walked once the lock is released;
+   * and how many deadline contexts of other stripes expired, each with a
+   * reference, to cancel then: they wait at the top of the heap array,
+   * in the slots their removal freed (heap[heap_cap - 1 - i]), so that
+   * the expiry never allocates. */
+  uvctx__stripes_t* pending;
+  uint32_t n_stray;
 };
 
 /* One cancel operation, as seen by the watches it makes due: its id links
@@ -266,17 +352,46 @@ enum {
 void uvctx__registry_lock(void);
 void uvctx__registry_unlock(void);
 uvctx_loop_t* uvctx__registry_locked(void);
-/* [lock] Contexts homed on `l` still referenced: the sum of n_kind. */
+/* [lock] Contexts homed on `l` still referenced: the sum of n_kind over
+ * the stripes (those of stripes 1.. read without their locks). */
+uint64_t uvctx__kind_count(const uvctx_loop_t* l, int kind);
 uint64_t uvctx__live_locked(const uvctx_loop_t* l);
-/* [lock] A context of kind `kind` homed on `l` comes (d = 1) or goes
- * (d = -1). Creation is counted apart, by uvctx__count_created_locked().
- * Inline: every create and free counts. */
-static inline void uvctx__count_live_locked(uvctx_loop_t* l, int kind, int d) {
-  l->n_kind[kind] += (uint64_t)(int64_t)d;
+
+/* A relaxed add by the only writer (the holder of the stripe's lock). */
+static inline void uvctx__dom_add(atomic_uint_fast64_t* v, int64_t d) {
+  atomic_store_explicit(
+      v, atomic_load_explicit(v, memory_order_relaxed) + (uint64_t)d,
+      memory_order_relaxed);
 }
 
-static inline void uvctx__count_created_locked(uvctx_loop_t* l) {
-  l->created++;
+/* The lock of c's stripe of its home: what guards c as the loop lock
+ * guards contexts of stripe 0. */
+static inline uvctx__lock_t* uvctx__lock_of(const uvctx_t* c) {
+  return &c->home->dom[UVCTX__DOM(c)].lock;
+}
+
+/* [c's stripe's lock] A context comes (d = 1) or goes (d = -1): counted
+ * by kind in its stripe. Creation is counted apart. Inline: every create
+ * and free counts. */
+static inline void uvctx__count_ctx_locked(const uvctx_t* c, int d) {
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].n_kind[c->kind], d);
+}
+
+static inline void uvctx__count_ctx_created_locked(const uvctx_t* c) {
+  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].created, 1);
+}
+
+/* [c's stripe's lock] The loop lock, taken after a stripe's lock (never
+ * before one) to reach what only it guards: the dispatch queue, the
+ * heap, the watch counts. Nothing when c is of stripe 0. */
+static inline void uvctx__main_enter(const uvctx_t* c) {
+  if (UVCTX__DOM(c) != 0)
+    uvctx__lock_acquire(&c->home->lock);
+}
+
+static inline void uvctx__main_leave(const uvctx_t* c) {
+  if (UVCTX__DOM(c) != 0)
+    uvctx__lock_release(&c->home->lock);
 }
 int uvctx__on_loop_thread(const uvctx_loop_t* l);
 
@@ -339,6 +454,40 @@ static inline uvctx_t* uvctx__state_of(const uvctx_t* c) {
   return (uvctx_t*)c;
 }
 
+/* c's cause once done (c->u1 is a striped parent's lists for good). */
+static inline intptr_t uvctx__cause_of(const uvctx_t* c) {
+  if (atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed) &
+      UVCTX__REF_STRIPED)
+    return ((const uvctx__stripes_t*)c->u1.children)->cause;
+  return c->u1.cause;
+}
+
+/* [c's stripe's lock] The head of the children list that lock guards. */
+static inline uvctx__link_t** uvctx__own_list(uvctx_t* c) {
+  if (atomic_load_explicit(&c->refs, memory_order_relaxed) & UVCTX__REF_STRIPED)
+    return &((uvctx__stripes_t*)c->u1.children)->s[UVCTX__DOM(c)].head;
+  return &c->u1.children;
+}
+
+/* The references counted in c (for reports). */
+static inline unsigned uvctx__refs_of(const uvctx_t* c) {
+  return atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed) &
+         UVCTX__REF_LOW;
+}
+
+/* A striped parent's lists, or NULL. */
+static inline uvctx__stripes_t* uvctx__stripes_of(const uvctx_t* c) {
+  if (atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_acquire) &
+      UVCTX__REF_STRIPED)
+    return (uvctx__stripes_t*)c->u1.children;
+  return NULL;
+}
+
+/* Test hook: makes c's children striped as if another thread had met its
+ * lock (0), or says why not (UV_EINVAL: not a live with_cancel context;
+ * UV_ENOMEM). */
+int uvctx__stripe_now(uvctx_t* c);
+
 /* The libuv code for a stored error byte (0 while live). */
 static inline int uvctx__err_code(int stored) {
   switch (stored) {
@@ -362,9 +511,11 @@ uvctx__attach_t uvctx__register_child_locked(uvctx__link_t* l, uvctx_t* parent);
 /* Links a new single-parent child into the tree, born done if its parent
  * is, and counts it; takes the locks it needs. */
 void uvctx__attach(uvctx_t* c, uvctx_t* parent);
-/* [c's home lock] Puts `c` on its home's orphan list. */
+/* [c's stripe's lock] Puts `c` on its stripe's orphan list. */
 void uvctx__orphan_locked(uvctx_t* c);
 void uvctx__unlink(uvctx__link_t* link);
+/* A reference unless the count already reached zero (a free has begun). */
+int uvctx__try_ref(uvctx_t* c);
 uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
                           uvctx_loop_t* home, void* site);
 /* [c's home lock] A new child of a done context copies its error and

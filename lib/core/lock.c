@@ -1,51 +1,88 @@
-/* lock.c owns the core's locks and the rules for taking them: the lock
- * word every loop binding carries, the registry lock, the trace lock, and
- * the barrier that a cancel racing another cancel across loops waits at.
+/* lock.c owns the core's locks and the rules for taking them: the stripe
+ * locks every loop binding carries, the registry lock, the trace lock, and
+ * the barrier that a cancel racing another cancel across locks waits at.
  *
  * What each lock guards
  *
- *   loop lock (uvctx_loop_t.lock), one per binding: everything homed on
- *     that loop. For each cancellable context homed there: its passage
- *     from live to done (err is written under it and read without it), its
- *     children list (the list head and every link on it, whatever loop the
- *     child is homed on) and its watch list. The loop's orphan list and the
- *     `where` of every link on it; its dispatch queue, deadline heap and
- *     timer state; its counts and stats.
+ *   stripe lock: a binding has UVCTX__DOMAINS of them. Stripe 0 is the
+ *     loop lock (uvctx_loop_t.lock); stripes 1.. are in uvctx_loop_t.dom,
+ *     each with its own orphan list and counts. Every context belongs to
+ *     one stripe of its home (uvctx_s.lay), and that stripe's lock guards,
+ *     for a cancellable context: its passage from live to done (err is
+ *     written under it and read without it), its children list (the
+ *     list head and every link on it, whatever lock guards the child) and
+ *     its watch list; for every context, the `where` of its link while on
+ *     its stripe's orphan list, and its place in the stripe's counts. A
+ *     context inherits its parent's stripe; only a with_cancel child of a
+ *     striped parent (below) takes its creating thread's.
+ *   loop lock, besides stripe 0: the binding's dispatch queue, deadline
+ *     heap and timer state, watch counts and stats, n_foreign, and the
+ *     lists of what a timer pass left for after it (deferred, pending,
+ *     stray).
+ *   a striped parent's stripe lists (uvctx__stripes_t): list d, its count
+ *     of children holding the stripe's reference and whether the stripe
+ *     holds one, under the lock of stripe d of the parent's home. The
+ *     parent's own list is its own stripe's.
  *   registry lock: the list of loop bindings (core/loop.c). The leak
  *     report holds it while it visits loops, so that none is freed under it.
  *   trace lock (uvctx__lock()): the trace rings and their list
  *     (core/trace_hooks.c, obs/trace.c). Nothing else.
  *
- * Order: registry, then one loop lock, then the trace lock. No thread ever
- * holds two loop locks: an operation that spans loops (a child homed on
- * another loop than its parent, a merge, a cancel that reaches such a
- * child) takes them one after the other, and what it carries from one to
- * the next is held by a reference, never by a lock. No lock is held while
- * user code runs (callbacks, value destructors) or while memory is
+ * Order: registry, then one stripe lock, then (if that was not stripe 0)
+ * its binding's loop lock, then the trace lock. No thread ever holds two
+ * stripe locks, and none takes a stripe lock while it holds a loop lock:
+ * a timer pass (which holds the loop lock) hands deadlines of other
+ * stripes on (uvctx_loop_s.n_stray) and cancels them once it has let it
+ * go. An operation that spans locks (a child guarded by another lock than
+ * its parent's list: homed on another loop, or of another stripe; a
+ * merge; a cancel that reaches such a child; a striped parent's other
+ * stripes) takes them one after the other, and what it carries from one
+ * to the next is held by a reference, never by a lock. No lock is held
+ * while user code runs (callbacks, value destructors) or while memory is
  * allocated for another loop's benefit.
  *
  * Where a link is (uvctx_s.where) says which lock guards it: on its
- * parent's children list (the parent's loop lock), on its home's orphan
- * list (its home's loop lock), taken by a cancel (owned by that cancel,
- * which holds a reference and will put it on the orphan list), or nowhere.
- * A cancel takes a child off a list only under that list's lock, and the
- * one who takes it owns it: so a concurrent cancel of a parent and free of
- * its child meet under the parent's lock, where the child is either still
- * listed (the free unlinks it; the cancel no longer sees it), or already
- * taken (with a reference, if it was live: the free cannot have started;
+ * parent's children list (the lock of that list: its parent's stripe, or
+ * for a striped child its own), on its stripe's orphan list (its own), taken
+ * by a cancel (owned by that cancel, which holds a reference and will put
+ * it on the orphan list), or nowhere. A cancel takes a child off a list
+ * only under that list's lock, and the one who takes it owns it: so a
+ * concurrent cancel of a parent and free of its child meet under the lock
+ * of the list the child is on, where the child is either still listed
+ * (the free unlinks it; the cancel no longer sees it), or already taken
+ * (with a reference, if it was live: the free cannot have started;
  * without, if its count had reached zero: the cancel leaves it to the
- * free). A cancel that reaches a child homed on another loop, or a merge,
- * takes a reference under the parent's lock, lets the lock go, and cancels
- * it under its own home's lock afterwards: nobody waits for a lock while
- * holding one, so nothing can deadlock, and the child's done state is
- * published under the same lock its watches are listed under, so that no
- * watch can be added after the walk went past it (no lost wake-up).
+ * free). A cancel that reaches a child guarded by another lock, or a
+ * merge, takes a reference under the list's lock, lets the lock go, and
+ * cancels it under its own lock afterwards: nobody waits for a stripe
+ * lock while holding one, so nothing can deadlock, and a context's done
+ * state is published under the same lock its watches and children are
+ * listed under, so that none can be added after the walk went past it
+ * (no lost wake-up).
+ *
+ * A striped parent. A with_cancel context whose lock is found held by
+ * another thread when a child of it is made (that is, children come from
+ * several threads) gets a list per stripe, each on a cache line of its
+ * own, allocated then with no lock held and kept until it is freed. A
+ * with_cancel child made from then on by a thread of stripe d goes on list
+ * d and belongs to stripe d: creating it, cancelling it and freeing it
+ * take that one lock and write no line another stripe writes. The parent
+ * is held per stripe: the stripe's first counted child adds one
+ * UVCTX__REF_UNIT to the parent's count, which the stripe keeps (even with
+ * no child) until the parent's own references are all gone; then the last
+ * of them, or the stripe's last child, gives it back under the stripe's
+ * lock, whichever comes second. A cancel of the parent publishes its done
+ * state under the parent's own lock, then walks each other stripe's list
+ * under that stripe's lock, one at a time: a child made under a stripe
+ * lock taken after the walk went past it finds the parent done and is
+ * born done; one made before is on the list the walk takes. So no child
+ * is lost and the first cancel still wins.
  *
  * The lock itself is a test-and-test-and-set word whose release is a plain
  * store: the single-thread paths pay one atomic exchange per critical
- * section, as before. A waiter spins briefly, then yields, then sleeps with
- * a growing pause, so that on an oversubscribed machine it stops taking
- * the CPU its preempted holder needs. */
+ * section. A waiter spins briefly, then yields, then sleeps with a growing
+ * pause, so that on an oversubscribed machine it stops taking the CPU its
+ * preempted holder needs. */
 #include <sched.h>
 #include <time.h>
 

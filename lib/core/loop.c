@@ -202,11 +202,20 @@ int uvctx_loop_counts(const uvctx_loop_t* l, uvctx_loop_counts_t* out) {
   return 0;
 }
 
+uint64_t uvctx__kind_count(const uvctx_loop_t* l, int kind) {
+  uint64_t n = 0;
+  int d;
+  for (d = 0; d < UVCTX__DOMAINS; d++)
+    n += atomic_load_explicit(&((uvctx_loop_t*)l)->dom[d].n_kind[kind],
+                              memory_order_relaxed);
+  return n;
+}
+
 uint64_t uvctx__live_locked(const uvctx_loop_t* l) {
   uint64_t n = 0;
   int k;
   for (k = UVCTX__CANCEL; k <= UVCTX__DETACHED; k++)
-    n += l->n_kind[k];
+    n += uvctx__kind_count(l, k);
   return n;
 }
 

@@ -6,6 +6,7 @@
 #include "core/internal.h"
 
 int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
+  int d;
   if (l == NULL)
     return UVCTX__EINVAL("loop is NULL");
   if (out == NULL)
@@ -13,15 +14,20 @@ int uvctx_loop_stats(const uvctx_loop_t* l, uvctx_loop_stats_t* out) {
   memset(out, 0, sizeof(*out));
   uvctx__lock_acquire(&((uvctx_loop_t*)l)->lock);
   out->contexts = uvctx__live_locked(l);
-  out->contexts_cancel = l->n_kind[UVCTX__CANCEL];
-  out->contexts_deadline = l->n_kind[UVCTX__DEADLINE];
-  out->contexts_any = l->n_kind[UVCTX__ANY];
-  out->contexts_value = l->n_kind[UVCTX__VALUE];
-  out->contexts_without_cancel = l->n_kind[UVCTX__DETACHED];
+  out->contexts_cancel = uvctx__kind_count(l, UVCTX__CANCEL);
+  out->contexts_deadline = uvctx__kind_count(l, UVCTX__DEADLINE);
+  out->contexts_any = uvctx__kind_count(l, UVCTX__ANY);
+  out->contexts_value = uvctx__kind_count(l, UVCTX__VALUE);
+  out->contexts_without_cancel = uvctx__kind_count(l, UVCTX__DETACHED);
   out->watches = l->n_watches;
   out->deadlines = l->heap_len;
-  out->created = l->created;
-  out->cancels = l->cancels;
+  for (d = 0; d < UVCTX__DOMAINS; d++) {
+    uvctx_loop_t* m = (uvctx_loop_t*)l;
+    out->created +=
+        atomic_load_explicit(&m->dom[d].created, memory_order_relaxed);
+    out->cancels +=
+        atomic_load_explicit(&m->dom[d].cancels, memory_order_relaxed);
+  }
   out->remote_wakeups = l->remote_wakeups;
   out->callbacks = l->callbacks;
   out->deadlines_fired = l->deadlines_fired;

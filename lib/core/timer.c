@@ -5,6 +5,8 @@
  * core and calls nothing above it: an expired deadline goes to the binding's
  * expire hook (core/deadline.c), a re-sync from another thread through the
  * mailbox. */
+#include <string.h>
+
 #include "core/internal.h"
 
 static void timer_cb(uv_timer_t* t);
@@ -49,7 +51,7 @@ static void heap_down(uvctx_loop_t* l, uint32_t i) {
 }
 
 int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
-  if (l->heap_len == l->heap_cap) {
+  if (l->heap_len + l->n_stray == l->heap_cap) {
     uint32_t cap = l->heap_cap ? l->heap_cap * 2 : 16;
     uvctx__deadline_t** h;
     if (cap < l->heap_cap)
@@ -57,6 +59,10 @@ int uvctx__heap_insert_locked(uvctx_loop_t* l, uvctx__deadline_t* d) {
     h = uvctx__realloc(l->heap, cap * sizeof(*h));
     if (h == NULL)
       return UV_ENOMEM;
+    /* The strays waiting at the top (see uvctx_loop_s) move to the new
+     * top. */
+    memmove(h + cap - l->n_stray, h + l->heap_cap - l->n_stray,
+            l->n_stray * sizeof(*h));
     l->heap = h;
     l->heap_cap = cap;
   }

@@ -7,11 +7,11 @@
 
 static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   uvctx_ref(parent);
-  uvctx__lock_acquire(&c->home->lock);
+  uvctx__lock_acquire(uvctx__lock_of(c));
   uvctx__orphan_locked(c);
-  uvctx__count_live_locked(c->home, c->kind, 1);
-  uvctx__count_created_locked(c->home);
-  uvctx__lock_release(&c->home->lock);
+  uvctx__count_ctx_locked(c, 1);
+  uvctx__count_ctx_created_locked(c);
+  uvctx__lock_release(uvctx__lock_of(c));
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;

@@ -32,6 +32,7 @@ void uvctx__watches_fire_locked(uvctx_t* c, int err, uvctx__cancel_op_t* op) {
 int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
   uvctx_t* s;
   uvctx_loop_t* l;
+  uvctx__lock_t* k;
   int has_deadline;
 
   if (w == NULL)
@@ -51,7 +52,12 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
   w->err_ = 0;
   w->flags_ = 0;
 
-  uvctx__lock_acquire(&l->lock);
+  /* The watch list is guarded by the stripe lock of the context, the
+   * counts and the queue by the loop lock, taken after it (core/lock.c). */
+  k = uvctx__cancellable_kind(s->kind) ? uvctx__lock_of(s) : &l->lock;
+  uvctx__lock_acquire(k);
+  if (k != &l->lock)
+    uvctx__lock_acquire(&l->lock);
   l->n_watches++;
   if (!uvctx__cancellable_kind(s->kind)) {
     /* Never done: armed on no list, it waits for uvctx_watch_stop(). */
@@ -73,19 +79,32 @@ int uvctx_watch_start(uvctx_watch_t* w, uvctx_t* c, uvctx_watch_cb cb) {
         uvctx__timer_touch_locked(l);
     }
   }
-  uvctx__lock_release(&l->lock);
+  if (k != &l->lock)
+    uvctx__lock_release(&l->lock);
+  uvctx__lock_release(k);
   return 0;
 }
 
 int uvctx_watch_stop(uvctx_watch_t* w) {
   uvctx_t* c = NULL;
   uvctx_loop_t* l;
+  uvctx__lock_t* k = NULL;
   if (w == NULL || UVCTX__W_STATE(w) == UVCTX__W_IDLE)
     return 0;
   /* Pending: home_ was set before the state, and the home cannot close
    * while the watch is pending. */
   l = w->home_;
   uvctx__lock_acquire(&l->lock);
+  if (UVCTX__W_STATE(w) == UVCTX__W_ARMED && w->ctx_ != NULL &&
+      uvctx__lock_of(uvctx__state_of(w->ctx_)) != &l->lock) {
+    /* Listed under another stripe's lock, which comes first: armed, it
+     * cannot be fired and delivered while the loop lock is held, so its
+     * context (and the stripe) are still there when it is let go. */
+    k = uvctx__lock_of(uvctx__state_of(w->ctx_));
+    uvctx__lock_release(&l->lock);
+    uvctx__lock_acquire(k);
+    uvctx__lock_acquire(&l->lock);
+  }
   if (UVCTX__W_STATE(w) == UVCTX__W_ARMED) {
     UVCTX__LIST_REMOVE(w, next_, pprev_);
     dl_uncount_locked(w);
@@ -93,6 +112,8 @@ int uvctx_watch_stop(uvctx_watch_t* w) {
     uvctx__mailbox_unpost_locked(w);
   } else {
     uvctx__lock_release(&l->lock);
+    if (k != NULL)
+      uvctx__lock_release(k);
     return 0;
   }
   UVCTX__W_SET_STATE(w, UVCTX__W_IDLE);
@@ -100,6 +121,8 @@ int uvctx_watch_stop(uvctx_watch_t* w) {
   c = w->ctx_;
   w->ctx_ = NULL;
   uvctx__lock_release(&l->lock);
+  if (k != NULL)
+    uvctx__lock_release(k);
   uvctx_unref(c);
   return 1;
 }

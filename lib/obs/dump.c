@@ -25,7 +25,7 @@ static void describe(const uvctx_t* c, uvctx_ctx_info_t* r) {
   r->id = c;
   r->parent = c->parent;
   r->kind = uvctx__kind_name(c->kind);
-  r->refs = atomic_load_explicit(&((uvctx_t*)c)->refs, memory_order_relaxed);
+  r->refs = uvctx__refs_of(c);
   r->err = st == UVCTX__ERR_CANCELED   ? UV_ECANCELED
            : st == UVCTX__ERR_TIMEDOUT ? UV_ETIMEDOUT
                                        : 0;
@@ -117,10 +117,11 @@ static int first_visit(dump_t* d, const uvctx__link_t* k) {
   return 1;
 }
 
-/* [h's lock] Visits what the stack holds and what hangs below it on lists
- * that lock guards; a live context homed on another loop goes on the
- * frontier, with a reference, for that loop's turn. */
-static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
+/* [lk, a stripe lock] Visits what the stack holds and what hangs below it
+ * on lists that lock guards; a live context guarded by another lock, or
+ * with lists on several stripes, goes on the frontier, with a reference,
+ * for that lock's turn. */
+static void visit_locked(dump_t* d, const uvctx__lock_t* lk) {
   while (d->stack.len > 0 && !d->oom) {
     const uvctx__link_t* k = d->stack.v[--d->stack.len];
     uvctx_t* c = k->owner;
@@ -132,11 +133,12 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
       d->oom = 1;
       break;
     }
-    if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE ||
-        !uvctx__cancellable_kind(c->kind))
+    if (!uvctx__cancellable_kind(c->kind) ||
+        (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE &&
+         uvctx__stripes_of(c) == NULL))
       continue;
-    if (c->home == h) {
-      for (ch = c->u1.children; ch != NULL && !d->oom; ch = ch->next)
+    if (uvctx__lock_of(c) == lk && uvctx__stripes_of(c) == NULL) {
+      for (ch = *uvctx__own_list(c); ch != NULL && !d->oom; ch = ch->next)
         push(d, &d->stack, ch);
       continue;
     }
@@ -148,26 +150,33 @@ static void visit_locked(dump_t* d, const uvctx_loop_t* h) {
       break;
     }
     n = atomic_load_explicit(&c->refs, memory_order_relaxed);
-    while (n != 0 && !atomic_compare_exchange_weak_explicit(
-                         &c->refs, &n, n + 1, memory_order_relaxed,
-                         memory_order_relaxed)) {
+    while ((n & ~UVCTX__REF_STRIPED) != 0 &&
+           !atomic_compare_exchange_weak_explicit(&c->refs, &n, n + 1,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed)) {
     }
-    if (n != 0)
+    if ((n & ~UVCTX__REF_STRIPED) != 0)
       d->frontier.v[d->frontier.len++] = c;
   }
 }
 
-/* Takes h's lock for the walk, and gives it back, keeping the time it was
- * held when the caller asked for it. */
-static uint64_t hold(const dump_t* d, const uvctx_loop_t* h) {
-  uvctx__lock_acquire(&((uvctx_loop_t*)h)->lock);
+/* The lock of stripe `x` of h. */
+static uvctx__lock_t* stripe_lock(const uvctx_loop_t* h, int x) {
+  uvctx_loop_t* m = (uvctx_loop_t*)h;
+  return x == 0 ? &m->lock : &m->dom[x].lock;
+}
+
+/* Takes the lock of h's stripe x for the walk, and gives it back, keeping
+ * the time it was held when the caller asked for it. */
+static uint64_t hold(const dump_t* d, const uvctx_loop_t* h, int x) {
+  uvctx__lock_acquire(stripe_lock(h, x));
   return d->holds != NULL ? uv_hrtime() : 0;
 }
 
-static void unhold(const dump_t* d, const uvctx_loop_t* h, uint64_t t0) {
+static void unhold(const dump_t* d, const uvctx_loop_t* h, int x, uint64_t t0) {
   size_t i;
   uint64_t ns = d->holds != NULL ? uv_hrtime() - t0 : 0;
-  uvctx__lock_release(&((uvctx_loop_t*)h)->lock);
+  uvctx__lock_release(stripe_lock(h, x));
   for (i = 0; d->holds != NULL && i < d->nloops; i++)
     if (d->loops[i] == h && ns > d->holds[i])
       d->holds[i] = ns;
@@ -193,25 +202,40 @@ static int walk(dump_t* dp) {
   uvctx__registry_lock();
   for (it = uvctx__registry_locked(); it != NULL && !d.oom;
        it = it->next_loop) {
-    const uvctx__link_t* o;
-    t0 = hold(&d, it);
-    for (o = it->orphans; o != NULL && !d.oom; o = o->next) {
-      push(&d, &d.stack, o);
-      visit_locked(&d, it);
+    int x;
+    for (x = 0; x < UVCTX__DOMAINS && !d.oom; x++) {
+      const uvctx__link_t* o;
+      t0 = hold(&d, it, x);
+      for (o = it->dom[x].orphans; o != NULL && !d.oom; o = o->next) {
+        push(&d, &d.stack, o);
+        visit_locked(&d, stripe_lock(it, x));
+      }
+      unhold(&d, it, x, t0);
     }
-    unhold(&d, it, t0);
   }
   /* Contexts homed on one loop under a parent of another: their children,
    * under their own loop's lock. The frontier grows as it is worked. */
   for (i = 0; i < d.frontier.len && !d.oom; i++) {
     uvctx_t* c = (uvctx_t*)d.frontier.v[i];
-    const uvctx__link_t* ch;
-    t0 = hold(&d, c->home);
-    if (atomic_load_explicit(&c->err, memory_order_relaxed) == UVCTX__LIVE)
-      for (ch = c->u1.children; ch != NULL && !d.oom; ch = ch->next)
-        push(&d, &d.stack, ch);
-    visit_locked(&d, c->home);
-    unhold(&d, c->home, t0);
+    uvctx__stripes_t* b = uvctx__stripes_of(c);
+    int x;
+    /* Its own list under its own stripe's lock; a striped parent's other
+     * lists under theirs, in turn. */
+    for (x = 0; x < UVCTX__DOMAINS && !d.oom; x++) {
+      const uvctx__link_t* ch;
+      if (x != UVCTX__DOM(c) && (b == NULL || x == 0))
+        continue;
+      t0 = hold(&d, c->home, x);
+      /* A striped parent's lists stay its lists once it is done (they are
+       * emptied under their locks); another's u1 is then its cause. */
+      if (b != NULL ||
+          atomic_load_explicit(&c->err, memory_order_relaxed) == UVCTX__LIVE)
+        for (ch = x == UVCTX__DOM(c) ? *uvctx__own_list(c) : b->s[x].head;
+             ch != NULL && !d.oom; ch = ch->next)
+          push(&d, &d.stack, ch);
+      visit_locked(&d, stripe_lock(c->home, x));
+      unhold(&d, c->home, x, t0);
+    }
   }
   uvctx__registry_unlock();
   /* No lock is held: dropping the last reference frees as usual. */

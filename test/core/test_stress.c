@@ -6,6 +6,7 @@
  * running while it walks. Randomized: the seed is printed and taken from
  * UVCTX_TEST_SEED. Under TSan these are the proof that the per-loop locks
  * leave no race. */
+#include "core/internal.h"
 #include "helpers.h"
 
 static const uvctx_key_t key_s = {.name = "stress"};
@@ -248,6 +249,202 @@ START_TEST(branches_churn_while_roots_and_subtrees_cancelled) {
 }
 END_TEST
 
+/* ---- churn under one shared parent while it is cancelled and replaced ---- */
+
+enum { SHARED_WORKERS = 4, HELD = 8 };
+
+typedef struct shared_s {
+  uv_mutex_t mu; /* guards parent and gen */
+  uvctx_t* parent;
+  unsigned gen;
+  atomic_int stop;
+  atomic_int bad;
+  atomic_long ops;
+  atomic_long born_done;
+  atomic_long striped;
+  uint64_t seed;
+} shared_t;
+
+typedef struct shared_worker_s {
+  shared_t* sh;
+  int id;
+  uv_thread_t thread;
+} shared_worker_t;
+
+static void shared_fail(shared_t* sh, const char* what) {
+  fprintf(stderr, "shared: %s\n", what);
+  atomic_fetch_add(&sh->bad, 1);
+}
+
+/* A child of the shared parent made by this thread, with what hangs below
+ * it: a value, a deadline far off and a grandchild. */
+typedef struct held_s {
+  uvctx_t* c[4];
+  int n;
+} held_t;
+
+static void held_release(held_t* h, uint64_t* rng) {
+  int i;
+  /* Freed in a random order: the child may go before what hangs below. */
+  for (i = h->n - 1; i > 0; i--) {
+    int j = (int)uvt_rand_below(rng, (uint64_t)i + 1);
+    uvctx_t* t = h->c[i];
+    h->c[i] = h->c[j];
+    h->c[j] = t;
+  }
+  for (i = 0; i < h->n; i++)
+    uvctx_release(h->c[i]);
+  h->n = 0;
+}
+
+static void shared_worker_main(void* arg) {
+  shared_worker_t* wk = arg;
+  shared_t* sh = wk->sh;
+  uint64_t rng = sh->seed + (uint64_t)wk->id + 1;
+  held_t held[HELD];
+  int i;
+  memset(held, 0, sizeof(held));
+  while (!atomic_load(&sh->stop)) {
+    held_t* h = &held[uvt_rand_below(&rng, HELD)];
+    uvctx_t* p;
+    int was_done;
+    held_release(h, &rng);
+    uv_mutex_lock(&sh->mu);
+    p = uvctx_ref(sh->parent);
+    uv_mutex_unlock(&sh->mu);
+    was_done = uvctx_err(p) != 0;
+    /* The common shape: child, cancel, free, over and over. */
+    if (uvctx_with_cancel(p, &h->c[0]) != 0) {
+      shared_fail(sh, "with_cancel failed");
+      uvctx_unref(p);
+      break;
+    }
+    h->n = 1;
+    if (was_done && uvctx_err(h->c[0]) == 0)
+      shared_fail(sh, "child of a done parent born live");
+    if (uvctx_err(h->c[0]) != 0)
+      atomic_fetch_add(&sh->born_done, 1);
+    switch (uvt_rand_below(&rng, 4)) {
+      case 0:
+        uvctx_cancel(h->c[0]);
+        if (uvctx_err(h->c[0]) == 0)
+          shared_fail(sh, "cancelled child reports live");
+        held_release(h, &rng);
+        break;
+      case 1:
+        /* A subtree of the child, cancelled from the child. */
+        if (uvctx_with_value(h->c[0], &key_s, wk, &h->c[1]) != 0 ||
+            uvctx_with_timeout(h->c[1], 1000000, &h->c[2]) != 0 ||
+            uvctx_with_cancel(h->c[2], &h->c[3]) != 0) {
+          shared_fail(sh, "subtree failed");
+          break;
+        }
+        h->n = 4;
+        if (uvctx_value(h->c[3], &key_s) != wk)
+          shared_fail(sh, "value lost");
+        if (uvt_rand_below(&rng, 2) == 0) {
+          int live = uvctx_err(h->c[0]) == 0;
+          uvctx_cancel(h->c[0]);
+          if (live && (uvctx_err(h->c[2]) == 0 || uvctx_err(h->c[3]) == 0))
+            shared_fail(sh, "descendant live after the child's cancel");
+        }
+        break;
+      default:
+        break; /* kept for the parent's cancel to reach, freed later */
+    }
+    uvctx_unref(p);
+    atomic_fetch_add(&sh->ops, 1);
+  }
+  for (i = 0; i < HELD; i++)
+    held_release(&held[i], &rng);
+}
+
+/* Replaces the shared parent now and then (striped at once half the
+ * time, else when the workers meet on its lock), cancels the old one and
+ * checks that every child it had is done once the cancel returns. */
+static void shared_chaos_main(void* arg) {
+  shared_t* sh = arg;
+  uint64_t rng = sh->seed;
+  while (!atomic_load(&sh->stop)) {
+    uvctx_t *old, *fresh, *probe[16];
+    int i, early, n = 0;
+    uv_sleep((unsigned)uvt_rand_below(&rng, 3));
+    if (uvctx_with_cancel(uvt_bg, &fresh) != 0) {
+      shared_fail(sh, "parent failed");
+      break;
+    }
+    if (uvt_rand_below(&rng, 2) == 0 && uvctx__stripe_now(fresh) != 0)
+      shared_fail(sh, "stripe failed");
+    uv_mutex_lock(&sh->mu);
+    old = sh->parent;
+    sh->gen++;
+    sh->parent = fresh;
+    uv_mutex_unlock(&sh->mu);
+    /* Children of its own on the old parent, made from this thread. */
+    for (i = 0; i < 16; i++)
+      if (uvctx_with_cancel(old, &probe[n]) == 0)
+        n++;
+    if (uvctx__stripes_of(old) != NULL)
+      atomic_fetch_add(&sh->striped, 1);
+    uvctx_cancel_cause(old, UV_ESHUTDOWN, "parent replaced");
+    for (i = 0; i < n; i++) {
+      const char* msg = NULL;
+      if (uvctx_cause(probe[i], &msg) != UV_ESHUTDOWN || msg == NULL ||
+          strcmp(msg, "parent replaced") != 0)
+        shared_fail(sh, "child's cause is not its parent's");
+    }
+    if (uvctx_err(old) == 0)
+      shared_fail(sh, "parent live after its cancel");
+    /* The parent's reference goes before or after its children's. */
+    early = (int)uvt_rand_below(&rng, 2);
+    if (early)
+      uvctx_unref(old);
+    for (i = 0; i < n; i++)
+      uvctx_unref(probe[i]);
+    if (!early)
+      uvctx_unref(old);
+  }
+}
+
+START_TEST(shared_parent_churn_while_cancelled_and_replaced) {
+  shared_t* sh = calloc(1, sizeof(*sh));
+  shared_worker_t wk[SHARED_WORKERS];
+  uv_thread_t chaos;
+  uint64_t ms = UVT_SCALE(2000, 1500);
+  int i;
+
+  ck_assert_ptr_nonnull(sh);
+  sh->seed = uvt_seed("shared_parent_churn_while_cancelled_and_replaced");
+  ck_assert_int_eq(uv_mutex_init(&sh->mu), 0);
+  /* Homed on the fixture's loop, which nobody runs meanwhile: every
+   * child is homed there too and made by one of five threads. */
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &sh->parent), 0);
+  for (i = 0; i < SHARED_WORKERS; i++) {
+    wk[i].sh = sh;
+    wk[i].id = i;
+    ck_assert_int_eq(
+        uv_thread_create(&wk[i].thread, shared_worker_main, &wk[i]), 0);
+  }
+  ck_assert_int_eq(uv_thread_create(&chaos, shared_chaos_main, sh), 0);
+  uv_sleep((unsigned)ms);
+  atomic_store(&sh->stop, 1);
+  for (i = 0; i < SHARED_WORKERS; i++)
+    ck_assert_int_eq(uv_thread_join(&wk[i].thread), 0);
+  ck_assert_int_eq(uv_thread_join(&chaos), 0);
+  fprintf(stderr,
+          "shared: %ld children in %" PRIu64
+          " ms, %u parents (%ld striped), %ld born done\n",
+          atomic_load(&sh->ops), ms, sh->gen + 1, atomic_load(&sh->striped),
+          atomic_load(&sh->born_done));
+  ck_assert_int_eq(atomic_load(&sh->bad), 0);
+  ck_assert_int_gt(atomic_load(&sh->ops), 0);
+  ck_assert_int_gt(atomic_load(&sh->striped), 0);
+  uvctx_release(sh->parent);
+  uv_mutex_destroy(&sh->mu);
+  free(sh);
+}
+END_TEST
+
 /* ---- a big walk on one loop, another loop's operations ------------------- */
 
 enum { INNER = 316, LEAVES = 316 }; /* about 100,000 contexts */
@@ -379,6 +576,7 @@ static Suite* stress_suite(void) {
   tcase_add_checked_fixture(tc, uvt_setup, uvt_teardown);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, branches_churn_while_roots_and_subtrees_cancelled);
+  tcase_add_test(tc, shared_parent_churn_while_cancelled_and_replaced);
   tcase_add_test(tc, big_walk_leaves_other_loops_running);
   suite_add_tcase(s, tc);
   return s;

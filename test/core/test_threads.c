@@ -5,6 +5,7 @@
  * the loop at once, cancels racing creation and frees, and 100,000
  * cross-thread cancels none of which is lost. Counts scale down in
  * sanitizer builds; randomized tests print their seed (UVCTX_TEST_SEED). */
+#include "core/internal.h" /* to stripe a parent and see its stripes */
 #include "helpers.h"
 
 static const uvctx_key_t key_a = {.name = "a"};
@@ -701,6 +702,139 @@ START_TEST(cross_thread_cancels_none_lost) {
 }
 END_TEST
 
+/* ---- a striped parent: children of two threads on two stripes ------------ */
+
+typedef struct striped_s {
+  uvctx_t* p;
+  uvctx_t* c; /* the other thread's child of p */
+  uvctx_t* v; /* a value under it */
+  uvctx_t* d; /* a 1 ms deadline under that */
+  int bad;
+} striped_t;
+
+static void striped_other_thread(void* arg) {
+  striped_t* st = arg;
+  if (uvctx_with_cancel(st->p, &st->c) != 0 ||
+      uvctx_with_value(st->c, &key_a, st, &st->v) != 0 ||
+      uvctx_with_timeout(st->v, 1, &st->d) != 0)
+    st->bad = 1;
+}
+
+/* Lines of a leak report that name a context. */
+static int dumped_contexts(uvctx_loop_t* l) {
+  char* text = NULL;
+  size_t len = 0;
+  FILE* f = open_memstream(&text, &len);
+  int n = 0;
+  const char* s;
+  ck_assert_ptr_nonnull(f);
+  uvctx_loop_dump(l, f);
+  ck_assert_int_eq(fclose(f), 0);
+  for (s = text; (s = strstr(s, "  ctx ")) != NULL; s++)
+    n++;
+  free(text);
+  return n;
+}
+
+START_TEST(striped_parent_children_of_two_threads) {
+  striped_t st = {0};
+  uv_thread_t th;
+  uvctx_t *before, *c, *d, *late;
+  probe_t pd = {0}, po = {0};
+  const char* msg = NULL;
+
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &st.p), 0);
+  ck_assert_int_eq(uvctx_with_cancel(st.p, &before), 0);
+  ck_assert_int_eq(uvctx__stripe_now(st.p), 0);
+  ck_assert_ptr_nonnull(uvctx__stripes_of(st.p));
+  /* Made by two threads: each on a stripe of its own, neither the
+   * parent's; the first, made before, stays on the parent's list. */
+  ck_assert_int_eq(uv_thread_create(&th, striped_other_thread, &st), 0);
+  ck_assert_int_eq(uv_thread_join(&th), 0);
+  ck_assert_int_eq(st.bad, 0);
+  ck_assert_int_eq(uvctx_with_cancel(st.p, &c), 0);
+  ck_assert_int_eq(uvctx_with_timeout(c, 1, &d), 0);
+  ck_assert_int_eq(UVCTX__DOM(before), 0);
+  ck_assert_int_ne(UVCTX__DOM(c), 0);
+  ck_assert_int_ne(UVCTX__DOM(st.c), 0);
+  ck_assert_int_ne(UVCTX__DOM(c), UVCTX__DOM(st.c));
+  ck_assert_int_eq(UVCTX__DOM(st.d), UVCTX__DOM(st.c));
+  ck_assert_ptr_eq(uvctx_value(st.d, &key_a), &st);
+  ck_assert_uint_eq(counts_of(uvt_l).contexts, 7);
+  ck_assert_int_eq(dumped_contexts(uvt_l), 7);
+
+  /* Deadlines of the stripes expire from the loop's timer. */
+  ck_assert_int_eq(uvctx_watch_start(&pd.w, d, probe_cb), 0);
+  ck_assert_int_eq(uvctx_watch_start(&po.w, st.d, probe_cb), 0);
+  UVT_RUN_UNTIL(atomic_load(&probes_fired) == 2);
+  ck_assert_int_eq(atomic_load(&pd.err), UV_ETIMEDOUT);
+  ck_assert_int_eq(atomic_load(&po.err), UV_ETIMEDOUT);
+  ck_assert_int_eq(uvctx_err(c), 0);
+  ck_assert_int_eq(uvctx_err(st.c), 0);
+  ck_assert_int_eq(uvctx_err(st.p), 0);
+
+  /* The parent's cancel reaches every stripe, with its cause; a child
+   * made afterwards is born done with it. */
+  ck_assert_int_eq(uvctx_cancel_cause(st.p, UV_ECONNRESET, "gone"), 0);
+  ck_assert_int_eq(uvctx_cause(before, &msg), UV_ECONNRESET);
+  ck_assert_str_eq(msg, "gone");
+  ck_assert_int_eq(uvctx_cause(c, &msg), UV_ECONNRESET);
+  ck_assert_str_eq(msg, "gone");
+  ck_assert_int_eq(uvctx_cause(st.c, &msg), UV_ECONNRESET);
+  ck_assert_str_eq(msg, "gone");
+  ck_assert_int_eq(uvctx_err(st.v), UV_ECANCELED);
+  ck_assert_int_eq(uvctx_err(st.d), UV_ETIMEDOUT); /* first cancel won */
+  ck_assert_int_eq(uvctx_cause(st.p, &msg), UV_ECONNRESET);
+  ck_assert_str_eq(msg, "gone");
+  ck_assert_int_eq(uvctx_with_cancel(st.p, &late), 0);
+  ck_assert_int_eq(uvctx_cause(late, NULL), UV_ECONNRESET);
+
+  /* The parent goes first; its children keep it until the last goes. */
+  uvctx_unref(st.p);
+  ck_assert_uint_eq(counts_of(uvt_l).contexts, 8);
+  uvctx_unref(late);
+  uvctx_unref(st.c);
+  uvctx_unref(d);
+  uvctx_unref(st.d);
+  uvctx_unref(before);
+  /* Left: c, st.v, st.c (held by st.v) and the parent (held by both). */
+  ck_assert_uint_eq(counts_of(uvt_l).contexts, 4);
+  uvctx_unref(st.v);
+  uvctx_unref(c);
+  ck_assert_uint_eq(counts_of(uvt_l).contexts, 0);
+}
+END_TEST
+
+/* A striped parent that is never cancelled is freed when its last
+ * reference and its stripes' last children are gone, in either order. */
+START_TEST(striped_parent_freed_without_cancel) {
+  striped_t st = {0};
+  uv_thread_t th;
+  uvctx_t* c;
+  int order;
+  for (order = 0; order < 2; order++) {
+    memset(&st, 0, sizeof(st));
+    ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &st.p), 0);
+    ck_assert_int_eq(uvctx__stripe_now(st.p), 0);
+    ck_assert_int_eq(uv_thread_create(&th, striped_other_thread, &st), 0);
+    ck_assert_int_eq(uv_thread_join(&th), 0);
+    ck_assert_int_eq(st.bad, 0);
+    ck_assert_int_eq(uvctx_with_cancel(st.p, &c), 0);
+    uvctx_release(c); /* this stripe now holds the parent with no child */
+    if (order == 0)
+      uvctx_unref(st.p);
+    uvctx_unref(st.d);
+    uvctx_unref(st.v);
+    uvctx_unref(st.c);
+    if (order == 1) {
+      ck_assert_uint_eq(counts_of(uvt_l).contexts, 1);
+      uvctx_unref(st.p);
+    }
+    ck_assert_uint_eq(counts_of(uvt_l).contexts, 0);
+  }
+}
+END_TEST
+
 static void add(Suite* s, const char* name, const TTest* test) {
   TCase* tc = tcase_create(name);
   tcase_add_checked_fixture(tc, setup, uvt_teardown);
@@ -718,6 +852,8 @@ static Suite* threads_suite(void) {
   add(s, "creation_race", cancel_races_child_creation);
   add(s, "remote_child", parent_callback_cancels_remote_child);
   add(s, "free_race", cancel_while_freeing);
+  add(s, "striped", striped_parent_children_of_two_threads);
+  add(s, "striped_free", striped_parent_freed_without_cancel);
   add(s, "release_race", release_races_remote_cancel);
   add(s, "bulk", cross_thread_cancels_none_lost);
   return s;
