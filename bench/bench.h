@@ -74,6 +74,32 @@ static inline void bench_parse(int argc, char** argv, bench_opts_t* o) {
   }
 }
 
+/* --only PREFIX, for the programs that run named workloads: takes it out
+ * of argv before bench_parse() sees the rest, and returns the new argc.
+ * *only is the prefix, or NULL (every workload). */
+static inline int bench_take_only(int argc, char** argv, const char** only) {
+  int i, kept;
+
+  *only = NULL;
+  for (i = kept = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      *only = argv[++i];
+    } else if (strcmp(argv[i], "--help") == 0) {
+      fprintf(stderr, "usage: %s [--quick] [--scale X] [--only PREFIX]\n",
+              argv[0]);
+      exit(0);
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  return kept;
+}
+
+/* Whether the workload `name` runs under --only `only`. */
+static inline int bench_wanted(const char* only, const char* name) {
+  return only == NULL || strncmp(name, only, strlen(only)) == 0;
+}
+
 /* The count to use: `quick` in smoke runs, else `full` times the scale
  * (at least 1). */
 static inline size_t bench_count(const bench_opts_t* o, size_t full,

@@ -247,24 +247,7 @@ static void bench_chain(size_t size, size_t reps) {
 static const char* only;
 
 static int want(const char* name) {
-  return only == NULL || strncmp(name, only, strlen(only)) == 0;
-}
-
-/* Takes --only PREFIX out of argv before the common options are parsed. */
-static int parse_only(int argc, char** argv) {
-  int i, j;
-  for (i = j = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
-      only = argv[++i];
-    } else if (strcmp(argv[i], "--help") == 0) {
-      fprintf(stderr, "usage: %s [--quick] [--scale X] [--only PREFIX]\n",
-              argv[0]);
-      exit(0);
-    } else {
-      argv[j++] = argv[i];
-    }
-  }
-  return j;
+  return bench_wanted(only, name);
 }
 
 int main(int argc, char** argv) {
@@ -273,7 +256,7 @@ int main(int argc, char** argv) {
   bench_opts_t o;
   size_t i;
 
-  argc = parse_only(argc, argv);
+  argc = bench_take_only(argc, argv, &only);
   bench_parse(argc, argv, &o);
   setup();
   if (want("with_cancel_cancel_unref"))

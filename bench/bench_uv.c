@@ -693,18 +693,11 @@ int main(int argc, char** argv) {
   };
   bench_opts_t o;
   int len = sizeof(server_addr);
-  const char* only = NULL;
+  const char* only;
   size_t i;
-  int a, kept;
 
-  /* --only PREFIX is taken out of argv; the rest are the common options. */
-  for (a = kept = 1; a < argc; a++) {
-    if (strcmp(argv[a], "--only") == 0 && a + 1 < argc)
-      only = argv[++a];
-    else
-      argv[kept++] = argv[a];
-  }
-  bench_parse(kept, argv, &o);
+  argc = bench_take_only(argc, argv, &only);
+  bench_parse(argc, argv, &o);
   signal(SIGPIPE, SIG_IGN);
   BENCH_OK(uv_loop_init(&loop));
   BENCH_OK(uvctx_loop_init(&loop, &L));
@@ -720,7 +713,7 @@ int main(int argc, char** argv) {
   pair_open();
 
   for (i = 0; i < sizeof(scens) / sizeof(scens[0]); i++)
-    if (only == NULL || strncmp(scens[i].name, only, strlen(only)) == 0)
+    if (bench_wanted(only, scens[i].name))
       measure(&scens[i], &o);
 
   uvctx_release(ctx);
