@@ -330,6 +330,30 @@ int uvctx__stripe_now(uvctx_t* c) {
   return stripe(c);
 }
 
+/* [dm's lock, the lock of `head`] New with_cancel child `c` of `t` is
+ * listed on `head` if `t` is live, else born done; and counted in its
+ * stripe `dm`. */
+static inline __attribute__((always_inline)) void
+place_cancel_child_locked(uvctx_t* c, uvctx_t* t, uvctx__link_t** head,
+                          uvctx__dom_t* dm) {
+  if (atomic_load_explicit(&t->err, memory_order_acquire) == UVCTX__LIVE) {
+    UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
+    set_where(c, UVCTX__AT_PARENT);
+  } else {
+    uvctx__born_done_locked(c, t);
+  }
+  uvctx__dom_add(&dm->n_kind[UVCTX__CANCEL], 1);
+  uvctx__dom_add(&dm->created, 1);
+}
+
+static inline __attribute__((always_inline)) int created(uvctx_t* c,
+                                                         uvctx_t** out) {
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
+  *out = c;
+  return 0;
+}
+
 /* A with_cancel child of striped parent `t` made by this thread: listed
  * on (or born done under) this thread's stripe of t, in that stripe of
  * t's home, all under that stripe's one lock. It holds t through its
@@ -341,29 +365,45 @@ static int with_cancel_striped(uvctx_t* t, uvctx__stripes_t* b, uvctx_t** out,
                                void* site) {
   int d = my_stripe();
   uvctx_loop_t* h = t->home;
-  uvctx__lock_t* k = &h->dom[d].lock;
+  uvctx__dom_t* dm = &h->dom[d];
   uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, t, h, site);
   if (c == NULL)
     return UV_ENOMEM;
   c->lay = UVCTX__LAY(0, d, 1);
-  uvctx__lock_acquire(k);
-  if (atomic_load_explicit(&t->err, memory_order_acquire) == UVCTX__LIVE) {
-    UVCTX__LIST_INSERT_HEAD(&b->s[d].head, &c->link, next, pprev);
-    set_where(c, UVCTX__AT_PARENT);
-  } else {
-    uvctx__born_done_locked(c, t);
-  }
+  uvctx__lock_acquire(&dm->lock);
+  place_cancel_child_locked(c, t, &b->s[d].head, dm);
   if (b->s[d].nref++ == 0 && !b->s[d].holding) {
     b->s[d].holding = 1;
     atomic_fetch_add_explicit(&t->refs, UVCTX__REF_UNIT, memory_order_relaxed);
   }
-  uvctx__dom_add(&h->dom[d].n_kind[UVCTX__CANCEL], 1);
-  uvctx__dom_add(&h->dom[d].created, 1);
-  uvctx__lock_release(k);
-  if (UVCTX__TRACING())
-    uvctx__trace_create(c);
-  *out = c;
-  return 0;
+  uvctx__lock_release(&dm->lock);
+  return created(c, out);
+}
+
+/* A with_cancel child of with_cancel context `t` of its own home, not
+ * striped when last looked at: what attach() does for it, with what it
+ * works out known already (the child is of t's stripe, its list is t's
+ * own, under that stripe's lock). */
+static inline __attribute__((always_inline)) int
+with_cancel_plain(uvctx_t* t, uvctx_t** out, void* site) {
+  int d = UVCTX__DOM(t);
+  uvctx__dom_t* dm = &t->home->dom[d];
+  void* block = uvctx__malloc(sizeof(uvctx_t));
+  uvctx_t* c;
+  int seen;
+  if (block == NULL)
+    return UV_ENOMEM;
+  c = init_ctx(block, 0, UVCTX__CANCEL, t, t->home, site, UVCTX__LAY(0, d, 0));
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+  seen = uvctx__lock_acquire_seen(&dm->lock);
+  /* Striped meanwhile or not, t's own list is the one its lock guards. */
+  place_cancel_child_locked(c, t, uvctx__own_list(t), dm);
+  uvctx__lock_release(&dm->lock);
+  /* Another thread met on the parent's lock: from now on each thread's
+   * children of this parent go on a stripe of their own. */
+  if (seen && UVCTX__STRIPES_ON)
+    (void)stripe(t);
+  return created(c, out);
 }
 
 /* ---- cancellation -------------------------------------------------------- */
@@ -844,9 +884,11 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
   uvctx_t* c;
   uvctx__stripes_t* b;
   int same = home == parent->home;
-  if (same && parent->kind == UVCTX__CANCEL &&
-      (b = uvctx__stripes_of(parent)) != NULL)
-    return with_cancel_striped(parent, b, out, site);
+  if (same && parent->kind == UVCTX__CANCEL) {
+    if (UVCTX__UNLIKELY((b = uvctx__stripes_of(parent)) != NULL))
+      return with_cancel_striped(parent, b, out, site);
+    return with_cancel_plain(parent, out, site);
+  }
   if (parent->kind == UVCTX__BACKGROUND || !same)
     c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site,
                     inherit_dom(UVCTX__CANCEL, parent, home), 0);
@@ -855,15 +897,8 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
-  /* Another thread met on the parent's lock: from now on each thread's
-   * children of this parent go on a stripe of their own. */
-  if (attach(c, parent) && same && parent->kind == UVCTX__CANCEL &&
-      UVCTX__STRIPES_ON)
-    (void)stripe(parent);
-  if (UVCTX__TRACING())
-    uvctx__trace_create(c);
-  *out = c;
-  return 0;
+  (void)attach(c, parent);
+  return created(c, out);
 }
 
 int uvctx_with_cancel(uvctx_t* parent, uvctx_t** out) {
