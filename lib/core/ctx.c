@@ -198,10 +198,15 @@ static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
                   UVCTX__LAY(shift, dom, sref));
 }
 
-void uvctx__orphan_locked(uvctx_t* c) {
-  uvctx__link_t** head = &c->home->dom[UVCTX__DOM(c)].orphans;
+/* [c's stripe's lock] Puts `c` on `head`, its stripe's orphan list. */
+static inline __attribute__((always_inline)) void
+orphan_on_locked(uvctx_t* c, uvctx__link_t** head) {
   UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
   set_where(c, UVCTX__AT_ORPHAN);
+}
+
+void uvctx__orphan_locked(uvctx_t* c) {
+  orphan_on_locked(c, &c->home->dom[UVCTX__DOM(c)].orphans);
 }
 
 static inline __attribute__((always_inline)) uvctx__attach_t
@@ -536,8 +541,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * parent's u1 is never NULL: it goes on the stack.) */
       if (k->u1.children == NULL) {
         finish_as_locked(k, err, cause, msg, &w->op, 0);
-        UVCTX__LIST_INSERT_HEAD(orphans, &k->link, next, pprev);
-        set_where(k, UVCTX__AT_ORPHAN);
+        orphan_on_locked(k, orphans);
         cancels++;
         continue;
       }
@@ -719,21 +723,22 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
 }
 
 /* [c's lock] The root of a cancel: walked if still live (first cancel
- * wins), made an orphan if the caller took its link. */
+ * wins), made an orphan if the caller took its link. `dm` is c's stripe
+ * (worked out before the lock, not read again after it). */
 static inline __attribute__((always_inline)) void
-cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
+cancel_root_locked(walk_t* w, uvctx_t* c, int own, uvctx__dom_t* dm) {
   if (is_live(c)) {
     trace_root(w, c);
     if (c->u1.children == NULL) {
       /* A leaf, the common case: nothing to walk, nothing to defer. */
       finish_locked(c, w->err, w->cause, w->msg, &w->op);
-      count_cancels(c, 1);
+      uvctx__dom_add(&dm->cancels, 1);
     } else {
       walk_locked(w, c);
     }
   }
   if (own)
-    uvctx__orphan_locked(c);
+    orphan_on_locked(c, &dm->orphans);
 }
 
 static inline __attribute__((always_inline)) void
@@ -750,9 +755,11 @@ walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->must_wait = 0;
 }
 
-void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
-                   uint64_t now) {
-  uvctx__lock_t* h = uvctx__lock_of(c);
+/* uvctx__cancel(), inlined into uvctx_cancel(). */
+static inline __attribute__((always_inline)) void
+cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
+  uvctx__dom_t* dm = &c->home->dom[UVCTX__DOM(c)];
+  uvctx__lock_t* h = &dm->lock;
   int merge = c->kind == UVCTX__ANY;
   uvctx__lock_t* p = merge ? NULL : link_lock(c);
   /* What is left to do with `c` once its lock is released: its watches
@@ -767,7 +774,7 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   walk_init(&w, err, cause, msg, now);
   uvctx__lock_acquire(h);
   own = p == h && take_from_parent_locked(c);
-  cancel_root_locked(&w, c, own);
+  cancel_root_locked(&w, c, own, dm);
   if (more)
     uvctx_ref(c);
   uvctx__lock_release(h);
@@ -785,7 +792,7 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
     uvctx__lock_release(p);
     uvctx__lock_acquire(h);
     if (own)
-      uvctx__orphan_locked(c);
+      orphan_on_locked(c, &dm->orphans);
     more = !unref_locked(c);
     uvctx__lock_release(h);
   }
@@ -794,13 +801,19 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   run_after(&w);
 }
 
+void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
+                   uint64_t now) {
+  cancel(c, err, cause, msg, now);
+}
+
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now) {
   walk_t w;
   walk_init(&w, err, cause, msg, now);
   w.deferred = &c->home->deferred;
   w.pending = &c->home->pending;
-  cancel_root_locked(&w, c, take_from_parent_locked(c));
+  cancel_root_locked(&w, c, take_from_parent_locked(c),
+                     &c->home->dom[UVCTX__DOM(c)]);
 }
 
 void uvctx__cancel_deferred(uvctx_loop_t* l) {
@@ -829,7 +842,7 @@ int uvctx_cancel(uvctx_t* c) {
   REQUIRE_CANCELLABLE(c);
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
-  uvctx__cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
+  cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   return 0;
 }
 
