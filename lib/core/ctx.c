@@ -1095,9 +1095,15 @@ __attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
 
 static void retire(uvctx_t* n) {
   uvctx__lock_t* h = uvctx__lock_of(n);
-  uvctx__lock_t* p = link_lock(n);
+  uvctx__lock_t* p;
   int w;
-  if (p != NULL && p != h) {
+  /* Read first without a lock: n's count is zero, so nobody will list it
+   * again, and since it was listed (before whoever let it go let go of
+   * n) the only writes to `where` are the walk's and the free's, each
+   * moving it on from AT_PARENT, never back. Not AT_PARENT here, it is
+   * not on its parent's list under another lock (the common case: a
+   * done context, on its own stripe's orphan list). */
+  if (where(n) == UVCTX__AT_PARENT && (p = link_lock(n)) != NULL && p != h) {
     uvctx__lock_acquire(p);
     if (where(n) == UVCTX__AT_PARENT) {
       uvctx__unlink(&n->link);
