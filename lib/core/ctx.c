@@ -1218,7 +1218,9 @@ void uvctx_unref(uvctx_t* c) {
 void uvctx_release(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (uvctx__cancellable_kind(c->kind))
-    uvctx_cancel(c);
+  /* uvctx_cancel(), whose checks the ones above have made. */
+  if (uvctx__cancellable_kind(c->kind) &&
+      atomic_load_explicit(&c->err, memory_order_acquire) == UVCTX__LIVE)
+    cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   uvctx_unref(c);
 }
