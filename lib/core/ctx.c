@@ -198,15 +198,8 @@ static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
                   UVCTX__LAY(shift, dom, sref));
 }
 
-/* [c's stripe's lock] Puts `c` on `head`, its stripe's orphan list. */
-static inline __attribute__((always_inline)) void
-orphan_on_locked(uvctx_t* c, uvctx__link_t** head) {
-  UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
-  set_where(c, UVCTX__AT_ORPHAN);
-}
-
 void uvctx__orphan_locked(uvctx_t* c) {
-  orphan_on_locked(c, &c->home->dom[UVCTX__DOM(c)].orphans);
+  uvctx__orphan_in_locked(c, uvctx__dom_of(c));
 }
 
 static inline __attribute__((always_inline)) uvctx__attach_t
@@ -347,8 +340,7 @@ place_cancel_child_locked(uvctx_t* c, uvctx_t* t, uvctx__link_t** head,
   } else {
     uvctx__born_done_locked(c, t);
   }
-  uvctx__dom_add(&dm->n_kind[UVCTX__CANCEL], 1);
-  uvctx__dom_add(&dm->created, 1);
+  uvctx__count_new_locked(dm, UVCTX__CANCEL);
 }
 
 static inline __attribute__((always_inline)) int created(uvctx_t* c,
@@ -511,7 +503,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
   /* Guarded by this walk's lock: the same home and stripe. */
   uvctx_loop_t* const h = c->home;
   const unsigned dom = c->lay & 0x38u;
-  uvctx__link_t** const orphans = &h->dom[UVCTX__DOM(c)].orphans;
+  uvctx__dom_t* const dm = &h->dom[UVCTX__DOM(c)];
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
   uint64_t cancels = 0;
@@ -541,7 +533,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * parent's u1 is never NULL: it goes on the stack.) */
       if (k->u1.children == NULL) {
         finish_as_locked(k, err, cause, msg, &w->op, 0);
-        orphan_on_locked(k, orphans);
+        uvctx__orphan_in_locked(k, dm);
         cancels++;
         continue;
       }
@@ -554,7 +546,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
       pend(w, n);
     cancels++;
     if (n != c)
-      uvctx__orphan_locked(n);
+      uvctx__orphan_in_locked(n, dm);
     if (stack == NULL)
       break;
     n = stack;
@@ -738,7 +730,7 @@ cancel_root_locked(walk_t* w, uvctx_t* c, int own, uvctx__dom_t* dm) {
     }
   }
   if (own)
-    orphan_on_locked(c, &dm->orphans);
+    uvctx__orphan_in_locked(c, dm);
 }
 
 static inline __attribute__((always_inline)) void
@@ -792,7 +784,7 @@ cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
     uvctx__lock_release(p);
     uvctx__lock_acquire(h);
     if (own)
-      orphan_on_locked(c, &dm->orphans);
+      uvctx__orphan_in_locked(c, dm);
     more = !unref_locked(c);
     uvctx__lock_release(h);
   }
