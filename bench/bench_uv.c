@@ -4,7 +4,9 @@
  * several rounds that alternate ours and the peer's), and the cancel path
  * of each (start, cancel, callback, with a fresh context per operation)
  * beside the bare operation stopped the way libuv stops it (uv_close,
- * uv_cancel, a signal).
+ * uv_cancel, a signal). uv_sleep_cancel_ctx_premade is the sleep's cancel
+ * path again with the contexts made before the chain and freed after it,
+ * untimed: the split between the operation and its fresh context.
  *
  *   uv_sleep_0ms/1ms      uvctx_sleep          uv_timer init/start/close
  *   uv_tcp_connect        uvctx_tcp_connect    uv_tcp_connect (+ close)
@@ -13,7 +15,8 @@
  *   uv_spawn              uvctx_spawn          uv_spawn /bin/true
  *   uv_pingpong_64b       uvctx_send/recv      uv_write/uv_read_start
  *
- * Usage: bench_uv [--quick] [--scale X]. Loopback only. */
+ * Usage: bench_uv [--quick] [--scale X] [--only PREFIX]: --only runs the
+ * rows whose name starts with PREFIX. Loopback only. */
 #include <signal.h>
 
 #include "bench.h"
@@ -27,8 +30,11 @@ static size_t left;     /* operations still to run in this chain */
 static int done;
 
 /* Runs `start` n times in a chain (each callback starts the next through
- * next()) and returns ns per operation. */
-static double chain(void (*start)(void), size_t n) {
+ * next()) and returns ns per operation. Never inlined, so that a profiler
+ * can cut a run at its entry and exit (callgrind --dump-before=chain
+ * --dump-after=chain gives one part per chain, ours and the peer's in
+ * turn). */
+__attribute__((noinline)) static double chain(void (*start)(void), size_t n) {
   uint64_t t0;
   left = n;
   done = 0;
@@ -104,6 +110,41 @@ static void our_sleep_cancel(void) {
   BENCH_OK(uvctx_sleep(&sreq, op_ctx, 60000, our_sleep_cancel_cb));
   BENCH_OK(uvctx_cancel(op_ctx));
 }
+/* The same cancel path under contexts made before the chain and freed
+ * after it, outside the timed section: what the operation costs apart
+ * from the fresh context a caller makes to cancel it (the row above). */
+static uvctx_t** premade;
+static size_t premade_next, premade_n;
+
+static void premade_make(size_t n) {
+  size_t i;
+  premade = malloc(n * sizeof(*premade));
+  BENCH_ASSERT(premade != NULL);
+  for (i = 0; i < n; i++)
+    BENCH_OK(uvctx_with_cancel(ctx, &premade[i]));
+  premade_next = 0;
+  premade_n = n;
+}
+static void premade_free(void) {
+  size_t i;
+  for (i = 0; i < premade_n; i++)
+    uvctx_unref(premade[i]);
+  free(premade);
+  premade = NULL;
+}
+
+static void our_sleep_cancel_premade(void);
+static void our_sleep_cancel_premade_cb(uvctx_sleep_t* r, int st) {
+  (void)r;
+  BENCH_ASSERT(st == UV_ECANCELED);
+  next(our_sleep_cancel_premade);
+}
+static void our_sleep_cancel_premade(void) {
+  uvctx_t* c = premade[premade_next++];
+  BENCH_OK(uvctx_sleep(&sreq, c, 60000, our_sleep_cancel_premade_cb));
+  BENCH_OK(uvctx_cancel(c));
+}
+
 static void bare_sleep_cancel(void);
 static void bare_sleep_cancel_closed(uv_handle_t* h) {
   (void)h;
@@ -588,8 +629,9 @@ typedef struct scen_s {
   size_t full, quick;
   void (*ours)(void);
   void (*bare)(void);
-  void (*after_ours)(void); /* after each chain of ours, optional */
-  void (*after_bare)(void); /* after each chain of the peer's */
+  void (*after_ours)(void);      /* after each chain of ours, optional */
+  void (*after_bare)(void);      /* after each chain of the peer's */
+  void (*before_ours)(size_t n); /* before each chain of ours, untimed */
 } scen_t;
 
 static void measure(const scen_t* s, const bench_opts_t* o) {
@@ -599,6 +641,8 @@ static void measure(const scen_t* s, const bench_opts_t* o) {
   int rounds = o->quick ? 1 : ROUNDS;
   int i;
   for (i = 0; i < rounds; i++) {
+    if (s->before_ours != NULL)
+      s->before_ours(n);
     ours[i] = chain(s->ours, n);
     if (s->after_ours != NULL)
       s->after_ours();
@@ -619,34 +663,48 @@ static void close_walk(uv_handle_t* h, void* arg) {
 int main(int argc, char** argv) {
   static const scen_t scens[] = {
       {"uv_sleep_0ms", "uv_timer", 20000, 20, our_sleep_0ms, bare_sleep_0ms,
-       NULL, NULL},
+       NULL, NULL, NULL},
       {"uv_sleep_1ms", "uv_timer", 500, 3, our_sleep_1ms, bare_sleep_1ms, NULL,
-       NULL},
-      {"uv_tcp_connect", "uv_tcp_connect", 3000, 10, our_connect, bare_connect,
        NULL, NULL},
+      {"uv_tcp_connect", "uv_tcp_connect", 3000, 10, our_connect, bare_connect,
+       NULL, NULL, NULL},
       {"uv_getaddrinfo", "uv_getaddrinfo", 5000, 10, our_gai, bare_gai, NULL,
-       NULL},
+       NULL, NULL},
       {"uv_queue_work", "uv_queue_work", 20000, 20, our_work, bare_work, NULL,
-       NULL},
-      {"uv_spawn", "uv_spawn", 200, 3, our_spawn, bare_spawn, NULL, NULL},
+       NULL, NULL},
+      {"uv_spawn", "uv_spawn", 200, 3, our_spawn, bare_spawn, NULL, NULL, NULL},
       {"uv_pingpong_64b", "uv_write+uv_read_start", 20000, 20, our_ping_begin,
-       bare_ping_begin, our_ping_end, bare_ping_end},
+       bare_ping_begin, our_ping_end, bare_ping_end, NULL},
       {"uv_sleep_cancel", "uv_timer+uv_close", 20000, 20, our_sleep_cancel,
-       bare_sleep_cancel, NULL, NULL},
+       bare_sleep_cancel, NULL, NULL, NULL},
+      {"uv_sleep_cancel_ctx_premade", "uv_timer+uv_close", 20000, 20,
+       our_sleep_cancel_premade, bare_sleep_cancel, premade_free, NULL,
+       premade_make},
       {"uv_tcp_connect_cancel", "uv_tcp_connect+uv_close", 3000, 10,
-       our_connect_cancel, bare_connect_cancel, NULL, NULL},
+       our_connect_cancel, bare_connect_cancel, NULL, NULL, NULL},
       {"uv_getaddrinfo_cancel", "uv_getaddrinfo+uv_cancel", 20000, 20,
-       our_gai_cancel_held, bare_gai_cancel_held, pool_release, pool_release},
+       our_gai_cancel_held, bare_gai_cancel_held, pool_release, pool_release,
+       NULL},
       {"uv_queue_work_cancel", "uv_queue_work+uv_cancel", 20000, 20,
-       our_work_cancel_held, bare_work_cancel_held, pool_release, pool_release},
+       our_work_cancel_held, bare_work_cancel_held, pool_release, pool_release,
+       NULL},
       {"uv_spawn_cancel", "uv_spawn+uv_process_kill", 200, 3, our_spawn_cancel,
-       bare_spawn_cancel, NULL, NULL},
+       bare_spawn_cancel, NULL, NULL, NULL},
   };
   bench_opts_t o;
   int len = sizeof(server_addr);
+  const char* only = NULL;
   size_t i;
+  int a, kept;
 
-  bench_parse(argc, argv, &o);
+  /* --only PREFIX is taken out of argv; the rest are the common options. */
+  for (a = kept = 1; a < argc; a++) {
+    if (strcmp(argv[a], "--only") == 0 && a + 1 < argc)
+      only = argv[++a];
+    else
+      argv[kept++] = argv[a];
+  }
+  bench_parse(kept, argv, &o);
   signal(SIGPIPE, SIG_IGN);
   BENCH_OK(uv_loop_init(&loop));
   BENCH_OK(uvctx_loop_init(&loop, &L));
@@ -662,7 +720,8 @@ int main(int argc, char** argv) {
   pair_open();
 
   for (i = 0; i < sizeof(scens) / sizeof(scens[0]); i++)
-    measure(&scens[i], &o);
+    if (only == NULL || strncmp(scens[i].name, only, strlen(only)) == 0)
+      measure(&scens[i], &o);
 
   uvctx_release(ctx);
   BENCH_OK(uvctx_loop_close(L));

@@ -84,7 +84,11 @@ void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
   int on_thread = uvctx__on_loop_thread(l);
   if (op->time == 0)
     op->time = uv_hrtime();
-  uvctx__cancel_op_id(op);
+  /* The id links a trace's cancel event to the callbacks: drawn (from a
+   * counter every thread shares) only while tracing; 0 otherwise, as for a
+   * watch no cancel made due. */
+  if (UVCTX__TRACING())
+    uvctx__cancel_op_id(op);
   w->queued_at_ = op->time;
   w->cause_id_ = op->id;
   if (!on_thread)
@@ -102,13 +106,29 @@ void uvctx__mailbox_unpost_locked(uvctx_watch_t* w) {
   l->queued--;
 }
 
+/* [lock, loop thread] Once a drain has taken what it will deliver: what is
+ * left (posted by another thread meanwhile) is this thread's to deliver,
+ * with no wake-up, so the same-thread path takes it; an empty queue needs
+ * neither handle. A callback that closed the binding has closed the
+ * handles too; stopping them again is harmless. */
+static void settle_locked(uvctx_loop_t* l) {
+  if (l->queue_head != NULL && !l->closing)
+    local_arm_locked(l);
+  else
+    local_disarm_locked(l);
+}
+
 /* [loop thread] Delivers the watches that were due when it started; those
  * queued by the callbacks themselves (a watch restarted on a done context)
  * wait for the next drain, after a poll, so a callback cannot starve the
  * loop. Whichever of the three handles calls it, the queue is one: the
  * callbacks come in the order their watches were posted. `resync`: call
  * the wake_locked hook first, which only a wake-up from another thread
- * needs (on the loop's thread the timer source is re-synced at once). */
+ * needs (on the loop's thread the timer source is re-synced at once).
+ *
+ * The handles are settled when the last watch is taken, before its
+ * callback, so that a drain of one watch takes the lock once: a post from
+ * that callback arms them again itself (uvctx__mailbox_post_locked()). */
 static void drain(uvctx_loop_t* l, int resync) {
   uint64_t n;
   atomic_store_explicit(&l->thread, (uintptr_t)uv_thread_self(),
@@ -117,28 +137,32 @@ static void drain(uvctx_loop_t* l, int resync) {
   if (resync || l->timer_dirty)
     l->wake_locked(l);
   n = l->queued;
-  while (n-- > 0 && l->queue_head != NULL) {
+  for (;;) {
     uvctx_watch_t* w = l->queue_head;
-    int err = w->err_;
+    int err;
+    if (n == 0 || w == NULL) {
+      settle_locked(l);
+      uvctx__lock_release(&l->lock);
+      return;
+    }
+    n--;
+    err = w->err_;
     uvctx__mailbox_unpost_locked(w);
     UVCTX__W_SET_STATE(w, UVCTX__W_IDLE);
     l->n_watches--;
     l->callbacks++;
     uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);
+    if (n == 0 || l->queue_head == NULL) {
+      settle_locked(l);
+      n = 0;
+    }
     uvctx__lock_release(&l->lock);
     /* After this call `w` may be freed or restarted: touch it no more. */
     l->deliver(w, err);
+    if (n == 0)
+      return;
     uvctx__lock_acquire(&l->lock);
   }
-  /* What is left (requeued by a callback, or posted by another thread
-   * meanwhile) is this thread's to deliver: the same-thread path takes it,
-   * with no wake-up. A callback that closed the binding has closed the
-   * handles too; stopping them again is harmless. */
-  if (l->queue_head != NULL && !l->closing)
-    local_arm_locked(l);
-  else
-    local_disarm_locked(l);
-  uvctx__lock_release(&l->lock);
 }
 
 static void mailbox_cb(uv_async_t* a) {

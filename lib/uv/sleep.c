@@ -1,5 +1,6 @@
 /* sleep.c owns uvctx_sleep(): one uv_timer_t in the request, re-armed until
- * the uv_hrtime() due time, raced against a watch on the context. */
+ * the uv_hrtime() due time, raced against a watch on the context (no watch
+ * for a 0 ms sleep, see uvctx_sleep()). */
 #include "uv_internal.h"
 
 static void sleep_close_cb(uv_handle_t* h) {
@@ -27,7 +28,8 @@ static void sleep_timer_cb(uv_timer_t* t) {
     uv_timer_start(t, sleep_timer_cb, left_ms, 0);
     return;
   }
-  uvctx_watch_stop(&req->watch_);
+  if (req->state_ == UVCTX__UV_RUNNING)
+    uvctx_watch_stop(&req->watch_);
   /* Done wins: a timer that fires once ctx is done reports ctx's err. */
   sleep_finish(req, uvctx_err(req->ctx_));
 }
@@ -41,25 +43,41 @@ static void sleep_watch_cb(uvctx_watch_t* w, int err) {
 
 int uvctx_sleep(uvctx_sleep_t* req, uvctx_t* ctx, uint64_t ms,
                 uvctx_sleep_cb cb) {
+  uvctx_loop_t* home;
   int rc;
 
   if (req == NULL || ctx == NULL || cb == NULL)
     return UV_EINVAL;
-  rc = uv_timer_init(uvctx__uv_home(ctx), &req->timer_);
+  home = uvctx_home(ctx);
+  rc = uv_timer_init(uvctx_loop_uv(home), &req->timer_);
   if (rc != 0)
     return rc;
   req->ctx_ = uvctx_ref(ctx);
   req->cb_ = cb;
   req->status_ = 0;
-  req->due_ns_ = ms != 0 ? uvctx__uv_due_ns(ms) : 0;
-  if (uvctx_err(ctx) == 0) {
-    req->state_ = UVCTX__UV_RUNNING;
-    uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);
-  } else {
+  req->due_ns_ = 0;
+  if (uvctx_err(ctx) != 0) {
+    /* The watch is queued for the loop: the callback comes from there,
+     * never from this call. */
     req->state_ = UVCTX__UV_NOT_STARTED;
+    uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
+    return 0;
   }
-  /* On a done ctx the watch is queued for the loop: the callback comes
-   * from there, never from this call. */
+  uv_timer_start(&req->timer_, sleep_timer_cb, ms, 0);
+  /* A 0 ms timer fires in the loop's next timer phase, never more than
+   * one iteration after a watch callback would have come, and its
+   * callback reports ctx's err if ctx is done by then (done wins): a watch
+   * would add nothing but its cost (a reference, two locks, a list). So a
+   * 0 ms sleep has none, except on a background context: references to it
+   * are not counted, and the watch is then what keeps uvctx_loop_close()
+   * from closing the binding under the pending request. */
+  if (ms == 0 && ctx != uvctx_background(home)) {
+    req->state_ = UVCTX__UV_UNWATCHED;
+    return 0;
+  }
+  if (ms != 0)
+    req->due_ns_ = uvctx__uv_due_ns(ms);
+  req->state_ = UVCTX__UV_RUNNING;
   uvctx_watch_start(&req->watch_, ctx, sleep_watch_cb);
   return 0;
 }

@@ -32,6 +32,7 @@ enum {
   UVCTX__UV_NOT_STARTED, /* ctx was done at the start: only the watch runs */
   UVCTX__UV_RESOLVING,   /* a dial's lookup is in flight */
   UVCTX__UV_RUNNING,     /* the libuv operation is in flight */
+  UVCTX__UV_UNWATCHED,   /* in flight with no watch (a 0 ms sleep) */
   UVCTX__UV_STOPPING,    /* ctx ended it: waiting for libuv to let go */
   UVCTX__UV_CLOSING      /* closing handles before the callback */
 };

@@ -81,6 +81,38 @@ START_TEST(sleep_already_done) {
 }
 END_TEST
 
+/* A 0 ms sleep has no watch (its timer comes first): the context done
+ * before the timer fires still wins, the callback comes from the loop,
+ * and the request holds its reference on the context until then. */
+START_TEST(sleep_zero_done_before_it_fires) {
+  sleeper_t s;
+  uvctx_t* c;
+  uvctx_loop_counts_t n;
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &c), 0);
+  sleeper_start(&s, c, 0);
+  uvt_cancel(c);
+  uvctx_unref(c); /* the request's reference keeps it */
+  ck_assert_int_eq(uvctx_loop_counts(uvctx_home(uvt_bg), &n), 0);
+  ck_assert_uint_eq(n.contexts, 1);
+  ck_assert_int_eq(s.op.calls, 0);
+  UVT_RUN_UNTIL(s.op.calls == 1);
+  UVT_OP_CHECK(&s.op, UV_ECANCELED);
+  ck_assert_int_eq(uvctx_loop_counts(uvctx_home(uvt_bg), &n), 0);
+  ck_assert_uint_eq(n.contexts, 0);
+}
+END_TEST
+
+/* A 0 ms sleep on a background context, which counts no references, keeps
+ * uvctx_loop_close() from closing the binding until its callback. */
+START_TEST(sleep_zero_on_background_keeps_binding) {
+  sleeper_t s;
+  sleeper_start(&s, uvt_bg, 0);
+  ck_assert_int_eq(uvctx_loop_close(uvctx_home(uvt_bg)), UV_EBUSY);
+  UVT_RUN_UNTIL(s.op.calls == 1);
+  UVT_OP_CHECK(&s.op, 0);
+}
+END_TEST
+
 START_TEST(sleep_cancel_other_thread) {
   sleeper_t s;
   uvctx_t* c;
@@ -588,6 +620,8 @@ static Suite* uv_ops_suite(void) {
                                       sleep_cancelled,
                                       sleep_deadline,
                                       sleep_already_done,
+                                      sleep_zero_done_before_it_fires,
+                                      sleep_zero_on_background_keeps_binding,
                                       sleep_cancel_other_thread,
                                       sleep_bad_args,
                                       NULL};
