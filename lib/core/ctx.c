@@ -1171,14 +1171,9 @@ static void destroy(uvctx_t* c) {
  * through their own links on a stack of contexts whose parents to drop,
  * then on a list of contexts to destroy, outside every lock, because value
  * destructors are user code. */
-void uvctx_unref(uvctx_t* c) {
+__attribute__((noinline)) static void free_from(uvctx_t* c) {
   uvctx_t* stack;
   uvctx_t* dead = NULL;
-
-  if (c == NULL || c->kind == UVCTX__BACKGROUND)
-    return;
-  if (!put(c, 1))
-    return;
 
   retire(c);
   c->link.next = NULL;
@@ -1205,6 +1200,15 @@ void uvctx_unref(uvctx_t* c) {
     dead = n->link.next != NULL ? n->link.next->owner : NULL;
     destroy(n);
   }
+}
+
+/* Out of line, the free: a reference dropped that is not the last
+ * touches no register the free needs saved. */
+void uvctx_unref(uvctx_t* c) {
+  if (c == NULL || c->kind == UVCTX__BACKGROUND)
+    return;
+  if (put(c, 1))
+    free_from(c);
 }
 
 void uvctx_release(uvctx_t* c) {
