@@ -1207,8 +1207,20 @@ __attribute__((noinline)) static void free_from(uvctx_t* c) {
 void uvctx_unref(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (put(c, 1))
+  /* A count that is not striped and never will be is dropped with a plain
+   * subtraction. Only a live with_cancel context is ever striped, under
+   * its lock, and its done state is published under that lock: seen done
+   * (acquire), it was striped before and the flag is seen, or it never
+   * will be. */
+  if (c->kind != UVCTX__CANCEL ||
+      (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE &&
+       !(atomic_load_explicit(&c->refs, memory_order_relaxed) &
+         UVCTX__REF_STRIPED))) {
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+      free_from(c);
+  } else if (put(c, 1)) {
     free_from(c);
+  }
 }
 
 void uvctx_release(uvctx_t* c) {
