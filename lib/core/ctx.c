@@ -199,9 +199,7 @@ static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
 }
 
 void uvctx__orphan_locked(uvctx_t* c) {
-  uvctx__link_t** head = &c->home->dom[UVCTX__DOM(c)].orphans;
-  UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
-  set_where(c, UVCTX__AT_ORPHAN);
+  uvctx__orphan_in_locked(c, uvctx__dom_of(c));
 }
 
 static inline __attribute__((always_inline)) uvctx__attach_t
@@ -330,6 +328,29 @@ int uvctx__stripe_now(uvctx_t* c) {
   return stripe(c);
 }
 
+/* [dm's lock, the lock of `head`] New with_cancel child `c` of `t` is
+ * listed on `head` if `t` is live, else born done; and counted in its
+ * stripe `dm`. */
+static inline __attribute__((always_inline)) void
+place_cancel_child_locked(uvctx_t* c, uvctx_t* t, uvctx__link_t** head,
+                          uvctx__dom_t* dm) {
+  if (atomic_load_explicit(&t->err, memory_order_acquire) == UVCTX__LIVE) {
+    UVCTX__LIST_INSERT_HEAD(head, &c->link, next, pprev);
+    set_where(c, UVCTX__AT_PARENT);
+  } else {
+    uvctx__born_done_locked(c, t);
+  }
+  uvctx__count_new_locked(dm, UVCTX__CANCEL);
+}
+
+static inline __attribute__((always_inline)) int created(uvctx_t* c,
+                                                         uvctx_t** out) {
+  if (UVCTX__TRACING())
+    uvctx__trace_create(c);
+  *out = c;
+  return 0;
+}
+
 /* A with_cancel child of striped parent `t` made by this thread: listed
  * on (or born done under) this thread's stripe of t, in that stripe of
  * t's home, all under that stripe's one lock. It holds t through its
@@ -341,29 +362,45 @@ static int with_cancel_striped(uvctx_t* t, uvctx__stripes_t* b, uvctx_t** out,
                                void* site) {
   int d = my_stripe();
   uvctx_loop_t* h = t->home;
-  uvctx__lock_t* k = &h->dom[d].lock;
+  uvctx__dom_t* dm = &h->dom[d];
   uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, t, h, site);
   if (c == NULL)
     return UV_ENOMEM;
   c->lay = UVCTX__LAY(0, d, 1);
-  uvctx__lock_acquire(k);
-  if (atomic_load_explicit(&t->err, memory_order_acquire) == UVCTX__LIVE) {
-    UVCTX__LIST_INSERT_HEAD(&b->s[d].head, &c->link, next, pprev);
-    set_where(c, UVCTX__AT_PARENT);
-  } else {
-    uvctx__born_done_locked(c, t);
-  }
+  uvctx__lock_acquire(&dm->lock);
+  place_cancel_child_locked(c, t, &b->s[d].head, dm);
   if (b->s[d].nref++ == 0 && !b->s[d].holding) {
     b->s[d].holding = 1;
     atomic_fetch_add_explicit(&t->refs, UVCTX__REF_UNIT, memory_order_relaxed);
   }
-  uvctx__dom_add(&h->dom[d].n_kind[UVCTX__CANCEL], 1);
-  uvctx__dom_add(&h->dom[d].created, 1);
-  uvctx__lock_release(k);
-  if (UVCTX__TRACING())
-    uvctx__trace_create(c);
-  *out = c;
-  return 0;
+  uvctx__lock_release(&dm->lock);
+  return created(c, out);
+}
+
+/* A with_cancel child of with_cancel context `t` of its own home, not
+ * striped when last looked at: what attach() does for it, with what it
+ * works out known already (the child is of t's stripe, its list is t's
+ * own, under that stripe's lock). */
+static inline __attribute__((always_inline)) int
+with_cancel_plain(uvctx_t* t, uvctx_t** out, void* site) {
+  int d = UVCTX__DOM(t);
+  uvctx__dom_t* dm = &t->home->dom[d];
+  void* block = uvctx__malloc(sizeof(uvctx_t));
+  uvctx_t* c;
+  int seen;
+  if (block == NULL)
+    return UV_ENOMEM;
+  c = init_ctx(block, 0, UVCTX__CANCEL, t, t->home, site, UVCTX__LAY(0, d, 0));
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+  seen = uvctx__lock_acquire_seen(&dm->lock);
+  /* Striped meanwhile or not, t's own list is the one its lock guards. */
+  place_cancel_child_locked(c, t, uvctx__own_list(t), dm);
+  uvctx__lock_release(&dm->lock);
+  /* Another thread met on the parent's lock: from now on each thread's
+   * children of this parent go on a stripe of their own. */
+  if (seen && UVCTX__STRIPES_ON)
+    (void)stripe(t);
+  return created(c, out);
 }
 
 /* ---- cancellation -------------------------------------------------------- */
@@ -466,7 +503,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
   /* Guarded by this walk's lock: the same home and stripe. */
   uvctx_loop_t* const h = c->home;
   const unsigned dom = c->lay & 0x38u;
-  uvctx__link_t** const orphans = &h->dom[UVCTX__DOM(c)].orphans;
+  uvctx__dom_t* const dm = &h->dom[UVCTX__DOM(c)];
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
   uint64_t cancels = 0;
@@ -496,8 +533,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * parent's u1 is never NULL: it goes on the stack.) */
       if (k->u1.children == NULL) {
         finish_as_locked(k, err, cause, msg, &w->op, 0);
-        UVCTX__LIST_INSERT_HEAD(orphans, &k->link, next, pprev);
-        set_where(k, UVCTX__AT_ORPHAN);
+        uvctx__orphan_in_locked(k, dm);
         cancels++;
         continue;
       }
@@ -510,7 +546,7 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
       pend(w, n);
     cancels++;
     if (n != c)
-      uvctx__orphan_locked(n);
+      uvctx__orphan_in_locked(n, dm);
     if (stack == NULL)
       break;
     n = stack;
@@ -679,21 +715,22 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
 }
 
 /* [c's lock] The root of a cancel: walked if still live (first cancel
- * wins), made an orphan if the caller took its link. */
+ * wins), made an orphan if the caller took its link. `dm` is c's stripe
+ * (worked out before the lock, not read again after it). */
 static inline __attribute__((always_inline)) void
-cancel_root_locked(walk_t* w, uvctx_t* c, int own) {
+cancel_root_locked(walk_t* w, uvctx_t* c, int own, uvctx__dom_t* dm) {
   if (is_live(c)) {
     trace_root(w, c);
     if (c->u1.children == NULL) {
       /* A leaf, the common case: nothing to walk, nothing to defer. */
       finish_locked(c, w->err, w->cause, w->msg, &w->op);
-      count_cancels(c, 1);
+      uvctx__dom_add(&dm->cancels, 1);
     } else {
       walk_locked(w, c);
     }
   }
   if (own)
-    uvctx__orphan_locked(c);
+    uvctx__orphan_in_locked(c, dm);
 }
 
 static inline __attribute__((always_inline)) void
@@ -710,9 +747,11 @@ walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->must_wait = 0;
 }
 
-void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
-                   uint64_t now) {
-  uvctx__lock_t* h = uvctx__lock_of(c);
+/* uvctx__cancel(), inlined into uvctx_cancel(). */
+static inline __attribute__((always_inline)) void
+cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
+  uvctx__dom_t* dm = &c->home->dom[UVCTX__DOM(c)];
+  uvctx__lock_t* h = &dm->lock;
   int merge = c->kind == UVCTX__ANY;
   uvctx__lock_t* p = merge ? NULL : link_lock(c);
   /* What is left to do with `c` once its lock is released: its watches
@@ -727,7 +766,7 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   walk_init(&w, err, cause, msg, now);
   uvctx__lock_acquire(h);
   own = p == h && take_from_parent_locked(c);
-  cancel_root_locked(&w, c, own);
+  cancel_root_locked(&w, c, own, dm);
   if (more)
     uvctx_ref(c);
   uvctx__lock_release(h);
@@ -745,7 +784,7 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
     uvctx__lock_release(p);
     uvctx__lock_acquire(h);
     if (own)
-      uvctx__orphan_locked(c);
+      uvctx__orphan_in_locked(c, dm);
     more = !unref_locked(c);
     uvctx__lock_release(h);
   }
@@ -754,13 +793,19 @@ void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
   run_after(&w);
 }
 
+void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
+                   uint64_t now) {
+  cancel(c, err, cause, msg, now);
+}
+
 void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now) {
   walk_t w;
   walk_init(&w, err, cause, msg, now);
   w.deferred = &c->home->deferred;
   w.pending = &c->home->pending;
-  cancel_root_locked(&w, c, take_from_parent_locked(c));
+  cancel_root_locked(&w, c, take_from_parent_locked(c),
+                     &c->home->dom[UVCTX__DOM(c)]);
 }
 
 void uvctx__cancel_deferred(uvctx_loop_t* l) {
@@ -789,7 +834,7 @@ int uvctx_cancel(uvctx_t* c) {
   REQUIRE_CANCELLABLE(c);
   if (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE)
     return 0;
-  uvctx__cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
+  cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   return 0;
 }
 
@@ -844,9 +889,11 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
   uvctx_t* c;
   uvctx__stripes_t* b;
   int same = home == parent->home;
-  if (same && parent->kind == UVCTX__CANCEL &&
-      (b = uvctx__stripes_of(parent)) != NULL)
-    return with_cancel_striped(parent, b, out, site);
+  if (same && parent->kind == UVCTX__CANCEL) {
+    if (UVCTX__UNLIKELY((b = uvctx__stripes_of(parent)) != NULL))
+      return with_cancel_striped(parent, b, out, site);
+    return with_cancel_plain(parent, out, site);
+  }
   if (parent->kind == UVCTX__BACKGROUND || !same)
     c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site,
                     inherit_dom(UVCTX__CANCEL, parent, home), 0);
@@ -855,15 +902,8 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
-  /* Another thread met on the parent's lock: from now on each thread's
-   * children of this parent go on a stripe of their own. */
-  if (attach(c, parent) && same && parent->kind == UVCTX__CANCEL &&
-      UVCTX__STRIPES_ON)
-    (void)stripe(parent);
-  if (UVCTX__TRACING())
-    uvctx__trace_create(c);
-  *out = c;
-  return 0;
+  (void)attach(c, parent);
+  return created(c, out);
 }
 
 int uvctx_with_cancel(uvctx_t* parent, uvctx_t** out) {
@@ -1047,9 +1087,15 @@ __attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
 
 static void retire(uvctx_t* n) {
   uvctx__lock_t* h = uvctx__lock_of(n);
-  uvctx__lock_t* p = link_lock(n);
+  uvctx__lock_t* p;
   int w;
-  if (p != NULL && p != h) {
+  /* Read first without a lock: n's count is zero, so nobody will list it
+   * again, and since it was listed (before whoever let it go let go of
+   * n) the only writes to `where` are the walk's and the free's, each
+   * moving it on from AT_PARENT, never back. Not AT_PARENT here, it is
+   * not on its parent's list under another lock (the common case: a
+   * done context, on its own stripe's orphan list). */
+  if (where(n) == UVCTX__AT_PARENT && (p = link_lock(n)) != NULL && p != h) {
     uvctx__lock_acquire(p);
     if (where(n) == UVCTX__AT_PARENT) {
       uvctx__unlink(&n->link);
@@ -1125,14 +1171,9 @@ static void destroy(uvctx_t* c) {
  * through their own links on a stack of contexts whose parents to drop,
  * then on a list of contexts to destroy, outside every lock, because value
  * destructors are user code. */
-void uvctx_unref(uvctx_t* c) {
+__attribute__((noinline)) static void free_from(uvctx_t* c) {
   uvctx_t* stack;
   uvctx_t* dead = NULL;
-
-  if (c == NULL || c->kind == UVCTX__BACKGROUND)
-    return;
-  if (!put(c, 1))
-    return;
 
   retire(c);
   c->link.next = NULL;
@@ -1161,10 +1202,33 @@ void uvctx_unref(uvctx_t* c) {
   }
 }
 
+/* Out of line, the free: a reference dropped that is not the last
+ * touches no register the free needs saved. */
+void uvctx_unref(uvctx_t* c) {
+  if (c == NULL || c->kind == UVCTX__BACKGROUND)
+    return;
+  /* A count that is not striped and never will be is dropped with a plain
+   * subtraction. Only a live with_cancel context is ever striped, under
+   * its lock, and its done state is published under that lock: seen done
+   * (acquire), it was striped before and the flag is seen, or it never
+   * will be. */
+  if (c->kind != UVCTX__CANCEL ||
+      (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE &&
+       !(atomic_load_explicit(&c->refs, memory_order_relaxed) &
+         UVCTX__REF_STRIPED))) {
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+      free_from(c);
+  } else if (put(c, 1)) {
+    free_from(c);
+  }
+}
+
 void uvctx_release(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  if (uvctx__cancellable_kind(c->kind))
-    uvctx_cancel(c);
+  /* uvctx_cancel(), whose checks the ones above have made. */
+  if (uvctx__cancellable_kind(c->kind) &&
+      atomic_load_explicit(&c->err, memory_order_acquire) == UVCTX__LIVE)
+    cancel(c, UVCTX__ERR_CANCELED, UV_ECANCELED, NULL, 0);
   uvctx_unref(c);
 }

@@ -102,6 +102,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
                          int cause, const char* msg, uvctx_t** out,
                          void* site) {
   uvctx__deadline_t* d;
+  uvctx__dom_t* dm;
   uvctx__lock_t* lk;
   uint64_t inherited;
   int rc = 0;
@@ -126,14 +127,15 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
 
   /* A deadline context shares its parent's home and stripe, and so the
    * lock of the list it goes on. */
-  lk = uvctx__lock_of(&d->base);
+  dm = uvctx__dom_of(&d->base);
+  lk = &dm->lock;
   uvctx__lock_acquire(lk);
   switch (uvctx__register_child_locked(&d->base.link, parent)) {
     case UVCTX__PARENT_DONE:
       uvctx__born_done_locked(&d->base, parent);
       break;
     case UVCTX__PARENT_NEVER_DONE:
-      uvctx__orphan_locked(&d->base);
+      uvctx__orphan_in_locked(&d->base, dm);
       rc = arm_locked(d, deadline, inherited, now);
       break;
     case UVCTX__LINKED:
@@ -148,8 +150,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
     uvctx_unref(parent);
     return rc;
   }
-  uvctx__count_ctx_locked(&d->base, 1);
-  uvctx__count_ctx_created_locked(&d->base);
+  uvctx__count_new_locked(dm, UVCTX__DEADLINE);
   uvctx__lock_release(lk);
   if (UVCTX__TRACING())
     uvctx__trace_create(&d->base);

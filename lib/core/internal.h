@@ -364,10 +364,28 @@ static inline void uvctx__dom_add(atomic_uint_fast64_t* v, int64_t d) {
       memory_order_relaxed);
 }
 
+/* c's stripe of its home. A path that takes its lock works it out once,
+ * before the lock: c's fields are read again after an acquire. */
+static inline uvctx__dom_t* uvctx__dom_of(const uvctx_t* c) {
+  return &c->home->dom[UVCTX__DOM(c)];
+}
+
 /* The lock of c's stripe of its home: what guards c as the loop lock
  * guards contexts of stripe 0. */
 static inline uvctx__lock_t* uvctx__lock_of(const uvctx_t* c) {
-  return &c->home->dom[UVCTX__DOM(c)].lock;
+  return &uvctx__dom_of(c)->lock;
+}
+
+/* [dm's lock] A new context of `kind`, of stripe `dm`, is counted. */
+static inline void uvctx__count_new_locked(uvctx__dom_t* dm, int kind) {
+  uvctx__dom_add(&dm->n_kind[kind], 1);
+  uvctx__dom_add(&dm->created, 1);
+}
+
+/* [dm's lock] Puts `c`, of stripe `dm`, on that stripe's orphan list. */
+static inline void uvctx__orphan_in_locked(uvctx_t* c, uvctx__dom_t* dm) {
+  UVCTX__LIST_INSERT_HEAD(&dm->orphans, &c->link, next, pprev);
+  atomic_store_explicit(&c->where, UVCTX__AT_ORPHAN, memory_order_relaxed);
 }
 
 /* [c's stripe's lock] A context comes (d = 1) or goes (d = -1): counted
