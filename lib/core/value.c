@@ -6,12 +6,13 @@
 #include "core/internal.h"
 
 static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
+  /* c's stripe, worked out once (c is not shared yet). */
+  uvctx__dom_t* dm = uvctx__dom_of(c);
   uvctx_ref(parent);
-  uvctx__lock_acquire(uvctx__lock_of(c));
-  uvctx__orphan_locked(c);
-  uvctx__count_ctx_locked(c, 1);
-  uvctx__count_ctx_created_locked(c);
-  uvctx__lock_release(uvctx__lock_of(c));
+  uvctx__lock_acquire(&dm->lock);
+  uvctx__orphan_in_locked(c, dm);
+  uvctx__count_new_locked(dm, c->kind);
+  uvctx__lock_release(&dm->lock);
   if (UVCTX__TRACING())
     uvctx__trace_create(c);
   *out = c;
