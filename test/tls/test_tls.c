@@ -1265,9 +1265,14 @@ START_TEST(test_units_shared_by_threads) {
   uv_thread_t th[N];
   int i;
   memset(pairs, 0, sizeof(pairs));
+  /* Every configuration is made before any thread starts: loading one
+   * opens and closes files, whose descriptor numbers a running thread's
+   * loop may have just closed and TSan would see as shared. */
   for (i = 0; i < N; i++) {
     pairs[i].scfg = tu_server_cfg(0);
     pairs[i].ccfg = tu_client_cfg(0);
+  }
+  for (i = 0; i < N; i++) {
     pairs[i].len = UVT_SCALE(16u * MiB, 2u * MiB);
     ck_assert_int_eq(uv_thread_create(&th[i], tpair_main, &pairs[i]), 0);
   }
