@@ -253,8 +253,7 @@ place_locked(uvctx_t* c, uvctx__attach_t a, uvctx_t* parent) {
       uvctx__orphan_locked(c);
       break;
   }
-  uvctx__count_ctx_locked(c, 1);
-  uvctx__count_ctx_created_locked(c);
+  uvctx__count_new_locked(uvctx__dom_of(c), c->kind);
 }
 
 /* Links `c` in; returns 1 if the lock of the list it went on was found
@@ -989,8 +988,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
     uvctx__born_done_locked(&a->base, done_from);
   else if (!linked && became == NULL)
     uvctx__orphan_locked(&a->base);
-  uvctx__count_ctx_locked(&a->base, 1);
-  uvctx__count_ctx_created_locked(&a->base);
+  uvctx__count_new_locked(uvctx__dom_of(&a->base), a->base.kind);
   uvctx__lock_release(&h->lock);
   for (i = 0; i < n; i++)
     uvctx__foreign(&a->base, parents[i], 1);
@@ -1114,7 +1112,7 @@ static void retire(uvctx_t* n) {
       uvctx__heap_remove_locked(n->home, d);
     uvctx__main_leave(n);
   }
-  uvctx__count_ctx_locked(n, -1);
+  uvctx__count_gone_locked(n);
   if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
     set_where(n, uncount_striped_locked(n));
   if (UVCTX__TRACING())

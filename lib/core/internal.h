@@ -388,15 +388,10 @@ static inline void uvctx__orphan_in_locked(uvctx_t* c, uvctx__dom_t* dm) {
   atomic_store_explicit(&c->where, UVCTX__AT_ORPHAN, memory_order_relaxed);
 }
 
-/* [c's stripe's lock] A context comes (d = 1) or goes (d = -1): counted
- * by kind in its stripe. Creation is counted apart. Inline: every create
- * and free counts. */
-static inline void uvctx__count_ctx_locked(const uvctx_t* c, int d) {
-  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].n_kind[c->kind], d);
-}
-
-static inline void uvctx__count_ctx_created_locked(const uvctx_t* c) {
-  uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].created, 1);
+/* [c's stripe's lock] A context goes: uncounted by kind in its stripe
+ * (uvctx__count_new_locked() counts one in). Inline: every free counts. */
+static inline void uvctx__count_gone_locked(const uvctx_t* c) {
+  uvctx__dom_add(&uvctx__dom_of(c)->n_kind[c->kind], -1);
 }
 
 /* [c's stripe's lock] The loop lock, taken after a stripe's lock (never
