@@ -133,40 +133,6 @@ static int inherit_dom(int kind, const uvctx_t* parent,
   return UVCTX__DOM(parent);
 }
 
-static uvctx_t* init_ctx(void* block, size_t shift, int kind, uvctx_t* parent,
-                         uvctx_loop_t* home, void* site, uint8_t lay) {
-  uvctx_t* c = (uvctx_t*)((char*)block + shift);
-  atomic_init(&c->refs, 1);
-  atomic_init(&c->err, UVCTX__LIVE);
-  c->kind = (uint8_t)kind;
-  atomic_init(&c->where, UVCTX__AT_NONE);
-  c->lay = lay;
-  c->parent = parent;
-  c->home = home;
-  c->link.next = NULL;
-  c->link.pprev = NULL;
-  c->link.owner = c;
-  c->u1.children = NULL;
-  c->u2.watches = NULL;
-  c->site = site;
-  return c;
-}
-
-static inline __attribute__((always_inline)) uvctx_t*
-alloc_ctx(size_t size, int kind, uvctx_t* parent, uvctx_loop_t* home,
-          void* site) {
-  void* block = uvctx__malloc(size);
-  if (block == NULL)
-    return NULL;
-  return init_ctx(block, 0, kind, parent, home, site,
-                  UVCTX__LAY(0, inherit_dom(kind, parent, home), 0));
-}
-
-uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
-                          uvctx_loop_t* home, void* site) {
-  return alloc_ctx(size, kind, parent, home, site);
-}
-
 /* A context that threads other than its creator's will write, as the
  * parent of their own contexts: a loop's root (a child of a background)
  * or a branch made for another loop. Such contexts are made one after the
@@ -194,8 +160,8 @@ static uvctx_t* alloc_apart(size_t size, int kind, uvctx_t* parent,
   if (at == NULL)
     return NULL;
   shift = (size_t)(at - (char*)block);
-  return init_ctx(block, shift, kind, parent, home, site,
-                  UVCTX__LAY(shift, dom, sref));
+  return uvctx__init_ctx(block, shift, kind, parent, home, site,
+                         UVCTX__LAY(shift, dom, sref));
 }
 
 void uvctx__orphan_locked(uvctx_t* c) {
@@ -362,7 +328,7 @@ static int with_cancel_striped(uvctx_t* t, uvctx__stripes_t* b, uvctx_t** out,
   int d = my_stripe();
   uvctx_loop_t* h = t->home;
   uvctx__dom_t* dm = &h->dom[d];
-  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, t, h, site);
+  uvctx_t* c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, t, site);
   if (c == NULL)
     return UV_ENOMEM;
   c->lay = UVCTX__LAY(0, d, 1);
@@ -389,7 +355,8 @@ with_cancel_plain(uvctx_t* t, uvctx_t** out, void* site) {
   int seen;
   if (block == NULL)
     return UV_ENOMEM;
-  c = init_ctx(block, 0, UVCTX__CANCEL, t, t->home, site, UVCTX__LAY(0, d, 0));
+  c = uvctx__init_ctx(block, 0, UVCTX__CANCEL, t, t->home, site,
+                      UVCTX__LAY(0, d, 0));
   atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
   seen = uvctx__lock_acquire_seen(&dm->lock);
   /* Striped meanwhile or not, t's own list is the one its lock guards. */
@@ -501,7 +468,7 @@ static void count_cancels(uvctx_t* c, uint64_t n) {
 static void walk_locked(walk_t* w, uvctx_t* c) {
   /* Guarded by this walk's lock: the same home and stripe. */
   uvctx_loop_t* const h = c->home;
-  const unsigned dom = c->lay & 0x38u;
+  const unsigned dom = c->lay & UVCTX__DOM_BITS;
   uvctx__dom_t* const dm = &h->dom[UVCTX__DOM(c)];
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
@@ -523,7 +490,8 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * hand, never through pprev (that would write into a link already
        * reused). */
       l->pprev = NULL;
-      if (k->home != h || (k->lay & 0x38u) != dom || k->kind == UVCTX__ANY) {
+      if (k->home != h || (k->lay & UVCTX__DOM_BITS) != dom ||
+          k->kind == UVCTX__ANY) {
         defer(w, l, k);
         continue;
       }
@@ -897,7 +865,7 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
     c = alloc_apart(sizeof(*c), UVCTX__CANCEL, parent, home, site,
                     inherit_dom(UVCTX__CANCEL, parent, home), 0);
   else
-    c = alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, home, site);
+    c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, site);
   if (c == NULL)
     return UV_ENOMEM;
   uvctx_ref(parent);
@@ -933,7 +901,7 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
 
   a = (uvctx__any_t*)uvctx__alloc_ctx(
       sizeof(*a) + (n - 1) * sizeof(a->extra[0]), UVCTX__ANY, parents[0],
-      parents[0]->home, __builtin_return_address(0));
+      __builtin_return_address(0));
   if (a == NULL)
     return UV_ENOMEM;
   h = a->base.home;
@@ -1067,6 +1035,17 @@ static inline __attribute__((always_inline)) int put(uvctx_t* p,
   return (now & ~UVCTX__REF_STRIPED) == 0;
 }
 
+/* [no lock] Drops `amount` from c's count: 1 if that was the last of it.
+ * Only a with_cancel context is ever striped: any other's count is
+ * dropped with a plain subtraction. */
+static inline __attribute__((always_inline)) int drop(uvctx_t* c,
+                                                      unsigned amount) {
+  if (c->kind != UVCTX__CANCEL)
+    return atomic_fetch_sub_explicit(&c->refs, amount, memory_order_acq_rel) ==
+           amount;
+  return put(c, amount);
+}
+
 /* [n's lock; n a striped child whose count is zero] What it owes its
  * parent: its stripe's unit if it was the stripe's last child and the
  * parent's own references are gone, else nothing. */
@@ -1084,7 +1063,9 @@ __attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
 }
 
 static void retire(uvctx_t* n) {
-  uvctx__lock_t* h = uvctx__lock_of(n);
+  /* n's stripe, worked out once (n is no one else's to change now). */
+  uvctx__dom_t* dm = uvctx__dom_of(n);
+  uvctx__lock_t* h = &dm->lock;
   uvctx__lock_t* p;
   int w;
   /* Read first without a lock: n's count is zero, so nobody will list it
@@ -1112,7 +1093,7 @@ static void retire(uvctx_t* n) {
       uvctx__heap_remove_locked(n->home, d);
     uvctx__main_leave(n);
   }
-  uvctx__count_gone_locked(n);
+  uvctx__count_gone_locked(dm, n->kind);
   if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
     set_where(n, uncount_striped_locked(n));
   if (UVCTX__TRACING())
@@ -1136,13 +1117,13 @@ static void retire(uvctx_t* n) {
  * and pushes it on the stack of contexts to free. */
 static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
                                uvctx_t** stack) {
-  if (p == NULL || amount == 0)
+  if (p == NULL)
     return;
   if (p->kind == UVCTX__BACKGROUND) {
     uvctx__foreign(c, p, -1);
     return;
   }
-  if (!put(p, amount))
+  if (!drop(p, amount))
     return;
   retire(p);
   p->link.next = *stack != NULL ? &(*stack)->link : NULL;
@@ -1152,15 +1133,16 @@ static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
 static void destroy(uvctx_t* c) {
   if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
     uvctx__msg_unref(c->u2.msg);
-  if (c->kind == UVCTX__DEADLINE)
+  if (c->kind == UVCTX__CANCEL) {
+    if (striped(c)) /* the only kind ever striped */
+      uvctx__free(stripes(c)->block);
+  } else if (c->kind == UVCTX__DEADLINE) {
     uvctx__msg_unref(((uvctx__deadline_t*)c)->dl_msg);
-  if (c->kind == UVCTX__VALUE) {
+  } else if (c->kind == UVCTX__VALUE) {
     uvctx__value_t* v = (uvctx__value_t*)c;
     if (v->key->free_value != NULL && v->value != NULL)
       v->key->free_value(v->value);
   }
-  if (striped(c))
-    uvctx__free(stripes(c)->block);
   uvctx__free((char*)c - (c->lay & 7) * 8);
 }
 
@@ -1178,13 +1160,17 @@ __attribute__((noinline)) static void free_from(uvctx_t* c) {
   stack = c;
   while (stack != NULL) {
     uvctx_t* n = stack;
+    uvctx_t* p = n->parent;
     unsigned owe = 1;
-    if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF))
-      owe = where(n) == OWE_UNIT ? UVCTX__REF_UNIT : 0;
+    if (UVCTX__UNLIKELY(n->lay & UVCTX__SREF)) {
+      owe = UVCTX__REF_UNIT;
+      if (where(n) != OWE_UNIT)
+        p = NULL; /* its stripe keeps holding the parent */
+    }
     stack = n->link.next != NULL ? n->link.next->owner : NULL;
     n->link.next = dead != NULL ? &dead->link : NULL;
     dead = n;
-    drop_parent(n, n->parent, owe, &stack);
+    drop_parent(n, p, owe, &stack);
     if (n->kind == UVCTX__ANY) {
       uvctx__any_t* a = (uvctx__any_t*)n;
       size_t i;
@@ -1205,20 +1191,8 @@ __attribute__((noinline)) static void free_from(uvctx_t* c) {
 void uvctx_unref(uvctx_t* c) {
   if (c == NULL || c->kind == UVCTX__BACKGROUND)
     return;
-  /* A count that is not striped and never will be is dropped with a plain
-   * subtraction. Only a live with_cancel context is ever striped, under
-   * its lock, and its done state is published under that lock: seen done
-   * (acquire), it was striped before and the flag is seen, or it never
-   * will be. */
-  if (c->kind != UVCTX__CANCEL ||
-      (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE &&
-       !(atomic_load_explicit(&c->refs, memory_order_relaxed) &
-         UVCTX__REF_STRIPED))) {
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
-      free_from(c);
-  } else if (put(c, 1)) {
+  if (drop(c, 1))
     free_from(c);
-  }
 }
 
 void uvctx_release(uvctx_t* c) {

@@ -108,7 +108,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   int rc = 0;
 
   d = (uvctx__deadline_t*)uvctx__alloc_ctx(sizeof(*d), UVCTX__DEADLINE, parent,
-                                           parent->home, site);
+                                           site);
   if (d == NULL)
     return UV_ENOMEM;
   d->dl_msg = NULL;

@@ -25,7 +25,6 @@ int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
   UVCTX__REQUIRE_PARENT_OUT(parent, out);
   UVCTX__REQUIRE(key != NULL, "key is NULL");
   v = (uvctx__value_t*)uvctx__alloc_ctx(sizeof(*v), UVCTX__VALUE, parent,
-                                        parent->home,
                                         __builtin_return_address(0));
   if (v == NULL)
     return UV_ENOMEM;
@@ -38,7 +37,7 @@ int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
 int uvctx_without_cancel(uvctx_t* parent, uvctx_t** out) {
   uvctx_t* c;
   UVCTX__REQUIRE_PARENT_OUT(parent, out);
-  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent, parent->home,
+  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent,
                        __builtin_return_address(0));
   if (c == NULL)
     return UV_ENOMEM;
