@@ -868,7 +868,7 @@ static int with_cancel(uvctx_t* parent, uvctx_loop_t* home, uvctx_t** out,
     c = uvctx__alloc_ctx(sizeof(*c), UVCTX__CANCEL, parent, site);
   if (c == NULL)
     return UV_ENOMEM;
-  uvctx_ref(parent);
+  uvctx__ref_parent(parent);
   (void)attach(c, parent);
   return created(c, out);
 }
@@ -974,8 +974,8 @@ int uvctx_any(uvctx_t* const* parents, size_t n, uvctx_t** out) {
 /* ---- references and freeing ---------------------------------------------- */
 
 uvctx_t* uvctx_ref(uvctx_t* c) {
-  if (c != NULL && c->kind != UVCTX__BACKGROUND)
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  if (c != NULL)
+    uvctx__ref_parent(c);
   return c;
 }
 

@@ -123,7 +123,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   d->heap_index = UVCTX__NO_HEAP;
   inherited = uvctx__deadline_of(parent);
   d->deadline = deadline < inherited ? deadline : inherited;
-  uvctx_ref(parent);
+  uvctx__ref_parent(parent);
 
   /* A deadline context shares its parent's home and stripe, and so the
    * lock of the list it goes on. */

@@ -572,6 +572,13 @@ void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
  * that is another loop's background, under that loop's lock. */
 void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d);
 
+/* uvctx_ref() of a context known not to be NULL, inline: a constructor's
+ * reference to its parent. */
+static inline void uvctx__ref_parent(uvctx_t* c) {
+  if (c->kind != UVCTX__BACKGROUND)
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
 static inline int uvctx__valid(const uvctx_t* c) {
   return c != NULL && c->kind <= UVCTX__DETACHED;
 }

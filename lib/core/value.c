@@ -5,10 +5,11 @@
  * is never done. */
 #include "core/internal.h"
 
-static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
+static inline __attribute__((always_inline)) int
+attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   /* c's stripe, worked out once (c is not shared yet). */
   uvctx__dom_t* dm = uvctx__dom_of(c);
-  uvctx_ref(parent);
+  uvctx__ref_parent(parent);
   uvctx__lock_acquire(&dm->lock);
   uvctx__orphan_in_locked(c, dm);
   uvctx__count_new_locked(dm, c->kind);
