@@ -396,11 +396,11 @@ typedef struct walk_s {
 
 /* [n's lock] Everything a context needs once its children have been
  * taken off it: its watches made due and its deadline entry gone (under
- * the loop lock too, for a context of another stripe), its cause and
- * error published. */
+ * the loop lock too, for a context of another stripe), its cause (in
+ * its lists if `is_striped`) and error published. */
 static inline __attribute__((always_inline)) void
 finish_as_locked(uvctx_t* n, int err, intptr_t cause, uvctx__msg_t* msg,
-                 uvctx__cancel_op_t* op, int maybe_striped) {
+                 uvctx__cancel_op_t* op, int is_striped) {
   /* heap_index is the loop lock's: the heap moves other entries. */
   int dl = n->kind == UVCTX__DEADLINE;
   if (n->u2.watches != NULL || dl) {
@@ -411,7 +411,7 @@ finish_as_locked(uvctx_t* n, int err, intptr_t cause, uvctx__msg_t* msg,
       uvctx__heap_remove_locked(n->home, (uvctx__deadline_t*)n);
     uvctx__main_leave(n);
   }
-  if (maybe_striped && striped(n))
+  if (is_striped)
     stripes(n)->cause = cause;
   else
     n->u1.cause = cause;
@@ -422,7 +422,7 @@ finish_as_locked(uvctx_t* n, int err, intptr_t cause, uvctx__msg_t* msg,
 
 static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
                                  uvctx__msg_t* msg, uvctx__cancel_op_t* op) {
-  finish_as_locked(n, err, cause, msg, op, 1);
+  finish_as_locked(n, err, cause, msg, op, striped(n));
 }
 
 /* [the lock of the list `l` was on] A child found by a walk that must be
@@ -479,7 +479,10 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
   uvctx__msg_t* const msg = w->msg;
 
   for (;;) {
-    uvctx__link_t** head = uvctx__own_list(n);
+    /* Read once: n's lists are this lock's, and so is its flag. */
+    const int st = striped(n);
+    uvctx__link_t** head =
+        st ? &stripes(n)->s[UVCTX__DOM(n)].head : &n->u1.children;
     uvctx__link_t* l;
     uvctx__link_t* next;
     for (l = *head; l != NULL; l = next) {
@@ -508,8 +511,8 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
       stack = k;
     }
     *head = NULL;
-    finish_locked(n, err, cause, msg, &w->op);
-    if (striped(n))
+    finish_as_locked(n, err, cause, msg, &w->op, st);
+    if (UVCTX__UNLIKELY(st))
       pend(w, n);
     cancels++;
     if (n != c)
