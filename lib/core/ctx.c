@@ -1065,7 +1065,7 @@ __attribute__((noinline)) static int uncount_striped_locked(uvctx_t* n) {
   return OWE_NOTHING;
 }
 
-static void retire(uvctx_t* n) {
+static inline __attribute__((always_inline)) void retire_inline(uvctx_t* n) {
   /* n's stripe, worked out once (n is no one else's to change now). */
   uvctx__dom_t* dm = uvctx__dom_of(n);
   uvctx__lock_t* h = &dm->lock;
@@ -1116,6 +1116,10 @@ static void retire(uvctx_t* n) {
   }
 }
 
+static void retire(uvctx_t* n) {
+  retire_inline(n);
+}
+
 /* Drops `amount` of `p`; when it was the last, takes p out of the tree
  * and pushes it on the stack of contexts to free. */
 static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
@@ -1133,7 +1137,7 @@ static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
   *stack = p;
 }
 
-static void destroy(uvctx_t* c) {
+static inline __attribute__((always_inline)) void destroy(uvctx_t* c) {
   if (atomic_load_explicit(&c->err, memory_order_relaxed) != UVCTX__LIVE)
     uvctx__msg_unref(c->u2.msg);
   if (c->kind == UVCTX__CANCEL) {
@@ -1155,12 +1159,35 @@ static void destroy(uvctx_t* c) {
  * then on a list of contexts to destroy, outside every lock, because value
  * destructors are user code. */
 __attribute__((noinline)) static void free_from(uvctx_t* c) {
+  uvctx_t* p = c->parent;
   uvctx_t* stack;
   uvctx_t* dead = NULL;
 
-  retire(c);
-  c->link.next = NULL;
-  stack = c;
+  retire_inline(c);
+  /* The common case first: a context of one parent, which holds it with
+   * one reference and stays (or is a background, which is not counted). */
+  if (UVCTX__LIKELY(!(c->lay & UVCTX__SREF) && c->kind != UVCTX__ANY &&
+                    p != NULL)) {
+    if (p->kind == UVCTX__BACKGROUND) {
+      if (p->home != c->home)
+        uvctx__foreign(c, p, -1);
+      destroy(c);
+      return;
+    }
+    if (!drop(p, 1)) {
+      destroy(c);
+      return;
+    }
+    /* Its parent goes too: where the loop below would be after c. */
+    retire(p);
+    c->link.next = NULL;
+    dead = c;
+    p->link.next = NULL;
+    stack = p;
+  } else {
+    c->link.next = NULL;
+    stack = c;
+  }
   while (stack != NULL) {
     uvctx_t* n = stack;
     uvctx_t* p = n->parent;
