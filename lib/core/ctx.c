@@ -1039,11 +1039,17 @@ static inline __attribute__((always_inline)) int put(uvctx_t* p,
 }
 
 /* [no lock] Drops `amount` from c's count: 1 if that was the last of it.
- * Only a with_cancel context is ever striped: any other's count is
- * dropped with a plain subtraction. */
+ * A count that is not striped and never will be is dropped with a plain
+ * subtraction. Only a live with_cancel context is ever striped, under
+ * its lock, and its done state is published under that lock: seen done
+ * (acquire), it was striped before and the flag is seen, or it never
+ * will be. */
 static inline __attribute__((always_inline)) int drop(uvctx_t* c,
                                                       unsigned amount) {
-  if (c->kind != UVCTX__CANCEL)
+  if (c->kind != UVCTX__CANCEL ||
+      (atomic_load_explicit(&c->err, memory_order_acquire) != UVCTX__LIVE &&
+       !(atomic_load_explicit(&c->refs, memory_order_relaxed) &
+         UVCTX__REF_STRIPED)))
     return atomic_fetch_sub_explicit(&c->refs, amount, memory_order_acq_rel) ==
            amount;
   return put(c, amount);
@@ -1132,7 +1138,7 @@ static inline void drop_parent(const uvctx_t* c, uvctx_t* p, unsigned amount,
   }
   if (!drop(p, amount))
     return;
-  retire(p);
+  retire_inline(p);
   p->link.next = *stack != NULL ? &(*stack)->link : NULL;
   *stack = p;
 }
