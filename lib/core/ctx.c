@@ -684,25 +684,7 @@ static void trace_root(walk_t* w, const uvctx_t* c) {
   }
 }
 
-/* [c's lock] The root of a cancel: walked if still live (first cancel
- * wins), made an orphan if the caller took its link. `dm` is c's stripe
- * (worked out before the lock, not read again after it). */
-static inline __attribute__((always_inline)) void
-cancel_root_locked(walk_t* w, uvctx_t* c, int own, uvctx__dom_t* dm) {
-  if (is_live(c)) {
-    trace_root(w, c);
-    if (c->u1.children == NULL) {
-      /* A leaf, the common case: nothing to walk, nothing to defer. */
-      finish_locked(c, w->err, w->cause, w->msg, &w->op);
-      uvctx__dom_add(&dm->cancels, 1);
-    } else {
-      walk_locked(w, c);
-    }
-  }
-  if (own)
-    uvctx__orphan_in_locked(c, dm);
-}
-
+/* What every cancel needs: its error, cause and operation. */
 static inline __attribute__((always_inline)) void
 walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->err = err;
@@ -710,11 +692,43 @@ walk_init(walk_t* w, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   w->msg = msg;
   w->op.id = 0;
   w->op.time = now;
+}
+
+/* What only a walk needs: lists of its own for what it leaves for after
+ * its lock (a timer pass's walks use the loop's instead). */
+static inline __attribute__((always_inline)) void walk_own_lists(walk_t* w) {
   w->own_deferred = NULL;
   w->deferred = &w->own_deferred;
   w->own_pending = NULL;
   w->pending = &w->own_pending;
   w->must_wait = 0;
+}
+
+/* [c's lock] The root of a cancel: walked if still live (first cancel
+ * wins), made an orphan if the caller took its link. `dm` is c's stripe
+ * (worked out before the lock, not read again after it). A walk is given
+ * lists of its own first if `own_lists` (else the caller has set them).
+ * 1 if it walked: only then can it have left anything for after. */
+static inline __attribute__((always_inline)) int
+cancel_root_locked(walk_t* w, uvctx_t* c, int own, uvctx__dom_t* dm,
+                   int own_lists) {
+  int walked = 0;
+  if (is_live(c)) {
+    trace_root(w, c);
+    if (c->u1.children == NULL) {
+      /* A leaf, the common case: nothing to walk, nothing to defer. */
+      finish_locked(c, w->err, w->cause, w->msg, &w->op);
+      uvctx__dom_add(&dm->cancels, 1);
+    } else {
+      if (own_lists)
+        walk_own_lists(w);
+      walk_locked(w, c);
+      walked = 1;
+    }
+  }
+  if (own)
+    uvctx__orphan_in_locked(c, dm);
+  return walked;
 }
 
 /* uvctx__cancel(), inlined into uvctx_cancel(). */
@@ -730,13 +744,14 @@ cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   int more = merge || (p != NULL && p != h);
   walk_t w;
   int own = 0;
+  int walked;
 
   /* The id and the time are taken lazily, by the tracer or the first watch
    * made due: a cancel nobody watches pays for neither. */
   walk_init(&w, err, cause, msg, now);
   uvctx__lock_acquire(h);
   own = p == h && take_from_parent_locked(c);
-  cancel_root_locked(&w, c, own, dm);
+  walked = cancel_root_locked(&w, c, own, dm, 1);
   if (more)
     uvctx_ref(c);
   uvctx__lock_release(h);
@@ -760,7 +775,8 @@ cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg, uint64_t now) {
   }
   if (more)
     uvctx_unref(c);
-  run_after(&w);
+  if (walked)
+    run_after(&w);
 }
 
 void uvctx__cancel(uvctx_t* c, int err, intptr_t cause, uvctx__msg_t* msg,
@@ -772,15 +788,17 @@ void uvctx__cancel_locked(uvctx_t* c, int err, intptr_t cause,
                           uvctx__msg_t* msg, uint64_t now) {
   walk_t w;
   walk_init(&w, err, cause, msg, now);
+  walk_own_lists(&w);
   w.deferred = &c->home->deferred;
   w.pending = &c->home->pending;
-  cancel_root_locked(&w, c, take_from_parent_locked(c),
-                     &c->home->dom[UVCTX__DOM(c)]);
+  (void)cancel_root_locked(&w, c, take_from_parent_locked(c),
+                           &c->home->dom[UVCTX__DOM(c)], 0);
 }
 
 void uvctx__cancel_deferred(uvctx_loop_t* l) {
   walk_t w;
   walk_init(&w, 0, 0, NULL, 0);
+  walk_own_lists(&w);
   uvctx__lock_acquire(&l->lock);
   w.own_deferred = l->deferred;
   l->deferred = NULL;
