@@ -493,8 +493,9 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * hand, never through pprev (that would write into a link already
        * reused). */
       l->pprev = NULL;
-      if (k->home != h || (k->lay & UVCTX__DOM_BITS) != dom ||
-          k->kind == UVCTX__ANY) {
+      /* Of another home or stripe, or a merge (whose MERGE bit no `dom`
+       * has). */
+      if (k->home != h || (k->lay & (UVCTX__DOM_BITS | UVCTX__MERGE)) != dom) {
         defer(w, l, k);
         continue;
       }

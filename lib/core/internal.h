@@ -127,6 +127,7 @@ struct uvctx__link_s {
 #define UVCTX__DOM(c) (((c)->lay >> 3) & 7)
 #define UVCTX__DOM_BITS 0x38 /* UVCTX__DOM's bits of `lay` */
 #define UVCTX__SREF 0x40     /* its reference to its parent is its stripe's */
+#define UVCTX__MERGE 0x80    /* a uvctx_any() context (of stripe 0) */
 #define UVCTX__LAY(shift, dom, sref) \
   ((uint8_t)((shift) / 8 | (dom) << 3 | ((sref) ? UVCTX__SREF : 0)))
 
@@ -174,7 +175,7 @@ struct uvctx_s {
   atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
   /* Set at creation, never changed: bits 0-2, the bytes from the
    * allocated block to the context, in 8s; bits 3-5, the context's stripe
-   * of its home (UVCTX__DOM); bit 6, UVCTX__SREF. */
+   * of its home (UVCTX__DOM); bit 6, UVCTX__SREF; bit 7, UVCTX__MERGE. */
   uint8_t lay;
   uvctx_t* parent; /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
@@ -554,16 +555,17 @@ static inline uvctx_t* uvctx__init_ctx(void* block, size_t shift, int kind,
 
 /* A new context of `kind` homed with `parent`, of its parent's stripe (so
  * that the list it goes on and its own state are guarded by one lock),
- * except a merge, whose parents may be of any stripe: it takes 0. Inline:
- * every constructor makes one. */
+ * except a merge, whose parents may be of any stripe: it takes 0 (and
+ * UVCTX__MERGE). Inline: every constructor makes one. */
 static inline __attribute__((always_inline)) uvctx_t*
 uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent, void* site) {
   void* block = uvctx__malloc(size);
   if (block == NULL)
     return NULL;
-  return uvctx__init_ctx(
-      block, 0, kind, parent, parent->home, site,
-      kind == UVCTX__ANY ? 0 : (uint8_t)(parent->lay & UVCTX__DOM_BITS));
+  return uvctx__init_ctx(block, 0, kind, parent, parent->home, site,
+                         kind == UVCTX__ANY
+                             ? UVCTX__MERGE
+                             : (uint8_t)(parent->lay & UVCTX__DOM_BITS));
 }
 /* [c's home lock] A new child of a done context copies its error and
  * cause and becomes an orphan. */
