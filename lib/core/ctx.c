@@ -429,7 +429,8 @@ static inline void finish_locked(uvctx_t* n, int err, intptr_t cause,
  * cancelled under another lock: taken with a reference, or, if its count
  * already reached zero, left to the free that is waiting for this lock
  * (it has no children and no watches: both would hold references). */
-static void defer(walk_t* w, uvctx__link_t* l, uvctx_t* k) {
+__attribute__((noinline)) static void defer(walk_t* w, uvctx__link_t* l,
+                                            uvctx_t* k) {
   int base = l == &k->link;
   if (!uvctx__try_ref(k)) {
     if (base)
@@ -446,7 +447,7 @@ static void defer(walk_t* w, uvctx__link_t* l, uvctx_t* k) {
 /* [n's lock; n just made done] A striped parent's other stripes are
  * walked once that lock is let go. A parent whose count already reached
  * zero has no children left on any stripe (each would hold it). */
-static void pend(walk_t* w, uvctx_t* n) {
+__attribute__((noinline)) static void pend(walk_t* w, uvctx_t* n) {
   uvctx__stripes_t* b = stripes(n);
   if (!uvctx__try_ref(n))
     return;
@@ -468,7 +469,6 @@ static void count_cancels(uvctx_t* c, uint64_t n) {
 static void walk_locked(walk_t* w, uvctx_t* c) {
   /* Guarded by this walk's lock: the same home and stripe. */
   uvctx_loop_t* const h = c->home;
-  const unsigned dom = c->lay & UVCTX__DOM_BITS;
   uvctx__dom_t* const dm = &h->dom[UVCTX__DOM(c)];
   uvctx_t* stack = NULL;
   uvctx_t* n = c;
@@ -493,9 +493,12 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
        * hand, never through pprev (that would write into a link already
        * reused). */
       l->pprev = NULL;
-      /* Of another home or stripe, or a merge (whose MERGE bit no `dom`
-       * has). */
-      if (k->home != h || (k->lay & (UVCTX__DOM_BITS | UVCTX__MERGE)) != dom) {
+      /* Of another home, or a merge. A child homed with its list's owner
+       * is of the owner's stripe unless it is a merge: it inherited it
+       * (uvctx__alloc_ctx(), through any value contexts between), or it
+       * is a striped child on its own stripe's list, whose owner's walk
+       * is of that stripe. So the stripe needs no test. */
+      if (k->home != h || (k->lay & UVCTX__MERGE)) {
         defer(w, l, k);
         continue;
       }
