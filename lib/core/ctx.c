@@ -459,6 +459,60 @@ static void count_cancels(uvctx_t* c, uint64_t n) {
   uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].cancels, (int64_t)n);
 }
 
+/* [the walk's lock] Takes every child off list `*head` (of a context being
+ * cancelled), leaving it empty: a leaf is finished and made an orphan at
+ * once, a context with children of its own pushed on `*stack`, and one of
+ * another lock deferred. */
+static inline __attribute__((always_inline)) void
+take_children_locked(walk_t* w, uvctx__link_t** head, uvctx_loop_t* h,
+                     uvctx__dom_t* dm, uvctx_t** stack, uint64_t* cancels,
+                     int err, intptr_t cause, uvctx__msg_t* msg) {
+  uvctx__link_t* l;
+  uvctx__link_t* next;
+  for (l = *head; l != NULL; l = next) {
+    uvctx_t* k = l->owner;
+    next = l->next;
+    /* The list being walked is dropped whole, and the `next` of the links
+     * already walked now threads the stack: detach this link by hand,
+     * never through pprev (that would write into a link already reused). */
+    l->pprev = NULL;
+    /* Of another home, or a merge. A child homed with its list's owner is
+     * of the owner's stripe unless it is a merge: it inherited it
+     * (uvctx__alloc_ctx(), through any value contexts between), or it is
+     * a striped child on its own stripe's list, whose owner's walk is of
+     * that stripe. So the stripe needs no test. */
+    if (k->home != h || (k->lay & UVCTX__MERGE)) {
+      defer(w, l, k);
+      continue;
+    }
+    /* Guarded by this lock: this walk holds the only lock that could see
+     * it taken, until it makes it an orphan. (A striped parent's u1 is
+     * never NULL: it goes on the stack.) */
+    if (k->u1.children == NULL) {
+      finish_as_locked(k, err, cause, msg, &w->op, 0);
+      uvctx__orphan_in_locked(k, dm);
+      (*cancels)++;
+      continue;
+    }
+    k->link.next = *stack != NULL ? &(*stack)->link : NULL;
+    *stack = k;
+  }
+  *head = NULL;
+}
+
+/* [the walk's lock] The same for striped parent `n`, its own stripe's
+ * list, then `n` itself finished and pended: out of the walk's loop,
+ * which plain contexts run. */
+__attribute__((noinline)) static void take_striped_locked(walk_t* w, uvctx_t* n,
+                                                          uvctx__dom_t* dm,
+                                                          uvctx_t** stack,
+                                                          uint64_t* cancels) {
+  take_children_locked(w, &stripes(n)->s[UVCTX__DOM(n)].head, n->home, dm,
+                       stack, cancels, w->err, w->cause, w->msg);
+  finish_as_locked(n, w->err, w->cause, w->msg, &w->op, 1);
+  pend(w, n);
+}
+
 /* [c's lock; c live] Marks `c` and the part of its subtree that lock
  * guards done, with an explicit stack threaded through the links of the
  * contexts being cancelled: a context taken off its parent's list has a
@@ -479,45 +533,14 @@ static void walk_locked(walk_t* w, uvctx_t* c) {
   uvctx__msg_t* const msg = w->msg;
 
   for (;;) {
-    /* Read once: n's lists are this lock's, and so is its flag. */
-    const int st = striped(n);
-    uvctx__link_t** head =
-        st ? &stripes(n)->s[UVCTX__DOM(n)].head : &n->u1.children;
-    uvctx__link_t* l;
-    uvctx__link_t* next;
-    for (l = *head; l != NULL; l = next) {
-      uvctx_t* k = l->owner;
-      next = l->next;
-      /* The list being walked is dropped whole, and the `next` of the
-       * links already walked now threads the stack: detach this link by
-       * hand, never through pprev (that would write into a link already
-       * reused). */
-      l->pprev = NULL;
-      /* Of another home, or a merge. A child homed with its list's owner
-       * is of the owner's stripe unless it is a merge: it inherited it
-       * (uvctx__alloc_ctx(), through any value contexts between), or it
-       * is a striped child on its own stripe's list, whose owner's walk
-       * is of that stripe. So the stripe needs no test. */
-      if (k->home != h || (k->lay & UVCTX__MERGE)) {
-        defer(w, l, k);
-        continue;
-      }
-      /* Guarded by this lock: this walk holds the only lock that could
-       * see it taken, until it makes it an orphan below. (A striped
-       * parent's u1 is never NULL: it goes on the stack.) */
-      if (k->u1.children == NULL) {
-        finish_as_locked(k, err, cause, msg, &w->op, 0);
-        uvctx__orphan_in_locked(k, dm);
-        cancels++;
-        continue;
-      }
-      k->link.next = stack != NULL ? &stack->link : NULL;
-      stack = k;
+    /* n's lists are this lock's, and so is its flag. */
+    if (UVCTX__UNLIKELY(striped(n))) {
+      take_striped_locked(w, n, dm, &stack, &cancels);
+    } else {
+      take_children_locked(w, &n->u1.children, h, dm, &stack, &cancels, err,
+                           cause, msg);
+      finish_as_locked(n, err, cause, msg, &w->op, 0);
     }
-    *head = NULL;
-    finish_as_locked(n, err, cause, msg, &w->op, st);
-    if (UVCTX__UNLIKELY(st))
-      pend(w, n);
     cancels++;
     if (n != c)
       uvctx__orphan_in_locked(n, dm);
