@@ -40,8 +40,9 @@ int uvctx_deadline(const uvctx_t* c, uint64_t* deadline_ns) {
  * from, or 0: an absolute deadline is compared with the clock read after
  * linking, so that an expired deadline is decided against the freshest
  * time. */
-static int arm_locked(uvctx__deadline_t* d, uint64_t deadline,
-                      uint64_t inherited, uint64_t now) {
+static inline __attribute__((always_inline)) int
+arm_locked(uvctx__deadline_t* d, uint64_t deadline, uint64_t inherited,
+           uint64_t now) {
   if (deadline <= (now != 0 ? now : uv_hrtime())) {
     uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
                          now);
