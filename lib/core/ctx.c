@@ -501,12 +501,14 @@ take_children_locked(walk_t* w, uvctx__link_t** head, uvctx_loop_t* h,
 }
 
 /* [the walk's lock] The same for striped parent `n`, its own stripe's
- * list, then `n` itself finished and pended: out of the walk's loop,
- * which plain contexts run. */
-__attribute__((noinline)) static void take_striped_locked(walk_t* w, uvctx_t* n,
-                                                          uvctx__dom_t* dm,
-                                                          uvctx_t** stack,
-                                                          uint64_t* cancels) {
+ * list, then `n` itself finished and pended: apart from the plain path of
+ * the walk's loop, but inline, so that the loop's stack never has its
+ * address taken: kept in a register, the next context of a chain is not
+ * stored and reloaded on the way (which costs a chain's walk about a
+ * quarter of its time). */
+static inline __attribute__((always_inline)) void
+take_striped_locked(walk_t* w, uvctx_t* n, uvctx__dom_t* dm, uvctx_t** stack,
+                    uint64_t* cancels) {
   take_children_locked(w, &stripes(n)->s[UVCTX__DOM(n)].head, n->home, dm,
                        stack, cancels, w->err, w->cause, w->msg);
   finish_as_locked(n, w->err, w->cause, w->msg, &w->op, 1);
