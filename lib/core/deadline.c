@@ -40,8 +40,9 @@ int uvctx_deadline(const uvctx_t* c, uint64_t* deadline_ns) {
  * from, or 0: an absolute deadline is compared with the clock read after
  * linking, so that an expired deadline is decided against the freshest
  * time. */
-static int arm_locked(uvctx__deadline_t* d, uint64_t deadline,
-                      uint64_t inherited, uint64_t now) {
+static inline __attribute__((always_inline)) int
+arm_locked(uvctx__deadline_t* d, uint64_t deadline, uint64_t inherited,
+           uint64_t now) {
   if (deadline <= (now != 0 ? now : uv_hrtime())) {
     uvctx__cancel_locked(&d->base, UVCTX__ERR_TIMEDOUT, d->dl_cause, d->dl_msg,
                          now);
@@ -108,7 +109,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   int rc = 0;
 
   d = (uvctx__deadline_t*)uvctx__alloc_ctx(sizeof(*d), UVCTX__DEADLINE, parent,
-                                           parent->home, site);
+                                           site);
   if (d == NULL)
     return UV_ENOMEM;
   d->dl_msg = NULL;
@@ -123,7 +124,7 @@ static int with_deadline(uvctx_t* parent, uint64_t deadline, uint64_t now,
   d->heap_index = UVCTX__NO_HEAP;
   inherited = uvctx__deadline_of(parent);
   d->deadline = deadline < inherited ? deadline : inherited;
-  uvctx_ref(parent);
+  uvctx__ref_parent(parent);
 
   /* A deadline context shares its parent's home and stripe, and so the
    * lock of the list it goes on. */

@@ -125,7 +125,9 @@ struct uvctx__link_s {
 #define UVCTX__STRIPES_ON 1
 #endif
 #define UVCTX__DOM(c) (((c)->lay >> 3) & 7)
-#define UVCTX__SREF 0x40 /* its reference to its parent is its stripe's */
+#define UVCTX__DOM_BITS 0x38 /* UVCTX__DOM's bits of `lay` */
+#define UVCTX__SREF 0x40     /* its reference to its parent is its stripe's */
+#define UVCTX__MERGE 0x80    /* a uvctx_any() context (of stripe 0) */
 #define UVCTX__LAY(shift, dom, sref) \
   ((uint8_t)((shift) / 8 | (dom) << 3 | ((sref) ? UVCTX__SREF : 0)))
 
@@ -173,7 +175,7 @@ struct uvctx_s {
   atomic_uchar where; /* UVCTX__AT_*: written under the lock it names */
   /* Set at creation, never changed: bits 0-2, the bytes from the
    * allocated block to the context, in 8s; bits 3-5, the context's stripe
-   * of its home (UVCTX__DOM); bit 6, UVCTX__SREF. */
+   * of its home (UVCTX__DOM); bit 6, UVCTX__SREF; bit 7, UVCTX__MERGE. */
   uint8_t lay;
   uvctx_t* parent; /* parents[0] for a merge; NULL for background */
   uvctx_loop_t* home;
@@ -388,10 +390,10 @@ static inline void uvctx__orphan_in_locked(uvctx_t* c, uvctx__dom_t* dm) {
   atomic_store_explicit(&c->where, UVCTX__AT_ORPHAN, memory_order_relaxed);
 }
 
-/* [c's stripe's lock] A context goes: uncounted by kind in its stripe
- * (uvctx__count_new_locked() counts one in). Inline: every free counts. */
-static inline void uvctx__count_gone_locked(const uvctx_t* c) {
-  uvctx__dom_add(&uvctx__dom_of(c)->n_kind[c->kind], -1);
+/* [dm's lock] A context of `kind`, of stripe `dm`, goes: uncounted by
+ * kind (uvctx__count_new_locked() counts one in). */
+static inline void uvctx__count_gone_locked(uvctx__dom_t* dm, int kind) {
+  uvctx__dom_add(&dm->n_kind[kind], -1);
 }
 
 /* [c's stripe's lock] The loop lock, taken after a stripe's lock (never
@@ -529,14 +531,55 @@ void uvctx__orphan_locked(uvctx_t* c);
 void uvctx__unlink(uvctx__link_t* link);
 /* A reference unless the count already reached zero (a free has begun). */
 int uvctx__try_ref(uvctx_t* c);
-uvctx_t* uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent,
-                          uvctx_loop_t* home, void* site);
+/* A new context's fields, at `shift` bytes into the block allocated for
+ * it: live, counted once, on no list. */
+static inline uvctx_t* uvctx__init_ctx(void* block, size_t shift, int kind,
+                                       uvctx_t* parent, uvctx_loop_t* home,
+                                       void* site, uint8_t lay) {
+  uvctx_t* c = (uvctx_t*)((char*)block + shift);
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->err, UVCTX__LIVE);
+  c->kind = (uint8_t)kind;
+  atomic_init(&c->where, UVCTX__AT_NONE);
+  c->lay = lay;
+  c->parent = parent;
+  c->home = home;
+  c->link.next = NULL;
+  c->link.pprev = NULL;
+  c->link.owner = c;
+  c->u1.children = NULL;
+  c->u2.watches = NULL;
+  c->site = site;
+  return c;
+}
+
+/* A new context of `kind` homed with `parent`, of its parent's stripe (so
+ * that the list it goes on and its own state are guarded by one lock),
+ * except a merge, whose parents may be of any stripe: it takes 0 (and
+ * UVCTX__MERGE). Inline: every constructor makes one. */
+static inline __attribute__((always_inline)) uvctx_t*
+uvctx__alloc_ctx(size_t size, int kind, uvctx_t* parent, void* site) {
+  void* block = uvctx__malloc(size);
+  if (block == NULL)
+    return NULL;
+  return uvctx__init_ctx(block, 0, kind, parent, parent->home, site,
+                         kind == UVCTX__ANY
+                             ? UVCTX__MERGE
+                             : (uint8_t)(parent->lay & UVCTX__DOM_BITS));
+}
 /* [c's home lock] A new child of a done context copies its error and
  * cause and becomes an orphan. */
 void uvctx__born_done_locked(uvctx_t* c, const uvctx_t* from);
 /* Counts (d = 1) or uncounts (d = -1) child `c`'s reference to a parent
  * that is another loop's background, under that loop's lock. */
 void uvctx__foreign(const uvctx_t* c, const uvctx_t* parent, int d);
+
+/* uvctx_ref() of a context known not to be NULL, inline: a constructor's
+ * reference to its parent. */
+static inline void uvctx__ref_parent(uvctx_t* c) {
+  if (c->kind != UVCTX__BACKGROUND)
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
 
 static inline int uvctx__valid(const uvctx_t* c) {
   return c != NULL && c->kind <= UVCTX__DETACHED;

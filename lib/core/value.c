@@ -5,10 +5,11 @@
  * is never done. */
 #include "core/internal.h"
 
-static int attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
+static inline __attribute__((always_inline)) int
+attach_plain(uvctx_t* c, uvctx_t* parent, uvctx_t** out) {
   /* c's stripe, worked out once (c is not shared yet). */
   uvctx__dom_t* dm = uvctx__dom_of(c);
-  uvctx_ref(parent);
+  uvctx__ref_parent(parent);
   uvctx__lock_acquire(&dm->lock);
   uvctx__orphan_in_locked(c, dm);
   uvctx__count_new_locked(dm, c->kind);
@@ -25,7 +26,6 @@ int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
   UVCTX__REQUIRE_PARENT_OUT(parent, out);
   UVCTX__REQUIRE(key != NULL, "key is NULL");
   v = (uvctx__value_t*)uvctx__alloc_ctx(sizeof(*v), UVCTX__VALUE, parent,
-                                        parent->home,
                                         __builtin_return_address(0));
   if (v == NULL)
     return UV_ENOMEM;
@@ -38,7 +38,7 @@ int uvctx_with_value(uvctx_t* parent, const uvctx_key_t* key, void* value,
 int uvctx_without_cancel(uvctx_t* parent, uvctx_t** out) {
   uvctx_t* c;
   UVCTX__REQUIRE_PARENT_OUT(parent, out);
-  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent, parent->home,
+  c = uvctx__alloc_ctx(sizeof(*c), UVCTX__DETACHED, parent,
                        __builtin_return_address(0));
   if (c == NULL)
     return UV_ENOMEM;
