@@ -19,9 +19,9 @@ uvctx__stamp_clock_t uvctx__stamp_clock;
  * the widths of their brackets (below; about 0.1 us each here, far more
  * under valgrind) add up to at most 1/FINAL_PART of that span: the rate is
  * then right to FINAL_PART^-1 (20 parts per million). Before that, a
- * conversion takes a pair of its own (two uv_hrtime()), and the duration
- * it returns, never longer than the span of the two pairs, is off by no
- * more than about their widths. */
+ * conversion takes a pair of its own (TRIES brackets, two uv_hrtime()
+ * each), and the duration it returns, never longer than the span of the
+ * two pairs, is off by no more than about their widths. */
 enum { FINAL_NS = 50 * 1000 * 1000, FINAL_PART = 50000, TRIES = 4 };
 
 static uint64_t base_width; /* the first pair's, written once */
