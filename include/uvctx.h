@@ -465,7 +465,7 @@ struct uvctx_watch_s {
   uvctx_loop_t* home_;
   struct uvctx_watch_s* next_;
   struct uvctx_watch_s** pprev_;
-  uint64_t queued_at_; /* uv_hrtime() when the callback became due */
+  uint64_t queued_at_; /* when the callback became due: a propagation stamp */
   uint64_t cause_id_;  /* the cancel that made it due, for traces */
   int state_;
   int err_;

@@ -333,7 +333,7 @@ struct uvctx_loop_s {
  * propagation delay. */
 struct uvctx__cancel_op_s {
   uint64_t id;
-  uint64_t time; /* uv_hrtime() at the cancel */
+  uint64_t time; /* 0, then the mailbox's stamp (common/clock.h) */
 };
 
 /* Watch states (uvctx_watch_t.state_): written under the home's loop lock

@@ -7,12 +7,15 @@
  * deliver hook (core/watch.c), which runs its callback. */
 #include "core/internal.h"
 
+#include "common/clock.h"
+
 static void mailbox_cb(uv_async_t* a);
 static void local_check_cb(uv_check_t* h);
 static void local_idle_cb(uv_idle_t* h);
 
 int uvctx__mailbox_init(uvctx_loop_t* l) {
   int rc;
+  uvctx__stamp_init();
   l->mailbox.data = l;
   l->queue_tail = &l->queue_head;
   rc = uv_async_init(l->uv, &l->mailbox, mailbox_cb);
@@ -82,8 +85,10 @@ void uvctx__mailbox_post_locked(uvctx_watch_t* w, int err,
                                 uvctx__cancel_op_t* op) {
   uvctx_loop_t* l = w->home_;
   int on_thread = uvctx__on_loop_thread(l);
+  /* One stamp per cancel, however many watches it makes due: the cheap
+   * clock of common/clock.h, read again when each is delivered. */
   if (op->time == 0)
-    op->time = uv_hrtime();
+    op->time = uvctx__stamp();
   /* The id links a trace's cancel event to the callbacks: drawn (from a
    * counter every thread shares) only while tracing; 0 otherwise, as for a
    * watch no cancel made due. */
@@ -151,7 +156,7 @@ static void drain(uvctx_loop_t* l, int resync) {
     UVCTX__W_SET_STATE(w, UVCTX__W_IDLE);
     l->n_watches--;
     l->callbacks++;
-    uvctx_histogram_record(&l->propagation, uv_hrtime() - w->queued_at_);
+    uvctx_histogram_record(&l->propagation, uvctx__stamp_since(w->queued_at_));
     if (n == 0 || l->queue_head == NULL) {
       settle_locked(l);
       n = 0;

@@ -3,6 +3,8 @@
  * callbacks when the mailbox hands them back on the loop's thread. */
 #include "core/internal.h"
 
+#include "common/clock.h"
+
 enum { W_DEADLINE = 1 }; /* counted in the home loop's dl_watches */
 
 static void dl_uncount_locked(uvctx_watch_t* w) {
@@ -132,8 +134,12 @@ void uvctx__watch_deliver(uvctx_watch_t* w, int err) {
   uvctx_t* c = w->ctx_;
   /* ctx_ is left set until the callback: the tracer names the context,
    * and a stop from another thread looks only at state_. */
-  if (UVCTX__TRACING())
+  if (UVCTX__TRACING()) {
+    /* The trace measures the delay on the uv_hrtime() clock of its events;
+     * the stamp is of the mailbox's own (common/clock.h). */
+    w->queued_at_ = uv_hrtime() - uvctx__stamp_since(w->queued_at_);
     uvctx__trace_callback(w, err);
+  }
   w->ctx_ = NULL;
   /* After this call `w` may be freed or restarted: touch it no more. */
   cb(w, err);

@@ -599,6 +599,66 @@ START_TEST(loop_thread_stop_before_delivery) {
 }
 END_TEST
 
+/* ---- the propagation histogram's clock ---------------------------------- */
+
+/* The propagation recorded for a cancel made `delay_ms` before the loop
+ * delivers its callback, on this thread or (remote) on another, checked
+ * against uv_hrtime() readings around the cancel and around the delivery:
+ * the true delay lies between the inner and the outer span of those
+ * readings, and the recorded one may miss it by no more than the clock's
+ * calibration allows (see common/clock.h), far less than the tolerance
+ * here. The sleep only makes the delay long against the clock's
+ * resolution; no bound depends on how long it really took. */
+static void propagation_agrees(uint64_t delay_ms, int remote) {
+  probe_t p;
+  uvctx_t* c = watched(&p, probe_cb);
+  uvctx_loop_stats_t before = loop_stats(), after;
+  uint64_t t0, t1, t2, t3, got, lo, hi, tol;
+  remote_t r;
+  uv_thread_t t;
+
+  t0 = uv_hrtime();
+  if (remote) {
+    r.c = c;
+    r.p = &p;
+    atomic_store(&r.done, 0);
+    ck_assert_int_eq(uv_thread_create(&t, remote_cancel, &r), 0);
+    ck_assert_int_eq(uv_thread_join(&t), 0);
+  } else {
+    ck_assert_int_eq(uvctx_cancel(c), 0);
+  }
+  t1 = uv_hrtime();
+  uv_sleep((unsigned)delay_ms);
+  t2 = uv_hrtime();
+  UVT_RUN_UNTIL(p.calls == 1);
+  t3 = uv_hrtime();
+  after = loop_stats();
+  ck_assert_int_eq(p.calls, 1);
+  ck_assert_uint_eq(after.propagation.count, before.propagation.count + 1);
+  got = after.propagation.sum_ns - before.propagation.sum_ns;
+  lo = t2 - t1;
+  hi = t3 - t0;
+  tol = hi / 100 + 50000;
+  ck_assert_msg(got + tol >= lo && got <= hi + tol,
+                "propagation %" PRIu64 " ns, uv_hrtime() says %" PRIu64
+                " to %" PRIu64 " ns",
+                got, lo, hi);
+  ck_assert_uint_ge(after.propagation.max_ns, got);
+  uvctx_unref(c);
+}
+
+/* In a fresh process the clock's first conversions are provisional (two
+ * uv_hrtime() readings of their own), later ones use the final rate (once
+ * 50 ms have passed since the first binding was made): this test crosses
+ * both, in the order they come. */
+START_TEST(propagation_agrees_with_hrtime) {
+  propagation_agrees(2, 0);
+  propagation_agrees(60, 0);
+  propagation_agrees(2, 0);
+  propagation_agrees(3, 1);
+}
+END_TEST
+
 static Suite* watch_suite(void) {
   Suite* s = suite_create("watch");
   TCase* tc = tcase_create("watch");
@@ -621,6 +681,7 @@ static Suite* watch_suite(void) {
   tcase_add_test(tc, loop_thread_callbacks_keep_their_order);
   tcase_add_test(tc, loop_thread_cancel_from_callbacks_same_iteration);
   tcase_add_test(tc, loop_thread_stop_before_delivery);
+  tcase_add_test(tc, propagation_agrees_with_hrtime);
   suite_add_tcase(s, tc);
   return s;
 }
