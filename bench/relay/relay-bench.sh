@@ -96,6 +96,13 @@ if [ -z "$bare" ]; then
     [ -x "$cand" ] && bare=$cand && break
   done
 fi
+# The plain-TCP load: relay_load (bench/relay_load.c) from the same build
+# tree, or load.py when it is not built. The TLS sender is load.py always.
+load=""
+for cand in "$(dirname "$relay")/bench/relay_load" \
+  "$root/build/bench/relay_load"; do
+  [ -x "$cand" ] && load=$cand && break
+done
 # The CPU placement of the load (sender, sink) and of the proxy under test:
 # none, unless bench_throughput sets them for --pin.
 on_load=()
@@ -215,7 +222,12 @@ start_helper() {
 }
 # The sink: one connection read to EOF; it times first byte to EOF itself.
 start_sink() {
-  start_helper sink "${on_load[@]}" python3 -u "$here/load.py" sink
+  if [ -n "$load" ]; then
+    start_helper sink ${on_load[@]+"${on_load[@]}"} "$load" sink
+  else
+    start_helper sink ${on_load[@]+"${on_load[@]}"} python3 -u \
+      "$here/load.py" sink
+  fi
   sink_port=$hport
   sink_pid=$hpid
 }
@@ -231,8 +243,12 @@ start_echo() {
 # every byte arrived.
 transfer() {
   local got sp
-  "${on_load[@]}" python3 "$here/load.py" send "$1" "$2" ${3:+--tls "$3"} \
-    >"$tmp/send.out" &
+  if [ -n "$load" ] && [ -z "${3:-}" ]; then
+    ${on_load[@]+"${on_load[@]}"} "$load" send "$1" "$2" >"$tmp/send.out" &
+  else
+    ${on_load[@]+"${on_load[@]}"} python3 "$here/load.py" send "$1" "$2" \
+      ${3:+--tls "$3"} >"$tmp/send.out" &
+  fi
   sp=$!
   pids+=("$sp")
   reap "$sp" || die "the sender failed"
@@ -303,6 +319,7 @@ bench_throughput() {
     pinned="pinned=1"
   fi
   mb=$(calc "$bytes / 1000000")
+  note "plain load: ${load:-$here/load.py (no relay_load built)}"
   if [ -z "$bare" ]; then
     note "no bare_relay binary (--bare; built as bench/bare_relay):" \
       "no peer=bare_libuv_relay lines"
