@@ -34,7 +34,9 @@
 #       [--no-install] [throughput] [tls] [connrate] [scrape] [contexts]
 #
 # PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
-# the bare relay to bench/bare_relay in the relay's build tree. --runs N
+# the bare relay to bench/bare_relay in the relay's build tree, and the
+# plain load (sender and sink) to bench/relay_load there (load.py when it
+# is not built; the TLS sender is load.py always). --runs N
 # (default 1) repeats each transfer N times, the peers in a rotating order,
 # and reports medians. --pin runs the throughput transfers with the sender
 # and the sink on CPU 0 and the proxy under test on CPU 1 (taskset), the
@@ -73,7 +75,10 @@ while [ $# -gt 0 ]; do
     --pin) pin=1 ;;
     --no-install) install=0 ;;
     throughput | tls | connrate | scrape | contexts) what+=("$1") ;;
-    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help)
+      awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
     *) echo "relay-bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
