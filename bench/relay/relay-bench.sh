@@ -29,14 +29,15 @@
 #                and the workers' p99 busy time per loop iteration (from
 #                /debug/loops) during the requests beside before them
 #
-#   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--bytes N]
-#       [--tls-bytes N] [--conns N] [--live N] [--runs N] [--pin]
-#       [--no-install] [throughput] [tls] [connrate] [scrape] [contexts]
+#   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--load PATH]
+#       [--bytes N] [--tls-bytes N] [--conns N] [--live N] [--runs N]
+#       [--pin] [--no-install] [throughput] [tls] [connrate] [scrape]
+#       [contexts]
 #
 # PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
 # the bare relay to bench/bare_relay in the relay's build tree, and the
-# plain load (sender and sink) to bench/relay_load there (load.py when it
-# is not built; the TLS sender is load.py always). --runs N
+# plain load (sender and sink, --load) to bench/relay_load there (load.py
+# when it is not built; the TLS sender is load.py always). --runs N
 # (default 1) repeats each transfer N times, the peers in a rotating order,
 # and reports medians. --pin runs the throughput transfers with the sender
 # and the sink on CPU 0 and the proxy under test on CPU 1 (taskset), the
@@ -55,6 +56,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/bench/relay"
 relay=""
 bare=""
+load=""
 bytes=$((2 * 1024 * 1024 * 1024))
 tls_bytes=""
 conns=5000
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --relay) relay=$2; shift ;;
     --bare) bare=$2; shift ;;
+    --load) load=$2; shift ;;
     --bytes) bytes=$2; shift ;;
     --tls-bytes) tls_bytes=$2; shift ;;
     --conns) conns=$2; shift ;;
@@ -101,12 +104,16 @@ if [ -z "$bare" ]; then
     [ -x "$cand" ] && bare=$cand && break
   done
 fi
-# The plain-TCP load: relay_load (bench/relay_load.c) from the same build
-# tree, or load.py when it is not built. The TLS sender is load.py always.
-load=""
+# The plain-TCP load: --load, or relay_load (bench/relay_load.c) from the
+# relay's build tree, or load.py when it is not built. The TLS sender is
+# load.py always.
+if [ -n "$load" ] && [ ! -x "$load" ]; then
+  echo "relay-bench: --load $load is not an executable" >&2
+  exit 2
+fi
 for cand in "$(dirname "$relay")/bench/relay_load" \
   "$root/build/bench/relay_load"; do
-  [ -x "$cand" ] && load=$cand && break
+  [ -z "$load" ] && [ -x "$cand" ] && load=$cand && break
 done
 # The CPU placement of the load (sender, sink) and of the proxy under test:
 # none, unless bench_throughput sets them for --pin.
