@@ -11,3 +11,8 @@ uvctx_add_bench(bare_relay
 # takes every test so labelled for a program of that name.
 add_test(NAME smoke_bare_relay_try COMMAND bare_relay --quick --try-write)
 set_tests_properties(smoke_bare_relay_try PROPERTIES TIMEOUT 300)
+# The plain-TCP sender and sink of relay-bench.sh (load.py is its
+# fallback); its smoke run moves 1 MiB through loopback and counts it.
+uvctx_add_bench(relay_load
+  SOURCES relay_load.c
+  SMOKE_ARGS --quick)

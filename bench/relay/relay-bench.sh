@@ -29,12 +29,15 @@
 #                and the workers' p99 busy time per loop iteration (from
 #                /debug/loops) during the requests beside before them
 #
-#   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--bytes N]
-#       [--tls-bytes N] [--conns N] [--live N] [--runs N] [--pin]
-#       [--no-install] [throughput] [tls] [connrate] [scrape] [contexts]
+#   bench/relay/relay-bench.sh [--relay PATH] [--bare PATH] [--load PATH]
+#       [--bytes N] [--tls-bytes N] [--conns N] [--live N] [--runs N]
+#       [--pin] [--no-install] [throughput] [tls] [connrate] [scrape]
+#       [contexts]
 #
 # PATH defaults to build/uvctx-relay (then build/bench/uvctx-relay, ...);
-# the bare relay to bench/bare_relay in the relay's build tree. --runs N
+# the bare relay to bench/bare_relay in the relay's build tree, and the
+# plain load (sender and sink, --load) to bench/relay_load there (load.py
+# when it is not built; the TLS sender is load.py always). --runs N
 # (default 1) repeats each transfer N times, the peers in a rotating order,
 # and reports medians. --pin runs the throughput transfers with the sender
 # and the sink on CPU 0 and the proxy under test on CPU 1 (taskset), the
@@ -53,6 +56,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/bench/relay"
 relay=""
 bare=""
+load=""
 bytes=$((2 * 1024 * 1024 * 1024))
 tls_bytes=""
 conns=5000
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --relay) relay=$2; shift ;;
     --bare) bare=$2; shift ;;
+    --load) load=$2; shift ;;
     --bytes) bytes=$2; shift ;;
     --tls-bytes) tls_bytes=$2; shift ;;
     --conns) conns=$2; shift ;;
@@ -73,7 +78,10 @@ while [ $# -gt 0 ]; do
     --pin) pin=1 ;;
     --no-install) install=0 ;;
     throughput | tls | connrate | scrape | contexts) what+=("$1") ;;
-    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help)
+      awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
     *) echo "relay-bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -96,6 +104,17 @@ if [ -z "$bare" ]; then
     [ -x "$cand" ] && bare=$cand && break
   done
 fi
+# The plain-TCP load: --load, or relay_load (bench/relay_load.c) from the
+# relay's build tree, or load.py when it is not built. The TLS sender is
+# load.py always.
+if [ -n "$load" ] && [ ! -x "$load" ]; then
+  echo "relay-bench: --load $load is not an executable" >&2
+  exit 2
+fi
+for cand in "$(dirname "$relay")/bench/relay_load" \
+  "$root/build/bench/relay_load"; do
+  [ -z "$load" ] && [ -x "$cand" ] && load=$cand && break
+done
 # The CPU placement of the load (sender, sink) and of the proxy under test:
 # none, unless bench_throughput sets them for --pin.
 on_load=()
@@ -215,7 +234,12 @@ start_helper() {
 }
 # The sink: one connection read to EOF; it times first byte to EOF itself.
 start_sink() {
-  start_helper sink "${on_load[@]}" python3 -u "$here/load.py" sink
+  if [ -n "$load" ]; then
+    start_helper sink ${on_load[@]+"${on_load[@]}"} "$load" sink
+  else
+    start_helper sink ${on_load[@]+"${on_load[@]}"} python3 -u \
+      "$here/load.py" sink
+  fi
   sink_port=$hport
   sink_pid=$hpid
 }
@@ -231,8 +255,12 @@ start_echo() {
 # every byte arrived.
 transfer() {
   local got sp
-  "${on_load[@]}" python3 "$here/load.py" send "$1" "$2" ${3:+--tls "$3"} \
-    >"$tmp/send.out" &
+  if [ -n "$load" ] && [ -z "${3:-}" ]; then
+    ${on_load[@]+"${on_load[@]}"} "$load" send "$1" "$2" >"$tmp/send.out" &
+  else
+    ${on_load[@]+"${on_load[@]}"} python3 "$here/load.py" send "$1" "$2" \
+      ${3:+--tls "$3"} >"$tmp/send.out" &
+  fi
   sp=$!
   pids+=("$sp")
   reap "$sp" || die "the sender failed"
@@ -303,6 +331,7 @@ bench_throughput() {
     pinned="pinned=1"
   fi
   mb=$(calc "$bytes / 1000000")
+  note "plain load: ${load:-$here/load.py (no relay_load built)}"
   if [ -z "$bare" ]; then
     note "no bare_relay binary (--bare; built as bench/bare_relay):" \
       "no peer=bare_libuv_relay lines"

@@ -66,7 +66,9 @@ typedef struct dir_s {
   int starved;                 /* why on_alloc gave no buffer */
   uvctx_shutdown_t shut;
   unsigned reading : 1;
-  unsigned try_write : 1; /* dst may offer a try-write (until UV_ENOSYS) */
+  unsigned try_write : 1;    /* dst may offer a try-write (until UV_ENOSYS) */
+  unsigned can_coalesce : 1; /* see uvctx__stream_can_coalesce() */
+  unsigned coalescing : 1;   /* dst's TCP_NODELAY is off for a burst */
   unsigned eof : 1;
   unsigned shutting : 1;
   unsigned done : 1;
@@ -275,6 +277,16 @@ static void read_pause(dir_t* d) {
   uvctx_stream_read_stop(d->src);
 }
 
+/* A burst of full reads starts (TCP_NODELAY off on the destination, so
+ * that each write's partial last segment joins the next write), or it is
+ * over (on again, which sends what is pending at once): see io.h. */
+static void dir_burst(dir_t* d, int on) {
+  if (!d->can_coalesce || d->coalescing == (unsigned)on)
+    return;
+  d->coalescing = (unsigned)on;
+  uvctx__stream_coalesce(d->dst, on);
+}
+
 static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf);
 
 static int read_resume(dir_t* d) {
@@ -468,6 +480,9 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     b = uv_buf_init(buf->base, (unsigned)nread);
     offered = d->rdsize;
     held = 0;
+    /* A whole buffer read: more is waiting, most likely. Anything less
+     * ends the burst before its own write, which then leaves at once. */
+    dir_burst(d, (size_t)nread == op->bufsize);
     /* The fast path: straight from the buffer just read to the kernel,
      * when nothing of ours is queued ahead (the stream answers UV_EAGAIN
      * then, to keep the order). Only the rest is queued, and the buffer
@@ -527,6 +542,7 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     d->inflight++;
     d->queued += b.len + held; /* what the queued write holds or waits for */
     if (!may_read(d)) {
+      dir_burst(d, 0);
       read_pause(d);
       if (d->blocked_since == 0)
         d->blocked_since = uv_hrtime();
@@ -537,8 +553,9 @@ static void on_read(uvctx_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   if (sl != NULL)
     slot_put(d, sl);
   /* Nothing more to read for now (libuv: EAGAIN), or the end: the free
-   * slots' buffers go back. */
+   * slots' buffers go back, and the burst is over. */
   dir_trim(d);
+  dir_burst(d, 0);
   if (nread == 0)
     return;
   if (nread == UV_ENOBUFS) {
@@ -700,6 +717,8 @@ static void op_fail(op_t* op, int status, op_end_t how) {
   }
   op->finishing = 1;
   op->status = status;
+  for (i = 0; i < op->ndirs; i++)
+    dir_burst(&op->dir[i], 0);
   op_stop_watch(op);
   op_close_timer(op);
   op_unwait(op);
@@ -934,6 +953,7 @@ static int op_start(void* req, int kind, uvctx_watch_t* w, uvctx_t* ctx,
     d->slots = (slot_t*)(op + 1) + (size_t)i * cf.buffers;
     d->rdsize = first_read(op);
     d->try_write = 1;
+    d->can_coalesce = (unsigned)uvctx__stream_can_coalesce(d->dst);
     d->waiter.wake = on_pool_wake;
     for (j = cf.buffers; j-- > 0;) {
       d->slots[j].base = NULL;

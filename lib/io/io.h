@@ -11,6 +11,23 @@
  * handle, or never initialized. */
 int uvctx__stream_unusable(const uvctx_stream_t* s);
 
+/* ---- coalescing a burst (libuv TCP streams with TCP_NODELAY) -------------
+ * With TCP_NODELAY every write goes out at once, its partial last segment
+ * included: a 64 KiB write on loopback (MSS 65,483) leaves as a full
+ * segment and one of 53 bytes, twice the segments for the receiver to
+ * take. A copy that reads full buffers one after the other (a burst: more
+ * is waiting) turns TCP_NODELAY off for the burst, so that the kernel
+ * joins each tail to the next write, and on again the moment a read finds
+ * less (before that read's write) or nothing, which also pushes what is
+ * pending: small writes, and the end of every burst, go out at once as
+ * before.
+ *
+ * uvctx__stream_can_coalesce(): 1 if `s` is a libuv TCP stream whose
+ * socket has TCP_NODELAY on (asked once, at the copy's start).
+ * uvctx__stream_coalesce(): TCP_NODELAY off (on != 0) or on again. */
+int uvctx__stream_can_coalesce(const uvctx_stream_t* s);
+void uvctx__stream_coalesce(uvctx_stream_t* s, int on);
+
 /* ---- the copy buffer pool (io/bufpool.c) --------------------------------- */
 
 /* A copy direction waiting for a buffer of a pool: wake() runs, from the

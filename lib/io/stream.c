@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <string.h>
 #ifndef _WIN32
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #endif
 
@@ -347,6 +349,52 @@ static int uvs_try_write(uvctx_stream_t* s, const uv_buf_t bufs[],
 static const uvctx_stream_ops_t uvs_ops = {
     "uv",         uvs_read_start, uvs_read_stop,        uvs_write,
     uvs_shutdown, uvs_close,      uvs_write_queue_size, uvs_try_write};
+
+/* ---- coalescing a burst (see io.h) ------------------------------------- */
+
+#ifndef _WIN32
+/* The socket of a libuv TCP stream, or -1. */
+static int uvs_tcp_fd(const uvctx_stream_t* s) {
+  uv_os_fd_t fd;
+
+  if (s->ops_ != &uvs_ops || UVS_HANDLE(s)->type != UV_TCP ||
+      uv_fileno((const uv_handle_t*)UVS_HANDLE(s), &fd) != 0)
+    return -1;
+  return fd;
+}
+
+int uvctx__stream_can_coalesce(const uvctx_stream_t* s) {
+  socklen_t len;
+  int fd;
+  int on;
+
+  fd = uvs_tcp_fd(s);
+  on = 0;
+  len = sizeof(on);
+  return fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 &&
+         on;
+}
+
+void uvctx__stream_coalesce(uvctx_stream_t* s, int on) {
+  int nodelay;
+  int fd;
+
+  fd = unusable(s) ? -1 : uvs_tcp_fd(s);
+  nodelay = !on;
+  if (fd >= 0)
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
+}
+#else
+int uvctx__stream_can_coalesce(const uvctx_stream_t* s) {
+  (void)s;
+  return 0;
+}
+
+void uvctx__stream_coalesce(uvctx_stream_t* s, int on) {
+  (void)s;
+  (void)on;
+}
+#endif
 
 int uvctx_stream_init_uv(uvctx_stream_t* s, uv_stream_t* h) {
   uv_handle_type t;

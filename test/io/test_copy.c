@@ -6,7 +6,10 @@
  * fixture's loop. */
 #define _GNU_SOURCE /* posix_openpt() and friends, for the tty tests */
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <termios.h>
 
 #include "copy_peers.h"
@@ -1124,6 +1127,46 @@ START_TEST(test_no_shutdown) {
 }
 END_TEST
 
+/* The destination's TCP_NODELAY as the copy leaves it. */
+static int out_nodelay(void) {
+  uv_os_fd_t fd;
+  socklen_t len;
+  int on;
+  ck_assert_int_eq(uv_fileno(&W.r->out_h.h, &fd), 0);
+  on = -1;
+  len = sizeof(on);
+  ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+  return on != 0;
+}
+
+/* A bulk transfer into a TCP destination runs its bursts of whole-buffer
+ * reads with TCP_NODELAY off and turns it on again at each burst's end:
+ * the copy leaves the option as it found it, on (_i 0) or off (_i 1,
+ * never touched then). NO_SHUTDOWN keeps the destination open to look. */
+START_TEST(test_nodelay_as_found) {
+  uvctx_copy_options_t o;
+  uint64_t total = UVT_SCALE(64u << 20, 8u << 20);
+  memset(&o, 0, sizeof(o));
+  o.flags = UVCTX_COPY_NO_SHUTDOWN;
+  world_begin(0);
+  W.r->keep = 1;
+  ck_assert_int_eq(uv_tcp_nodelay(&W.r->out_h.tcp, _i == 0), 0);
+  ck_assert_int_eq(out_nodelay(), _i == 0);
+  ck_assert_int_eq(uvctx_with_cancel(uvt_bg, &W.ctx), 0);
+  world_start_copy(W.ctx, &o);
+  cp_sink_init(&W.sink, &W.sink_h.s, 64 * 1024, 0, 1);
+  cp_sender_start(&W.snd, &W.snd_h.s, total, 1024 * 1024, 29, 1);
+  UVT_RUN_UNTIL(W.res.calls == 1 && W.sink.received == total);
+  ck_assert_int_eq(W.res.status, 0);
+  ck_assert_uint_eq(W.res.bytes, total);
+  ck_assert_uint_eq(W.sink.bad, 0);
+  ck_assert_int_eq(out_nodelay(), _i == 0);
+  W.r->keep = 0;
+  relay_close(W.r);
+  world_end();
+}
+END_TEST
+
 /* UVCTX_COPY_KEEP_OPEN_IDLE: a cancel while nothing is in flight leaves
  * both streams open. */
 START_TEST(test_keep_open_idle) {
@@ -1755,6 +1798,7 @@ static Suite* copy_suite(void) {
   tcase_add_checked_fixture(tc, world_setup, world_teardown);
   tcase_add_test(tc, test_no_shutdown);
   tcase_add_test(tc, test_keep_open_idle);
+  tcase_add_loop_test(tc, test_nodelay_as_found, 0, 2);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("regressions");
