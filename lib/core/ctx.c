@@ -12,6 +12,7 @@
  * lock (deferred); a striped parent's other stripes are walked after its
  * done state is published, one stripe's lock at a time. So no thread ever
  * holds two stripe locks and a walk never stops a loop it does not reach. */
+#include <stddef.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -459,17 +460,23 @@ static void count_cancels(uvctx_t* c, uint64_t n) {
   uvctx__dom_add(&c->home->dom[UVCTX__DOM(c)].cancels, (int64_t)n);
 }
 
-/* [the walk's lock] Takes every child off list `*head` (of a context being
- * cancelled), leaving it empty: a leaf is finished and made an orphan at
- * once, a context with children of its own pushed on `*stack`, and one of
- * another lock deferred. */
-static inline __attribute__((always_inline)) void
-take_children_locked(walk_t* w, uvctx__link_t** head, uvctx_loop_t* h,
-                     uvctx__dom_t* dm, uvctx_t** stack, uint64_t* cancels,
+/* The context whose own link is `l`: what the walk's stack holds. */
+static inline uvctx_t* owner_of_link(uvctx__link_t* l) {
+  return (uvctx_t*)(void*)((char*)l - offsetof(uvctx_t, link));
+}
+
+/* [the walk's lock] Takes every child off list `head` (of a context being
+ * cancelled), which the caller then drops whole: a leaf is finished and
+ * made an orphan at once, a context with children of its own pushed on
+ * the stack, and one of another lock deferred. Returns the new top of the
+ * stack, threaded through the `next` of the pushed contexts' own links. */
+static inline __attribute__((always_inline)) uvctx__link_t*
+take_children_locked(walk_t* w, uvctx__link_t* head, uvctx_loop_t* h,
+                     uvctx__dom_t* dm, uvctx__link_t* stack, uint64_t* cancels,
                      int err, intptr_t cause, uvctx__msg_t* msg) {
   uvctx__link_t* l;
   uvctx__link_t* next;
-  for (l = *head; l != NULL; l = next) {
+  for (l = head; l != NULL; l = next) {
     uvctx_t* k = l->owner;
     next = l->next;
     /* The list being walked is dropped whole, and the `next` of the links
@@ -494,25 +501,56 @@ take_children_locked(walk_t* w, uvctx__link_t** head, uvctx_loop_t* h,
       (*cancels)++;
       continue;
     }
-    k->link.next = *stack != NULL ? &(*stack)->link : NULL;
-    *stack = k;
+    /* Not a merge, so `l` is k's own link. */
+    l->next = stack;
+    stack = l;
   }
-  *head = NULL;
+  return stack;
 }
 
+/* What the walk of a striped parent's own stripe leaves: the stack's new
+ * top and the leaves it finished, in two registers. */
+typedef struct {
+  uvctx__link_t* stack;
+  uint64_t leaves;
+} walk_step_t;
+
 /* [the walk's lock] The same for striped parent `n`, its own stripe's
- * list, then `n` itself finished and pended: apart from the plain path of
- * the walk's loop, but inline, so that the loop's stack never has its
- * address taken: kept in a register, the next context of a chain is not
- * stored and reloaded on the way (which costs a chain's walk about a
- * quarter of its time). */
-static inline __attribute__((always_inline)) void
-take_striped_locked(walk_t* w, uvctx_t* n, uvctx__dom_t* dm, uvctx_t** stack,
-                    uint64_t* cancels) {
-  take_children_locked(w, &stripes(n)->s[UVCTX__DOM(n)].head, n->home, dm,
-                       stack, cancels, w->err, w->cause, w->msg);
+ * list, then `n` itself finished and pended. Out of line and by value, so
+ * that the rare case takes no register from the walk's loop and the
+ * loop's stack and count never have their address taken. */
+__attribute__((noinline)) static walk_step_t
+take_striped_locked(walk_t* w, uvctx_t* n, uvctx__dom_t* dm,
+                    uvctx__link_t* stack) {
+  uvctx__link_t** head = &stripes(n)->s[UVCTX__DOM(n)].head;
+  walk_step_t r;
+  r.leaves = 0;
+  r.stack = take_children_locked(w, *head, n->home, dm, stack, &r.leaves,
+                                 w->err, w->cause, w->msg);
+  *head = NULL;
   finish_as_locked(n, w->err, w->cause, w->msg, &w->op, 1);
   pend(w, n);
+  return r;
+}
+
+/* [the walk's lock] One context of the walk: its children taken, itself
+ * finished (not yet an orphan). A plain context's children list needs no
+ * clearing: finishing it writes the cause over it. */
+static inline __attribute__((always_inline)) uvctx__link_t*
+walk_one_locked(walk_t* w, uvctx_t* n, uvctx_loop_t* h, uvctx__dom_t* dm,
+                uvctx__link_t* stack, uint64_t* cancels, int err,
+                intptr_t cause, uvctx__msg_t* msg) {
+  (*cancels)++;
+  /* n's lists are this lock's, and so is its flag. */
+  if (UVCTX__UNLIKELY(striped(n))) {
+    walk_step_t r = take_striped_locked(w, n, dm, stack);
+    *cancels += r.leaves;
+    return r.stack;
+  }
+  stack = take_children_locked(w, n->u1.children, h, dm, stack, cancels, err,
+                               cause, msg);
+  finish_as_locked(n, err, cause, msg, &w->op, 0);
+  return stack;
 }
 
 /* [c's lock; c live] Marks `c` and the part of its subtree that lock
@@ -521,36 +559,26 @@ take_striped_locked(walk_t* w, uvctx_t* n, uvctx__dom_t* dm, uvctx_t** stack,
  * free `link.next` until it is put on the orphan list, so the walk needs
  * no memory and no recursion, whatever the depth. Leaves (the common case
  * of a wide fan-out) are finished as they are met, so that each is touched
- * once. `c`'s own link is its caller's business. */
+ * once. `c`'s own link is its caller's business, so `c` is walked before
+ * the loop, which then never compares with it. */
 static void walk_locked(walk_t* w, uvctx_t* c) {
   /* Guarded by this walk's lock: the same home and stripe. */
   uvctx_loop_t* const h = c->home;
   uvctx__dom_t* const dm = &h->dom[UVCTX__DOM(c)];
-  uvctx_t* stack = NULL;
-  uvctx_t* n = c;
+  uvctx__link_t* stack;
   uint64_t cancels = 0;
   /* In registers for the whole walk, not re-read through `w`. */
   const int err = w->err;
   const intptr_t cause = w->cause;
   uvctx__msg_t* const msg = w->msg;
 
-  for (;;) {
-    /* n's lists are this lock's, and so is its flag. */
-    if (UVCTX__UNLIKELY(striped(n))) {
-      take_striped_locked(w, n, dm, &stack, &cancels);
-    } else {
-      take_children_locked(w, &n->u1.children, h, dm, &stack, &cancels, err,
-                           cause, msg);
-      finish_as_locked(n, err, cause, msg, &w->op, 0);
-    }
-    cancels++;
-    if (n != c)
-      uvctx__orphan_in_locked(n, dm);
-    if (stack == NULL)
-      break;
-    n = stack;
-    stack = n->link.next != NULL ? n->link.next->owner : NULL;
-    n->link.next = NULL;
+  stack = walk_one_locked(w, c, h, dm, NULL, &cancels, err, cause, msg);
+  while (stack != NULL) {
+    uvctx_t* n = owner_of_link(stack);
+    /* Popped: its link's `next` is rewritten when it becomes an orphan. */
+    stack = stack->next;
+    stack = walk_one_locked(w, n, h, dm, stack, &cancels, err, cause, msg);
+    uvctx__orphan_in_locked(n, dm);
   }
   count_cancels(c, cancels);
 }
