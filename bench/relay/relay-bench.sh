@@ -545,7 +545,8 @@ tput_scraped() {
   stop "$spid"
   stop "$lpid"
 }
-# One connrate run ($1 = scraped or plain) against echo port $2: sets rate.
+# One connrate run ($1 = scraped or plain) against echo port $2: sets
+# conn_rate.
 connrate_run() {
   local extra=() out
   [ "$1" = scraped ] && extra=(--metrics 127.0.0.1:0)
@@ -553,7 +554,7 @@ connrate_run() {
     --connect "127.0.0.1:$2" --workers 2 ${extra[@]+"${extra[@]}"}
   [ "$1" = scraped ] && start_scraper "$(metrics_port)" 600
   out=$(python3 "$here/connrate.py" client "$lport" "$conns" 32)
-  rate=$(sed -nE 's/.*rate=([0-9.]+).*/\1/p' <<<"$out")
+  conn_rate=$(sed -nE 's/.*rate=([0-9.]+).*/\1/p' <<<"$out")
   [ "$1" = scraped ] && stop "$spid"
   stop "$lpid"
 }
@@ -571,8 +572,8 @@ bench_scrape() {
       if [ "$p" = plain ]; then tput_uvctx; else tput_scraped; fi
       tput[$p]+=" $(calc "$mb / $secs")"
       connrate_run "$p" "$echo_port"
-      crate[$p]+=" $rate"
-      note "run $i $p: $(calc "$mb / $secs") MB/s, $rate conn/s"
+      crate[$p]+=" $conn_rate"
+      note "run $i $p: $(calc "$mb / $secs") MB/s, $conn_rate conn/s"
     done
   done
   # What one scrape costs the relay, in CPU time (every thread), which
