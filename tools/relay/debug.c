@@ -106,6 +106,8 @@ struct relay_debug_s {
   debug_req_t* reqs;       /* requests in progress */
   debug_req_t* recording;  /* the one trace or heatmap recording */
   int closing;
+  int draining; /* the drain has begun: a recording whose starts come back
+                 * later is stopped then, not timed */
   /* Held by a listing while it walks the workers' loops; a worker takes
    * it to leave (relay_debug_worker_exit()), before its loop closes. */
   uv_mutex_t loops_lock;
@@ -830,6 +832,18 @@ static void render_heatmap(debug_req_t* r, relay_http_reply_t* reply) {
 
 /* ---- rendering: /debug/loops --------------------------------------------- */
 
+/* The recording's state: "none"; "starting" while the workers' tracers
+ * start; "on" while they record; "stopping" once its stops are out. */
+static const char* recording_state(const relay_debug_t* d) {
+  const debug_req_t* r = d != NULL ? d->recording : NULL;
+
+  if (r == NULL)
+    return "none";
+  if (r->stopping)
+    return "stopping";
+  return r->pending > 0 ? "starting" : "on";
+}
+
 static void render_loops(relay_server_t* srv, relay_http_reply_t* reply) {
   relay_text_t t = {NULL, 0, 0, 0};
   uvctx_histogram_t* h = calloc(srv->nworkers ? srv->nworkers : 1, sizeof(*h));
@@ -843,8 +857,10 @@ static void render_loops(relay_server_t* srv, relay_http_reply_t* reply) {
   for (i = 0; i < srv->nworkers; i++)
     h[i] = srv->workers[i].dbg.busy_pub;
   uv_mutex_unlock(&srv->stats_lock);
-  relay_text_add(&t, "{\"published_every_ms\":%d,\"bounds_ns\":[",
-                 RELAY_PROBE_PUBLISH_MS);
+  relay_text_add(&t,
+                 "{\"recording\":\"%s\",\"published_every_ms\":%d,"
+                 "\"bounds_ns\":[",
+                 recording_state(srv->debug), RELAY_PROBE_PUBLISH_MS);
   for (b = 0; b + 1 < UVCTX_HISTOGRAM_BUCKETS; b++)
     relay_text_add(&t, "%s%" PRIu64, b ? "," : "", uvctx_histogram_bound(b));
   relay_text_add(&t, "],\n\"loops\":[");
@@ -932,7 +948,13 @@ static void jobs_back(debug_req_t* r) {
       if (r->jobs[i].rc != 0)
         failed = r->jobs[i].rc;
     if (failed == 0 && !r->d->closing) {
-      uv_timer_start(&r->timer, on_recorded, (uint64_t)r->seconds * 1000, 0);
+      /* A drain that began while the starts were out found nothing to
+       * stop (relay_debug_draining()): the recording ends now, answered
+       * with what it holds, as it would have then. */
+      if (r->d->draining)
+        on_recorded(&r->timer);
+      else
+        uv_timer_start(&r->timer, on_recorded, (uint64_t)r->seconds * 1000, 0);
       return;
     }
     r->stopping = 1;
@@ -973,10 +995,11 @@ static void jobs_back(debug_req_t* r) {
   finish(r, &reply);
 }
 
-static void on_done(uv_async_t* a) {
-  relay_debug_t* d = a->data;
+/* Completes the jobs handed back so far; returns how many there were. */
+static unsigned take_done(relay_debug_t* d) {
   relay_server_t* srv = d->srv;
   relay_debug_job_t* q;
+  unsigned n = 0;
 
   uv_mutex_lock(&srv->stats_lock);
   q = d->done;
@@ -985,9 +1008,15 @@ static void on_done(uv_async_t* a) {
   while (q != NULL) {
     relay_debug_job_t* j = q;
     q = j->next;
+    n++;
     if (--j->req->pending == 0)
       jobs_back(j->req);
   }
+  return n;
+}
+
+static void on_done(uv_async_t* a) {
+  take_done(a->data);
 }
 
 /* "seconds=N" in the query, 1..DEBUG_TRACE_MAX_SECONDS; default 5. */
@@ -1116,6 +1145,9 @@ int relay_debug_request(relay_server_t* srv, const char* path,
 void relay_debug_draining(relay_server_t* srv) {
   debug_req_t* r = srv->debug != NULL ? srv->debug->recording : NULL;
 
+  if (srv->debug != NULL)
+    srv->debug->draining = 1;
+  /* Starts still out: jobs_back() stops the recording when they are in. */
   if (r == NULL || r->stopping || r->pending > 0)
     return;
   uv_timer_stop(&r->timer);
@@ -1173,10 +1205,17 @@ void relay_debug_close(relay_server_t* srv) {
 
   if (d == NULL || d->closing)
     return;
+  /* The workers are done, and every job they took is handed back, but
+   * the control loop may not have seen it yet: a recording the drain
+   * ended is answered here, on its connection, still open (the
+   * listener's connections close after this). A stop posted meanwhile
+   * to a stopped worker is handed back at once, hence the loop. */
+  while (take_done(d) > 0) {
+  }
   d->closing = 1;
   for (r = d->reqs; r != NULL; r = r->next)
-    r->conn = NULL;   /* the listener's connections are closing */
-  on_done(&d->async); /* completes what the workers handed back */
+    r->conn = NULL; /* the listener's connections are closing */
+  take_done(d);     /* completes what is left, answering no one */
   while (d->reqs != NULL)
     req_free(d->reqs);
   for (i = 0; i < srv->nworkers; i++) {

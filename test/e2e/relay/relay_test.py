@@ -1718,7 +1718,8 @@ def case_debug():
                10, "busy-time histograms published", step=0.1)
     lj = loops()
     check([lp["loop"] for lp in lj["loops"]] == ["worker-0", "worker-1"] and
-          len(lj["bounds_ns"]) == 63, "loops %r" % lj["loops"])
+          len(lj["bounds_ns"]) == 63 and lj["recording"] == "none",
+          "loops %r, recording %r" % (lj["loops"], lj.get("recording")))
     for lp in lj["loops"]:
         check(sum(lp["buckets"]) == lp["iterations"] and
               lp["p50_ns"] <= lp["p99_ns"] <= max(lp["max_ns"],
@@ -1844,7 +1845,12 @@ def case_debug():
         r=http_raw(mp, b"GET /debug/trace?seconds=30 HTTP/1.1\r\n"
                    b"Host: x\r\n\r\n", timeout=60)))
     rt.start()
-    time.sleep(0.5)
+    # Once the workers record (/debug/loops says so), not after a guess at
+    # how long that takes: a drain before the request is read answers
+    # nothing (the listener's connections close with the relay).
+    wait_until(lambda: loops()["recording"] == "on", 15,
+               "the recording under way", step=0.05)
+    time.sleep(0.3)
     relay.stop()
     rt.join(60)
     got = res.get("r", b"")
