@@ -480,28 +480,31 @@ take_children_locked(walk_t* w, uvctx__link_t* head, uvctx_loop_t* h,
     uvctx_t* k = l->owner;
     next = l->next;
     /* The list being walked is dropped whole, and the `next` of the links
-     * already walked now threads the stack: detach this link by hand,
-     * never through pprev (that would write into a link already reused). */
-    l->pprev = NULL;
+     * already walked now threads the stack: each link is detached by hand
+     * (its pprev cleared when deferred or pushed, rewritten when it goes
+     * on the orphan list), never through pprev (that would write into a
+     * link already reused). */
     /* Of another home, or a merge. A child homed with its list's owner is
      * of the owner's stripe unless it is a merge: it inherited it
      * (uvctx__alloc_ctx(), through any value contexts between), or it is
      * a striped child on its own stripe's list, whose owner's walk is of
      * that stripe. So the stripe needs no test. */
     if (k->home != h || (k->lay & UVCTX__MERGE)) {
+      l->pprev = NULL;
       defer(w, l, k);
       continue;
     }
     /* Guarded by this lock: this walk holds the only lock that could see
      * it taken, until it makes it an orphan. (A striped parent's u1 is
      * never NULL: it goes on the stack.) */
-    if (k->u1.children == NULL) {
+    if (UVCTX__LIKELY(k->u1.children == NULL)) {
       finish_as_locked(k, err, cause, msg, &w->op, 0);
       uvctx__orphan_in_locked(k, dm);
       (*cancels)++;
       continue;
     }
     /* Not a merge, so `l` is k's own link. */
+    l->pprev = NULL;
     l->next = stack;
     stack = l;
   }
@@ -519,7 +522,7 @@ typedef struct {
  * list, then `n` itself finished and pended. Out of line and by value, so
  * that the rare case takes no register from the walk's loop and the
  * loop's stack and count never have their address taken. */
-__attribute__((noinline)) static walk_step_t
+__attribute__((noinline, cold)) static walk_step_t
 take_striped_locked(walk_t* w, uvctx_t* n, uvctx__dom_t* dm,
                     uvctx__link_t* stack) {
   uvctx__link_t** head = &stripes(n)->s[UVCTX__DOM(n)].head;
